@@ -1,0 +1,246 @@
+//! Error types: one enum per concern.
+//!
+//! * [`Error`]: opening, creating or attaching to a queue file went wrong (I/O, a file that is
+//!   not a shmq queue, a file of another format version, kind or geometry, a full table).
+//! * [`SendError`]: a message could not be sent.
+//! * [`RecvError`]: no message could be received.
+//! * [`Corruption`]: something read from shared memory broke the protocol's invariants. The
+//!   mapping is untrusted input, so this is an error value, never a panic.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What was wrong with a queue file, found while opening it or while using it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Corruption {
+    /// The file does not start with shmq's magic number.
+    BadMagic {
+        /// The eight bytes found where the magic number belongs.
+        found: u64,
+    },
+    /// The file was written by another version of the on-disk format.
+    UnsupportedVersion {
+        /// The format version in the file.
+        found: u32,
+        /// The format version this build reads.
+        expected: u32,
+    },
+    /// The file holds another pattern (e.g. a publish-subscribe channel opened as a pipeline).
+    WrongKind {
+        /// The kind recorded in the file.
+        found: u32,
+        /// The kind the caller asked for.
+        expected: u32,
+    },
+    /// The header's geometry is impossible or does not match the file's size.
+    BadGeometry(&'static str),
+    /// The file is shorter than its header says it must be.
+    Truncated {
+        /// The file's actual length.
+        len: u64,
+        /// The length the header implies.
+        expected: u64,
+    },
+    /// The creator never finished initialising the file (it may have crashed while creating it).
+    Uninitialized,
+    /// A word in the ring or the participant table holds a value the protocol never writes.
+    BadState(&'static str),
+    /// A message length read from a slot exceeds the queue's maximum message size.
+    BadLength {
+        /// The length found in the slot.
+        len: u64,
+        /// The queue's maximum message size.
+        max: u64,
+    },
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Corruption::BadMagic { found } => {
+                write!(f, "is not a shmq queue file (magic {found:#018x})")
+            }
+            Corruption::UnsupportedVersion { found, expected } => write!(
+                f,
+                "has format version {found}; this build of shmq reads version {expected}"
+            ),
+            Corruption::WrongKind { found, expected } => write!(
+                f,
+                "holds a {} but was opened as a {}",
+                crate::layout::kind_name(*found),
+                crate::layout::kind_name(*expected)
+            ),
+            Corruption::BadGeometry(what) => write!(f, "has an invalid header: {what}"),
+            Corruption::Truncated { len, expected } => write!(
+                f,
+                "is truncated: {len} bytes long but its header needs {expected}"
+            ),
+            Corruption::Uninitialized => write!(
+                f,
+                "was never fully initialised (its creator may have died while creating it); remove it and create it again"
+            ),
+            Corruption::BadState(what) => write!(f, "is corrupt: {what}"),
+            Corruption::BadLength { len, max } => write!(
+                f,
+                "is corrupt: a slot holds a message of {len} bytes but the maximum is {max}"
+            ),
+        }
+    }
+}
+
+/// Opening, creating or attaching to a queue failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call on the queue file failed.
+    Io {
+        /// The queue file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The queue file's contents are not a valid queue of the expected kind.
+    Corrupt {
+        /// The queue file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: Corruption,
+    },
+    /// The options given to `create` are out of range.
+    InvalidOptions(String),
+    /// Every participant slot of the queue is taken.
+    TooManyParticipants {
+        /// The queue file.
+        path: PathBuf,
+        /// The table's size, fixed at creation.
+        max: u32,
+    },
+    /// Sending failed (converted from [`SendError`] so that `?` works in one function).
+    Send(SendError),
+    /// Receiving failed (converted from [`RecvError`]).
+    Recv(RecvError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, op, source } => {
+                write!(f, "{op} queue file {}: {source}", path.display())
+            }
+            Error::Corrupt { path, problem } => {
+                write!(f, "queue file {} {problem}", path.display())
+            }
+            Error::InvalidOptions(why) => write!(f, "invalid queue options: {why}"),
+            Error::TooManyParticipants { path, max } => write!(
+                f,
+                "queue file {} already has its maximum of {max} participants attached; \
+                 detach one or create the queue with a larger participant limit",
+                path.display()
+            ),
+            Error::Send(e) => write!(f, "{e}"),
+            Error::Recv(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Send(e) => Some(e),
+            Error::Recv(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message was not sent. Nothing was written when this is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The queue is full (only from the non-blocking `try_` variants).
+    Full,
+    /// The queue stayed full until the deadline passed.
+    Timeout,
+    /// The message is larger than the queue's maximum message size.
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The queue's maximum message size, fixed at creation.
+        max: usize,
+    },
+    /// The shared memory broke the protocol (another process wrote nonsense into it).
+    Corrupt(Corruption),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Full => write!(f, "the queue is full"),
+            SendError::Timeout => write!(f, "timed out waiting for room in the queue"),
+            SendError::TooLarge { len, max } => write!(
+                f,
+                "message of {len} bytes is larger than the queue's maximum of {max} bytes"
+            ),
+            SendError::Corrupt(c) => write!(f, "queue file {c}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Why no message was received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The queue is empty (only from the non-blocking `try_` variants).
+    Empty,
+    /// No message arrived before the deadline.
+    Timeout,
+    /// The shared memory broke the protocol (another process wrote nonsense into it).
+    Corrupt(Corruption),
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Empty => write!(f, "the queue is empty"),
+            RecvError::Timeout => write!(f, "timed out waiting for a message"),
+            RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Self {
+        Error::Send(e)
+    }
+}
+
+impl From<RecvError> for Error {
+    fn from(e: RecvError) -> Self {
+        Error::Recv(e)
+    }
+}
+
+impl Error {
+    pub(crate) fn io(path: &std::path::Path, op: &'static str, source: io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: &std::path::Path, problem: Corruption) -> Self {
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            problem,
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The on-file layout: a fixed `#[repr(C)]` header, then the sections it points to by offset.
+//!
+//! ```text
+//! offset 0     FileHeader        128 B   magic, format version, kind, geometry (read-mostly)
+//! offset 128   RingControl       512 B   tail, head, two wait cells, each on its own 128 B line
+//! offset 640   Counters          128 B   statistics (recovery counters live here)
+//! offset 768   participant table max_participants × 64 B
+//! slots_offset slots             capacity × slot_stride, each slot: SlotHeader (16 B) + payload
+//! ```
+//!
+//! Every field is an offset or a count, never a pointer, so the file means the same in every
+//! process that maps it and survives being copied or reopened. Every value is validated by
+//! [`Geometry::validate`] before the rest of the crate uses it: the mapping is untrusted input.
+
+use crate::error::Corruption;
+use core::mem::{offset_of, size_of};
+
+/// The first eight bytes of every shmq file: `"SHMQ"` then `"RING"` in ASCII, little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
+/// The on-file format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The kind of a queue file: which pattern it serves.
+pub const KIND_PIPELINE: u32 = 1;
+/// A publish-subscribe channel (reserved for the publish-subscribe pattern).
+pub const KIND_PUBSUB: u32 = 2;
+/// A request-reply service (reserved for the request-reply pattern).
+pub const KIND_SERVICE: u32 = 3;
+
+/// A human name for a kind, for error messages.
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        KIND_PIPELINE => "pipeline",
+        KIND_PUBSUB => "publish-subscribe channel",
+        KIND_SERVICE => "request-reply service",
+        _ => "queue of unknown kind",
+    }
+}
+
+/// Hot words are padded to this many bytes: two cache lines, because the adjacent-line
+/// prefetcher of x86 pulls lines in pairs.
+pub const PAD: usize = 128;
+
+/// The file header. Written once by the creator (magic last, with Release ordering) and only
+/// read afterwards.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    /// [`MAGIC`]; zero until the creator has finished initialising the file.
+    pub magic: u64,
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// One of the `KIND_*` constants.
+    pub kind: u32,
+    /// The whole file's length in bytes.
+    pub file_size: u64,
+    /// Number of message slots.
+    pub capacity: u64,
+    /// Largest message in bytes.
+    pub max_message: u64,
+    /// Distance between two slots in bytes (a multiple of 64).
+    pub slot_stride: u64,
+    /// Where the first slot starts.
+    pub slots_offset: u64,
+    /// Where the participant table starts.
+    pub participants_offset: u64,
+    /// Number of entries in the participant table.
+    pub max_participants: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub reserved: [u64; 7],
+}
+
+/// Offset of the ring's control block: `tail`, `head` and the two wait cells.
+pub const RING_CONTROL_OFFSET: usize = 128;
+/// Size of a ring control block.
+pub const RING_CONTROL_SIZE: usize = 4 * PAD;
+/// Within a control block: the next position a producer will claim.
+pub const CTL_TAIL: usize = 0;
+/// Within a control block: the next position a consumer will claim.
+pub const CTL_HEAD: usize = PAD;
+/// Within a control block: consumers wait here for messages.
+pub const CTL_NOT_EMPTY: usize = 2 * PAD;
+/// Within a control block: producers wait here for room.
+pub const CTL_NOT_FULL: usize = 3 * PAD;
+/// Offset of the statistics counters.
+pub const COUNTERS_OFFSET: usize = RING_CONTROL_OFFSET + RING_CONTROL_SIZE;
+/// Where the participant table starts in a pipeline file.
+pub const PARTICIPANTS_OFFSET: usize = COUNTERS_OFFSET + PAD;
+/// Bytes per participant entry.
+pub const PARTICIPANT_SIZE: usize = 64;
+
+/// A slot's header: the state word, then the message length. The payload follows.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SlotHeader {
+    /// Position, state and owner; see `ring::mpmc`.
+    pub state: u64,
+    /// Length of the committed message in bytes.
+    pub len: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Size of [`SlotHeader`]; the payload starts this far into the slot (16-byte aligned).
+pub const SLOT_HEADER_SIZE: usize = size_of::<SlotHeader>();
+
+/// A wait cell: a futex word bumped on every notification, and a count of parked waiters.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct WaitCellLayout {
+    /// The futex word.
+    pub seq: u32,
+    /// How many waiters are parked or about to park.
+    pub waiters: u32,
+}
+
+const _: () = {
+    assert!(size_of::<FileHeader>() == 128);
+    assert!(offset_of!(FileHeader, magic) == 0);
+    assert!(offset_of!(FileHeader, version) == 8);
+    assert!(offset_of!(FileHeader, kind) == 12);
+    assert!(offset_of!(FileHeader, file_size) == 16);
+    assert!(offset_of!(FileHeader, capacity) == 24);
+    assert!(offset_of!(FileHeader, max_message) == 32);
+    assert!(offset_of!(FileHeader, slot_stride) == 40);
+    assert!(offset_of!(FileHeader, slots_offset) == 48);
+    assert!(offset_of!(FileHeader, participants_offset) == 56);
+    assert!(offset_of!(FileHeader, max_participants) == 64);
+    assert!(size_of::<SlotHeader>() == 16);
+    assert!(offset_of!(SlotHeader, state) == 0);
+    assert!(offset_of!(SlotHeader, len) == 8);
+    assert!(size_of::<WaitCellLayout>() == 8);
+    assert!(offset_of!(WaitCellLayout, seq) == 0);
+    assert!(offset_of!(WaitCellLayout, waiters) == 4);
+    assert!(RING_CONTROL_OFFSET == size_of::<FileHeader>());
+    assert!(PARTICIPANTS_OFFSET == 768);
+};
+
+/// Offsets of the header's fields, for reading them atomically from the mapping.
+pub mod field {
+    use super::FileHeader;
+    use core::mem::offset_of;
+    /// [`FileHeader::magic`]
+    pub const MAGIC: usize = offset_of!(FileHeader, magic);
+    /// [`FileHeader::version`]
+    pub const VERSION: usize = offset_of!(FileHeader, version);
+    /// [`FileHeader::kind`]
+    pub const KIND: usize = offset_of!(FileHeader, kind);
+    /// [`FileHeader::file_size`]
+    pub const FILE_SIZE: usize = offset_of!(FileHeader, file_size);
+    /// [`FileHeader::capacity`]
+    pub const CAPACITY: usize = offset_of!(FileHeader, capacity);
+    /// [`FileHeader::max_message`]
+    pub const MAX_MESSAGE: usize = offset_of!(FileHeader, max_message);
+    /// [`FileHeader::slot_stride`]
+    pub const SLOT_STRIDE: usize = offset_of!(FileHeader, slot_stride);
+    /// [`FileHeader::slots_offset`]
+    pub const SLOTS_OFFSET: usize = offset_of!(FileHeader, slots_offset);
+    /// [`FileHeader::participants_offset`]
+    pub const PARTICIPANTS_OFFSET: usize = offset_of!(FileHeader, participants_offset);
+    /// [`FileHeader::max_participants`]
+    pub const MAX_PARTICIPANTS: usize = offset_of!(FileHeader, max_participants);
+    /// [`FileHeader::flags`]
+    pub const FLAGS: usize = offset_of!(FileHeader, flags);
+    /// [`FileHeader::reserved`]
+    pub const RESERVED: usize = offset_of!(FileHeader, reserved);
+}
+
+/// Upper bounds that keep every computed offset far from overflow and every state word's
+/// fields in range.
+pub const MAX_CAPACITY: u64 = 1 << 32;
+/// Largest message a queue may be created for (the slot's length field is 32 bits).
+pub const MAX_MESSAGE_LIMIT: u64 = 1 << 30;
+/// The participant index is stored in 12 bits of a slot's state word, 0 meaning "nobody".
+pub const MAX_PARTICIPANTS_LIMIT: u32 = (1 << 12) - 1;
+/// Files larger than this are refused (a corrupt header would otherwise ask for absurd maps).
+pub const MAX_FILE_SIZE: u64 = 1 << 46;
+
+/// The geometry of a queue, as computed at creation or read back (and checked) at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// The kind of queue.
+    pub kind: u32,
+    /// Number of slots.
+    pub capacity: u64,
+    /// Largest message in bytes.
+    pub max_message: u64,
+    /// Bytes between slots.
+    pub slot_stride: u64,
+    /// First slot's offset.
+    pub slots_offset: u64,
+    /// Participant table's offset.
+    pub participants_offset: u64,
+    /// Participant table's length.
+    pub max_participants: u32,
+    /// Total file length.
+    pub file_size: u64,
+}
+
+/// `x` rounded up to a multiple of `to` (a power of two), or `None` on overflow.
+fn round_up(x: u64, to: u64) -> Option<u64> {
+    debug_assert!(to.is_power_of_two());
+    Some(x.checked_add(to - 1)? & !(to - 1))
+}
+
+impl Geometry {
+    /// Computes the layout of a new pipeline file, or says which option is out of range.
+    pub fn pipeline(capacity: u64, max_message: u64, max_participants: u32) -> Result<Self, String> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(format!("capacity must be between 1 and {MAX_CAPACITY}, not {capacity}"));
+        }
+        if max_message > MAX_MESSAGE_LIMIT {
+            return Err(format!(
+                "max_message must be at most {MAX_MESSAGE_LIMIT} bytes, not {max_message}"
+            ));
+        }
+        if max_participants == 0 || max_participants > MAX_PARTICIPANTS_LIMIT {
+            return Err(format!(
+                "max_participants must be between 1 and {MAX_PARTICIPANTS_LIMIT}, not {max_participants}"
+            ));
+        }
+        let too_big = || format!("capacity {capacity} × max_message {max_message} does not fit in a file");
+        let slot_stride = round_up(SLOT_HEADER_SIZE as u64 + max_message, 64).ok_or_else(too_big)?;
+        let participants_offset = PARTICIPANTS_OFFSET as u64;
+        let table = u64::from(max_participants) * PARTICIPANT_SIZE as u64;
+        let slots_offset = round_up(participants_offset + table, PAD as u64).ok_or_else(too_big)?;
+        let file_size = capacity
+            .checked_mul(slot_stride)
+            .and_then(|s| s.checked_add(slots_offset))
+            .and_then(|s| round_up(s, 4096))
+            .filter(|&s| s <= MAX_FILE_SIZE)
+            .ok_or_else(too_big)?;
+        Ok(Geometry {
+            kind: KIND_PIPELINE,
+            capacity,
+            max_message,
+            slot_stride,
+            slots_offset,
+            participants_offset,
+            max_participants,
+            file_size,
+        })
+    }
+
+    /// The header a creator writes for this geometry.
+    pub fn header(&self) -> FileHeader {
+        FileHeader {
+            magic: MAGIC,
+            version: FORMAT_VERSION,
+            kind: self.kind,
+            file_size: self.file_size,
+            capacity: self.capacity,
+            max_message: self.max_message,
+            slot_stride: self.slot_stride,
+            slots_offset: self.slots_offset,
+            participants_offset: self.participants_offset,
+            max_participants: self.max_participants,
+            flags: 0,
+            reserved: [0; 7],
+        }
+    }
+
+    /// Checks a header read from a file of `actual_len` bytes, expecting `kind`.
+    ///
+    /// Everything the rest of the crate relies on is checked here: magic, version, kind, that
+    /// the geometry is exactly what `create` would have computed from the same options (so no
+    /// section overlaps another or runs past the end), and that the file is long enough.
+    pub fn validate(h: &FileHeader, kind: u32, actual_len: u64) -> Result<Self, Corruption> {
+        if h.magic == 0 {
+            return Err(Corruption::Uninitialized);
+        }
+        if h.magic != MAGIC {
+            return Err(Corruption::BadMagic { found: h.magic });
+        }
+        if h.version != FORMAT_VERSION {
+            return Err(Corruption::UnsupportedVersion {
+                found: h.version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        if h.kind != kind {
+            return Err(Corruption::WrongKind {
+                found: h.kind,
+                expected: kind,
+            });
+        }
+        let expected = match kind {
+            KIND_PIPELINE => Geometry::pipeline(h.capacity, h.max_message, h.max_participants),
+            _ => return Err(Corruption::BadGeometry("unknown queue kind")),
+        }
+        .map_err(|_| Corruption::BadGeometry("capacity, max_message or max_participants out of range"))?;
+        if h.slot_stride != expected.slot_stride {
+            return Err(Corruption::BadGeometry("slot stride does not match max_message"));
+        }
+        if h.slots_offset != expected.slots_offset {
+            return Err(Corruption::BadGeometry("slots offset does not match the participant table"));
+        }
+        if h.participants_offset != expected.participants_offset {
+            return Err(Corruption::BadGeometry("participant table offset is wrong"));
+        }
+        if h.file_size != expected.file_size {
+            return Err(Corruption::BadGeometry("recorded file size does not match the geometry"));
+        }
+        if h.flags != 0 || h.reserved != [0; 7] {
+            return Err(Corruption::BadGeometry("reserved header fields are not zero"));
+        }
+        if actual_len < expected.file_size {
+            return Err(Corruption::Truncated {
+                len: actual_len,
+                expected: expected.file_size,
+            });
+        }
+        Ok(expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> (Geometry, FileHeader) {
+        let g = Geometry::pipeline(1024, 4096, 64).unwrap();
+        (g, g.header())
+    }
+
+    #[test]
+    fn geometry_is_aligned_and_sections_do_not_overlap() {
+        for (cap, max, parts) in [(1, 0, 1), (3, 1, 2), (1024, 64, 64), (7, 4096, 4095)] {
+            let g = Geometry::pipeline(cap, max, parts).unwrap();
+            assert_eq!(g.slot_stride % 64, 0);
+            assert!(g.slot_stride >= SLOT_HEADER_SIZE as u64 + max);
+            assert_eq!(g.slots_offset % PAD as u64, 0);
+            assert!(g.participants_offset + u64::from(parts) * PARTICIPANT_SIZE as u64 <= g.slots_offset);
+            assert!(g.slots_offset + cap * g.slot_stride <= g.file_size);
+            assert_eq!(g.file_size % 4096, 0);
+            assert_eq!(Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size), Ok(g));
+        }
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused() {
+        assert!(Geometry::pipeline(0, 64, 8).is_err());
+        assert!(Geometry::pipeline(MAX_CAPACITY + 1, 64, 8).is_err());
+        assert!(Geometry::pipeline(8, MAX_MESSAGE_LIMIT + 1, 8).is_err());
+        assert!(Geometry::pipeline(8, 64, 0).is_err());
+        assert!(Geometry::pipeline(8, 64, MAX_PARTICIPANTS_LIMIT + 1).is_err());
+        assert!(Geometry::pipeline(MAX_CAPACITY, MAX_MESSAGE_LIMIT, 8).is_err(), "too big a file");
+    }
+
+    #[test]
+    fn each_corrupted_field_is_named() {
+        let (g, h) = good();
+        let check = |h: FileHeader, want: fn(&Corruption) -> bool| {
+            let got = Geometry::validate(&h, KIND_PIPELINE, g.file_size).unwrap_err();
+            assert!(want(&got), "unexpected {got:?}");
+        };
+        check(FileHeader { magic: 0, ..h }, |c| *c == Corruption::Uninitialized);
+        check(FileHeader { magic: 42, ..h }, |c| matches!(c, Corruption::BadMagic { found: 42 }));
+        check(FileHeader { version: 2, ..h }, |c| matches!(c, Corruption::UnsupportedVersion { found: 2, .. }));
+        check(FileHeader { kind: KIND_PUBSUB, ..h }, |c| matches!(c, Corruption::WrongKind { .. }));
+        check(FileHeader { capacity: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { capacity: u64::MAX, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { capacity: 2048, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { max_message: 1 << 40, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { max_message: 8192, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { slot_stride: 64, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { slots_offset: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { participants_offset: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { max_participants: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { max_participants: 65, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { file_size: 1, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { flags: 1, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { reserved: [0, 0, 0, 9, 0, 0, 0], ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+    }
+
+    #[test]
+    fn short_file_is_truncated() {
+        let (g, h) = good();
+        let got = Geometry::validate(&h, KIND_PIPELINE, g.file_size - 1).unwrap_err();
+        assert_eq!(got, Corruption::Truncated { len: g.file_size - 1, expected: g.file_size });
+    }
+}

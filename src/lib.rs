@@ -1,0 +1,41 @@
+//! Message queues between processes on one Linux host, over memory-mapped ring buffers.
+//!
+//! A queue is one file (by default under `/dev/shm`) that every process using it maps. Messages
+//! are atomic — a receiver gets a message whole and intact, or not at all — and are placed in
+//! fixed-size slots of a lock-free ring, so sending and receiving copy the message at most once
+//! and never allocate. Blocking calls park on shared futexes, and a sender pays no system call
+//! when nobody is parked.
+//!
+//! Patterns:
+//! * [`Pipeline`] — a work queue: [`Producer`]s send, each message goes to exactly one
+//!   [`Consumer`].
+//!
+//! ```
+//! # fn main() -> Result<(), shmq::Error> {
+//! # let path = std::env::temp_dir().join(format!("shmq-lib-doc-{}", std::process::id()));
+//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(64).max_message(256))?;
+//! let (producer, consumer) = (queue.producer()?, queue.consumer()?);
+//! producer.send(b"hello")?;
+//! assert_eq!(&*consumer.recv()?, b"hello");
+//! # shmq::Pipeline::remove(&path)?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `DESIGN.md` in the repository for the on-file layout and the guarantees, and the module
+//! docs of each pattern for its exact semantics.
+
+pub mod error;
+pub mod layout;
+pub(crate) mod ring;
+pub(crate) mod shm;
+pub(crate) mod sync;
+
+#[cfg(not(loom))]
+pub(crate) mod peers;
+#[cfg(not(loom))]
+pub mod pipeline;
+
+pub use error::{Corruption, Error, RecvError, SendError};
+#[cfg(not(loom))]
+pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
+pub use sync::wait::WaitStrategy;

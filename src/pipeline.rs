@@ -1,0 +1,631 @@
+//! The pipeline (work queue): producers submit messages, each message goes to exactly one
+//! consumer.
+//!
+//! # Guarantees
+//!
+//! * **Atomic messages.** A consumer receives a message whole and byte-identical to what was
+//!   sent, or not at all. A message becomes visible only when its producer commits it.
+//! * **Exactly one consumer** receives each message; messages from one producer are received in
+//!   the order they were sent (by consumers taken together; with several consumers, two of them
+//!   may *process* neighbouring messages in any order).
+//! * **Zero copy on receive.** A [`Message`] borrows its slot; dropping it acknowledges the
+//!   message and frees the slot. A held message keeps its slot: when producers come round the
+//!   ring to it they wait, so hold few messages at a time and not for long.
+//! * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
+//!   after every process exited finds them, in order.
+//! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
+//! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
+//!   system call when no receiver is parked (see [`WaitStrategy`]).
+//!
+//! # Example
+//!
+//! ```
+//! # fn main() -> Result<(), shmq::Error> {
+//! # let dir = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let path = dir.join("thumbnails");
+//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(1024).max_message(4096))?;
+//! let producer = queue.producer()?;             // in the web front-end process
+//! producer.send(b"uploads/img-123.jpg")?;
+//!
+//! let consumer = shmq::Pipeline::open(&path)?.consumer()?;   // in each worker process
+//! let job = consumer.recv()?;
+//! assert_eq!(&*job, b"uploads/img-123.jpg");  // borrows the slot: zero copy
+//! drop(job);                                   // acknowledges it and frees the slot
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, RecvError, SendError};
+use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
+use crate::peers::{self, Participant, Role};
+use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
+use crate::shm::file::{self, Mapping};
+use crate::sync::{Deadline, WaitStrategy};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to create a queue: its geometry (fixed for the file's life) and its permissions.
+#[derive(Debug, Clone)]
+pub struct Options {
+    capacity: u64,
+    max_message: usize,
+    max_participants: u32,
+    mode: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { capacity: 1024, max_message: 1024, max_participants: 64, mode: 0o600 }
+    }
+}
+
+impl Options {
+    /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of message slots (any number from 1 to 2^32).
+    pub fn capacity(mut self, slots: u64) -> Self {
+        self.capacity = slots;
+        self
+    }
+
+    /// Largest message in bytes (up to 1 GiB). Every slot reserves this much.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Largest number of producers and consumers attached at once (1 to 4095).
+    pub fn max_participants(mut self, n: u32) -> Self {
+        self.max_participants = n;
+        self
+    }
+
+    /// File permission bits, e.g. `0o660` to share the queue with a group. Default `0o600`.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+struct Shared {
+    mapping: Arc<Mapping>,
+    ring: MpmcRing,
+    geometry: Geometry,
+}
+
+impl Shared {
+    fn attach(self: &Arc<Self>, role: Role) -> Result<Participant, Error> {
+        peers::attach(
+            &self.mapping,
+            self.geometry.participants_offset as usize,
+            self.geometry.max_participants,
+            role,
+        )
+    }
+}
+
+/// A pipeline queue file, mapped. Cheap to clone; attach producers and consumers from it.
+#[derive(Clone)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("path", &self.path())
+            .field("capacity", &self.capacity())
+            .field("max_message", &self.max_message())
+            .finish()
+    }
+}
+
+fn ring_of(mapping: &Arc<Mapping>, g: &Geometry) -> MpmcRing {
+    MpmcRing::new(
+        mapping.region(),
+        RING_CONTROL_OFFSET,
+        g.slots_offset as usize,
+        g.capacity,
+        g.slot_stride as usize,
+        g.max_message as usize,
+    )
+}
+
+impl Pipeline {
+    /// Creates a new queue file at `path` (which must not exist).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for out-of-range options; [`Error::Io`] if the file exists, the
+    /// directory is not writable, or there is no room for the file (space is reserved now).
+    pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let g = Geometry::pipeline(options.capacity, options.max_message as u64, options.max_participants)
+            .map_err(Error::InvalidOptions)?;
+        let mapping = file::create(path, &g, options.mode, |region| {
+            let ring = MpmcRing::new(
+                region.clone(),
+                RING_CONTROL_OFFSET,
+                g.slots_offset as usize,
+                g.capacity,
+                g.slot_stride as usize,
+                g.max_message as usize,
+            );
+            ring.initialize();
+        })?;
+        let ring = ring_of(&mapping, &g);
+        Ok(Pipeline { shared: Arc::new(Shared { mapping, ring, geometry: g }) })
+    }
+
+    /// Opens an existing queue file, validating everything in its header.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be opened (or is a symbolic link); [`Error::Corrupt`] if it is
+    /// not a pipeline of this format version, or its geometry is invalid or does not fit the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let (mapping, g) = file::open(path.as_ref(), KIND_PIPELINE)?;
+        let ring = ring_of(&mapping, &g);
+        Ok(Pipeline { shared: Arc::new(Shared { mapping, ring, geometry: g }) })
+    }
+
+    /// Attaches a producer.
+    ///
+    /// # Errors
+    /// [`Error::TooManyParticipants`] when the participant table is full.
+    pub fn producer(&self) -> Result<Producer, Error> {
+        let me = self.shared.attach(Role::Producer)?;
+        Ok(Producer { owner: me.owner_id(), shared: self.shared.clone(), _me: me, wait: WaitStrategy::default() })
+    }
+
+    /// Attaches a consumer.
+    ///
+    /// # Errors
+    /// [`Error::TooManyParticipants`] when the participant table is full.
+    pub fn consumer(&self) -> Result<Consumer, Error> {
+        let me = self.shared.attach(Role::Consumer)?;
+        Ok(Consumer { owner: me.owner_id(), shared: self.shared.clone(), _me: me, wait: WaitStrategy::default() })
+    }
+
+    /// The queue file's path as given to `create` or `open`.
+    pub fn path(&self) -> &Path {
+        self.shared.mapping.path()
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u64 {
+        self.shared.geometry.capacity
+    }
+
+    /// Largest message in bytes.
+    pub fn max_message(&self) -> usize {
+        self.shared.geometry.max_message as usize
+    }
+
+    /// Messages sent (or being written) and not yet taken by a consumer; a snapshot.
+    pub fn len(&self) -> u64 {
+        self.shared.ring.len()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes the queue file's name. Processes that have it mapped keep using it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be removed.
+    pub fn remove(path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e))
+    }
+}
+
+/// Sends messages into a pipeline. `Send + Sync`: share it between threads or make one each.
+pub struct Producer {
+    shared: Arc<Shared>,
+    owner: u16,
+    wait: WaitStrategy,
+    _me: Participant,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer").field("path", &self.shared.mapping.path()).field("participant", &self.owner).finish()
+    }
+}
+
+impl Producer {
+    /// Sets how blocking sends wait for room (default: spin 20 µs, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    fn ring(&self) -> &MpmcRing {
+        &self.shared.ring
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), SendError> {
+        let max = self.ring().max_message();
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
+        let ring = self.ring();
+        match ring.not_full().wait_for(self.wait, deadline, || ring.try_claim_write(self.owner)) {
+            Ok(Some(claim)) => Ok(claim),
+            Ok(None) if matches!(deadline, Deadline::Now) => Err(SendError::Full),
+            Ok(None) => Err(SendError::Timeout),
+            Err(c) => Err(SendError::Corrupt(c)),
+        }
+    }
+
+    fn write_and_commit(&self, claim: WriteClaim, msg: &[u8]) -> Result<(), SendError> {
+        let ring = self.ring();
+        // SAFETY: `claim` gives this producer the slot's payload bytes (it is WRITING and owned
+        // by us) until commit; `msg.len() <= max_message` was checked, so the copy stays inside
+        // the slot.
+        unsafe { ring.region().write(ring.payload_offset(claim.index), msg) };
+        if ring.commit(claim, msg.len()) {
+            Ok(())
+        } else {
+            Err(SendError::Corrupt(crate::error::Corruption::BadState("a claimed slot changed under its producer")))
+        }
+    }
+
+    fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
+        self.check_len(msg.len())?;
+        let claim = self.claim(deadline)?;
+        let result = self.write_and_commit(claim, msg);
+        self.ring().not_empty().notify(1);
+        result
+    }
+
+    /// Sends `msg`, waiting while the queue is full.
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] if `msg` exceeds the maximum message size (nothing is written);
+    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_with(msg, Deadline::Never)
+    }
+
+    /// Sends `msg` if there is room now.
+    ///
+    /// # Errors
+    /// [`SendError::Full`] if there is no room, and as for [`send`](Self::send).
+    pub fn try_send(&self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_with(msg, Deadline::Now)
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`SendError::Timeout`] if the queue stayed full, and as for [`send`](Self::send).
+    pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.send_with(msg, Deadline::after(timeout))
+    }
+
+    /// Sends every message of `msgs` in order, waiting for room as needed, and wakes parked
+    /// consumers once per batch instead of once per message.
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send); messages before the failing one were sent. A message that
+    /// is too large is refused before anything is sent.
+    pub fn send_batch(&self, msgs: &[&[u8]]) -> Result<(), SendError> {
+        if let Some(big) = msgs.iter().find(|m| m.len() > self.ring().max_message()) {
+            return self.check_len(big.len());
+        }
+        let ring = self.ring();
+        for msg in msgs {
+            let claim = match ring.try_claim_write(self.owner).map_err(SendError::Corrupt)? {
+                Some(c) => c,
+                None => {
+                    // Full: let consumers see what we sent before we wait for them.
+                    ring.not_empty().notify(u32::MAX);
+                    self.claim(Deadline::Never)?
+                }
+            };
+            self.write_and_commit(claim, msg)?;
+        }
+        ring.not_empty().notify(u32::MAX);
+        Ok(())
+    }
+
+    /// Loans a slot for a message of exactly `len` bytes, to be written in place (zero copy)
+    /// and [`commit`](Loan::commit)ted. Waits while the queue is full. Dropping the loan without
+    /// committing abandons it: nothing is delivered.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-loan-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// let producer = q.producer()?;
+    /// let mut loan = producer.loan(5)?;
+    /// loan.copy_from_slice(b"hello");
+    /// loan.commit();
+    /// assert_eq!(&*q.consumer()?.recv()?, b"hello");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
+    pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.loan_with(len, Deadline::Never)
+    }
+
+    /// Like [`loan`](Self::loan), but fails with [`SendError::Full`] instead of waiting.
+    ///
+    /// # Errors
+    /// As for [`try_send`](Self::try_send).
+    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+        self.loan_with(len, Deadline::Now)
+    }
+
+    fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+        self.check_len(len)?;
+        let claim = self.claim(deadline)?;
+        let ring = self.ring();
+        // SAFETY: the claim gives this producer the slot's payload bytes until it commits or
+        // abandons; the Loan holds the claim and this slice together, and borrows `self` (which
+        // keeps the mapping alive) for the slice's lifetime. `len <= max_message` was checked.
+        let bytes = unsafe { ring.region().slice_mut(ring.payload_offset(claim.index), len) };
+        Ok(Loan { producer: self, claim: Some(claim), bytes })
+    }
+
+    /// Sends a plain-old-data value as its bytes.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-pod-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    /// #[repr(C)]
+    /// struct Job { id: u64, width: u32, height: u32 }
+    /// q.producer()?.send_value(&Job { id: 7, width: 128, height: 128 })?;
+    /// let consumer = q.consumer()?;
+    /// let msg = consumer.recv()?;
+    /// assert_eq!(msg.value::<Job>(), Some(Job { id: 7, width: 128, height: 128 }));
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
+    pub fn send_value<T: bytemuck::NoUninit>(&self, value: &T) -> Result<(), SendError> {
+        self.send(bytemuck::bytes_of(value))
+    }
+}
+
+/// A slot loaned by [`Producer::loan`]: write the message into it, then commit.
+pub struct Loan<'a> {
+    producer: &'a Producer,
+    claim: Option<WriteClaim>,
+    bytes: &'a mut [u8],
+}
+
+impl Loan<'_> {
+    /// Publishes the message. Consumers see all of it or none of it.
+    pub fn commit(mut self) {
+        if let Some(claim) = self.claim.take() {
+            let ring = self.producer.ring();
+            // A `false` here means a recovery pass took the slot away; nothing is published.
+            let _ = ring.commit(claim, self.bytes.len());
+            ring.not_empty().notify(1);
+        }
+    }
+}
+
+impl Deref for Loan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl DerefMut for Loan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            let ring = self.producer.ring();
+            ring.abandon(claim);
+            ring.not_empty().notify(1);
+        }
+    }
+}
+
+impl fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan").field("len", &self.bytes.len()).finish()
+    }
+}
+
+/// Receives messages from a pipeline. `Send + Sync`; may hold several messages at once.
+pub struct Consumer {
+    shared: Arc<Shared>,
+    owner: u16,
+    wait: WaitStrategy,
+    _me: Participant,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").field("path", &self.shared.mapping.path()).field("participant", &self.owner).finish()
+    }
+}
+
+impl Consumer {
+    /// Sets how blocking receives wait for messages (default: spin 20 µs, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    fn ring(&self) -> &MpmcRing {
+        &self.shared.ring
+    }
+
+    fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+        let ring = self.ring();
+        let claim = match ring.not_empty().wait_for(self.wait, deadline, || ring.try_claim_read(self.owner)) {
+            Ok(Some(claim)) => claim,
+            Ok(None) if matches!(deadline, Deadline::Now) => return Err(RecvError::Empty),
+            Ok(None) => return Err(RecvError::Timeout),
+            Err(c) => return Err(RecvError::Corrupt(c)),
+        };
+        // SAFETY: the claim gives this consumer the slot (READING, owned by us) until the
+        // Message releases it on drop; producers do not touch a slot until it is released. The
+        // length was checked against max_message by the ring. The slice borrows `self`, which
+        // keeps the mapping alive.
+        let bytes = unsafe { ring.region().slice(ring.payload_offset(claim.index), claim.len) };
+        Ok(Message { consumer: self, claim: Some(claim), bytes })
+    }
+
+    /// Receives the next message, waiting while the queue is empty.
+    ///
+    /// # Errors
+    /// [`RecvError::Corrupt`] if the shared memory breaks the protocol.
+    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_with(Deadline::Never)
+    }
+
+    /// Receives the next message if one is ready.
+    ///
+    /// # Errors
+    /// [`RecvError::Empty`] if none is, and as for [`recv`](Self::recv).
+    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_with(Deadline::Now)
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvError::Timeout`] if none arrived, and as for [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.recv_with(Deadline::after(timeout))
+    }
+
+    /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
+    /// acknowledging each after `each` returns, and wakes parked producers once per batch.
+    /// Returns how many were handled.
+    ///
+    /// # Errors
+    /// As for [`recv`](Self::recv).
+    pub fn recv_batch(&self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let ring = self.ring();
+        let first = self.recv()?;
+        each(&first);
+        first.ack_quietly();
+        let mut n = 1;
+        while n < max {
+            match ring.try_claim_read(self.owner) {
+                Ok(Some(claim)) => {
+                    // SAFETY: as in `recv_with`: the slot is ours until released just below.
+                    let bytes = unsafe { ring.region().slice(ring.payload_offset(claim.index), claim.len) };
+                    each(bytes);
+                    ring.release(claim);
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(c) => {
+                    ring.not_full().notify(u32::MAX);
+                    return Err(RecvError::Corrupt(c));
+                }
+            }
+        }
+        ring.not_full().notify(u32::MAX);
+        Ok(n)
+    }
+}
+
+/// A received message. It borrows its slot (zero copy); dropping it acknowledges the message
+/// and frees the slot for producers.
+pub struct Message<'a> {
+    consumer: &'a Consumer,
+    claim: Option<ReadClaim>,
+    bytes: &'a [u8],
+}
+
+impl Message<'_> {
+    /// Whether this message was delivered before to a consumer that died without
+    /// acknowledging it.
+    pub fn redelivered(&self) -> bool {
+        self.claim.as_ref().is_some_and(|c| c.redelivered)
+    }
+
+    /// The message as a plain-old-data value, copied out, if its length is exactly that of `T`.
+    pub fn value<T: bytemuck::AnyBitPattern>(&self) -> Option<T> {
+        (self.bytes.len() == std::mem::size_of::<T>()).then(|| bytemuck::pod_read_unaligned(self.bytes))
+    }
+
+    /// The message as a reference to a plain-old-data value, if its length is exactly that of
+    /// `T` and `T` needs no more than 16-byte alignment (payloads are 16-byte aligned).
+    pub fn as_value<T: bytemuck::AnyBitPattern>(&self) -> Option<&T> {
+        bytemuck::try_from_bytes(self.bytes).ok()
+    }
+
+    /// Acknowledges without waking producers (the caller wakes them once for a batch).
+    fn ack_quietly(mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.consumer.ring().release(claim);
+        }
+    }
+}
+
+impl Deref for Message<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl AsRef<[u8]> for Message<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            let ring = self.consumer.ring();
+            ring.release(claim);
+            ring.not_full().notify(1);
+        }
+    }
+}
+
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("len", &self.bytes.len())
+            .field("redelivered", &self.redelivered())
+            .finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Pipeline>();
+    is::<Producer>();
+    is::<Consumer>();
+    let _: Option<PathBuf> = None;
+}

@@ -1,0 +1,4 @@
+//! Lock-free cores over a [`Region`](crate::shm::Region): no files, no syscalls beyond the
+//! wait cells' futex calls.
+
+pub(crate) mod mpmc;

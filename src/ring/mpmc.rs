@@ -1,0 +1,620 @@
+//! The multi-producer multi-consumer slot ring.
+//!
+//! # Algorithm
+//!
+//! A bounded array of `capacity` slots and two 64-bit counters, `tail` (the next position a
+//! producer claims) and `head` (the next position a consumer claims). Position `p` lives in slot
+//! `p % capacity`. Each slot starts with a 64-bit *state word*:
+//!
+//! ```text
+//!  63                          16  15   14..12   11..0
+//! +------------------------------+----+--------+-------+
+//! | sequence: position (48 bits) | RD | state  | owner |
+//! +------------------------------+----+--------+-------+
+//! ```
+//!
+//! * `sequence` is the position the slot currently serves (mod 2^48; positions never repeat
+//!   within 2^48 messages, so there is no ABA in practice);
+//! * `state` is `EMPTY`, `WRITING`, `READY`, `READING`, `SKIPPED` or `REDELIVER`;
+//! * `owner` is the participant (1-based index into the participant table) that claimed it, 0
+//!   for nobody, so a recovery pass that proves the owner dead knows what to undo;
+//! * `RD` marks a message being delivered again after its first reader died.
+//!
+//! The life of position `p` in its slot:
+//!
+//! ```text
+//! (p, EMPTY) --producer CAS--> (p, WRITING, w) --commit CAS--> (p, READY, w)
+//!     --consumer CAS--> (p, READING, r) --release CAS--> (p + capacity, EMPTY)
+//! (p, WRITING, w) --abandon--> (p, SKIPPED, w) --any consumer--> (p + capacity, EMPTY)
+//! ```
+//!
+//! Claiming is done on the slot word first, then the counter is advanced with a CAS that anyone
+//! may perform ("helping"): a producer that finds the slot at `tail` already claimed moves `tail`
+//! on, and so does a consumer for `head`. So a claimer that stalls (or dies) between the two
+//! steps never stops the others, and the claimer's identity is recorded atomically with the claim.
+//!
+//! A producer at `tail = t` reads the slot: `(t, EMPTY)` means position `t` is free; sequence
+//! `t - capacity` means the previous lap's message still occupies it: the ring is **full**. A
+//! consumer at `head = h`: `(h, READY)` is a message; `(h, EMPTY)`, `(h, WRITING)` or sequence
+//! `h - capacity` mean nothing is ready at `h` yet: the ring is **empty** for now.
+//!
+//! # Memory ordering
+//!
+//! The payload and length are written between the WRITING claim and the READY commit; the commit
+//! is a Release CAS and consumers load the state word with Acquire, so a consumer that sees READY
+//! sees the whole message. Releasing the slot is a Release CAS; producers read the word with
+//! Acquire before writing, so a slot is never overwritten while a consumer still reads it.
+//!
+//! # Untrusted memory
+//!
+//! Every word read from the region is checked: an unknown state, a sequence that fits none of
+//! the cases above while the counter has not moved, or a length above `max_message` is a
+//! [`Corruption`], never a panic or an out-of-bounds access (indices are always computed here,
+//! modulo `capacity`, never read from the region).
+
+use crate::error::Corruption;
+use crate::layout::{CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_TAIL, SLOT_HEADER_SIZE};
+use crate::shm::Region;
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::WaitCell;
+
+const OWNER_MASK: u64 = 0xfff;
+const STATE_SHIFT: u32 = 12;
+const STATE_MASK: u64 = 0x7 << STATE_SHIFT;
+const REDELIVERED: u64 = 1 << 15;
+const SEQ_SHIFT: u32 = 16;
+const SEQ_MASK: u64 = (1 << 48) - 1;
+
+/// The states a slot can be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub(crate) enum SlotState {
+    /// Free for the producer of its sequence.
+    Empty = 0,
+    /// Claimed by a producer that is writing the payload.
+    Writing = 1,
+    /// Holds a committed message.
+    Ready = 2,
+    /// Held by a consumer that has not acknowledged it yet.
+    Reading = 3,
+    /// Abandoned by its producer (or its producer died): consumers pass over it.
+    Skipped = 4,
+    /// Its consumer died before acknowledging it: to be delivered again.
+    Redeliver = 5,
+}
+
+/// A decoded state word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word {
+    pub(crate) seq: u64,
+    pub(crate) state: SlotState,
+    pub(crate) owner: u16,
+    pub(crate) redelivered: bool,
+}
+
+impl Word {
+    pub(crate) fn new(seq: u64, state: SlotState, owner: u16) -> Self {
+        Word { seq: seq & SEQ_MASK, state, owner, redelivered: false }
+    }
+
+    pub(crate) fn encode(self) -> u64 {
+        ((self.seq & SEQ_MASK) << SEQ_SHIFT)
+            | (if self.redelivered { REDELIVERED } else { 0 })
+            | ((self.state as u64) << STATE_SHIFT)
+            | (u64::from(self.owner) & OWNER_MASK)
+    }
+
+    pub(crate) fn decode(raw: u64) -> Result<Self, Corruption> {
+        let state = match (raw & STATE_MASK) >> STATE_SHIFT {
+            0 => SlotState::Empty,
+            1 => SlotState::Writing,
+            2 => SlotState::Ready,
+            3 => SlotState::Reading,
+            4 => SlotState::Skipped,
+            5 => SlotState::Redeliver,
+            _ => return Err(Corruption::BadState("a slot holds an unknown state")),
+        };
+        Ok(Word {
+            seq: raw >> SEQ_SHIFT,
+            state,
+            owner: (raw & OWNER_MASK) as u16,
+            redelivered: raw & REDELIVERED != 0,
+        })
+    }
+}
+
+/// A slot a producer has claimed and may write.
+#[derive(Debug)]
+pub(crate) struct WriteClaim {
+    pub(crate) pos: u64,
+    pub(crate) index: usize,
+    owner: u16,
+}
+
+/// A slot a consumer holds: its message is readable until it is released.
+#[derive(Debug)]
+pub(crate) struct ReadClaim {
+    pub(crate) pos: u64,
+    pub(crate) index: usize,
+    pub(crate) len: usize,
+    pub(crate) redelivered: bool,
+    owner: u16,
+}
+
+/// The ring over a region: a control block (tail, head, two wait cells) and the slots.
+#[derive(Clone)]
+pub(crate) struct MpmcRing {
+    region: Region,
+    ctl: usize,
+    slots: usize,
+    capacity: u64,
+    stride: usize,
+    max_message: usize,
+}
+
+impl MpmcRing {
+    /// A ring whose control block is at `ctl` and whose `capacity` slots of `stride` bytes start
+    /// at `slots`. The caller has validated that all of it lies inside `region`
+    /// (checked again here, once).
+    pub(crate) fn new(
+        region: Region,
+        ctl: usize,
+        slots: usize,
+        capacity: u64,
+        stride: usize,
+        max_message: usize,
+    ) -> Self {
+        assert!(capacity >= 1 && stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
+        assert!(ctl + crate::layout::RING_CONTROL_SIZE <= region.len());
+        assert!(slots + capacity as usize * stride <= region.len());
+        MpmcRing { region, ctl, slots, capacity, stride, max_message }
+    }
+
+    /// Largest message in bytes.
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        self.region.u64_at(self.ctl + CTL_TAIL)
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        self.region.u64_at(self.ctl + CTL_HEAD)
+    }
+
+    fn index(&self, pos: u64) -> usize {
+        (pos % self.capacity) as usize
+    }
+
+    fn slot_offset(&self, index: usize) -> usize {
+        self.slots + index * self.stride
+    }
+
+    fn state(&self, index: usize) -> &AtomicU64 {
+        self.region.u64_at(self.slot_offset(index))
+    }
+
+    fn len_word(&self, index: usize) -> &crate::sync::atomic::AtomicU32 {
+        self.region.u32_at(self.slot_offset(index) + 8)
+    }
+
+    /// Offset of the payload of slot `index` in the region.
+    pub(crate) fn payload_offset(&self, index: usize) -> usize {
+        self.slot_offset(index) + SLOT_HEADER_SIZE
+    }
+
+    /// The region the ring lives in.
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Consumers wait here for messages.
+    pub(crate) fn not_empty(&self) -> WaitCell<'_> {
+        WaitCell {
+            seq: self.region.u32_at(self.ctl + CTL_NOT_EMPTY),
+            waiters: self.region.u32_at(self.ctl + CTL_NOT_EMPTY + 4),
+        }
+    }
+
+    /// Producers wait here for room.
+    pub(crate) fn not_full(&self) -> WaitCell<'_> {
+        WaitCell {
+            seq: self.region.u32_at(self.ctl + CTL_NOT_FULL),
+            waiters: self.region.u32_at(self.ctl + CTL_NOT_FULL + 4),
+        }
+    }
+
+    fn seq(&self, pos: u64) -> u64 {
+        pos & SEQ_MASK
+    }
+
+    /// Claims the slot at the tail for writing, or `None` if the ring is full.
+    pub(crate) fn try_claim_write(&self, owner: u16) -> Result<Option<WriteClaim>, Corruption> {
+        let mut t = self.tail().load(Ordering::Acquire);
+        loop {
+            let index = self.index(t);
+            let raw = self.state(index).load(Ordering::Acquire);
+            let w = Word::decode(raw)?;
+            if w.seq == self.seq(t) && w.state == SlotState::Empty {
+                let claimed = Word::new(t, SlotState::Writing, owner).encode();
+                if self.state(index).compare_exchange(raw, claimed, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    // Move the tail on; if this fails, someone already helped.
+                    let _ = self.tail().compare_exchange(t, t.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                    return Ok(Some(WriteClaim { pos: t, index, owner }));
+                }
+            } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.capacity)) {
+                // Position t is claimed already: help the tail past it.
+                let _ = self.tail().compare_exchange(t, t.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+            } else {
+                let now = self.tail().load(Ordering::Acquire);
+                if now == t {
+                    if w.seq == self.seq(t.wrapping_sub(self.capacity)) {
+                        return Ok(None);
+                    }
+                    return Err(Corruption::BadState("a slot's sequence is out of step with the tail"));
+                }
+                t = now;
+                continue;
+            }
+            t = self.tail().load(Ordering::Acquire);
+        }
+    }
+
+    /// Publishes a claimed slot holding `len` bytes of payload (already written).
+    /// Returns `false` if the claim was taken away by a recovery pass (then nothing is published).
+    pub(crate) fn commit(&self, claim: WriteClaim, len: usize) -> bool {
+        debug_assert!(len <= self.max_message);
+        self.len_word(claim.index).store(len as u32, Ordering::Relaxed);
+        let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
+        let to = Word::new(claim.pos, SlotState::Ready, claim.owner).encode();
+        self.state(claim.index)
+            .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Gives up a claimed slot without publishing anything: consumers pass over it.
+    pub(crate) fn abandon(&self, claim: WriteClaim) {
+        let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
+        let to = Word::new(claim.pos, SlotState::Skipped, claim.owner).encode();
+        let _ = self.state(claim.index).compare_exchange(from, to, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// Claims the message at the head, or `None` if nothing is ready.
+    pub(crate) fn try_claim_read(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
+        let mut h = self.head().load(Ordering::Acquire);
+        loop {
+            let index = self.index(h);
+            let raw = self.state(index).load(Ordering::Acquire);
+            let w = Word::decode(raw)?;
+            if w.seq == self.seq(h) {
+                match w.state {
+                    SlotState::Ready | SlotState::Redeliver => {
+                        let mut taken = Word::new(h, SlotState::Reading, owner);
+                        taken.redelivered = w.state == SlotState::Redeliver || w.redelivered;
+                        if self
+                            .state(index)
+                            .compare_exchange(raw, taken.encode(), Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                            let len = u64::from(self.len_word(index).load(Ordering::Relaxed));
+                            let claim = ReadClaim {
+                                pos: h,
+                                index,
+                                len: len as usize,
+                                redelivered: taken.redelivered,
+                                owner,
+                            };
+                            if len > self.max_message as u64 {
+                                self.release(claim);
+                                return Err(Corruption::BadLength { len, max: self.max_message as u64 });
+                            }
+                            return Ok(Some(claim));
+                        }
+                        h = self.head().load(Ordering::Acquire);
+                        continue;
+                    }
+                    SlotState::Skipped => {
+                        let freed = Word::new(h.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
+                        if self.state(index).compare_exchange(raw, freed, Ordering::Release, Ordering::Relaxed).is_ok() {
+                            self.not_full().notify(1);
+                        }
+                        let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                    }
+                    SlotState::Reading => {
+                        let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                    }
+                    SlotState::Empty | SlotState::Writing => {
+                        let now = self.head().load(Ordering::Acquire);
+                        if now == h {
+                            return Ok(None);
+                        }
+                        h = now;
+                        continue;
+                    }
+                }
+            } else if w.seq == self.seq(h.wrapping_add(self.capacity)) {
+                // Position h was consumed and its slot released already: help the head on.
+                let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+            } else {
+                let now = self.head().load(Ordering::Acquire);
+                if now == h {
+                    if w.seq == self.seq(h.wrapping_sub(self.capacity)) {
+                        return Ok(None);
+                    }
+                    return Err(Corruption::BadState("a slot's sequence is out of step with the head"));
+                }
+                h = now;
+                continue;
+            }
+            h = self.head().load(Ordering::Acquire);
+        }
+    }
+
+    /// Acknowledges a held message: frees its slot for the producer of the next lap.
+    /// Returns `false` if the claim was taken away by a recovery pass.
+    pub(crate) fn release(&self, claim: ReadClaim) -> bool {
+        let mut from = Word::new(claim.pos, SlotState::Reading, claim.owner);
+        from.redelivered = claim.redelivered;
+        let to = Word::new(claim.pos.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
+        self.state(claim.index)
+            .compare_exchange(from.encode(), to, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Messages committed or in flight and not yet claimed by a consumer (approximate while
+    /// others are active).
+    pub(crate) fn len(&self) -> u64 {
+        let head = self.head().load(Ordering::Acquire);
+        let tail = self.tail().load(Ordering::Acquire);
+        tail.saturating_sub(head).min(self.capacity)
+    }
+
+    /// Writes the initial state of every slot: slot `i` serves position `i`.
+    /// Only for a ring nobody else can see yet (during creation).
+    pub(crate) fn initialize(&self) {
+        for i in 0..self.capacity as usize {
+            self.state(i).store(Word::new(i as u64, SlotState::Empty, 0).encode(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn ring(capacity: u64, max_message: usize) -> MpmcRing {
+        let stride = (SLOT_HEADER_SIZE + max_message).next_multiple_of(8);
+        let slots = crate::layout::RING_CONTROL_SIZE;
+        let region = Region::heap(slots + capacity as usize * stride);
+        let r = MpmcRing::new(region, 0, slots, capacity, stride, max_message);
+        r.initialize();
+        r
+    }
+
+    #[test]
+    fn word_round_trips() {
+        for state in [SlotState::Empty, SlotState::Writing, SlotState::Ready, SlotState::Reading, SlotState::Skipped, SlotState::Redeliver] {
+            let mut w = Word::new((1 << 48) + 12345, state, 4095);
+            w.redelivered = true;
+            assert_eq!(Word::decode(w.encode()), Ok(w));
+            assert_eq!(w.seq, 12345);
+        }
+        assert!(Word::decode(6 << STATE_SHIFT).is_err());
+        assert!(Word::decode(7 << STATE_SHIFT).is_err());
+    }
+
+    #[cfg(not(loom))]
+    fn send(r: &MpmcRing, msg: &[u8]) -> bool {
+        match r.try_claim_write(1).unwrap() {
+            None => false,
+            Some(c) => {
+                // SAFETY: the claim gives this thread the slot's payload bytes.
+                unsafe { r.region().write(r.payload_offset(c.index), msg) };
+                assert!(r.commit(c, msg.len()));
+                true
+            }
+        }
+    }
+
+    #[cfg(not(loom))]
+    fn recv(r: &MpmcRing) -> Option<Vec<u8>> {
+        let c = r.try_claim_read(2).unwrap()?;
+        let mut v = vec![0; c.len];
+        // SAFETY: the claim gives this thread the slot until release.
+        unsafe { r.region().read(r.payload_offset(c.index), &mut v) };
+        assert!(r.release(c));
+        Some(v)
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn smoke_and_capacity() {
+        for cap in [1u64, 2, 3, 8] {
+            let r = ring(cap, 16);
+            assert_eq!(recv(&r), None);
+            for round in 0..5u8 {
+                for i in 0..cap as u8 {
+                    assert!(send(&r, &[round, i]));
+                }
+                assert!(!send(&r, b"x"), "ring of {cap} must be full");
+                assert_eq!(r.len(), cap);
+                for i in 0..cap as u8 {
+                    assert_eq!(recv(&r), Some(vec![round, i]));
+                }
+                assert_eq!(recv(&r), None);
+            }
+        }
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn abandoned_claim_is_skipped() {
+        let r = ring(2, 8);
+        let c = r.try_claim_write(1).unwrap().unwrap();
+        assert!(send(&r, b"b"));
+        assert_eq!(recv(&r), None, "FIFO: the head waits on the claimed slot");
+        r.abandon(c);
+        assert_eq!(recv(&r), Some(b"b".to_vec()));
+        assert!(send(&r, b"c") && send(&r, b"d"));
+        assert_eq!(recv(&r), Some(b"c".to_vec()));
+        assert_eq!(recv(&r), Some(b"d".to_vec()));
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn corrupt_words_are_errors_not_panics() {
+        let r = ring(4, 8);
+        assert!(send(&r, b"a"));
+        // An unknown state.
+        r.state(0).store(7 << STATE_SHIFT, Ordering::Relaxed);
+        assert!(r.try_claim_read(2).is_err());
+        // A sequence that fits nothing.
+        r.state(0).store(Word::new(999, SlotState::Ready, 1).encode(), Ordering::Relaxed);
+        assert!(r.try_claim_read(2).is_err());
+        // A length beyond max_message: an error, and the slot is released, not wedged.
+        r.state(0).store(Word::new(0, SlotState::Ready, 1).encode(), Ordering::Relaxed);
+        r.len_word(0).store(u32::MAX, Ordering::Relaxed);
+        assert!(matches!(r.try_claim_read(2), Err(Corruption::BadLength { .. })));
+        // Hostile head and tail values only ever index modulo capacity.
+        r.head().store(u64::MAX - 3, Ordering::Relaxed);
+        r.tail().store(u64::MAX, Ordering::Relaxed);
+        let _ = r.try_claim_read(2);
+        let _ = r.try_claim_write(1);
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn threads_each_message_exactly_once() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let r = ring(8, 16);
+        let done = Arc::new(AtomicBool::new(false));
+        let per = 20_000u64;
+        let seen: Vec<u64> = std::thread::scope(|s| {
+            for p in 0..2u64 {
+                let r = r.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        let v = (p << 32 | i).to_le_bytes();
+                        while !send(&r, &v) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let r = r.clone();
+                    let done = done.clone();
+                    s.spawn(move || {
+                        let mut got = Vec::new();
+                        let mut last = [None, None];
+                        loop {
+                            match recv(&r) {
+                                Some(v) => {
+                                    let x = u64::from_le_bytes(v.try_into().unwrap());
+                                    let (p, i) = ((x >> 32) as usize, x & 0xffff_ffff);
+                                    assert!(last[p].is_none_or(|l| l < i), "per-producer order");
+                                    last[p] = Some(i);
+                                    got.push(x);
+                                }
+                                None if done.load(Ordering::Acquire) && r.len() == 0 => break,
+                                None => std::hint::spin_loop(),
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            while r.tail().load(Ordering::Acquire) < 2 * per {
+                std::thread::yield_now();
+            }
+            done.store(true, Ordering::Release);
+            consumers.into_iter().flat_map(|c| c.join().unwrap()).collect()
+        });
+        let mut seen = seen;
+        seen.sort_unstable();
+        let want: Vec<u64> = (0..2u64).flat_map(|p| (0..per).map(move |i| p << 32 | i)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        assert_eq!(seen, want);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::tests::ring;
+    use super::*;
+    use crate::sync::{Deadline, WaitStrategy};
+    use loom::thread;
+
+    fn send_blocking(r: &MpmcRing, owner: u16, msg: &[u8]) {
+        let claim = r
+            .not_full()
+            .wait_for(WaitStrategy::Park, Deadline::Never, || r.try_claim_write(owner))
+            .unwrap()
+            .unwrap();
+        // SAFETY: the claim gives this thread the payload bytes.
+        unsafe { r.region().write(r.payload_offset(claim.index), msg) };
+        assert!(r.commit(claim, msg.len()));
+        r.not_empty().notify(1);
+    }
+
+    fn recv_blocking(r: &MpmcRing, owner: u16) -> Vec<u8> {
+        let claim = r
+            .not_empty()
+            .wait_for(WaitStrategy::Park, Deadline::Never, || r.try_claim_read(owner))
+            .unwrap()
+            .unwrap();
+        let mut v = vec![0; claim.len];
+        // SAFETY: the claim gives this thread the slot until release.
+        unsafe { r.region().read(r.payload_offset(claim.index), &mut v) };
+        assert!(r.release(claim));
+        r.not_full().notify(1);
+        v
+    }
+
+    /// Two producers, one consumer, a ring of one slot: every message arrives once, intact, and
+    /// the blocked producer and consumer are always woken (a lost wake-up is a loom deadlock).
+    #[test]
+    fn two_producers_one_consumer() {
+        loom::model(|| {
+            let r = ring(1, 2);
+            let a = { let r = r.clone(); thread::spawn(move || send_blocking(&r, 1, b"ab")) };
+            let b = { let r = r.clone(); thread::spawn(move || send_blocking(&r, 2, b"cd")) };
+            let mut got = vec![recv_blocking(&r, 3), recv_blocking(&r, 3)];
+            a.join().unwrap();
+            b.join().unwrap();
+            got.sort();
+            assert_eq!(got, vec![b"ab".to_vec(), b"cd".to_vec()]);
+        });
+    }
+
+    /// One producer, two consumers: each message to exactly one consumer, intact.
+    #[test]
+    fn one_producer_two_consumers() {
+        loom::model(|| {
+            let r = ring(2, 2);
+            let c1 = { let r = r.clone(); thread::spawn(move || recv_blocking(&r, 2)) };
+            let c2 = { let r = r.clone(); thread::spawn(move || recv_blocking(&r, 3)) };
+            send_blocking(&r, 1, b"xy");
+            send_blocking(&r, 1, b"zw");
+            let mut got = vec![c1.join().unwrap(), c2.join().unwrap()];
+            got.sort();
+            assert_eq!(got, vec![b"xy".to_vec(), b"zw".to_vec()]);
+        });
+    }
+
+    /// The wait/wake protocol alone: a consumer parks on an empty ring, a producer commits and
+    /// notifies; a producer parks on a full ring, a consumer releases and notifies.
+    #[test]
+    fn wait_wake_never_loses_a_wakeup() {
+        loom::model(|| {
+            let r = ring(1, 1);
+            let p = { let r = r.clone(); thread::spawn(move || { send_blocking(&r, 1, b"1"); send_blocking(&r, 1, b"2"); }) };
+            assert_eq!(recv_blocking(&r, 2), b"1");
+            assert_eq!(recv_blocking(&r, 2), b"2");
+            p.join().unwrap();
+        });
+    }
+}

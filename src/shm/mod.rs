@@ -1,0 +1,7 @@
+//! The mapped file and the region abstraction over it.
+
+#[cfg(not(loom))]
+pub(crate) mod file;
+pub(crate) mod region;
+
+pub use region::Region;

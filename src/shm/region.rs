@@ -1,0 +1,207 @@
+//! A region: a base pointer and a length over memory that other processes may share.
+//!
+//! The lock-free cores see shared memory only through this type. It hands out atomics at
+//! offsets (bounds- and alignment-checked) and copies payload bytes in and out; it never forms
+//! a `&[u8]` over bytes except through the `unsafe` accessors whose callers promise that the
+//! protocol gives them ownership of those bytes.
+//!
+//! Under `cfg(loom)` the region is a heap model: one loom atomic per 8-byte word (and per
+//! 4-byte word for 32-bit atomics), and one loom `UnsafeCell` per payload byte, so the model
+//! checker sees every access and reports data races on payloads.
+
+#[cfg(not(loom))]
+pub use self::mapped::Region;
+#[cfg(loom)]
+pub use self::model::Region;
+
+#[cfg(not(loom))]
+mod mapped {
+    use crate::sync::atomic::{AtomicU32, AtomicU64};
+    use std::ptr::NonNull;
+    use std::sync::Arc;
+
+    /// Shared memory: a base pointer, a length, and whatever keeps the memory mapped.
+    #[derive(Clone)]
+    pub struct Region {
+        base: NonNull<u8>,
+        len: usize,
+        _owner: Arc<dyn Send + Sync>,
+    }
+
+    // SAFETY: a Region only hands out atomics (Sync) and raw copies whose callers uphold the
+    // ownership protocol; the memory it points to is kept alive by `_owner`, which is itself
+    // Send + Sync.
+    unsafe impl Send for Region {}
+    // SAFETY: as above; all shared mutation goes through atomics or owned slot bytes.
+    unsafe impl Sync for Region {}
+
+    impl Region {
+        /// A region over `len` bytes at `base`, kept valid by `owner`.
+        ///
+        /// # Safety
+        /// `base` must be 8-byte aligned and valid for reads and writes of `len` bytes for as
+        /// long as `owner` is alive, and those bytes must only be accessed through atomics or by
+        /// whoever the shmq protocol makes their owner.
+        pub unsafe fn new(base: NonNull<u8>, len: usize, owner: Arc<dyn Send + Sync>) -> Self {
+            debug_assert_eq!(base.as_ptr() as usize % 8, 0);
+            Region { base, len, _owner: owner }
+        }
+
+        /// A zeroed region on the heap, for tests and in-process queues.
+        #[cfg_attr(not(test), allow(dead_code))]
+        pub fn heap(len: usize) -> Self {
+            let words: Arc<[AtomicU64]> = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
+            let base = NonNull::new(words.as_ptr() as *mut u8).expect("Arc data is never null");
+            // SAFETY: the Arc'd slice of AtomicU64 is 8-aligned, at least `len` bytes long, lives
+            // as long as the Arc stored as owner, and is interior-mutable (atomics).
+            unsafe { Region::new(base, len, Arc::new(words)) }
+        }
+
+        /// Length in bytes.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        #[inline]
+        fn ptr(&self, off: usize, size: usize, align: usize) -> *mut u8 {
+            assert!(
+                off % align == 0 && off.checked_add(size).is_some_and(|end| end <= self.len),
+                "shmq internal error: access at {off}+{size} outside a region of {} bytes",
+                self.len
+            );
+            // SAFETY: `off + size <= len` was just checked, so the result stays in the region.
+            unsafe { self.base.as_ptr().add(off) }
+        }
+
+        /// The 64-bit atomic at `off` (8-aligned, in bounds: checked).
+        #[inline]
+        pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+            let p = self.ptr(off, 8, 8);
+            // SAFETY: `p` is in bounds, 8-aligned and valid while `self` lives; AtomicU64 has
+            // the size and alignment of u64 and tolerates concurrent access from other processes.
+            unsafe { &*(p as *const AtomicU64) }
+        }
+
+        /// The 32-bit atomic at `off` (4-aligned, in bounds: checked).
+        #[inline]
+        pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+            let p = self.ptr(off, 4, 4);
+            // SAFETY: as for `u64_at`, with 4-byte size and alignment.
+            unsafe { &*(p as *const AtomicU32) }
+        }
+
+        /// Copies `src` into the region at `off`.
+        ///
+        /// # Safety
+        /// The caller must own `off..off + src.len()` under the protocol: no other process or
+        /// thread reads or writes those bytes until the caller publishes them with a Release store.
+        #[inline]
+        pub unsafe fn write(&self, off: usize, src: &[u8]) {
+            let p = self.ptr(off, src.len(), 1);
+            // SAFETY: `p..p+len` is in bounds (checked) and owned by the caller (contract), so
+            // nobody else accesses it; `src` is a distinct, valid slice.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        }
+
+        /// Copies `dst.len()` bytes at `off` into `dst`.
+        ///
+        /// # Safety
+        /// The caller must own `off..off + dst.len()` (nobody writes it during the copy).
+        #[inline]
+        #[cfg_attr(not(test), allow(dead_code))]
+        pub unsafe fn read(&self, off: usize, dst: &mut [u8]) {
+            let p = self.ptr(off, dst.len(), 1);
+            // SAFETY: in bounds (checked); no concurrent writer (contract); `dst` is distinct.
+            unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        }
+
+        /// The bytes at `off..off + len` as a slice, for zero-copy receive.
+        ///
+        /// # Safety
+        /// The caller must own those bytes for the slice's whole lifetime `'a`: nobody writes them
+        /// until the caller gives the slot back, and `'a` must not outlive the region.
+        #[inline]
+        pub unsafe fn slice<'a>(&self, off: usize, len: usize) -> &'a [u8] {
+            let p = self.ptr(off, len, 1);
+            // SAFETY: in bounds (checked); immutable while owned (contract); lifetime (contract).
+            unsafe { std::slice::from_raw_parts(p, len) }
+        }
+
+        /// The bytes at `off..off + len` as a mutable slice, for zero-copy send.
+        ///
+        /// # Safety
+        /// As for [`Region::slice`], and the caller is the only one with any reference to them.
+        #[inline]
+        #[allow(clippy::mut_from_ref)]
+        pub unsafe fn slice_mut<'a>(&self, off: usize, len: usize) -> &'a mut [u8] {
+            let p = self.ptr(off, len, 1);
+            // SAFETY: in bounds (checked); exclusively owned for `'a` (contract).
+            unsafe { std::slice::from_raw_parts_mut(p, len) }
+        }
+    }
+}
+
+#[cfg(loom)]
+mod model {
+    use crate::sync::atomic::{AtomicU32, AtomicU64};
+    use loom::cell::UnsafeCell;
+    use std::sync::Arc;
+
+    struct Words {
+        w64: Box<[AtomicU64]>,
+        w32: Box<[AtomicU32]>,
+        bytes: Box<[UnsafeCell<u8>]>,
+    }
+
+    /// The loom model of a region: every word and byte tracked by the model checker.
+    #[derive(Clone)]
+    pub struct Region {
+        words: Arc<Words>,
+        len: usize,
+    }
+
+    impl Region {
+        /// A zeroed model region of `len` bytes.
+        pub fn heap(len: usize) -> Self {
+            let words = Words {
+                w64: (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect(),
+                w32: (0..len.div_ceil(4)).map(|_| AtomicU32::new(0)).collect(),
+                bytes: (0..len).map(|_| UnsafeCell::new(0)).collect(),
+            };
+            Region { words: Arc::new(words), len }
+        }
+
+        /// Length in bytes.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+            assert!(off % 8 == 0 && off + 8 <= self.len);
+            &self.words.w64[off / 8]
+        }
+
+        pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+            assert!(off % 4 == 0 && off + 4 <= self.len);
+            &self.words.w32[off / 4]
+        }
+
+        /// # Safety
+        /// As for the mapped region; loom checks it.
+        pub unsafe fn write(&self, off: usize, src: &[u8]) {
+            for (i, b) in src.iter().enumerate() {
+                // SAFETY: loom's UnsafeCell checks exclusive access itself.
+                self.words.bytes[off + i].with_mut(|p| unsafe { *p = *b });
+            }
+        }
+
+        /// # Safety
+        /// As for the mapped region; loom checks it.
+        pub unsafe fn read(&self, off: usize, dst: &mut [u8]) {
+            for (i, b) in dst.iter_mut().enumerate() {
+                // SAFETY: loom's UnsafeCell checks that no write races with this read.
+                *b = self.words.bytes[off + i].with(|p| unsafe { *p });
+            }
+        }
+    }
+}

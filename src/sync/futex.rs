@@ -1,0 +1,78 @@
+//! Shared futex wait and wake.
+//!
+//! * No `FUTEX_PRIVATE_FLAG`: the word lives in a file mapped by several processes, and a
+//!   private futex is keyed by (mm, address), so it would never wake another process.
+//! * The kernel compares the word with the expected value under its hash-bucket lock, so a
+//!   wake that happens after the caller read the word is never lost: the wait returns at once.
+//! * Every wait has a timeout; the caller re-checks its condition whatever the outcome.
+//!
+//! Under `cfg(loom)` the futex is modelled by a mutex and condition variable: the compare and
+//! the sleep happen under the mutex, as in the kernel, and the timeout is ignored so that a lost
+//! wake-up shows up as a deadlock the model checker reports.
+
+use super::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Sleeps while `*word == expected`, for at most `timeout`. Returns on a wake, on a mismatch,
+/// on a signal or on the timeout; the caller must re-check what it waits for.
+#[cfg(not(loom))]
+pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = nix::libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as nix::libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, which is valid for the duration
+    // of the call (it is borrowed); `ts` outlives the call; the other arguments are ignored by
+    // FUTEX_WAIT. The futex is shared (no FUTEX_PRIVATE_FLAG) because `word` may sit in a
+    // mapping shared with other processes. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_futex,
+            word.as_ptr(),
+            nix::libc::FUTEX_WAIT,
+            expected,
+            &ts as *const nix::libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wakes up to `count` waiters sleeping on `word`, in any process.
+#[cfg(not(loom))]
+pub(crate) fn wake(word: &AtomicU32, count: u32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; it does not dereference user memory
+    // beyond it and `word` is valid. Shared futex, as above.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_futex,
+            word.as_ptr(),
+            nix::libc::FUTEX_WAKE,
+            count.min(i32::MAX as u32),
+            std::ptr::null::<nix::libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref FUTEX: (loom::sync::Mutex<()>, loom::sync::Condvar) =
+        (loom::sync::Mutex::new(()), loom::sync::Condvar::new());
+}
+
+#[cfg(loom)]
+pub(crate) fn wait(word: &AtomicU32, expected: u32, _timeout: Duration) {
+    use super::atomic::Ordering;
+    let guard = FUTEX.0.lock().unwrap();
+    if word.load(Ordering::SeqCst) == expected {
+        drop(FUTEX.1.wait(guard).unwrap());
+    }
+}
+
+#[cfg(loom)]
+pub(crate) fn wake(_word: &AtomicU32, _count: u32) {
+    let _guard = FUTEX.0.lock().unwrap();
+    FUTEX.1.notify_all();
+}

@@ -1,0 +1,8 @@
+//! Synchronisation across processes: the atomics switch, shared futexes, and the wait cell
+//! (spin, then park) built on them.
+
+pub(crate) mod atomic;
+pub(crate) mod futex;
+pub(crate) mod wait;
+
+pub(crate) use wait::{Deadline, WaitCell, WaitStrategy};

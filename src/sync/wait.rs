@@ -1,0 +1,160 @@
+//! The wait cell: how a blocked receiver (or a sender blocked on a full ring) sleeps, and how
+//! the other side wakes it, across processes.
+//!
+//! A cell is two 32-bit words in shared memory: `seq`, the futex word, bumped by every
+//! notification that wakes someone, and `waiters`, how many are parked or about to park.
+//!
+//! ```text
+//! waiter                                   notifier
+//! waiters += 1          (SeqCst)           make the condition true  (e.g. commit a slot)
+//! fence(SeqCst)                            fence(SeqCst)
+//! s = seq               (SeqCst)           if waiters > 0:
+//! if condition: waiters -= 1; done             seq += 1                (SeqCst)
+//! futex_wait(seq, s)                           futex_wake(seq)
+//! waiters -= 1; re-check
+//! ```
+//!
+//! **No lost wake-up.** The two fences order "waiters += 1 ; read condition" against "write
+//! condition ; read waiters" (Dekker's pattern): at least one side sees the other's write. If
+//! the notifier read `waiters == 0`, the waiter's re-check sees the condition. Otherwise the
+//! notifier bumps `seq` after making the condition true: if the waiter read `seq` before the
+//! bump, the kernel sees `seq != s` and the wait returns at once (or the wake reaches it); if it
+//! read it after, the re-check sees the condition.
+//!
+//! **No syscall when nobody waits.** The notifier's fast path is a fence and one load of a word
+//! that only changes when someone parks.
+//!
+//! A waiter killed while parked leaves `waiters` too high; that only costs notifiers a wasted
+//! wake-up call, never a missed one.
+
+use super::atomic::{fence, spin_hint, AtomicU32, Ordering};
+use super::futex;
+use std::time::{Duration, Instant};
+
+/// How a blocking call waits for its condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Poll without ever sleeping: lowest latency, one core busy while waiting.
+    BusyPoll,
+    /// Poll for the given time, then park on the shared futex (the default, 20 µs).
+    SpinThenPark(Duration),
+    /// Park on the shared futex as soon as the condition is false.
+    Park,
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::SpinThenPark(Duration::from_micros(20))
+    }
+}
+
+/// Longest single sleep: waiters wake at least this often to re-check their condition.
+const MAX_PARK: Duration = Duration::from_millis(100);
+
+/// When a blocking call gives up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deadline {
+    /// Try once, never wait.
+    Now,
+    /// Wait until this instant.
+    At(Instant),
+    /// Wait as long as it takes.
+    Never,
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Deadline::Never, Deadline::At)
+    }
+
+    /// Time left, `None` when the deadline has passed.
+    fn remaining(&self) -> Option<Duration> {
+        match self {
+            Deadline::Now => None,
+            Deadline::Never => Some(MAX_PARK),
+            Deadline::At(at) => at.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()),
+        }
+    }
+}
+
+/// A wait cell in shared memory.
+#[derive(Clone, Copy)]
+pub(crate) struct WaitCell<'a> {
+    pub(crate) seq: &'a AtomicU32,
+    pub(crate) waiters: &'a AtomicU32,
+}
+
+impl WaitCell<'_> {
+    /// Wakes up to `count` waiters if there are any; costs a fence and a load otherwise.
+    /// Call after making the condition true.
+    #[inline]
+    pub(crate) fn notify(&self, count: u32) {
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(self.seq, count);
+        }
+    }
+
+    /// Calls `attempt` until it returns `Ok(Some(_))` or an error, waiting between attempts
+    /// according to `strategy`, until `deadline`. `Ok(None)` means the deadline passed.
+    pub(crate) fn wait_for<T, E>(
+        &self,
+        strategy: WaitStrategy,
+        deadline: Deadline,
+        mut attempt: impl FnMut() -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        if let Some(v) = attempt()? {
+            return Ok(Some(v));
+        }
+        if let Deadline::Now = deadline {
+            return Ok(None);
+        }
+        let spin_until = match strategy {
+            WaitStrategy::BusyPoll => None,
+            WaitStrategy::SpinThenPark(d) => Some(Instant::now() + d),
+            WaitStrategy::Park => Some(Instant::now()),
+        };
+        // Spin phase: poll, looking at the clock only every 64 polls.
+        let mut polls: u32 = 0;
+        loop {
+            polls = polls.wrapping_add(1);
+            if polls % 64 == 0 {
+                let now = Instant::now();
+                if matches!(spin_until, Some(t) if now >= t) {
+                    break;
+                }
+                if matches!(deadline, Deadline::At(at) if now >= at) {
+                    return Ok(None);
+                }
+            } else if matches!(strategy, WaitStrategy::Park) {
+                break;
+            }
+            if let Some(v) = attempt()? {
+                return Ok(Some(v));
+            }
+            spin_hint();
+        }
+        // Park phase.
+        loop {
+            let Some(left) = deadline.remaining() else {
+                return attempt();
+            };
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let seen = self.seq.load(Ordering::SeqCst);
+            let outcome = attempt();
+            if !matches!(outcome, Ok(None)) {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                return outcome;
+            }
+            futex::wait(self.seq, seen, left.min(MAX_PARK));
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            if let Some(v) = attempt()? {
+                return Ok(Some(v));
+            }
+        }
+    }
+}
