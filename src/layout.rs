@@ -207,9 +207,15 @@ fn round_up(x: u64, to: u64) -> Option<u64> {
 
 impl Geometry {
     /// Computes the layout of a new pipeline file, or says which option is out of range.
-    pub fn pipeline(capacity: u64, max_message: u64, max_participants: u32) -> Result<Self, String> {
+    pub fn pipeline(
+        capacity: u64,
+        max_message: u64,
+        max_participants: u32,
+    ) -> Result<Self, String> {
         if capacity == 0 || capacity > MAX_CAPACITY {
-            return Err(format!("capacity must be between 1 and {MAX_CAPACITY}, not {capacity}"));
+            return Err(format!(
+                "capacity must be between 1 and {MAX_CAPACITY}, not {capacity}"
+            ));
         }
         if max_message > MAX_MESSAGE_LIMIT {
             return Err(format!(
@@ -221,8 +227,10 @@ impl Geometry {
                 "max_participants must be between 1 and {MAX_PARTICIPANTS_LIMIT}, not {max_participants}"
             ));
         }
-        let too_big = || format!("capacity {capacity} × max_message {max_message} does not fit in a file");
-        let slot_stride = round_up(SLOT_HEADER_SIZE as u64 + max_message, 64).ok_or_else(too_big)?;
+        let too_big =
+            || format!("capacity {capacity} × max_message {max_message} does not fit in a file");
+        let slot_stride =
+            round_up(SLOT_HEADER_SIZE as u64 + max_message, 64).ok_or_else(too_big)?;
         let participants_offset = PARTICIPANTS_OFFSET as u64;
         let table = u64::from(max_participants) * PARTICIPANT_SIZE as u64;
         let slots_offset = round_up(participants_offset + table, PAD as u64).ok_or_else(too_big)?;
@@ -290,21 +298,31 @@ impl Geometry {
             KIND_PIPELINE => Geometry::pipeline(h.capacity, h.max_message, h.max_participants),
             _ => return Err(Corruption::BadGeometry("unknown queue kind")),
         }
-        .map_err(|_| Corruption::BadGeometry("capacity, max_message or max_participants out of range"))?;
+        .map_err(|_| {
+            Corruption::BadGeometry("capacity, max_message or max_participants out of range")
+        })?;
         if h.slot_stride != expected.slot_stride {
-            return Err(Corruption::BadGeometry("slot stride does not match max_message"));
+            return Err(Corruption::BadGeometry(
+                "slot stride does not match max_message",
+            ));
         }
         if h.slots_offset != expected.slots_offset {
-            return Err(Corruption::BadGeometry("slots offset does not match the participant table"));
+            return Err(Corruption::BadGeometry(
+                "slots offset does not match the participant table",
+            ));
         }
         if h.participants_offset != expected.participants_offset {
             return Err(Corruption::BadGeometry("participant table offset is wrong"));
         }
         if h.file_size != expected.file_size {
-            return Err(Corruption::BadGeometry("recorded file size does not match the geometry"));
+            return Err(Corruption::BadGeometry(
+                "recorded file size does not match the geometry",
+            ));
         }
         if h.flags != 0 || h.reserved != [0; 7] {
-            return Err(Corruption::BadGeometry("reserved header fields are not zero"));
+            return Err(Corruption::BadGeometry(
+                "reserved header fields are not zero",
+            ));
         }
         if actual_len < expected.file_size {
             return Err(Corruption::Truncated {
@@ -332,10 +350,16 @@ mod tests {
             assert_eq!(g.slot_stride % 64, 0);
             assert!(g.slot_stride >= SLOT_HEADER_SIZE as u64 + max);
             assert_eq!(g.slots_offset % PAD as u64, 0);
-            assert!(g.participants_offset + u64::from(parts) * PARTICIPANT_SIZE as u64 <= g.slots_offset);
+            assert!(
+                g.participants_offset + u64::from(parts) * PARTICIPANT_SIZE as u64
+                    <= g.slots_offset
+            );
             assert!(g.slots_offset + cap * g.slot_stride <= g.file_size);
             assert_eq!(g.file_size % 4096, 0);
-            assert_eq!(Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size), Ok(g));
+            assert_eq!(
+                Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size),
+                Ok(g)
+            );
         }
     }
 
@@ -346,7 +370,10 @@ mod tests {
         assert!(Geometry::pipeline(8, MAX_MESSAGE_LIMIT + 1, 8).is_err());
         assert!(Geometry::pipeline(8, 64, 0).is_err());
         assert!(Geometry::pipeline(8, 64, MAX_PARTICIPANTS_LIMIT + 1).is_err());
-        assert!(Geometry::pipeline(MAX_CAPACITY, MAX_MESSAGE_LIMIT, 8).is_err(), "too big a file");
+        assert!(
+            Geometry::pipeline(MAX_CAPACITY, MAX_MESSAGE_LIMIT, 8).is_err(),
+            "too big a file"
+        );
     }
 
     #[test]
@@ -356,29 +383,113 @@ mod tests {
             let got = Geometry::validate(&h, KIND_PIPELINE, g.file_size).unwrap_err();
             assert!(want(&got), "unexpected {got:?}");
         };
-        check(FileHeader { magic: 0, ..h }, |c| *c == Corruption::Uninitialized);
-        check(FileHeader { magic: 42, ..h }, |c| matches!(c, Corruption::BadMagic { found: 42 }));
-        check(FileHeader { version: 2, ..h }, |c| matches!(c, Corruption::UnsupportedVersion { found: 2, .. }));
-        check(FileHeader { kind: KIND_PUBSUB, ..h }, |c| matches!(c, Corruption::WrongKind { .. }));
-        check(FileHeader { capacity: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { capacity: u64::MAX, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { capacity: 2048, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { max_message: 1 << 40, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { max_message: 8192, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { slot_stride: 64, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { slots_offset: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { participants_offset: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { max_participants: 0, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { max_participants: 65, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { file_size: 1, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { flags: 1, ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
-        check(FileHeader { reserved: [0, 0, 0, 9, 0, 0, 0], ..h }, |c| matches!(c, Corruption::BadGeometry(_)));
+        check(FileHeader { magic: 0, ..h }, |c| {
+            *c == Corruption::Uninitialized
+        });
+        check(FileHeader { magic: 42, ..h }, |c| {
+            matches!(c, Corruption::BadMagic { found: 42 })
+        });
+        check(FileHeader { version: 2, ..h }, |c| {
+            matches!(c, Corruption::UnsupportedVersion { found: 2, .. })
+        });
+        check(
+            FileHeader {
+                kind: KIND_PUBSUB,
+                ..h
+            },
+            |c| matches!(c, Corruption::WrongKind { .. }),
+        );
+        check(FileHeader { capacity: 0, ..h }, |c| {
+            matches!(c, Corruption::BadGeometry(_))
+        });
+        check(
+            FileHeader {
+                capacity: u64::MAX,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                capacity: 2048,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                max_message: 1 << 40,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                max_message: 8192,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                slot_stride: 64,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                slots_offset: 0,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                participants_offset: 0,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                max_participants: 0,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(
+            FileHeader {
+                max_participants: 65,
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
+        check(FileHeader { file_size: 1, ..h }, |c| {
+            matches!(c, Corruption::BadGeometry(_))
+        });
+        check(FileHeader { flags: 1, ..h }, |c| {
+            matches!(c, Corruption::BadGeometry(_))
+        });
+        check(
+            FileHeader {
+                reserved: [0, 0, 0, 9, 0, 0, 0],
+                ..h
+            },
+            |c| matches!(c, Corruption::BadGeometry(_)),
+        );
     }
 
     #[test]
     fn short_file_is_truncated() {
         let (g, h) = good();
         let got = Geometry::validate(&h, KIND_PIPELINE, g.file_size - 1).unwrap_err();
-        assert_eq!(got, Corruption::Truncated { len: g.file_size - 1, expected: g.file_size });
+        assert_eq!(
+            got,
+            Corruption::Truncated {
+                len: g.file_size - 1,
+                expected: g.file_size
+            }
+        );
     }
 }

@@ -24,6 +24,8 @@
 //! See `DESIGN.md` in the repository for the on-file layout and the guarantees, and the module
 //! docs of each pattern for its exact semantics.
 
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
 pub mod error;
 pub mod layout;
 pub(crate) mod ring;

@@ -86,7 +86,12 @@ fn try_lock(fd: &File, index: u32) -> nix::Result<()> {
 }
 
 /// Attaches a new participant with `role` to the table of `max` entries at offset `table`.
-pub(crate) fn attach(mapping: &Arc<Mapping>, table: usize, max: u32, role: Role) -> Result<Participant, Error> {
+pub(crate) fn attach(
+    mapping: &Arc<Mapping>,
+    table: usize,
+    max: u32,
+    role: Role,
+) -> Result<Participant, Error> {
     let path = mapping.path();
     // A new open file description of the same file: OFD locks of one description never
     // conflict with each other, so every participant needs its own.
@@ -109,9 +114,18 @@ pub(crate) fn attach(mapping: &Arc<Mapping>, table: usize, max: u32, role: Role)
         // Free, or in use by a process that died (we hold its lock): either way it is ours now.
         let gen = (old >> 8).wrapping_add(1) & ((1 << 56) - 1);
         state.store(gen << 8 | role as u64, Ordering::Release);
-        region.u32_at(entry + 8).store(std::process::id(), Ordering::Relaxed);
-        return Ok(Participant { index, _lock_fd: lock_fd, region, table });
+        region
+            .u32_at(entry + 8)
+            .store(std::process::id(), Ordering::Relaxed);
+        return Ok(Participant {
+            index,
+            _lock_fd: lock_fd,
+            region,
+            table,
+        });
     }
-    Err(Error::TooManyParticipants { path: path.to_path_buf(), max })
+    Err(Error::TooManyParticipants {
+        path: path.to_path_buf(),
+        max,
+    })
 }
-

@@ -59,7 +59,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { capacity: 1024, max_message: 1024, max_participants: 64, mode: 0o600 }
+        Options {
+            capacity: 1024,
+            max_message: 1024,
+            max_participants: 64,
+            mode: 0o600,
+        }
     }
 }
 
@@ -146,8 +151,12 @@ impl Pipeline {
     /// directory is not writable, or there is no room for the file (space is reserved now).
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
-        let g = Geometry::pipeline(options.capacity, options.max_message as u64, options.max_participants)
-            .map_err(Error::InvalidOptions)?;
+        let g = Geometry::pipeline(
+            options.capacity,
+            options.max_message as u64,
+            options.max_participants,
+        )
+        .map_err(Error::InvalidOptions)?;
         let mapping = file::create(path, &g, options.mode, |region| {
             let ring = MpmcRing::new(
                 region.clone(),
@@ -160,7 +169,13 @@ impl Pipeline {
             ring.initialize();
         })?;
         let ring = ring_of(&mapping, &g);
-        Ok(Pipeline { shared: Arc::new(Shared { mapping, ring, geometry: g }) })
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                mapping,
+                ring,
+                geometry: g,
+            }),
+        })
     }
 
     /// Opens an existing queue file, validating everything in its header.
@@ -171,7 +186,13 @@ impl Pipeline {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let (mapping, g) = file::open(path.as_ref(), KIND_PIPELINE)?;
         let ring = ring_of(&mapping, &g);
-        Ok(Pipeline { shared: Arc::new(Shared { mapping, ring, geometry: g }) })
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                mapping,
+                ring,
+                geometry: g,
+            }),
+        })
     }
 
     /// Attaches a producer.
@@ -180,7 +201,12 @@ impl Pipeline {
     /// [`Error::TooManyParticipants`] when the participant table is full.
     pub fn producer(&self) -> Result<Producer, Error> {
         let me = self.shared.attach(Role::Producer)?;
-        Ok(Producer { owner: me.owner_id(), shared: self.shared.clone(), _me: me, wait: WaitStrategy::default() })
+        Ok(Producer {
+            owner: me.owner_id(),
+            shared: self.shared.clone(),
+            _me: me,
+            wait: WaitStrategy::default(),
+        })
     }
 
     /// Attaches a consumer.
@@ -189,7 +215,12 @@ impl Pipeline {
     /// [`Error::TooManyParticipants`] when the participant table is full.
     pub fn consumer(&self) -> Result<Consumer, Error> {
         let me = self.shared.attach(Role::Consumer)?;
-        Ok(Consumer { owner: me.owner_id(), shared: self.shared.clone(), _me: me, wait: WaitStrategy::default() })
+        Ok(Consumer {
+            owner: me.owner_id(),
+            shared: self.shared.clone(),
+            _me: me,
+            wait: WaitStrategy::default(),
+        })
     }
 
     /// The queue file's path as given to `create` or `open`.
@@ -237,7 +268,10 @@ pub struct Producer {
 
 impl fmt::Debug for Producer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Producer").field("path", &self.shared.mapping.path()).field("participant", &self.owner).finish()
+        f.debug_struct("Producer")
+            .field("path", &self.shared.mapping.path())
+            .field("participant", &self.owner)
+            .finish()
     }
 }
 
@@ -261,7 +295,10 @@ impl Producer {
 
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        match ring.not_full().wait_for(self.wait, deadline, || ring.try_claim_write(self.owner)) {
+        match ring
+            .not_full()
+            .wait_for(self.wait, deadline, || ring.try_claim_write(self.owner))
+        {
             Ok(Some(claim)) => Ok(claim),
             Ok(None) if matches!(deadline, Deadline::Now) => Err(SendError::Full),
             Ok(None) => Err(SendError::Timeout),
@@ -278,7 +315,9 @@ impl Producer {
         if ring.commit(claim, msg.len()) {
             Ok(())
         } else {
-            Err(SendError::Corrupt(crate::error::Corruption::BadState("a claimed slot changed under its producer")))
+            Err(SendError::Corrupt(crate::error::Corruption::BadState(
+                "a claimed slot changed under its producer",
+            )))
         }
     }
 
@@ -327,7 +366,10 @@ impl Producer {
         }
         let ring = self.ring();
         for msg in msgs {
-            let claim = match ring.try_claim_write(self.owner).map_err(SendError::Corrupt)? {
+            let claim = match ring
+                .try_claim_write(self.owner)
+                .map_err(SendError::Corrupt)?
+            {
                 Some(c) => c,
                 None => {
                     // Full: let consumers see what we sent before we wait for them.
@@ -379,8 +421,15 @@ impl Producer {
         // SAFETY: the claim gives this producer the slot's payload bytes until it commits or
         // abandons; the Loan holds the claim and this slice together, and borrows `self` (which
         // keeps the mapping alive) for the slice's lifetime. `len <= max_message` was checked.
-        let bytes = unsafe { ring.region().slice_mut(ring.payload_offset(claim.index), len) };
-        Ok(Loan { producer: self, claim: Some(claim), bytes })
+        let bytes = unsafe {
+            ring.region()
+                .slice_mut(ring.payload_offset(claim.index), len)
+        };
+        Ok(Loan {
+            producer: self,
+            claim: Some(claim),
+            bytes,
+        })
     }
 
     /// Sends a plain-old-data value as its bytes.
@@ -451,7 +500,9 @@ impl Drop for Loan<'_> {
 
 impl fmt::Debug for Loan<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loan").field("len", &self.bytes.len()).finish()
+        f.debug_struct("Loan")
+            .field("len", &self.bytes.len())
+            .finish()
     }
 }
 
@@ -465,7 +516,10 @@ pub struct Consumer {
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Consumer").field("path", &self.shared.mapping.path()).field("participant", &self.owner).finish()
+        f.debug_struct("Consumer")
+            .field("path", &self.shared.mapping.path())
+            .field("participant", &self.owner)
+            .finish()
     }
 }
 
@@ -481,7 +535,10 @@ impl Consumer {
 
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let claim = match ring.not_empty().wait_for(self.wait, deadline, || ring.try_claim_read(self.owner)) {
+        let claim = match ring
+            .not_empty()
+            .wait_for(self.wait, deadline, || ring.try_claim_read(self.owner))
+        {
             Ok(Some(claim)) => claim,
             Ok(None) if matches!(deadline, Deadline::Now) => return Err(RecvError::Empty),
             Ok(None) => return Err(RecvError::Timeout),
@@ -491,8 +548,15 @@ impl Consumer {
         // Message releases it on drop; producers do not touch a slot until it is released. The
         // length was checked against max_message by the ring. The slice borrows `self`, which
         // keeps the mapping alive.
-        let bytes = unsafe { ring.region().slice(ring.payload_offset(claim.index), claim.len) };
-        Ok(Message { consumer: self, claim: Some(claim), bytes })
+        let bytes = unsafe {
+            ring.region()
+                .slice(ring.payload_offset(claim.index), claim.len)
+        };
+        Ok(Message {
+            consumer: self,
+            claim: Some(claim),
+            bytes,
+        })
     }
 
     /// Receives the next message, waiting while the queue is empty.
@@ -538,7 +602,10 @@ impl Consumer {
             match ring.try_claim_read(self.owner) {
                 Ok(Some(claim)) => {
                     // SAFETY: as in `recv_with`: the slot is ours until released just below.
-                    let bytes = unsafe { ring.region().slice(ring.payload_offset(claim.index), claim.len) };
+                    let bytes = unsafe {
+                        ring.region()
+                            .slice(ring.payload_offset(claim.index), claim.len)
+                    };
                     each(bytes);
                     ring.release(claim);
                     n += 1;
@@ -572,7 +639,8 @@ impl Message<'_> {
 
     /// The message as a plain-old-data value, copied out, if its length is exactly that of `T`.
     pub fn value<T: bytemuck::AnyBitPattern>(&self) -> Option<T> {
-        (self.bytes.len() == std::mem::size_of::<T>()).then(|| bytemuck::pod_read_unaligned(self.bytes))
+        (self.bytes.len() == std::mem::size_of::<T>())
+            .then(|| bytemuck::pod_read_unaligned(self.bytes))
     }
 
     /// The message as a reference to a plain-old-data value, if its length is exactly that of

@@ -94,7 +94,12 @@ pub(crate) struct Word {
 
 impl Word {
     pub(crate) fn new(seq: u64, state: SlotState, owner: u16) -> Self {
-        Word { seq: seq & SEQ_MASK, state, owner, redelivered: false }
+        Word {
+            seq: seq & SEQ_MASK,
+            state,
+            owner,
+            redelivered: false,
+        }
     }
 
     pub(crate) fn encode(self) -> u64 {
@@ -167,7 +172,14 @@ impl MpmcRing {
         assert!(capacity >= 1 && stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
         assert!(ctl + crate::layout::RING_CONTROL_SIZE <= region.len());
         assert!(slots + capacity as usize * stride <= region.len());
-        MpmcRing { region, ctl, slots, capacity, stride, max_message }
+        MpmcRing {
+            region,
+            ctl,
+            slots,
+            capacity,
+            stride,
+            max_message,
+        }
     }
 
     /// Largest message in bytes.
@@ -238,21 +250,41 @@ impl MpmcRing {
             let w = Word::decode(raw)?;
             if w.seq == self.seq(t) && w.state == SlotState::Empty {
                 let claimed = Word::new(t, SlotState::Writing, owner).encode();
-                if self.state(index).compare_exchange(raw, claimed, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                if self
+                    .state(index)
+                    .compare_exchange(raw, claimed, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
                     // Move the tail on; if this fails, someone already helped.
-                    let _ = self.tail().compare_exchange(t, t.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
-                    return Ok(Some(WriteClaim { pos: t, index, owner }));
+                    let _ = self.tail().compare_exchange(
+                        t,
+                        t.wrapping_add(1),
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    );
+                    return Ok(Some(WriteClaim {
+                        pos: t,
+                        index,
+                        owner,
+                    }));
                 }
             } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.capacity)) {
                 // Position t is claimed already: help the tail past it.
-                let _ = self.tail().compare_exchange(t, t.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                let _ = self.tail().compare_exchange(
+                    t,
+                    t.wrapping_add(1),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
             } else {
                 let now = self.tail().load(Ordering::Acquire);
                 if now == t {
                     if w.seq == self.seq(t.wrapping_sub(self.capacity)) {
                         return Ok(None);
                     }
-                    return Err(Corruption::BadState("a slot's sequence is out of step with the tail"));
+                    return Err(Corruption::BadState(
+                        "a slot's sequence is out of step with the tail",
+                    ));
                 }
                 t = now;
                 continue;
@@ -265,7 +297,8 @@ impl MpmcRing {
     /// Returns `false` if the claim was taken away by a recovery pass (then nothing is published).
     pub(crate) fn commit(&self, claim: WriteClaim, len: usize) -> bool {
         debug_assert!(len <= self.max_message);
-        self.len_word(claim.index).store(len as u32, Ordering::Relaxed);
+        self.len_word(claim.index)
+            .store(len as u32, Ordering::Relaxed);
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
         let to = Word::new(claim.pos, SlotState::Ready, claim.owner).encode();
         self.state(claim.index)
@@ -277,7 +310,12 @@ impl MpmcRing {
     pub(crate) fn abandon(&self, claim: WriteClaim) {
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
         let to = Word::new(claim.pos, SlotState::Skipped, claim.owner).encode();
-        let _ = self.state(claim.index).compare_exchange(from, to, Ordering::Release, Ordering::Relaxed);
+        let _ = self.state(claim.index).compare_exchange(
+            from,
+            to,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
     }
 
     /// Claims the message at the head, or `None` if nothing is ready.
@@ -294,10 +332,20 @@ impl MpmcRing {
                         taken.redelivered = w.state == SlotState::Redeliver || w.redelivered;
                         if self
                             .state(index)
-                            .compare_exchange(raw, taken.encode(), Ordering::Acquire, Ordering::Relaxed)
+                            .compare_exchange(
+                                raw,
+                                taken.encode(),
+                                Ordering::Acquire,
+                                Ordering::Relaxed,
+                            )
                             .is_ok()
                         {
-                            let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                            let _ = self.head().compare_exchange(
+                                h,
+                                h.wrapping_add(1),
+                                Ordering::Release,
+                                Ordering::Relaxed,
+                            );
                             let len = u64::from(self.len_word(index).load(Ordering::Relaxed));
                             let claim = ReadClaim {
                                 pos: h,
@@ -308,7 +356,10 @@ impl MpmcRing {
                             };
                             if len > self.max_message as u64 {
                                 self.release(claim);
-                                return Err(Corruption::BadLength { len, max: self.max_message as u64 });
+                                return Err(Corruption::BadLength {
+                                    len,
+                                    max: self.max_message as u64,
+                                });
                             }
                             return Ok(Some(claim));
                         }
@@ -316,14 +367,29 @@ impl MpmcRing {
                         continue;
                     }
                     SlotState::Skipped => {
-                        let freed = Word::new(h.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
-                        if self.state(index).compare_exchange(raw, freed, Ordering::Release, Ordering::Relaxed).is_ok() {
+                        let freed =
+                            Word::new(h.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
+                        if self
+                            .state(index)
+                            .compare_exchange(raw, freed, Ordering::Release, Ordering::Relaxed)
+                            .is_ok()
+                        {
                             self.not_full().notify(1);
                         }
-                        let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                        let _ = self.head().compare_exchange(
+                            h,
+                            h.wrapping_add(1),
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                        );
                     }
                     SlotState::Reading => {
-                        let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                        let _ = self.head().compare_exchange(
+                            h,
+                            h.wrapping_add(1),
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                        );
                     }
                     SlotState::Empty | SlotState::Writing => {
                         let now = self.head().load(Ordering::Acquire);
@@ -336,14 +402,21 @@ impl MpmcRing {
                 }
             } else if w.seq == self.seq(h.wrapping_add(self.capacity)) {
                 // Position h was consumed and its slot released already: help the head on.
-                let _ = self.head().compare_exchange(h, h.wrapping_add(1), Ordering::Release, Ordering::Relaxed);
+                let _ = self.head().compare_exchange(
+                    h,
+                    h.wrapping_add(1),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
             } else {
                 let now = self.head().load(Ordering::Acquire);
                 if now == h {
                     if w.seq == self.seq(h.wrapping_sub(self.capacity)) {
                         return Ok(None);
                     }
-                    return Err(Corruption::BadState("a slot's sequence is out of step with the head"));
+                    return Err(Corruption::BadState(
+                        "a slot's sequence is out of step with the head",
+                    ));
                 }
                 h = now;
                 continue;
@@ -375,7 +448,10 @@ impl MpmcRing {
     /// Only for a ring nobody else can see yet (during creation).
     pub(crate) fn initialize(&self) {
         for i in 0..self.capacity as usize {
-            self.state(i).store(Word::new(i as u64, SlotState::Empty, 0).encode(), Ordering::Relaxed);
+            self.state(i).store(
+                Word::new(i as u64, SlotState::Empty, 0).encode(),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -395,7 +471,14 @@ mod tests {
 
     #[test]
     fn word_round_trips() {
-        for state in [SlotState::Empty, SlotState::Writing, SlotState::Ready, SlotState::Reading, SlotState::Skipped, SlotState::Redeliver] {
+        for state in [
+            SlotState::Empty,
+            SlotState::Writing,
+            SlotState::Ready,
+            SlotState::Reading,
+            SlotState::Skipped,
+            SlotState::Redeliver,
+        ] {
             let mut w = Word::new((1 << 48) + 12345, state, 4095);
             w.redelivered = true;
             assert_eq!(Word::decode(w.encode()), Ok(w));
@@ -471,12 +554,21 @@ mod tests {
         r.state(0).store(7 << STATE_SHIFT, Ordering::Relaxed);
         assert!(r.try_claim_read(2).is_err());
         // A sequence that fits nothing.
-        r.state(0).store(Word::new(999, SlotState::Ready, 1).encode(), Ordering::Relaxed);
+        r.state(0).store(
+            Word::new(999, SlotState::Ready, 1).encode(),
+            Ordering::Relaxed,
+        );
         assert!(r.try_claim_read(2).is_err());
         // A length beyond max_message: an error, and the slot is released, not wedged.
-        r.state(0).store(Word::new(0, SlotState::Ready, 1).encode(), Ordering::Relaxed);
+        r.state(0).store(
+            Word::new(0, SlotState::Ready, 1).encode(),
+            Ordering::Relaxed,
+        );
         r.len_word(0).store(u32::MAX, Ordering::Relaxed);
-        assert!(matches!(r.try_claim_read(2), Err(Corruption::BadLength { .. })));
+        assert!(matches!(
+            r.try_claim_read(2),
+            Err(Corruption::BadLength { .. })
+        ));
         // Hostile head and tail values only ever index modulo capacity.
         r.head().store(u64::MAX - 3, Ordering::Relaxed);
         r.tail().store(u64::MAX, Ordering::Relaxed);
@@ -532,11 +624,18 @@ mod tests {
                 std::thread::yield_now();
             }
             done.store(true, Ordering::Release);
-            consumers.into_iter().flat_map(|c| c.join().unwrap()).collect()
+            consumers
+                .into_iter()
+                .flat_map(|c| c.join().unwrap())
+                .collect()
         });
         let mut seen = seen;
         seen.sort_unstable();
-        let want: Vec<u64> = (0..2u64).flat_map(|p| (0..per).map(move |i| p << 32 | i)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let want: Vec<u64> = (0..2u64)
+            .flat_map(|p| (0..per).map(move |i| p << 32 | i))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         assert_eq!(seen, want);
     }
 }
@@ -551,7 +650,9 @@ mod loom_models {
     fn send_blocking(r: &MpmcRing, owner: u16, msg: &[u8]) {
         let claim = r
             .not_full()
-            .wait_for(WaitStrategy::Park, Deadline::Never, || r.try_claim_write(owner))
+            .wait_for(WaitStrategy::Park, Deadline::Never, || {
+                r.try_claim_write(owner)
+            })
             .unwrap()
             .unwrap();
         // SAFETY: the claim gives this thread the payload bytes.
@@ -563,7 +664,9 @@ mod loom_models {
     fn recv_blocking(r: &MpmcRing, owner: u16) -> Vec<u8> {
         let claim = r
             .not_empty()
-            .wait_for(WaitStrategy::Park, Deadline::Never, || r.try_claim_read(owner))
+            .wait_for(WaitStrategy::Park, Deadline::Never, || {
+                r.try_claim_read(owner)
+            })
             .unwrap()
             .unwrap();
         let mut v = vec![0; claim.len];
@@ -580,8 +683,14 @@ mod loom_models {
     fn two_producers_one_consumer() {
         loom::model(|| {
             let r = ring(1, 2);
-            let a = { let r = r.clone(); thread::spawn(move || send_blocking(&r, 1, b"ab")) };
-            let b = { let r = r.clone(); thread::spawn(move || send_blocking(&r, 2, b"cd")) };
+            let a = {
+                let r = r.clone();
+                thread::spawn(move || send_blocking(&r, 1, b"ab"))
+            };
+            let b = {
+                let r = r.clone();
+                thread::spawn(move || send_blocking(&r, 2, b"cd"))
+            };
             let mut got = vec![recv_blocking(&r, 3), recv_blocking(&r, 3)];
             a.join().unwrap();
             b.join().unwrap();
@@ -595,8 +704,14 @@ mod loom_models {
     fn one_producer_two_consumers() {
         loom::model(|| {
             let r = ring(2, 2);
-            let c1 = { let r = r.clone(); thread::spawn(move || recv_blocking(&r, 2)) };
-            let c2 = { let r = r.clone(); thread::spawn(move || recv_blocking(&r, 3)) };
+            let c1 = {
+                let r = r.clone();
+                thread::spawn(move || recv_blocking(&r, 2))
+            };
+            let c2 = {
+                let r = r.clone();
+                thread::spawn(move || recv_blocking(&r, 3))
+            };
             send_blocking(&r, 1, b"xy");
             send_blocking(&r, 1, b"zw");
             let mut got = vec![c1.join().unwrap(), c2.join().unwrap()];
@@ -611,7 +726,13 @@ mod loom_models {
     fn wait_wake_never_loses_a_wakeup() {
         loom::model(|| {
             let r = ring(1, 1);
-            let p = { let r = r.clone(); thread::spawn(move || { send_blocking(&r, 1, b"1"); send_blocking(&r, 1, b"2"); }) };
+            let p = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    send_blocking(&r, 1, b"1");
+                    send_blocking(&r, 1, b"2");
+                })
+            };
             assert_eq!(recv_blocking(&r, 2), b"1");
             assert_eq!(recv_blocking(&r, 2), b"2");
             p.join().unwrap();

@@ -57,7 +57,8 @@ impl Mapping {
 }
 
 fn map(file: &File, len: u64, path: &Path) -> Result<MmapRaw, Error> {
-    let len = usize::try_from(len).map_err(|_| Error::corrupt(path, Corruption::BadGeometry("file too large")))?;
+    let len = usize::try_from(len)
+        .map_err(|_| Error::corrupt(path, Corruption::BadGeometry("file too large")))?;
     MmapOptions::new()
         .len(len)
         .populate()
@@ -84,15 +85,22 @@ pub(crate) fn create(
     let result = (|| {
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io(path, "set permissions on", e))?;
-        let len = i64::try_from(geometry.file_size).map_err(|_| Error::InvalidOptions("file too large".into()))?;
+        let len = i64::try_from(geometry.file_size)
+            .map_err(|_| Error::InvalidOptions("file too large".into()))?;
         nix::fcntl::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, len)
             .map_err(|e| Error::io(path, "reserve space for", io::Error::from(e)))?;
         let map = map(&file, geometry.file_size, path)?;
-        let mapping = Arc::new(Mapping { map, file: file.try_clone().map_err(|e| Error::io(path, "dup", e))?, path: path.to_path_buf() });
+        let mapping = Arc::new(Mapping {
+            map,
+            file: file.try_clone().map_err(|e| Error::io(path, "dup", e))?,
+            path: path.to_path_buf(),
+        });
         let region = mapping.region();
         write_header(&region, &geometry.header());
         init(&region);
-        region.u64_at(field::MAGIC).store(layout::MAGIC, Ordering::Release);
+        region
+            .u64_at(field::MAGIC)
+            .store(layout::MAGIC, Ordering::Release);
         Ok(mapping)
     })();
     if result.is_err() {
@@ -105,13 +113,20 @@ fn write_header(region: &Region, h: &FileHeader) {
     let r = region;
     r.u32_at(field::VERSION).store(h.version, Ordering::Relaxed);
     r.u32_at(field::KIND).store(h.kind, Ordering::Relaxed);
-    r.u64_at(field::FILE_SIZE).store(h.file_size, Ordering::Relaxed);
-    r.u64_at(field::CAPACITY).store(h.capacity, Ordering::Relaxed);
-    r.u64_at(field::MAX_MESSAGE).store(h.max_message, Ordering::Relaxed);
-    r.u64_at(field::SLOT_STRIDE).store(h.slot_stride, Ordering::Relaxed);
-    r.u64_at(field::SLOTS_OFFSET).store(h.slots_offset, Ordering::Relaxed);
-    r.u64_at(field::PARTICIPANTS_OFFSET).store(h.participants_offset, Ordering::Relaxed);
-    r.u32_at(field::MAX_PARTICIPANTS).store(h.max_participants, Ordering::Relaxed);
+    r.u64_at(field::FILE_SIZE)
+        .store(h.file_size, Ordering::Relaxed);
+    r.u64_at(field::CAPACITY)
+        .store(h.capacity, Ordering::Relaxed);
+    r.u64_at(field::MAX_MESSAGE)
+        .store(h.max_message, Ordering::Relaxed);
+    r.u64_at(field::SLOT_STRIDE)
+        .store(h.slot_stride, Ordering::Relaxed);
+    r.u64_at(field::SLOTS_OFFSET)
+        .store(h.slots_offset, Ordering::Relaxed);
+    r.u64_at(field::PARTICIPANTS_OFFSET)
+        .store(h.participants_offset, Ordering::Relaxed);
+    r.u32_at(field::MAX_PARTICIPANTS)
+        .store(h.max_participants, Ordering::Relaxed);
 }
 
 fn read_header(r: &Region) -> FileHeader {
@@ -144,7 +159,11 @@ pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), E
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::io(path, "open (it is a symbolic link, which shmq does not follow)", e)
+                Error::io(
+                    path,
+                    "open (it is a symbolic link, which shmq does not follow)",
+                    e,
+                )
             } else {
                 Error::io(path, "open", e)
             }
@@ -153,20 +172,36 @@ pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), E
     loop {
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         if !meta.file_type().is_file() {
-            return Err(Error::corrupt(path, Corruption::BadGeometry("not a regular file")));
+            return Err(Error::corrupt(
+                path,
+                Corruption::BadGeometry("not a regular file"),
+            ));
         }
         let len = meta.len();
         let header_len = std::mem::size_of::<FileHeader>() as u64;
         let creating = len == 0;
         if !creating && len < header_len {
-            return Err(Error::corrupt(path, Corruption::Truncated { len, expected: header_len }));
+            return Err(Error::corrupt(
+                path,
+                Corruption::Truncated {
+                    len,
+                    expected: header_len,
+                },
+            ));
         }
         if !creating {
             if len > MAX_FILE_SIZE {
-                return Err(Error::corrupt(path, Corruption::BadGeometry("file too large")));
+                return Err(Error::corrupt(
+                    path,
+                    Corruption::BadGeometry("file too large"),
+                ));
             }
             let map = map(&file, len, path)?;
-            let mapping = Arc::new(Mapping { map, file: file.try_clone().map_err(|e| Error::io(path, "dup", e))?, path: path.to_path_buf() });
+            let mapping = Arc::new(Mapping {
+                map,
+                file: file.try_clone().map_err(|e| Error::io(path, "dup", e))?,
+                path: path.to_path_buf(),
+            });
             let header = read_header(&mapping.region());
             match Geometry::validate(&header, kind, len) {
                 Ok(g) => return Ok((mapping, g)),

@@ -44,7 +44,11 @@ mod mapped {
         /// whoever the shmq protocol makes their owner.
         pub unsafe fn new(base: NonNull<u8>, len: usize, owner: Arc<dyn Send + Sync>) -> Self {
             debug_assert_eq!(base.as_ptr() as usize % 8, 0);
-            Region { base, len, _owner: owner }
+            Region {
+                base,
+                len,
+                _owner: owner,
+            }
         }
 
         /// A zeroed region on the heap, for tests and in-process queues.
@@ -168,7 +172,10 @@ mod model {
                 w32: (0..len.div_ceil(4)).map(|_| AtomicU32::new(0)).collect(),
                 bytes: (0..len).map(|_| UnsafeCell::new(0)).collect(),
             };
-            Region { words: Arc::new(words), len }
+            Region {
+                words: Arc::new(words),
+                len,
+            }
         }
 
         /// Length in bytes.

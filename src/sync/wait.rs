@@ -74,7 +74,9 @@ impl Deadline {
         match self {
             Deadline::Now => None,
             Deadline::Never => Some(MAX_PARK),
-            Deadline::At(at) => at.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()),
+            Deadline::At(at) => at
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero()),
         }
     }
 }
