@@ -42,7 +42,7 @@ pub fn kind_name(kind: u32) -> &'static str {
 pub const PAD: usize = 128;
 
 /// The file header. Written once by the creator (magic last, with Release ordering) and only
-/// read afterwards.
+/// read afterwards. Fields a kind does not use are zero.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileHeader {
@@ -54,9 +54,9 @@ pub struct FileHeader {
     pub kind: u32,
     /// The whole file's length in bytes.
     pub file_size: u64,
-    /// Number of message slots.
+    /// Number of message slots (of the request ring, for a service).
     pub capacity: u64,
-    /// Largest message in bytes.
+    /// Largest message (payload) in bytes.
     pub max_message: u64,
     /// Distance between two slots in bytes (a multiple of 64).
     pub slot_stride: u64,
@@ -66,10 +66,20 @@ pub struct FileHeader {
     pub participants_offset: u64,
     /// Number of entries in the participant table.
     pub max_participants: u32,
-    /// Reserved, zero.
+    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Zero otherwise.
     pub flags: u32,
+    /// Publish-subscribe: largest topic in bytes. Zero otherwise.
+    pub max_topic: u32,
+    /// Publish-subscribe: subscriber entries; service: client entries. Zero otherwise.
+    pub table_entries: u32,
+    /// Where the subscriber table (publish-subscribe) or client table (service) starts.
+    pub table_offset: u64,
+    /// Service: slots in each client's reply ring. Zero otherwise.
+    pub reply_capacity: u64,
+    /// Service: bytes per client's reply ring block. Zero otherwise.
+    pub reply_stride: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 3],
 }
 
 /// Offset of the ring's control block: `tail`, `head` and the two wait cells.
@@ -128,6 +138,13 @@ const _: () = {
     assert!(offset_of!(FileHeader, slots_offset) == 48);
     assert!(offset_of!(FileHeader, participants_offset) == 56);
     assert!(offset_of!(FileHeader, max_participants) == 64);
+    assert!(offset_of!(FileHeader, flags) == 68);
+    assert!(offset_of!(FileHeader, max_topic) == 72);
+    assert!(offset_of!(FileHeader, table_entries) == 76);
+    assert!(offset_of!(FileHeader, table_offset) == 80);
+    assert!(offset_of!(FileHeader, reply_capacity) == 88);
+    assert!(offset_of!(FileHeader, reply_stride) == 96);
+    assert!(offset_of!(FileHeader, reserved) == 104);
     assert!(size_of::<SlotHeader>() == 16);
     assert!(offset_of!(SlotHeader, state) == 0);
     assert!(offset_of!(SlotHeader, len) == 8);
@@ -164,8 +181,20 @@ pub mod field {
     pub const MAX_PARTICIPANTS: usize = offset_of!(FileHeader, max_participants);
     /// [`FileHeader::flags`]
     pub const FLAGS: usize = offset_of!(FileHeader, flags);
+    /// [`FileHeader::max_topic`]
+    pub const MAX_TOPIC: usize = offset_of!(FileHeader, max_topic);
+    /// [`FileHeader::table_entries`]
+    pub const TABLE_ENTRIES: usize = offset_of!(FileHeader, table_entries);
+    /// [`FileHeader::table_offset`]
+    pub const TABLE_OFFSET: usize = offset_of!(FileHeader, table_offset);
+    /// [`FileHeader::reply_capacity`]
+    pub const REPLY_CAPACITY: usize = offset_of!(FileHeader, reply_capacity);
+    /// [`FileHeader::reply_stride`]
+    pub const REPLY_STRIDE: usize = offset_of!(FileHeader, reply_stride);
     /// [`FileHeader::reserved`]
     pub const RESERVED: usize = offset_of!(FileHeader, reserved);
+    /// Number of reserved 64-bit words.
+    pub const RESERVED_WORDS: usize = 3;
 }
 
 /// Upper bounds that keep every computed offset far from overflow and every state word's
@@ -178,12 +207,21 @@ pub const MAX_PARTICIPANTS_LIMIT: u32 = (1 << 12) - 1;
 /// Files larger than this are refused (a corrupt header would otherwise ask for absurd maps).
 pub const MAX_FILE_SIZE: u64 = 1 << 46;
 
+/// Bytes per subscriber entry (publish-subscribe) or client entry (service): one 128-byte
+/// line each, because each is written by its owner on every message.
+pub const TABLE_ENTRY_SIZE: usize = 128;
+
+/// Publish-subscribe overflow modes, as stored in [`FileHeader::flags`].
+pub const OVERFLOW_DROP_OLDEST: u32 = 1;
+/// Publishers wait for the slowest subscriber.
+pub const OVERFLOW_BLOCK: u32 = 2;
+
 /// The geometry of a queue, as computed at creation or read back (and checked) at open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     /// The kind of queue.
     pub kind: u32,
-    /// Number of slots.
+    /// Number of slots (request ring, for a service).
     pub capacity: u64,
     /// Largest message in bytes.
     pub max_message: u64,
@@ -195,6 +233,18 @@ pub struct Geometry {
     pub participants_offset: u64,
     /// Participant table's length.
     pub max_participants: u32,
+    /// Publish-subscribe overflow mode; zero otherwise.
+    pub flags: u32,
+    /// Publish-subscribe: largest topic; zero otherwise.
+    pub max_topic: u32,
+    /// Subscriber or client entries; zero for a pipeline.
+    pub table_entries: u32,
+    /// Subscriber or client table's offset (the participant table's end for a pipeline).
+    pub table_offset: u64,
+    /// Service: slots per reply ring.
+    pub reply_capacity: u64,
+    /// Service: bytes per client reply-ring block (control block + slots).
+    pub reply_stride: u64,
     /// Total file length.
     pub file_size: u64,
 }
@@ -205,6 +255,52 @@ fn round_up(x: u64, to: u64) -> Option<u64> {
     Some(x.checked_add(to - 1)? & !(to - 1))
 }
 
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{name} must be between {min} and {max}, not {value}"
+        ));
+    }
+    Ok(())
+}
+
+/// The primary options from which every other geometry field is derived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// One of the `KIND_*` constants.
+    pub kind: u32,
+    /// Slots of the main ring.
+    pub capacity: u64,
+    /// Largest message in bytes.
+    pub max_message: u64,
+    /// Participant entries.
+    pub max_participants: u32,
+    /// Publish-subscribe overflow mode.
+    pub flags: u32,
+    /// Publish-subscribe topic limit.
+    pub max_topic: u32,
+    /// Subscriber or client entries.
+    pub table_entries: u32,
+    /// Service reply ring slots.
+    pub reply_capacity: u64,
+}
+
+impl Shape {
+    /// The shape recorded in a header (before it is checked).
+    pub fn of(h: &FileHeader) -> Self {
+        Shape {
+            kind: h.kind,
+            capacity: h.capacity,
+            max_message: h.max_message,
+            max_participants: h.max_participants,
+            flags: h.flags,
+            max_topic: h.max_topic,
+            table_entries: h.table_entries,
+            reply_capacity: h.reply_capacity,
+        }
+    }
+}
+
 impl Geometry {
     /// Computes the layout of a new pipeline file, or says which option is out of range.
     pub fn pipeline(
@@ -212,28 +308,97 @@ impl Geometry {
         max_message: u64,
         max_participants: u32,
     ) -> Result<Self, String> {
-        if capacity == 0 || capacity > MAX_CAPACITY {
-            return Err(format!(
-                "capacity must be between 1 and {MAX_CAPACITY}, not {capacity}"
-            ));
-        }
-        if max_message > MAX_MESSAGE_LIMIT {
-            return Err(format!(
-                "max_message must be at most {MAX_MESSAGE_LIMIT} bytes, not {max_message}"
-            ));
-        }
-        if max_participants == 0 || max_participants > MAX_PARTICIPANTS_LIMIT {
-            return Err(format!(
-                "max_participants must be between 1 and {MAX_PARTICIPANTS_LIMIT}, not {max_participants}"
-            ));
+        Geometry::compute(Shape {
+            kind: KIND_PIPELINE,
+            capacity,
+            max_message,
+            max_participants,
+            flags: 0,
+            max_topic: 0,
+            table_entries: 0,
+            reply_capacity: 0,
+        })
+    }
+
+    /// Computes the layout of any kind of file from its primary options.
+    pub fn compute(shape: Shape) -> Result<Self, String> {
+        let Shape {
+            kind,
+            capacity,
+            max_message,
+            max_participants,
+            flags,
+            max_topic,
+            table_entries,
+            reply_capacity,
+        } = shape;
+        check_range("capacity", capacity, 1, MAX_CAPACITY)?;
+        check_range("max_message", max_message, 0, MAX_MESSAGE_LIMIT)?;
+        check_range(
+            "max_participants",
+            max_participants.into(),
+            1,
+            MAX_PARTICIPANTS_LIMIT.into(),
+        )?;
+        let mut payload = max_message;
+        match kind {
+            KIND_PIPELINE => {
+                if flags != 0 || max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
+                    return Err("a pipeline has no topic, table or reply options".into());
+                }
+            }
+            KIND_PUBSUB => {
+                if flags != OVERFLOW_DROP_OLDEST && flags != OVERFLOW_BLOCK {
+                    return Err(format!("unknown overflow mode {flags}"));
+                }
+                check_range("max_topic", max_topic.into(), 0, 65_535)?;
+                check_range(
+                    "max_subscribers",
+                    table_entries.into(),
+                    1,
+                    u64::from(max_participants),
+                )?;
+                if reply_capacity != 0 {
+                    return Err("a publish-subscribe channel has no reply rings".into());
+                }
+                payload += u64::from(max_topic);
+            }
+            KIND_SERVICE => {
+                if flags != 0 || max_topic != 0 {
+                    return Err("a service has no topic or overflow options".into());
+                }
+                check_range(
+                    "max_clients",
+                    table_entries.into(),
+                    1,
+                    u64::from(max_participants),
+                )?;
+                check_range("reply_capacity", reply_capacity, 1, MAX_CAPACITY)?;
+            }
+            _ => return Err(format!("unknown queue kind {kind}")),
         }
         let too_big =
-            || format!("capacity {capacity} × max_message {max_message} does not fit in a file");
-        let slot_stride =
-            round_up(SLOT_HEADER_SIZE as u64 + max_message, 64).ok_or_else(too_big)?;
+            || format!("a queue of {capacity} slots of {max_message} bytes does not fit in a file");
+        let slot_stride = round_up(SLOT_HEADER_SIZE as u64 + payload, 64).ok_or_else(too_big)?;
         let participants_offset = PARTICIPANTS_OFFSET as u64;
-        let table = u64::from(max_participants) * PARTICIPANT_SIZE as u64;
-        let slots_offset = round_up(participants_offset + table, PAD as u64).ok_or_else(too_big)?;
+        let after_participants =
+            participants_offset + u64::from(max_participants) * PARTICIPANT_SIZE as u64;
+        let table_offset = round_up(after_participants, PAD as u64).ok_or_else(too_big)?;
+        let mut end = table_offset + u64::from(table_entries) * TABLE_ENTRY_SIZE as u64;
+        let mut reply_stride = 0;
+        if kind == KIND_SERVICE {
+            reply_stride = reply_capacity
+                .checked_mul(slot_stride)
+                .and_then(|s| s.checked_add(RING_CONTROL_SIZE as u64))
+                .and_then(|s| round_up(s, PAD as u64))
+                .ok_or_else(too_big)?;
+            end = u64::from(table_entries)
+                .checked_mul(reply_stride)
+                .and_then(|s| s.checked_add(end))
+                .filter(|&s| s <= MAX_FILE_SIZE)
+                .ok_or_else(too_big)?;
+        }
+        let slots_offset = round_up(end, PAD as u64).ok_or_else(too_big)?;
         let file_size = capacity
             .checked_mul(slot_stride)
             .and_then(|s| s.checked_add(slots_offset))
@@ -241,15 +406,28 @@ impl Geometry {
             .filter(|&s| s <= MAX_FILE_SIZE)
             .ok_or_else(too_big)?;
         Ok(Geometry {
-            kind: KIND_PIPELINE,
+            kind,
             capacity,
             max_message,
             slot_stride,
             slots_offset,
             participants_offset,
             max_participants,
+            flags,
+            max_topic,
+            table_entries,
+            table_offset,
+            reply_capacity,
+            reply_stride,
             file_size,
         })
+    }
+
+    /// Where client `index`'s reply-ring block starts (service only).
+    pub fn reply_block(&self, index: u32) -> u64 {
+        self.table_offset
+            + u64::from(self.table_entries) * TABLE_ENTRY_SIZE as u64
+            + u64::from(index) * self.reply_stride
     }
 
     /// The header a creator writes for this geometry.
@@ -265,16 +443,22 @@ impl Geometry {
             slots_offset: self.slots_offset,
             participants_offset: self.participants_offset,
             max_participants: self.max_participants,
-            flags: 0,
-            reserved: [0; 7],
+            flags: self.flags,
+            max_topic: self.max_topic,
+            table_entries: self.table_entries,
+            table_offset: self.table_offset,
+            reply_capacity: self.reply_capacity,
+            reply_stride: self.reply_stride,
+            reserved: [0; 3],
         }
     }
 
     /// Checks a header read from a file of `actual_len` bytes, expecting `kind`.
     ///
     /// Everything the rest of the crate relies on is checked here: magic, version, kind, that
-    /// the geometry is exactly what `create` would have computed from the same options (so no
-    /// section overlaps another or runs past the end), and that the file is long enough.
+    /// the primary options are in range, that every derived field (offsets, strides, size) is
+    /// exactly what `create` computes from them (so no section overlaps another or runs past
+    /// the end), and that the file is long enough.
     pub fn validate(h: &FileHeader, kind: u32, actual_len: u64) -> Result<Self, Corruption> {
         if h.magic == 0 {
             return Err(Corruption::Uninitialized);
@@ -294,35 +478,38 @@ impl Geometry {
                 expected: kind,
             });
         }
-        let expected = match kind {
-            KIND_PIPELINE => Geometry::pipeline(h.capacity, h.max_message, h.max_participants),
-            _ => return Err(Corruption::BadGeometry("unknown queue kind")),
-        }
-        .map_err(|_| {
-            Corruption::BadGeometry("capacity, max_message or max_participants out of range")
+        let expected = Geometry::compute(Shape::of(h)).map_err(|_| {
+            Corruption::BadGeometry(
+                "capacity, max_message, participant, topic, table or reply options out of range",
+            )
         })?;
-        if h.slot_stride != expected.slot_stride {
-            return Err(Corruption::BadGeometry(
+        let want = expected.header();
+        let derived: [(&'static str, bool); 7] = [
+            (
                 "slot stride does not match max_message",
-            ));
-        }
-        if h.slots_offset != expected.slots_offset {
-            return Err(Corruption::BadGeometry(
-                "slots offset does not match the participant table",
-            ));
-        }
-        if h.participants_offset != expected.participants_offset {
-            return Err(Corruption::BadGeometry("participant table offset is wrong"));
-        }
-        if h.file_size != expected.file_size {
-            return Err(Corruption::BadGeometry(
+                h.slot_stride == want.slot_stride,
+            ),
+            (
+                "participant table offset is wrong",
+                h.participants_offset == want.participants_offset,
+            ),
+            ("table offset is wrong", h.table_offset == want.table_offset),
+            (
+                "reply ring stride does not match the reply capacity",
+                h.reply_stride == want.reply_stride,
+            ),
+            (
+                "slots offset does not match the tables before it",
+                h.slots_offset == want.slots_offset,
+            ),
+            (
                 "recorded file size does not match the geometry",
-            ));
-        }
-        if h.flags != 0 || h.reserved != [0; 7] {
-            return Err(Corruption::BadGeometry(
-                "reserved header fields are not zero",
-            ));
+                h.file_size == want.file_size,
+            ),
+            ("reserved header fields are not zero", h.reserved == [0; 3]),
+        ];
+        if let Some((what, _)) = derived.iter().find(|(_, ok)| !ok) {
+            return Err(Corruption::BadGeometry(what));
         }
         if actual_len < expected.file_size {
             return Err(Corruption::Truncated {
@@ -471,9 +658,30 @@ mod tests {
         check(FileHeader { flags: 1, ..h }, |c| {
             matches!(c, Corruption::BadGeometry(_))
         });
+        for bad in [
+            FileHeader { max_topic: 1, ..h },
+            FileHeader {
+                table_entries: 1,
+                ..h
+            },
+            FileHeader {
+                table_offset: 0,
+                ..h
+            },
+            FileHeader {
+                reply_capacity: 1,
+                ..h
+            },
+            FileHeader {
+                reply_stride: 1,
+                ..h
+            },
+        ] {
+            check(bad, |c| matches!(c, Corruption::BadGeometry(_)));
+        }
         check(
             FileHeader {
-                reserved: [0, 0, 0, 9, 0, 0, 0],
+                reserved: [0, 9, 0],
                 ..h
             },
             |c| matches!(c, Corruption::BadGeometry(_)),

@@ -130,7 +130,7 @@ fn write_header(region: &Region, h: &FileHeader) {
 }
 
 fn read_header(r: &Region) -> FileHeader {
-    let mut reserved = [0u64; 7];
+    let mut reserved = [0u64; field::RESERVED_WORDS];
     for (i, slot) in reserved.iter_mut().enumerate() {
         *slot = r.u64_at(field::RESERVED + 8 * i).load(Ordering::Relaxed);
     }
@@ -146,6 +146,11 @@ fn read_header(r: &Region) -> FileHeader {
         participants_offset: r.u64_at(field::PARTICIPANTS_OFFSET).load(Ordering::Relaxed),
         max_participants: r.u32_at(field::MAX_PARTICIPANTS).load(Ordering::Relaxed),
         flags: r.u32_at(field::FLAGS).load(Ordering::Relaxed),
+        max_topic: r.u32_at(field::MAX_TOPIC).load(Ordering::Relaxed),
+        table_entries: r.u32_at(field::TABLE_ENTRIES).load(Ordering::Relaxed),
+        table_offset: r.u64_at(field::TABLE_OFFSET).load(Ordering::Relaxed),
+        reply_capacity: r.u64_at(field::REPLY_CAPACITY).load(Ordering::Relaxed),
+        reply_stride: r.u64_at(field::REPLY_STRIDE).load(Ordering::Relaxed),
         reserved,
     }
 }

@@ -116,7 +116,7 @@ impl WaitCell<'_> {
         }
         let spin_until = match strategy {
             WaitStrategy::BusyPoll => None,
-            WaitStrategy::SpinThenPark(d) => Some(Instant::now() + d),
+            WaitStrategy::SpinThenPark(d) => Instant::now().checked_add(d), // too long: never park
             WaitStrategy::Park => Some(Instant::now()),
         };
         // Spin phase: poll, looking at the clock only every 64 polls.
