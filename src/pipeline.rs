@@ -106,13 +106,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn attach(self: &Arc<Self>, role: Role) -> Result<Participant, Error> {
-        peers::attach(
-            &self.mapping,
-            self.geometry.participants_offset as usize,
-            self.geometry.max_participants,
-            role,
-        )
+    fn attach(&self, role: Role) -> Result<Participant, Error> {
+        peers::attach(&self.mapping, &self.geometry, role)
     }
 }
 
@@ -544,6 +539,12 @@ impl Consumer {
             Ok(None) => return Err(RecvError::Timeout),
             Err(c) => return Err(RecvError::Corrupt(c)),
         };
+        Ok(self.message(claim))
+    }
+
+    /// Wraps a claimed slot in a Message, which releases it when dropped.
+    fn message(&self, claim: ReadClaim) -> Message<'_> {
+        let ring = self.ring();
         // SAFETY: the claim gives this consumer the slot (READING, owned by us) until the
         // Message releases it on drop; producers do not touch a slot until it is released. The
         // length was checked against max_message by the ring. The slice borrows `self`, which
@@ -552,11 +553,11 @@ impl Consumer {
             ring.region()
                 .slice(ring.payload_offset(claim.index), claim.len)
         };
-        Ok(Message {
+        Message {
             consumer: self,
             claim: Some(claim),
             bytes,
-        })
+        }
     }
 
     /// Receives the next message, waiting while the queue is empty.
@@ -601,13 +602,10 @@ impl Consumer {
         while n < max {
             match ring.try_claim_read(self.owner) {
                 Ok(Some(claim)) => {
-                    // SAFETY: as in `recv_with`: the slot is ours until released just below.
-                    let bytes = unsafe {
-                        ring.region()
-                            .slice(ring.payload_offset(claim.index), claim.len)
-                    };
-                    each(bytes);
-                    ring.release(claim);
+                    // Wrapped in a Message so that a panic in `each` still releases the slot.
+                    let msg = self.message(claim);
+                    each(&msg);
+                    msg.ack_quietly();
                     n += 1;
                 }
                 Ok(None) => break,

@@ -109,49 +109,21 @@ pub(crate) fn create(
     result
 }
 
+/// Writes every header field but the magic number (written last, by `create`).
 fn write_header(region: &Region, h: &FileHeader) {
-    let r = region;
-    r.u32_at(field::VERSION).store(h.version, Ordering::Relaxed);
-    r.u32_at(field::KIND).store(h.kind, Ordering::Relaxed);
-    r.u64_at(field::FILE_SIZE)
-        .store(h.file_size, Ordering::Relaxed);
-    r.u64_at(field::CAPACITY)
-        .store(h.capacity, Ordering::Relaxed);
-    r.u64_at(field::MAX_MESSAGE)
-        .store(h.max_message, Ordering::Relaxed);
-    r.u64_at(field::SLOT_STRIDE)
-        .store(h.slot_stride, Ordering::Relaxed);
-    r.u64_at(field::SLOTS_OFFSET)
-        .store(h.slots_offset, Ordering::Relaxed);
-    r.u64_at(field::PARTICIPANTS_OFFSET)
-        .store(h.participants_offset, Ordering::Relaxed);
-    r.u32_at(field::MAX_PARTICIPANTS)
-        .store(h.max_participants, Ordering::Relaxed);
+    let bytes = bytemuck::bytes_of(h);
+    region.store_words(field::VERSION, &bytes[field::VERSION..]);
 }
 
-fn read_header(r: &Region) -> FileHeader {
-    let mut reserved = [0u64; field::RESERVED_WORDS];
-    for (i, slot) in reserved.iter_mut().enumerate() {
-        *slot = r.u64_at(field::RESERVED + 8 * i).load(Ordering::Relaxed);
-    }
+/// Reads the header: the magic number first (Acquire, pairing with the creator's Release),
+/// then the rest as atomic words, since another process may be writing the file.
+fn read_header(region: &Region) -> FileHeader {
+    let magic = region.u64_at(field::MAGIC).load(Ordering::Acquire);
+    let mut bytes = [0u8; std::mem::size_of::<FileHeader>()];
+    region.load_words(0, &mut bytes);
     FileHeader {
-        magic: r.u64_at(field::MAGIC).load(Ordering::Acquire),
-        version: r.u32_at(field::VERSION).load(Ordering::Relaxed),
-        kind: r.u32_at(field::KIND).load(Ordering::Relaxed),
-        file_size: r.u64_at(field::FILE_SIZE).load(Ordering::Relaxed),
-        capacity: r.u64_at(field::CAPACITY).load(Ordering::Relaxed),
-        max_message: r.u64_at(field::MAX_MESSAGE).load(Ordering::Relaxed),
-        slot_stride: r.u64_at(field::SLOT_STRIDE).load(Ordering::Relaxed),
-        slots_offset: r.u64_at(field::SLOTS_OFFSET).load(Ordering::Relaxed),
-        participants_offset: r.u64_at(field::PARTICIPANTS_OFFSET).load(Ordering::Relaxed),
-        max_participants: r.u32_at(field::MAX_PARTICIPANTS).load(Ordering::Relaxed),
-        flags: r.u32_at(field::FLAGS).load(Ordering::Relaxed),
-        max_topic: r.u32_at(field::MAX_TOPIC).load(Ordering::Relaxed),
-        table_entries: r.u32_at(field::TABLE_ENTRIES).load(Ordering::Relaxed),
-        table_offset: r.u64_at(field::TABLE_OFFSET).load(Ordering::Relaxed),
-        reply_capacity: r.u64_at(field::REPLY_CAPACITY).load(Ordering::Relaxed),
-        reply_stride: r.u64_at(field::REPLY_STRIDE).load(Ordering::Relaxed),
-        reserved,
+        magic,
+        ..bytemuck::pod_read_unaligned(&bytes)
     }
 }
 

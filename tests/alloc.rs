@@ -1,0 +1,170 @@
+//! No heap allocation on the send and receive paths (guarantee 5).
+//!
+//! A counting global allocator counts the allocations made by threads that have armed it, so
+//! the test harness's own threads do not disturb the count. This binary holds a single test.
+
+use shmq::{Options, Pipeline, WaitStrategy};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count() {
+    if ARMED.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// allocator contract is `System`'s; counting touches only an atomic and a const thread-local.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: `ptr` was allocated by `System` (every allocation goes through it) with
+        // `layout`; the caller upholds the rest of `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` with this thread's allocations counted; returns how many it made.
+fn allocations_in(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    ARMED.with(|a| a.set(true));
+    f();
+    ARMED.with(|a| a.set(false));
+    ALLOCATIONS.load(Ordering::SeqCst) - before
+}
+
+const ROUNDS: u64 = 10_000;
+
+#[test]
+fn send_and_receive_allocate_nothing() {
+    let dir = std::env::temp_dir().join(format!("shmq-alloc-{}", std::process::id()));
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::Path::new("/dev/shm").join(dir.file_name().unwrap())
+    } else {
+        dir
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+
+    let q = Pipeline::create(dir.join("q"), &Options::new().capacity(64).max_message(256)).unwrap();
+    let producer = q.producer().unwrap();
+    let consumer = q.consumer().unwrap();
+    let payload = [0xA5u8; 200];
+    let batch: [&[u8]; 4] = [&payload[..0], &payload[..10], &payload[..100], &payload];
+
+    let one_round = |i: u64| {
+        producer.send(&payload[..(i % 201) as usize]).unwrap();
+        assert_eq!(consumer.recv().unwrap().len(), (i % 201) as usize);
+
+        producer.try_send(&payload[..64]).unwrap();
+        assert_eq!(consumer.try_recv().unwrap().len(), 64);
+
+        producer
+            .send_timeout(&payload[..1], Duration::from_secs(10))
+            .unwrap();
+        drop(consumer.recv_timeout(Duration::from_secs(10)).unwrap());
+
+        let mut loan = producer.loan(32).unwrap();
+        loan.fill(i as u8);
+        loan.commit();
+        drop(producer.try_loan(16).unwrap()); // abandoned
+        assert_eq!(consumer.recv().unwrap()[0], i as u8);
+
+        producer.send_batch(&batch).unwrap();
+        let mut total = 0;
+        let mut n = 0;
+        while n < batch.len() {
+            n += consumer.recv_batch(8, |m| total += m.len()).unwrap();
+        }
+        assert_eq!(total, 310);
+
+        producer.send_value(&i).unwrap();
+        assert_eq!(consumer.recv().unwrap().value::<u64>(), Some(i));
+
+        // Empty and full outcomes allocate nothing either.
+        assert!(consumer.try_recv().is_err());
+        let _ = q.len();
+    };
+
+    // The counter works: an allocation in an armed thread is seen.
+    assert!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 10]))) > 0);
+
+    // Warm up: first-use lazies (thread-locals, the clock) are not the hot path.
+    for i in 0..100 {
+        one_round(i);
+    }
+    let n = allocations_in(|| {
+        for i in 0..ROUNDS {
+            one_round(i);
+        }
+    });
+    assert_eq!(
+        n, 0,
+        "{n} allocations in {ROUNDS} rounds of send and receive"
+    );
+
+    // The blocking paths: a consumer thread parked on the shared futex, woken by each send,
+    // and a producer parked on a full ring of one slot, woken by each receive.
+    let q1 = Pipeline::create(dir.join("q1"), &Options::new().capacity(1).max_message(8)).unwrap();
+    let mut producer = q1.producer().unwrap();
+    let mut consumer = q1.consumer().unwrap();
+    producer.set_wait_strategy(WaitStrategy::Park);
+    consumer.set_wait_strategy(WaitStrategy::Park);
+    const PING: u64 = 2_000;
+    let (sent, received) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            allocations_in(|| {
+                for i in 0..PING {
+                    assert_eq!(consumer.recv().unwrap().value::<u64>(), Some(i));
+                }
+            })
+        });
+        let sent = allocations_in(|| {
+            for i in 0..PING {
+                producer.send_value(&i).unwrap();
+            }
+        });
+        (sent, reader.join().unwrap())
+    });
+    assert_eq!(
+        (sent, received),
+        (0, 0),
+        "allocations while blocking (send, receive)"
+    );
+}
