@@ -172,6 +172,13 @@ pub enum SendError {
         /// The queue's maximum message size, fixed at creation.
         max: usize,
     },
+    /// The topic is longer than the channel's maximum topic size.
+    TopicTooLarge {
+        /// The topic's length.
+        len: usize,
+        /// The channel's maximum topic size, fixed at creation.
+        max: usize,
+    },
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
 }
@@ -184,6 +191,10 @@ impl fmt::Display for SendError {
             SendError::TooLarge { len, max } => write!(
                 f,
                 "message of {len} bytes is larger than the queue's maximum of {max} bytes"
+            ),
+            SendError::TopicTooLarge { len, max } => write!(
+                f,
+                "topic of {len} bytes is longer than the channel's maximum of {max} bytes"
             ),
             SendError::Corrupt(c) => write!(f, "queue file {c}"),
         }
@@ -200,6 +211,9 @@ pub enum RecvError {
     Empty,
     /// No message arrived before the deadline.
     Timeout,
+    /// A publish-subscribe subscriber fell more than a ring behind and missed this many
+    /// messages; it continues from the oldest message still retained.
+    Lagged(u64),
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
 }
@@ -209,6 +223,7 @@ impl fmt::Display for RecvError {
         match self {
             RecvError::Empty => write!(f, "the queue is empty"),
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
+            RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
         }
     }

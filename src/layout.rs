@@ -44,7 +44,7 @@ pub const PAD: usize = 128;
 /// The file header. Written once by the creator (magic last, with Release ordering) and only
 /// read afterwards. Fields a kind does not use are zero.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FileHeader {
     /// [`MAGIC`]; zero until the creator has finished initialising the file.
     pub magic: u64,
@@ -109,8 +109,8 @@ pub struct SlotHeader {
     pub state: u64,
     /// Length of the committed message in bytes.
     pub len: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Publish-subscribe: length of the topic; zero otherwise.
+    pub topic_len: u32,
 }
 
 /// Size of [`SlotHeader`]; the payload starts this far into the slot (16-byte aligned).
@@ -148,6 +148,7 @@ const _: () = {
     assert!(size_of::<SlotHeader>() == 16);
     assert!(offset_of!(SlotHeader, state) == 0);
     assert!(offset_of!(SlotHeader, len) == 8);
+    assert!(offset_of!(SlotHeader, topic_len) == 12);
     assert!(size_of::<WaitCellLayout>() == 8);
     assert!(offset_of!(WaitCellLayout, seq) == 0);
     assert!(offset_of!(WaitCellLayout, waiters) == 4);
@@ -247,6 +248,12 @@ pub struct Geometry {
     pub reply_stride: u64,
     /// Total file length.
     pub file_size: u64,
+}
+
+/// Bytes reserved for the topic at the start of a publish-subscribe slot's payload area: the
+/// topic limit rounded up to 8, so the message body starts 8-byte aligned.
+pub fn topic_area(max_topic: u32) -> u64 {
+    u64::from(max_topic).next_multiple_of(8)
 }
 
 /// `x` rounded up to a multiple of `to` (a power of two), or `None` on overflow.
@@ -361,7 +368,7 @@ impl Geometry {
                 if reply_capacity != 0 {
                     return Err("a publish-subscribe channel has no reply rings".into());
                 }
-                payload += u64::from(max_topic);
+                payload += topic_area(max_topic);
             }
             KIND_SERVICE => {
                 if flags != 0 || max_topic != 0 {

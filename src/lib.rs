@@ -9,6 +9,9 @@
 //! Patterns:
 //! * [`Pipeline`] — a work queue: [`Producer`]s send, each message goes to exactly one
 //!   [`Consumer`].
+//! * [`PubSub`] — publish-subscribe: every [`Subscriber`] gets every message whose topic
+//!   starts with one of its prefixes; slow subscribers either lag ([`Overflow::DropOldest`]) or
+//!   hold publishers back ([`Overflow::Block`]).
 //!
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
@@ -36,8 +39,12 @@ pub(crate) mod sync;
 pub(crate) mod peers;
 #[cfg(not(loom))]
 pub mod pipeline;
+#[cfg(not(loom))]
+pub mod pubsub;
 
 pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
 pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
+#[cfg(not(loom))]
+pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, TopicMessage};
 pub use sync::wait::WaitStrategy;

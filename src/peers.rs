@@ -19,7 +19,7 @@
 //! Each entry is 64 bytes: the state word (generation << 8 | role) and the PID (for humans).
 
 use crate::error::Error;
-use crate::layout::PARTICIPANT_SIZE;
+use crate::layout::{Geometry, PARTICIPANT_SIZE};
 use crate::shm::file::Mapping;
 use crate::shm::Region;
 use crate::sync::atomic::Ordering;
@@ -40,6 +40,16 @@ pub enum Role {
     Producer = 1,
     /// Receives from a pipeline.
     Consumer = 2,
+    /// Publishes on a publish-subscribe channel.
+    Publisher = 3,
+    /// Subscribes to a publish-subscribe channel.
+    Subscriber = 4,
+    /// Sends requests to a service.
+    #[allow(dead_code)]
+    Client = 5,
+    /// Serves a service's requests.
+    #[allow(dead_code)]
+    Server = 6,
 }
 
 const ROLE_FREE: u64 = 0;
@@ -85,13 +95,14 @@ fn try_lock(fd: &File, index: u32) -> nix::Result<()> {
     fcntl(fd.as_raw_fd(), FcntlArg::F_OFD_SETLK(&fl)).map(drop)
 }
 
-/// Attaches a new participant with `role` to the table of `max` entries at offset `table`.
+/// Attaches a new participant with `role` to the participant table described by `geometry`.
 pub(crate) fn attach(
     mapping: &Arc<Mapping>,
-    table: usize,
-    max: u32,
+    geometry: &Geometry,
     role: Role,
 ) -> Result<Participant, Error> {
+    let table = geometry.participants_offset as usize;
+    let max = geometry.max_participants;
     let path = mapping.path();
     // A new open file description of the same file: OFD locks of one description never
     // conflict with each other, so every participant needs its own.

@@ -16,7 +16,7 @@ pub use self::model::Region;
 
 #[cfg(not(loom))]
 mod mapped {
-    use crate::sync::atomic::{AtomicU32, AtomicU64};
+    use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
     use std::ptr::NonNull;
     use std::sync::Arc;
 
@@ -119,6 +119,47 @@ mod mapped {
             unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
         }
 
+        /// Stores `src` at `off` (8-aligned) as relaxed 64-bit atomic stores; the last word is
+        /// zero-padded, so `round_up(src.len(), 8)` bytes are written.
+        ///
+        /// For seqlock-style sharing, where readers may copy while a writer overwrites: racing
+        /// atomic accesses are defined behaviour, and readers validate what they copied.
+        #[inline]
+        pub fn store_words(&self, off: usize, src: &[u8]) {
+            let mut chunks = src.chunks_exact(8);
+            let mut at = off;
+            for chunk in &mut chunks {
+                let word = u64::from_ne_bytes(chunk.try_into().expect("chunks_exact(8)"));
+                self.u64_at(at).store(word, Ordering::Relaxed);
+                at += 8;
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let mut last = [0u8; 8];
+                last[..rest.len()].copy_from_slice(rest);
+                self.u64_at(at)
+                    .store(u64::from_ne_bytes(last), Ordering::Relaxed);
+            }
+        }
+
+        /// Loads `dst.len()` bytes at `off` (8-aligned) with relaxed 64-bit atomic loads;
+        /// `round_up(dst.len(), 8)` bytes are read. The result may be torn if a writer raced:
+        /// the caller validates it afterwards.
+        #[inline]
+        pub fn load_words(&self, off: usize, dst: &mut [u8]) {
+            let mut chunks = dst.chunks_exact_mut(8);
+            let mut at = off;
+            for chunk in &mut chunks {
+                chunk.copy_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes());
+                at += 8;
+            }
+            let rest = chunks.into_remainder();
+            if !rest.is_empty() {
+                let n = rest.len();
+                rest.copy_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes()[..n]);
+            }
+        }
+
         /// The bytes at `off..off + len` as a slice, for zero-copy receive.
         ///
         /// # Safety
@@ -147,7 +188,7 @@ mod mapped {
 
 #[cfg(loom)]
 mod model {
-    use crate::sync::atomic::{AtomicU32, AtomicU64};
+    use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
     use loom::cell::UnsafeCell;
     use std::sync::Arc;
 
@@ -191,6 +232,26 @@ mod model {
         pub fn u32_at(&self, off: usize) -> &AtomicU32 {
             assert!(off % 4 == 0 && off + 4 <= self.len);
             &self.words.w32[off / 4]
+        }
+
+        pub fn store_words(&self, off: usize, src: &[u8]) {
+            for (i, chunk) in src.chunks(8).enumerate() {
+                let mut w = [0u8; 8];
+                w[..chunk.len()].copy_from_slice(chunk);
+                self.u64_at(off + 8 * i)
+                    .store(u64::from_ne_bytes(w), Ordering::Relaxed);
+            }
+        }
+
+        pub fn load_words(&self, off: usize, dst: &mut [u8]) {
+            for (i, chunk) in dst.chunks_mut(8).enumerate() {
+                let w = self
+                    .u64_at(off + 8 * i)
+                    .load(Ordering::Relaxed)
+                    .to_ne_bytes();
+                let n = chunk.len();
+                chunk.copy_from_slice(&w[..n]);
+            }
         }
 
         /// # Safety

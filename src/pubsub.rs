@@ -1,0 +1,555 @@
+//! Publish-subscribe: every subscriber gets every message whose topic it subscribed to.
+//!
+//! A channel is one file holding a broadcast ring. Publishers in any number of processes
+//! publish `(topic, payload)` messages; each subscriber reads the ring at its own pace through
+//! its own cursor, and keeps the messages whose topic starts with one of its prefixes.
+//!
+//! # What a subscriber receives
+//!
+//! Every message published after it attached whose topic starts with one of its prefixes (an
+//! empty prefix list means every topic), in publication order per publisher (and in one global
+//! order across publishers: every subscriber sees the same sequence). With
+//! [`Subscribe::history`], it starts instead from the oldest message the ring still retains.
+//!
+//! # Overflow
+//!
+//! The mode is fixed when the channel is created ([`PubSubOptions::overflow`]).
+//!
+//! * [`Overflow::DropOldest`]: a publisher never waits. A subscriber that falls more than a ring
+//!   behind gets `Err(`[`RecvError::Lagged`]`(n))` with the exact number of messages it missed
+//!   (counting messages of every topic), then continues from the oldest message still retained.
+//!   It never sees a torn or half-overwritten message: messages are copied out, then the slot is
+//!   checked not to have been reused during the copy.
+//! * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
+//!   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
+//!   subscriber has read the message it would overwrite. A subscriber that is dropped stops
+//!   holding publishers back at once. A subscriber whose process *dies* keeps holding them back
+//!   until crash recovery (planned) reaps it — until then, give such channels `publish_timeout`.
+//!
+//! ```
+//! # fn main() -> Result<(), shmq::Error> {
+//! # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
+//! use shmq::{Overflow, PubSub, PubSubOptions, RecvError};
+//! let channel = PubSub::create(&path, &PubSubOptions::new().capacity(4096).max_message(512)
+//!     .overflow(Overflow::DropOldest))?;
+//! let publisher = channel.publisher()?;
+//! let mut hosts = PubSub::open(&path)?.subscriber(&[b"hosts/".as_slice()])?;
+//! publisher.publish(b"jobs/42", b"done")?;          // not a host topic: filtered out
+//! publisher.publish(b"hosts/web-3", b"going down for maintenance")?;
+//! match hosts.recv() {
+//!     Ok(msg) => assert_eq!((msg.topic(), msg.payload()),
+//!                           (&b"hosts/web-3"[..], &b"going down for maintenance"[..])),
+//!     Err(RecvError::Lagged(n)) => eprintln!("missed {n} messages"),
+//!     Err(e) => return Err(e.into()),
+//! }
+//! # PubSub::remove(&path)?;
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, RecvError, SendError};
+use crate::layout::{
+    Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST, RING_CONTROL_OFFSET,
+};
+use crate::peers::{self, Participant, Role};
+use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
+use crate::shm::file::{self, Mapping};
+use crate::shm::Region;
+use crate::sync::{Deadline, WaitStrategy};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What publishers do when the ring is full of messages some subscriber has not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Overwrite the oldest message; slow subscribers get [`RecvError::Lagged`].
+    DropOldest,
+    /// Wait for the slowest attached subscriber.
+    Block,
+}
+
+/// How to create a channel. Fixed for the file's life.
+#[derive(Debug, Clone)]
+pub struct PubSubOptions {
+    capacity: u64,
+    max_message: usize,
+    max_topic: u32,
+    max_publishers: u32,
+    max_subscribers: u32,
+    overflow: Overflow,
+    mode: u32,
+}
+
+impl Default for PubSubOptions {
+    fn default() -> Self {
+        PubSubOptions {
+            capacity: 1024,
+            max_message: 1024,
+            max_topic: 64,
+            max_publishers: 16,
+            max_subscribers: 16,
+            overflow: Overflow::DropOldest,
+            mode: 0o600,
+        }
+    }
+}
+
+impl PubSubOptions {
+    /// Defaults: 1024 slots, 1024-byte payloads, 64-byte topics, 16 publishers, 16
+    /// subscribers, [`Overflow::DropOldest`], mode `0600`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of messages the ring retains (1 to 2^32).
+    pub fn capacity(mut self, slots: u64) -> Self {
+        self.capacity = slots;
+        self
+    }
+
+    /// Largest payload in bytes.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Largest topic in bytes (up to 65535).
+    pub fn max_topic(mut self, bytes: u32) -> Self {
+        self.max_topic = bytes;
+        self
+    }
+
+    /// Largest number of publishers attached at once.
+    pub fn max_publishers(mut self, n: u32) -> Self {
+        self.max_publishers = n;
+        self
+    }
+
+    /// Largest number of subscribers attached at once; attaching more is an error.
+    pub fn max_subscribers(mut self, n: u32) -> Self {
+        self.max_subscribers = n;
+        self
+    }
+
+    /// The overflow mode (default [`Overflow::DropOldest`]).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// File permission bits (default `0o600`).
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+struct Shared {
+    mapping: Arc<Mapping>,
+    ring: BroadcastRing,
+    geometry: Geometry,
+}
+
+fn ring_of(region: Region, g: &Geometry) -> BroadcastRing {
+    BroadcastRing::new(
+        region,
+        RING_CONTROL_OFFSET,
+        g.slots_offset as usize,
+        g.capacity,
+        g.slot_stride as usize,
+        g.max_topic as usize,
+        g.max_message as usize,
+        g.table_offset as usize,
+        g.table_entries,
+        g.flags == OVERFLOW_BLOCK,
+    )
+}
+
+/// A publish-subscribe channel file, mapped. Cheap to clone.
+#[derive(Clone)]
+pub struct PubSub {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for PubSub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubSub")
+            .field("path", &self.shared.mapping.path())
+            .field("capacity", &self.shared.geometry.capacity)
+            .field("overflow", &self.overflow())
+            .finish()
+    }
+}
+
+impl PubSub {
+    /// Creates a new channel file at `path` (which must not exist).
+    ///
+    /// # Errors
+    /// As for [`Pipeline::create`](crate::Pipeline::create).
+    pub fn create(path: impl AsRef<Path>, options: &PubSubOptions) -> Result<Self, Error> {
+        let max_participants = options
+            .max_publishers
+            .checked_add(options.max_subscribers)
+            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
+        let g = Geometry::compute(Shape {
+            kind: KIND_PUBSUB,
+            capacity: options.capacity,
+            max_message: options.max_message as u64,
+            max_participants,
+            flags: match options.overflow {
+                Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
+                Overflow::Block => OVERFLOW_BLOCK,
+            },
+            max_topic: options.max_topic,
+            table_entries: options.max_subscribers,
+            reply_capacity: 0,
+        })
+        .map_err(Error::InvalidOptions)?;
+        let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
+            ring_of(region.clone(), &g).initialize()
+        })?;
+        let ring = ring_of(mapping.region(), &g);
+        Ok(PubSub {
+            shared: Arc::new(Shared {
+                mapping,
+                ring,
+                geometry: g,
+            }),
+        })
+    }
+
+    /// Opens an existing channel file, validating everything in its header.
+    ///
+    /// # Errors
+    /// As for [`Pipeline::open`](crate::Pipeline::open).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let (mapping, g) = file::open(path.as_ref(), KIND_PUBSUB)?;
+        let ring = ring_of(mapping.region(), &g);
+        Ok(PubSub {
+            shared: Arc::new(Shared {
+                mapping,
+                ring,
+                geometry: g,
+            }),
+        })
+    }
+
+    /// Removes the channel file's name. Processes that have it mapped keep using it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be removed.
+    pub fn remove(path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e))
+    }
+
+    /// The channel's overflow mode.
+    pub fn overflow(&self) -> Overflow {
+        if self.shared.ring.is_blocking() {
+            Overflow::Block
+        } else {
+            Overflow::DropOldest
+        }
+    }
+
+    /// Messages published on this channel since it was created.
+    pub fn published(&self) -> u64 {
+        self.shared.ring.published_count()
+    }
+
+    /// Attaches a publisher.
+    ///
+    /// # Errors
+    /// [`Error::TooManyParticipants`] when the participant table is full.
+    pub fn publisher(&self) -> Result<Publisher, Error> {
+        let me = peers::attach(&self.shared.mapping, &self.shared.geometry, Role::Publisher)?;
+        Ok(Publisher {
+            owner: me.owner_id(),
+            shared: self.shared.clone(),
+            gate: GateCache::default(),
+            wait: WaitStrategy::default(),
+            _me: me,
+        })
+    }
+
+    /// Attaches a subscriber to the topics starting with any of `prefixes` (all topics if
+    /// empty), receiving what is published from now on.
+    ///
+    /// # Errors
+    /// [`Error::TooManyParticipants`] when the subscriber table (or participant table) is full.
+    pub fn subscriber(&self, prefixes: &[&[u8]]) -> Result<Subscriber, Error> {
+        Subscribe::new(self, prefixes).attach()
+    }
+
+    /// Starts building a subscriber with more choices (history).
+    pub fn subscribe<'a>(&'a self, prefixes: &[&[u8]]) -> Subscribe<'a> {
+        Subscribe::new(self, prefixes)
+    }
+}
+
+/// A subscriber being configured; see [`PubSub::subscribe`].
+#[derive(Debug)]
+pub struct Subscribe<'a> {
+    channel: &'a PubSub,
+    prefixes: Vec<Vec<u8>>,
+    history: bool,
+}
+
+impl<'a> Subscribe<'a> {
+    fn new(channel: &'a PubSub, prefixes: &[&[u8]]) -> Self {
+        Subscribe {
+            channel,
+            prefixes: prefixes.iter().map(|p| p.to_vec()).collect(),
+            history: false,
+        }
+    }
+
+    /// Start from the oldest message the ring still retains instead of the next one published.
+    pub fn history(mut self) -> Self {
+        self.history = true;
+        self
+    }
+
+    /// Attaches the subscriber.
+    ///
+    /// # Errors
+    /// [`Error::TooManyParticipants`] when the subscriber table (or participant table) is full.
+    pub fn attach(self) -> Result<Subscriber, Error> {
+        let shared = &self.channel.shared;
+        let me = peers::attach(&shared.mapping, &shared.geometry, Role::Subscriber)?;
+        let (entry, cursor) = shared
+            .ring
+            .attach(me.owner_id(), self.history)
+            .ok_or_else(|| Error::TooManyParticipants {
+                path: shared.mapping.path().to_path_buf(),
+                max: shared.geometry.table_entries,
+            })?;
+        Ok(Subscriber {
+            shared: shared.clone(),
+            entry,
+            cursor,
+            prefixes: self.prefixes,
+            buf: vec![0; shared.ring.buffer_len()],
+            wait: WaitStrategy::default(),
+            _me: me,
+        })
+    }
+}
+
+/// Publishes on a channel. `Send + Sync`.
+pub struct Publisher {
+    shared: Arc<Shared>,
+    owner: u16,
+    gate: GateCache,
+    wait: WaitStrategy,
+    _me: Participant,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("path", &self.shared.mapping.path())
+            .field("participant", &self.owner)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Sets how blocking publishes wait (Block mode only; default: spin 20 µs, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    fn publish_with(
+        &self,
+        topic: &[u8],
+        payload: &[u8],
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        let ring = &self.shared.ring;
+        if topic.len() > ring.max_topic() {
+            return Err(SendError::TopicTooLarge {
+                len: topic.len(),
+                max: ring.max_topic(),
+            });
+        }
+        if payload.len() > ring.max_message() {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                max: ring.max_message(),
+            });
+        }
+        let claim = match ring.consumed().wait_for(self.wait, deadline, || {
+            ring.try_claim(self.owner, &self.gate)
+        }) {
+            Ok(Some(claim)) => claim,
+            Ok(None) if matches!(deadline, Deadline::Now) => return Err(SendError::Full),
+            Ok(None) => return Err(SendError::Timeout),
+            Err(c) => return Err(SendError::Corrupt(c)),
+        };
+        let committed = ring.write_and_commit(claim, topic, payload);
+        ring.published().notify(u32::MAX);
+        if committed {
+            Ok(())
+        } else {
+            Err(SendError::Corrupt(crate::error::Corruption::BadState(
+                "a claimed slot changed under its publisher",
+            )))
+        }
+    }
+
+    /// Publishes `payload` under `topic`. In Block mode, waits for room.
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] / [`SendError::TopicTooLarge`] (nothing is published);
+    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    pub fn publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
+        self.publish_with(topic, payload, Deadline::Never)
+    }
+
+    /// Publishes if that needs no waiting.
+    ///
+    /// # Errors
+    /// [`SendError::Full`] in Block mode when the slowest subscriber is a ring behind, and as
+    /// for [`publish`](Self::publish).
+    pub fn try_publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
+        self.publish_with(topic, payload, Deadline::Now)
+    }
+
+    /// Publishes, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`SendError::Timeout`], and as for [`publish`](Self::publish).
+    pub fn publish_timeout(
+        &self,
+        topic: &[u8],
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.publish_with(topic, payload, Deadline::after(timeout))
+    }
+}
+
+/// Receives a channel's messages. Dropping it detaches it (it stops holding publishers back).
+pub struct Subscriber {
+    shared: Arc<Shared>,
+    entry: u32,
+    cursor: u64,
+    prefixes: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+    wait: WaitStrategy,
+    _me: Participant,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("path", &self.shared.mapping.path())
+            .field("cursor", &self.cursor)
+            .finish()
+    }
+}
+
+/// A received publish-subscribe message, borrowed from the subscriber's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicMessage<'a> {
+    topic: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl<'a> TopicMessage<'a> {
+    /// The message's topic.
+    pub fn topic(&self) -> &'a [u8] {
+        self.topic
+    }
+
+    /// The message's payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+impl Subscriber {
+    /// Sets how blocking receives wait (default: spin 20 µs, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// The position of the next message this subscriber will look at (messages published on
+    /// the channel before it are behind it).
+    pub fn position(&self) -> u64 {
+        self.cursor
+    }
+
+    fn recv_with(&mut self, deadline: Deadline) -> Result<TopicMessage<'_>, RecvError> {
+        let ring = &self.shared.ring;
+        let (cursor, buf, prefixes, entry) =
+            (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
+        let found = ring.published().wait_for(self.wait, deadline, || loop {
+            let polled = ring.poll(cursor, buf);
+            ring.store_cursor(entry, *cursor);
+            match polled.map_err(RecvError::Corrupt)? {
+                Poll::Empty => return Ok(None),
+                Poll::Lagged(n) => return Err(RecvError::Lagged(n)),
+                Poll::Message { topic_len, len } => {
+                    let topic = &buf[..topic_len];
+                    if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p)) {
+                        return Ok(Some((topic_len, len)));
+                    }
+                }
+            }
+        });
+        match found {
+            Ok(Some((topic_len, len))) => {
+                let body = ring.body_offset();
+                Ok(TopicMessage {
+                    topic: &self.buf[..topic_len],
+                    payload: &self.buf[body..body + len],
+                })
+            }
+            Ok(None) if matches!(deadline, Deadline::Now) => Err(RecvError::Empty),
+            Ok(None) => Err(RecvError::Timeout),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receives the next message of a subscribed topic, waiting for one.
+    ///
+    /// # Errors
+    /// [`RecvError::Lagged`] (drop-oldest mode) if messages were lost; the next call continues
+    /// from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    pub fn recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
+        self.recv_with(Deadline::Never)
+    }
+
+    /// Receives the next message if one is ready.
+    ///
+    /// # Errors
+    /// [`RecvError::Empty`], and as for [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
+        self.recv_with(Deadline::Now)
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvError::Timeout`], and as for [`recv`](Self::recv).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<TopicMessage<'_>, RecvError> {
+        self.recv_with(Deadline::after(timeout))
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.shared.ring.detach(self.entry);
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<PubSub>();
+    is::<Publisher>();
+    is::<Subscriber>();
+}
