@@ -113,6 +113,24 @@ pub struct SlotHeader {
     pub topic_len: u32,
 }
 
+/// The envelope in front of every request and reply of a service: which client asked (its
+/// table index and the generation of that entry when it asked) and the request's correlation id.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Envelope {
+    /// The client's request number, echoed in the reply.
+    pub correlation: u64,
+    /// The client entry's generation when the request was sent.
+    pub generation: u64,
+    /// The client's index in the client table.
+    pub client: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Size of [`Envelope`].
+pub const ENVELOPE_SIZE: usize = size_of::<Envelope>();
+
 /// Size of [`SlotHeader`]; the payload starts this far into the slot (16-byte aligned).
 pub const SLOT_HEADER_SIZE: usize = size_of::<SlotHeader>();
 
@@ -146,6 +164,7 @@ const _: () = {
     assert!(offset_of!(FileHeader, reply_stride) == 96);
     assert!(offset_of!(FileHeader, reserved) == 104);
     assert!(size_of::<SlotHeader>() == 16);
+    assert!(size_of::<Envelope>() == 24);
     assert!(offset_of!(SlotHeader, state) == 0);
     assert!(offset_of!(SlotHeader, len) == 8);
     assert!(offset_of!(SlotHeader, topic_len) == 12);
@@ -381,6 +400,7 @@ impl Geometry {
                     u64::from(max_participants),
                 )?;
                 check_range("reply_capacity", reply_capacity, 1, MAX_CAPACITY)?;
+                payload += ENVELOPE_SIZE as u64;
             }
             _ => return Err(format!("unknown queue kind {kind}")),
         }

@@ -303,10 +303,7 @@ impl Producer {
 
     fn write_and_commit(&self, claim: WriteClaim, msg: &[u8]) -> Result<(), SendError> {
         let ring = self.ring();
-        // SAFETY: `claim` gives this producer the slot's payload bytes (it is WRITING and owned
-        // by us) until commit; `msg.len() <= max_message` was checked, so the copy stays inside
-        // the slot.
-        unsafe { ring.region().write(ring.payload_offset(claim.index), msg) };
+        ring.write(&claim, 0, msg);
         if ring.commit(claim, msg.len()) {
             Ok(())
         } else {
@@ -412,18 +409,10 @@ impl Producer {
     fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
         self.check_len(len)?;
         let claim = self.claim(deadline)?;
-        let ring = self.ring();
-        // SAFETY: the claim gives this producer the slot's payload bytes until it commits or
-        // abandons; the Loan holds the claim and this slice together, and borrows `self` (which
-        // keeps the mapping alive) for the slice's lifetime. `len <= max_message` was checked.
-        let bytes = unsafe {
-            ring.region()
-                .slice_mut(ring.payload_offset(claim.index), len)
-        };
         Ok(Loan {
             producer: self,
             claim: Some(claim),
-            bytes,
+            len,
         })
     }
 
@@ -454,8 +443,9 @@ impl Producer {
 /// A slot loaned by [`Producer::loan`]: write the message into it, then commit.
 pub struct Loan<'a> {
     producer: &'a Producer,
+    /// Always `Some` until `commit` or `drop` takes it.
     claim: Option<WriteClaim>,
-    bytes: &'a mut [u8],
+    len: usize,
 }
 
 impl Loan<'_> {
@@ -464,7 +454,7 @@ impl Loan<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             // A `false` here means a recovery pass took the slot away; nothing is published.
-            let _ = ring.commit(claim, self.bytes.len());
+            let _ = ring.commit(claim, self.len);
             ring.not_empty().notify(1);
         }
     }
@@ -473,13 +463,19 @@ impl Loan<'_> {
 impl Deref for Loan<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.bytes
+        match &self.claim {
+            Some(claim) => self.producer.ring().written(claim, self.len),
+            None => &[],
+        }
     }
 }
 
 impl DerefMut for Loan<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.bytes
+        match &mut self.claim {
+            Some(claim) => self.producer.ring().payload_mut(claim, self.len),
+            None => &mut [],
+        }
     }
 }
 
@@ -495,9 +491,7 @@ impl Drop for Loan<'_> {
 
 impl fmt::Debug for Loan<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loan")
-            .field("len", &self.bytes.len())
-            .finish()
+        f.debug_struct("Loan").field("len", &self.len).finish()
     }
 }
 
@@ -544,19 +538,9 @@ impl Consumer {
 
     /// Wraps a claimed slot in a Message, which releases it when dropped.
     fn message(&self, claim: ReadClaim) -> Message<'_> {
-        let ring = self.ring();
-        // SAFETY: the claim gives this consumer the slot (READING, owned by us) until the
-        // Message releases it on drop; producers do not touch a slot until it is released. The
-        // length was checked against max_message by the ring. The slice borrows `self`, which
-        // keeps the mapping alive.
-        let bytes = unsafe {
-            ring.region()
-                .slice(ring.payload_offset(claim.index), claim.len)
-        };
         Message {
             consumer: self,
             claim: Some(claim),
-            bytes,
         }
     }
 
@@ -624,27 +608,34 @@ impl Consumer {
 /// and frees the slot for producers.
 pub struct Message<'a> {
     consumer: &'a Consumer,
+    /// Always `Some` until the message is acknowledged.
     claim: Option<ReadClaim>,
-    bytes: &'a [u8],
 }
 
 impl Message<'_> {
+    fn bytes(&self) -> &[u8] {
+        match &self.claim {
+            Some(claim) => self.consumer.ring().payload(claim),
+            None => &[],
+        }
+    }
+
     /// Whether this message was delivered before to a consumer that died without
     /// acknowledging it.
     pub fn redelivered(&self) -> bool {
-        self.claim.as_ref().is_some_and(|c| c.redelivered)
+        self.claim.as_ref().is_some_and(|c| c.redelivered())
     }
 
     /// The message as a plain-old-data value, copied out, if its length is exactly that of `T`.
     pub fn value<T: bytemuck::AnyBitPattern>(&self) -> Option<T> {
-        (self.bytes.len() == std::mem::size_of::<T>())
-            .then(|| bytemuck::pod_read_unaligned(self.bytes))
+        (self.bytes().len() == std::mem::size_of::<T>())
+            .then(|| bytemuck::pod_read_unaligned(self.bytes()))
     }
 
     /// The message as a reference to a plain-old-data value, if its length is exactly that of
     /// `T` and `T` needs no more than 16-byte alignment (payloads are 16-byte aligned).
     pub fn as_value<T: bytemuck::AnyBitPattern>(&self) -> Option<&T> {
-        bytemuck::try_from_bytes(self.bytes).ok()
+        bytemuck::try_from_bytes(self.bytes()).ok()
     }
 
     /// Acknowledges without waking producers (the caller wakes them once for a batch).
@@ -658,13 +649,13 @@ impl Message<'_> {
 impl Deref for Message<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.bytes
+        self.bytes()
     }
 }
 
 impl AsRef<[u8]> for Message<'_> {
     fn as_ref(&self) -> &[u8] {
-        self.bytes
+        self.bytes()
     }
 }
 
@@ -681,7 +672,7 @@ impl Drop for Message<'_> {
 impl fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("len", &self.bytes.len())
+            .field("len", &self.bytes().len())
             .field("redelivered", &self.redelivered())
             .finish()
     }

@@ -514,10 +514,7 @@ pub(crate) mod tests {
     /// A message's (topic, body), nothing yet, or the number of positions lost.
     pub(crate) type ReadOutcome = Result<Option<(Vec<u8>, Vec<u8>)>, u64>;
 
-    pub(crate) fn read(
-        r: &BroadcastRing,
-        cursor: &mut u64,
-    ) -> ReadOutcome {
+    pub(crate) fn read(r: &BroadcastRing, cursor: &mut u64) -> ReadOutcome {
         let mut buf = vec![0; r.buffer_len()];
         match r.poll(cursor, &mut buf).unwrap() {
             Poll::Message { topic_len, len } => Ok(Some((

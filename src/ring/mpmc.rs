@@ -130,20 +130,32 @@ impl Word {
 
 /// A slot a producer has claimed and may write.
 #[derive(Debug)]
+///
+/// Only this module can make one, and it is neither `Clone` nor `Copy`: holding it proves the
+/// holder owns the slot's payload bytes, which is what the safe accessors below rely on.
 pub(crate) struct WriteClaim {
-    pub(crate) pos: u64,
-    pub(crate) index: usize,
+    pos: u64,
+    index: usize,
     owner: u16,
 }
 
 /// A slot a consumer holds: its message is readable until it is released.
 #[derive(Debug)]
+///
+/// Like [`WriteClaim`], proof of ownership: only this module makes one.
 pub(crate) struct ReadClaim {
-    pub(crate) pos: u64,
-    pub(crate) index: usize,
-    pub(crate) len: usize,
-    pub(crate) redelivered: bool,
+    pos: u64,
+    index: usize,
+    len: usize,
+    redelivered: bool,
     owner: u16,
+}
+
+impl ReadClaim {
+    /// Whether the message is being delivered again after its first reader died.
+    pub(crate) fn redelivered(&self) -> bool {
+        self.redelivered
+    }
 }
 
 /// The ring over a region: a control block (tail, head, two wait cells) and the slots.
@@ -212,13 +224,67 @@ impl MpmcRing {
     }
 
     /// Offset of the payload of slot `index` in the region.
-    pub(crate) fn payload_offset(&self, index: usize) -> usize {
+    fn payload_offset(&self, index: usize) -> usize {
         self.slot_offset(index) + SLOT_HEADER_SIZE
     }
 
-    /// The region the ring lives in.
-    pub(crate) fn region(&self) -> &Region {
-        &self.region
+    /// Copies `bytes` into the claimed slot's payload at `at`.
+    ///
+    /// # Panics
+    /// If `at + bytes.len()` exceeds the ring's maximum message size (a caller bug: callers
+    /// check lengths first).
+    pub(crate) fn write(&self, claim: &WriteClaim, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.max_message);
+        // SAFETY: `claim` proves this caller owns the slot's payload (it is WRITING, claimed by
+        // the holder of the claim, which only this module can create and nobody can copy);
+        // `at + len <= max_message` keeps the copy inside the slot (checked just above).
+        unsafe {
+            self.region
+                .write(self.payload_offset(claim.index) + at, bytes)
+        };
+    }
+
+    /// The claimed slot's first `len` payload bytes, to write in place (zero-copy send).
+    #[cfg(not(loom))]
+    pub(crate) fn payload_mut<'a>(&'a self, claim: &'a mut WriteClaim, len: usize) -> &'a mut [u8] {
+        assert!(len <= self.max_message);
+        // SAFETY: the exclusive borrow of the claim (unique proof of ownership of the slot's
+        // payload) lasts as long as the slice, so nobody else reads or writes those bytes
+        // meanwhile; `len <= max_message` keeps the slice inside the slot; `&'a self` keeps the
+        // region mapped.
+        unsafe { self.region.slice_mut(self.payload_offset(claim.index), len) }
+    }
+
+    /// The first `len` payload bytes of a claimed slot being written, to read them back.
+    #[cfg(not(loom))]
+    pub(crate) fn written<'a>(&'a self, claim: &'a WriteClaim, len: usize) -> &'a [u8] {
+        assert!(len <= self.max_message);
+        // SAFETY: as for `payload_mut`, with a shared borrow: the claim's holder is the only
+        // one who may write these bytes, and it cannot while it lends the claim out shared.
+        unsafe { self.region.slice(self.payload_offset(claim.index), len) }
+    }
+
+    /// Copies the held message out (the loom models' way of reading, where no slice can be
+    /// formed over the modelled bytes).
+    #[cfg(loom)]
+    pub(crate) fn read(&self, claim: &ReadClaim) -> Vec<u8> {
+        let mut v = vec![0; claim.len];
+        // SAFETY: the claim proves ownership of the slot until released; loom checks it.
+        unsafe { self.region.read(self.payload_offset(claim.index), &mut v) };
+        v
+    }
+
+    /// The held message's bytes (zero-copy receive). The length was validated when claimed.
+    #[cfg(not(loom))]
+    pub(crate) fn payload<'a>(&'a self, claim: &'a ReadClaim) -> &'a [u8] {
+        // SAFETY: the claim proves the slot is READING and owned by its holder until released
+        // (which consumes the claim, so not while this borrow lives); producers never write a
+        // slot that is not EMPTY for them; `claim.len <= max_message` was checked when claimed;
+        // `&'a self` keeps the region mapped.
+        unsafe {
+            self.region
+                .slice(self.payload_offset(claim.index), claim.len)
+        }
     }
 
     /// Consumers wait here for messages.
@@ -493,8 +559,7 @@ mod tests {
         match r.try_claim_write(1).unwrap() {
             None => false,
             Some(c) => {
-                // SAFETY: the claim gives this thread the slot's payload bytes.
-                unsafe { r.region().write(r.payload_offset(c.index), msg) };
+                r.write(&c, 0, msg);
                 assert!(r.commit(c, msg.len()));
                 true
             }
@@ -504,9 +569,7 @@ mod tests {
     #[cfg(not(loom))]
     fn recv(r: &MpmcRing) -> Option<Vec<u8>> {
         let c = r.try_claim_read(2).unwrap()?;
-        let mut v = vec![0; c.len];
-        // SAFETY: the claim gives this thread the slot until release.
-        unsafe { r.region().read(r.payload_offset(c.index), &mut v) };
+        let v = r.payload(&c).to_vec();
         assert!(r.release(c));
         Some(v)
     }
@@ -655,8 +718,7 @@ mod loom_models {
             })
             .unwrap()
             .unwrap();
-        // SAFETY: the claim gives this thread the payload bytes.
-        unsafe { r.region().write(r.payload_offset(claim.index), msg) };
+        r.write(&claim, 0, msg);
         assert!(r.commit(claim, msg.len()));
         r.not_empty().notify(1);
     }
@@ -669,9 +731,7 @@ mod loom_models {
             })
             .unwrap()
             .unwrap();
-        let mut v = vec![0; claim.len];
-        // SAFETY: the claim gives this thread the slot until release.
-        unsafe { r.region().read(r.payload_offset(claim.index), &mut v) };
+        let v = r.read(&claim);
         assert!(r.release(claim));
         r.not_full().notify(1);
         v

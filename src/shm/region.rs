@@ -107,18 +107,6 @@ mod mapped {
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
         }
 
-        /// Copies `dst.len()` bytes at `off` into `dst`.
-        ///
-        /// # Safety
-        /// The caller must own `off..off + dst.len()` (nobody writes it during the copy).
-        #[inline]
-        #[cfg_attr(not(test), allow(dead_code))]
-        pub unsafe fn read(&self, off: usize, dst: &mut [u8]) {
-            let p = self.ptr(off, dst.len(), 1);
-            // SAFETY: in bounds (checked); no concurrent writer (contract); `dst` is distinct.
-            unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
-        }
-
         /// Stores `src` at `off` (8-aligned) as relaxed 64-bit atomic stores; the last word is
         /// zero-padded, so `round_up(src.len(), 8)` bytes are written.
         ///
