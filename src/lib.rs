@@ -12,6 +12,8 @@
 //! * [`PubSub`] — publish-subscribe: every [`Subscriber`] gets every message whose topic
 //!   starts with one of its prefixes; slow subscribers either lag ([`Overflow::DropOldest`]) or
 //!   hold publishers back ([`Overflow::Block`]).
+//! * [`Service`] — request-reply: [`Client`]s send requests that are spread over the attached
+//!   [`Server`]s; each reply is routed back to the client that asked.
 //!
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
@@ -41,10 +43,14 @@ pub(crate) mod peers;
 pub mod pipeline;
 #[cfg(not(loom))]
 pub mod pubsub;
+#[cfg(not(loom))]
+pub mod reqrep;
 
 pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
 pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
 #[cfg(not(loom))]
 pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, TopicMessage};
+#[cfg(not(loom))]
+pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, ServiceOptions};
 pub use sync::wait::WaitStrategy;

@@ -45,10 +45,8 @@ pub enum Role {
     /// Subscribes to a publish-subscribe channel.
     Subscriber = 4,
     /// Sends requests to a service.
-    #[allow(dead_code)]
     Client = 5,
     /// Serves a service's requests.
-    #[allow(dead_code)]
     Server = 6,
 }
 

@@ -666,7 +666,7 @@ mod loom_models {
                 .published()
                 .wait_for(WaitStrategy::Park, Deadline::Never, || {
                     match r.poll(&mut cursor, &mut buf)? {
-                        Poll::Empty => Ok(None),
+                        Poll::Empty => Ok::<_, Corruption>(None),
                         other => Ok(Some(other)),
                     }
                 })
