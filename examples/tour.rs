@@ -8,9 +8,18 @@
 //! worker processes takes them, each job going to exactly one worker; the workers report back on
 //! a second queue. Then a ping-pong between two processes shows the round-trip latency.
 //!
+//! **Publish-subscribe.** A status publisher announces who is up and who is going down; an
+//! operations dashboard subscribes to `hosts/` only, an audit log to everything.
+//!
+//! **Request-reply.** Client processes send resize requests to a service; server processes
+//! share the load, and one server goes down for maintenance halfway while another attaches,
+//! invisibly to the clients: every request gets exactly its own reply.
+//!
 //! Every role is this same binary, re-executed with the role's name as its first argument.
 
-use shmq::{Options, Pipeline, WaitStrategy};
+use shmq::{
+    Options, Overflow, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions, WaitStrategy,
+};
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -28,6 +37,17 @@ fn main() -> Result {
         Some("frontend") => frontend(Path::new(&args[1])),
         Some("worker") => worker(Path::new(&args[1]), Path::new(&args[2]), args[3].parse()?),
         Some("echo") => echo(Path::new(&args[1]), Path::new(&args[2])),
+        Some("subscriber") => {
+            subscriber(Path::new(&args[1]), Path::new(&args[2]), &args[3], &args[4])
+        }
+        Some("announcer") => announcer(Path::new(&args[1])),
+        Some("server") => server(
+            Path::new(&args[1]),
+            Path::new(&args[2]),
+            &args[3],
+            args[4].parse()?,
+        ),
+        Some("client") => client(Path::new(&args[1]), Path::new(&args[2]), args[3].parse()?),
         _ => tour(),
     }
 }
@@ -89,6 +109,8 @@ fn tour() -> Result {
     println!("shmq tour: queue files in {}\n", scratch.0.display());
     pipeline_tour(&scratch.0)?;
     ping_pong_tour(&scratch.0)?;
+    pubsub_tour(&scratch.0)?;
+    reqrep_tour(&scratch.0)?;
     Ok(())
 }
 
@@ -223,4 +245,232 @@ fn echo(ping: &Path, pong: &Path) -> Result {
         }
         tx.send(&msg)?;
     }
+}
+
+/// Collects `n` one-line reports sent on `reports` by child processes, printing each.
+fn collect_reports(reports: &shmq::Consumer, n: usize) -> Result<Vec<String>> {
+    let mut lines = Vec::with_capacity(n);
+    for _ in 0..n {
+        let report = reports.recv()?;
+        let line = String::from_utf8(report.to_vec())?;
+        println!("  {line}");
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+fn report(reports: &Path, line: &str) -> Result {
+    Pipeline::open(reports)?.producer()?.send(line.as_bytes())?;
+    Ok(())
+}
+
+const STATUS_EVENTS: u64 = 100_000;
+
+fn pubsub_tour(dir: &Path) -> Result {
+    println!("== Publish-subscribe: 1 status publisher, 2 subscriber processes filtering by topic");
+    let events = dir.join("events");
+    let reports = dir.join("pubsub-reports");
+    PubSub::create(
+        &events,
+        &PubSubOptions::new()
+            .capacity(4096)
+            .max_message(128)
+            .overflow(Overflow::Block),
+    )?;
+    let reports_queue = Pipeline::create(&reports, &Options::new().capacity(16).max_message(256))?;
+    let reports_consumer = reports_queue.consumer()?;
+    let subscribers = [("dashboard", "hosts/"), ("audit-log", "")]
+        .iter()
+        .map(|(name, prefix)| {
+            Process::spawn(
+                "subscriber",
+                &[&events, &reports, Path::new(name), Path::new(prefix)],
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Each subscriber says "ready" once attached, so nothing is published before they listen.
+    collect_reports(&reports_consumer, subscribers.len())?;
+    let started = Instant::now();
+    Process::spawn("announcer", &[&events])?.wait()?;
+    collect_reports(&reports_consumer, subscribers.len())?;
+    for s in subscribers {
+        s.wait()?;
+    }
+    println!(
+        "  {STATUS_EVENTS} events (+ host changes) fanned out to both subscribers in {:.0} ms (Block mode: nobody misses anything)\n",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn announcer(events: &Path) -> Result {
+    let publisher = PubSub::open(events)?.publisher()?;
+    publisher.publish(b"hosts/web-1", b"up")?;
+    publisher.publish(b"hosts/web-2", b"up")?;
+    let mut body = Vec::with_capacity(64);
+    for i in 0..STATUS_EVENTS {
+        body.clear();
+        use std::io::Write;
+        write!(body, "thumbnail {i} done")?;
+        publisher.publish(b"jobs/thumbnails", &body)?;
+        if i == STATUS_EVENTS / 2 {
+            publisher.publish(b"hosts/web-3", b"going down for maintenance")?;
+        }
+    }
+    publisher.publish(b"hosts/web-3", b"up again")?;
+    publisher.publish(b"control/stop", b"")?;
+    Ok(())
+}
+
+fn subscriber(events: &Path, reports: &Path, name: &str, prefix: &str) -> Result {
+    let channel = PubSub::open(events)?;
+    let prefixes: Vec<&[u8]> = if prefix.is_empty() {
+        vec![]
+    } else {
+        vec![prefix.as_bytes(), b"control/"]
+    };
+    let mut sub = channel.subscriber(&prefixes)?;
+    report(
+        reports,
+        &format!(
+            "{name} subscribed to {:?}",
+            if prefix.is_empty() {
+                "everything"
+            } else {
+                prefix
+            }
+        ),
+    )?;
+    let (mut count, mut hosts) = (0u64, Vec::new());
+    loop {
+        let msg = sub.recv()?;
+        if msg.topic() == b"control/stop" {
+            break;
+        }
+        count += 1;
+        if msg.topic().starts_with(b"hosts/") {
+            hosts.push(format!(
+                "{} {}",
+                String::from_utf8_lossy(msg.topic()),
+                String::from_utf8_lossy(msg.payload())
+            ));
+        }
+    }
+    report(
+        reports,
+        &format!(
+            "{name} received {count} messages; host changes: {}",
+            hosts.join(", ")
+        ),
+    )
+}
+
+const CLIENTS: u64 = 3;
+const REQUESTS_PER_CLIENT: u64 = 20_000;
+
+fn reqrep_tour(dir: &Path) -> Result {
+    println!(
+        "== Request-reply: {CLIENTS} client processes x {REQUESTS_PER_CLIENT} requests; servers A and B, A leaves for maintenance, C takes over"
+    );
+    let service = dir.join("resize");
+    let reports = dir.join("reqrep-reports");
+    Service::create(
+        &service,
+        &ServiceOptions::new()
+            .max_clients(8)
+            .max_servers(8)
+            .max_message(256),
+    )?;
+    let reports_queue = Pipeline::create(&reports, &Options::new().capacity(16).max_message(256))?;
+    let reports_consumer = reports_queue.consumer()?;
+    let started = Instant::now();
+    // Server A serves a fixed number of requests, then detaches "for maintenance".
+    let a = Process::spawn(
+        "server",
+        &[&service, &reports, Path::new("A"), Path::new("15000")],
+    )?;
+    let b = Process::spawn(
+        "server",
+        &[&service, &reports, Path::new("B"), Path::new("0")],
+    )?;
+    let clients = (0..CLIENTS)
+        .map(|id| Process::spawn("client", &[&service, &reports, Path::new(&id.to_string())]))
+        .collect::<Result<Vec<_>>>()?;
+    a.wait()?;
+    collect_reports(&reports_consumer, 1)?;
+    let c = Process::spawn(
+        "server",
+        &[&service, &reports, Path::new("C"), Path::new("0")],
+    )?;
+    for client in clients {
+        client.wait()?;
+    }
+    collect_reports(&reports_consumer, CLIENTS as usize)?;
+    std::fs::write(dir.join("servers-stop"), b"")?;
+    b.wait()?;
+    c.wait()?;
+    collect_reports(&reports_consumer, 2)?;
+    println!(
+        "  {} requests, each answered exactly once to the client that asked, in {:.0} ms\n",
+        CLIENTS * REQUESTS_PER_CLIENT,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn server(service: &Path, reports: &Path, name: &str, limit: u64) -> Result {
+    let stop = service.with_file_name("servers-stop");
+    let server = Service::open(service)?.server()?;
+    let mut served = 0u64;
+    while limit == 0 || served < limit {
+        let request = match server.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(request) => request,
+            Err(shmq::RecvError::Timeout) if stop.exists() => break,
+            Err(shmq::RecvError::Timeout) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // "Resize": echo the request with a suffix.
+        let mut reply = [0u8; 256];
+        let n = request.payload().len();
+        reply[..n].copy_from_slice(request.payload());
+        reply[n..n + 8].copy_from_slice(b" resized");
+        request.reply(&reply[..n + 8])?;
+        served += 1;
+    }
+    let why = if limit != 0 && served == limit {
+        "detached for maintenance"
+    } else {
+        "stopped"
+    };
+    report(
+        reports,
+        &format!("server {name} served {served} requests, then {why}"),
+    )
+}
+
+fn client(service: &Path, reports: &Path, id: u64) -> Result {
+    let mut client = Service::open(service)?.client()?;
+    let mut latencies = Vec::with_capacity(REQUESTS_PER_CLIENT as usize);
+    for i in 0..REQUESTS_PER_CLIENT {
+        let request = format!("client-{id} img-{i} 128x128");
+        let t = Instant::now();
+        let reply = client.request(request.as_bytes())?;
+        latencies.push(t.elapsed());
+        let expected = format!("{request} resized");
+        if reply.payload() != expected.as_bytes() {
+            return Err(format!(
+                "client {id} got {:?} for {request:?}",
+                String::from_utf8_lossy(reply.payload())
+            )
+            .into());
+        }
+    }
+    latencies.sort_unstable();
+    report(
+        reports,
+        &format!(
+            "client {id}: {REQUESTS_PER_CLIENT} replies, all its own and intact; median round trip {:?}",
+            latencies[latencies.len() / 2]
+        ),
+    )
 }
