@@ -90,6 +90,9 @@ pub const RING_CONTROL_SIZE: usize = 4 * PAD;
 pub const CTL_TAIL: usize = 0;
 /// Within a control block: the next position a consumer will claim.
 pub const CTL_HEAD: usize = PAD;
+/// Within a control block: messages waiting to be delivered again (beside `head`, which every
+/// consumer touches anyway).
+pub const CTL_REDELIVER_PENDING: usize = PAD + 8;
 /// Within a control block: consumers wait here for messages.
 pub const CTL_NOT_EMPTY: usize = 2 * PAD;
 /// Within a control block: producers wait here for room.

@@ -36,6 +36,8 @@ pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
 pub(crate) mod sync;
+#[cfg(not(loom))]
+pub(crate) mod testhook;
 
 #[cfg(not(loom))]
 pub(crate) mod peers;
@@ -48,9 +50,11 @@ pub mod reqrep;
 
 pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
+pub use peers::RecoveryStats;
+#[cfg(not(loom))]
 pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
 #[cfg(not(loom))]
 pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, TopicMessage};
 #[cfg(not(loom))]
 pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, ServiceOptions};
-pub use sync::wait::WaitStrategy;
+pub use sync::wait::{WaitStrategy, STALL_CHECK};

@@ -38,7 +38,7 @@
 
 use crate::error::{Error, RecvError, SendError};
 use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
-use crate::peers::{self, Participant, Role};
+use crate::peers::{self, Participant, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::sync::{Deadline, WaitStrategy};
@@ -106,8 +106,25 @@ struct Shared {
 }
 
 impl Shared {
+    /// Undoes what a dead participant held: its half-written slots are skipped, the messages
+    /// it held unacknowledged are delivered again.
+    fn recover(&self, owner: u16) -> RecoveryStats {
+        let (skipped, redelivered, _) = self.ring.recover(owner, true);
+        RecoveryStats {
+            skipped,
+            redelivered,
+            ..RecoveryStats::default()
+        }
+    }
+
     fn attach(&self, role: Role) -> Result<Participant, Error> {
-        peers::attach(&self.mapping, &self.geometry, role)
+        peers::attach(&self.mapping, &self.geometry, role, &|owner| {
+            self.recover(owner)
+        })
+    }
+
+    fn repair(&self) -> Result<RecoveryStats, Error> {
+        peers::sweep(&self.mapping, &self.geometry, &|owner| self.recover(owner))
     }
 }
 
@@ -243,6 +260,23 @@ impl Pipeline {
         self.len() == 0
     }
 
+    /// Looks for participants that died and undoes what they held: slots they were writing
+    /// are skipped, messages they held unacknowledged are delivered again (flagged
+    /// [`Message::redelivered`]). This also happens by itself on attach and whenever a blocking
+    /// call has waited [`STALL_CHECK`](crate::STALL_CHECK) without progress; call it to recover
+    /// sooner or when nobody waits. Never touches a live participant, however slow.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the liveness locks cannot be probed.
+    pub fn repair(&self) -> Result<RecoveryStats, Error> {
+        self.shared.repair()
+    }
+
+    /// What recovery has done on this queue over its life, in all processes.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        peers::stats(&self.shared.mapping)
+    }
+
     /// Removes the queue file's name. Processes that have it mapped keep using it.
     ///
     /// # Errors
@@ -290,11 +324,18 @@ impl Producer {
 
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        match ring
-            .not_full()
-            .wait_for(self.wait, deadline, || ring.try_claim_write(self.owner))
-        {
-            Ok(Some(claim)) => Ok(claim),
+        match ring.not_full().wait_or_repair(
+            self.wait,
+            deadline,
+            || ring.try_claim_write(self.owner),
+            || {
+                let _ = self.shared.repair();
+            },
+        ) {
+            Ok(Some(claim)) => {
+                crate::testhook::park_at("producer-claimed");
+                Ok(claim)
+            }
             Ok(None) if matches!(deadline, Deadline::Now) => Err(SendError::Full),
             Ok(None) => Err(SendError::Timeout),
             Err(c) => Err(SendError::Corrupt(c)),
@@ -524,15 +565,20 @@ impl Consumer {
 
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let claim = match ring
-            .not_empty()
-            .wait_for(self.wait, deadline, || ring.try_claim_read(self.owner))
-        {
+        let claim = match ring.not_empty().wait_or_repair(
+            self.wait,
+            deadline,
+            || ring.try_claim_read(self.owner),
+            || {
+                let _ = self.shared.repair();
+            },
+        ) {
             Ok(Some(claim)) => claim,
             Ok(None) if matches!(deadline, Deadline::Now) => return Err(RecvError::Empty),
             Ok(None) => return Err(RecvError::Timeout),
             Err(c) => return Err(RecvError::Corrupt(c)),
         };
+        crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
     }
 

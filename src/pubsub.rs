@@ -23,8 +23,11 @@
 //! * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
 //!   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
 //!   subscriber has read the message it would overwrite. A subscriber that is dropped stops
-//!   holding publishers back at once. A subscriber whose process *dies* keeps holding them back
-//!   until crash recovery (planned) reaps it — until then, give such channels `publish_timeout`.
+//!   holding publishers back at once; one whose process dies stops holding them back as soon
+//!   as a waiting publisher's liveness check finds it dead (after
+//!   [`STALL_CHECK`](crate::STALL_CHECK) of waiting), or on [`PubSub::repair`].
+//!   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
+//!   publisher, a whole ring behind, is still copying into the slot.
 //!
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
@@ -50,7 +53,7 @@ use crate::error::{Error, RecvError, SendError};
 use crate::layout::{
     Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST, RING_CONTROL_OFFSET,
 };
-use crate::peers::{self, Participant, Role};
+use crate::peers::{self, Participant, RecoveryStats, Role};
 use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -149,6 +152,29 @@ struct Shared {
     mapping: Arc<Mapping>,
     ring: BroadcastRing,
     geometry: Geometry,
+}
+
+impl Shared {
+    /// Undoes what a dead participant held: a half-written slot is skipped, a subscription is
+    /// detached (it stops holding publishers back).
+    fn recover(&self, owner: u16) -> RecoveryStats {
+        let (skipped, released) = self.ring.recover(owner);
+        RecoveryStats {
+            skipped,
+            released,
+            ..RecoveryStats::default()
+        }
+    }
+
+    fn attach(&self, role: Role) -> Result<Participant, Error> {
+        peers::attach(&self.mapping, &self.geometry, role, &|owner| {
+            self.recover(owner)
+        })
+    }
+
+    fn repair(&self) -> Result<RecoveryStats, Error> {
+        peers::sweep(&self.mapping, &self.geometry, &|owner| self.recover(owner))
+    }
 }
 
 fn ring_of(region: Region, g: &Geometry) -> BroadcastRing {
@@ -253,6 +279,22 @@ impl PubSub {
         }
     }
 
+    /// Looks for participants that died and undoes what they held: a message a dead publisher
+    /// was writing is skipped, a dead subscriber stops holding publishers back. This also
+    /// happens on attach and whenever a blocking call has waited
+    /// [`STALL_CHECK`](crate::STALL_CHECK) without progress. Never touches a live participant.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the liveness locks cannot be probed.
+    pub fn repair(&self) -> Result<RecoveryStats, Error> {
+        self.shared.repair()
+    }
+
+    /// What recovery has done on this channel over its life, in all processes.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        peers::stats(&self.shared.mapping)
+    }
+
     /// Messages published on this channel since it was created.
     pub fn published(&self) -> u64 {
         self.shared.ring.published_count()
@@ -263,7 +305,7 @@ impl PubSub {
     /// # Errors
     /// [`Error::TooManyParticipants`] when the participant table is full.
     pub fn publisher(&self) -> Result<Publisher, Error> {
-        let me = peers::attach(&self.shared.mapping, &self.shared.geometry, Role::Publisher)?;
+        let me = self.shared.attach(Role::Publisher)?;
         Ok(Publisher {
             owner: me.owner_id(),
             shared: self.shared.clone(),
@@ -317,7 +359,7 @@ impl<'a> Subscribe<'a> {
     /// [`Error::TooManyParticipants`] when the subscriber table (or participant table) is full.
     pub fn attach(self) -> Result<Subscriber, Error> {
         let shared = &self.channel.shared;
-        let me = peers::attach(&shared.mapping, &shared.geometry, Role::Subscriber)?;
+        let me = shared.attach(Role::Subscriber)?;
         let (entry, cursor) = shared
             .ring
             .attach(me.owner_id(), self.history)
@@ -380,16 +422,24 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let claim = match ring.consumed().wait_for(self.wait, deadline, || {
-            ring.try_claim(self.owner, &self.gate)
-        }) {
+        let claim = match ring.consumed().wait_or_repair(
+            self.wait,
+            deadline,
+            || ring.try_claim(self.owner, &self.gate),
+            || {
+                let _ = self.shared.repair();
+            },
+        ) {
             Ok(Some(claim)) => claim,
             Ok(None) if matches!(deadline, Deadline::Now) => return Err(SendError::Full),
             Ok(None) => return Err(SendError::Timeout),
             Err(c) => return Err(SendError::Corrupt(c)),
         };
+        crate::testhook::park_at("publisher-claimed");
         let committed = ring.write_and_commit(claim, topic, payload);
         ring.published().notify(u32::MAX);
+        // A publisher a whole ring ahead may be waiting for this slot to be finished.
+        ring.consumed().notify(u32::MAX);
         if committed {
             Ok(())
         } else {
@@ -486,20 +536,29 @@ impl Subscriber {
         let ring = &self.shared.ring;
         let (cursor, buf, prefixes, entry) =
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
-        let found = ring.published().wait_for(self.wait, deadline, || loop {
-            let polled = ring.poll(cursor, buf);
-            ring.store_cursor(entry, *cursor);
-            match polled.map_err(RecvError::Corrupt)? {
-                Poll::Empty => return Ok(None),
-                Poll::Lagged(n) => return Err(RecvError::Lagged(n)),
-                Poll::Message { topic_len, len } => {
-                    let topic = &buf[..topic_len];
-                    if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p)) {
-                        return Ok(Some((topic_len, len)));
+        let shared = &self.shared;
+        let repair = || {
+            let _ = shared.repair();
+        };
+        let found = ring.published().wait_or_repair(
+            self.wait,
+            deadline,
+            || loop {
+                let polled = ring.poll(cursor, buf);
+                ring.store_cursor(entry, *cursor);
+                match polled.map_err(RecvError::Corrupt)? {
+                    Poll::Empty => return Ok(None),
+                    Poll::Lagged(n) => return Err(RecvError::Lagged(n)),
+                    Poll::Message { topic_len, len } => {
+                        let topic = &buf[..topic_len];
+                        if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p)) {
+                            return Ok(Some((topic_len, len)));
+                        }
                     }
                 }
-            }
-        });
+            },
+            repair,
+        );
         match found {
             Ok(Some((topic_len, len))) => {
                 let body = ring.body_offset();

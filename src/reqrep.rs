@@ -56,7 +56,7 @@ use crate::layout::{
     Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE,
     TABLE_ENTRY_SIZE,
 };
-use crate::peers::{self, Participant, Role};
+use crate::peers::{self, Participant, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -190,6 +190,48 @@ impl Shared {
         }
     }
 
+    /// Undoes what a dead participant held: a request or reply it was writing is skipped; a
+    /// request it held unanswered (a server) is delivered again to another server; its client
+    /// entry (a client) is detached, so replies to it are dropped, and the replies it held are
+    /// freed.
+    fn recover(&self, owner: u16) -> RecoveryStats {
+        let (skipped, redelivered, _) = self.requests.recover(owner, true);
+        let mut stats = RecoveryStats {
+            skipped,
+            redelivered,
+            ..RecoveryStats::default()
+        };
+        for ring in &self.replies {
+            let (skipped, _, freed) = ring.recover(owner, false);
+            stats.skipped += skipped;
+            stats.released += freed;
+        }
+        for index in 0..self.geometry.table_entries {
+            let state = self.client_state(index);
+            let old = state.load(Ordering::Acquire);
+            if old & CLIENT_ATTACHED != 0 && old & CLIENT_OWNER_MASK == u64::from(owner) {
+                let detached = old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK);
+                if state
+                    .compare_exchange(old, detached, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    stats.released += 1;
+                }
+            }
+        }
+        stats
+    }
+
+    fn attach(&self, role: Role) -> Result<Participant, Error> {
+        peers::attach(&self.mapping, &self.geometry, role, &|owner| {
+            self.recover(owner)
+        })
+    }
+
+    fn repair(&self) -> Result<RecoveryStats, Error> {
+        peers::sweep(&self.mapping, &self.geometry, &|owner| self.recover(owner))
+    }
+
     fn client_state(&self, index: u32) -> &AtomicU64 {
         self.region
             .u64_at(self.geometry.table_offset as usize + index as usize * TABLE_ENTRY_SIZE)
@@ -301,6 +343,23 @@ impl Service {
         std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e))
     }
 
+    /// Looks for participants that died and undoes what they held: a request a dead server
+    /// took is delivered again to another server (flagged [`Request::redelivered`]); a dead
+    /// client's entry returns to the pool and replies to it are dropped. This also happens on
+    /// attach and whenever a blocking call has waited [`STALL_CHECK`](crate::STALL_CHECK)
+    /// without progress. Never touches a live participant.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the liveness locks cannot be probed.
+    pub fn repair(&self) -> Result<RecoveryStats, Error> {
+        self.shared.repair()
+    }
+
+    /// What recovery has done on this service over its life, in all processes.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        peers::stats(&self.shared.mapping)
+    }
+
     /// Requests waiting for a server (a snapshot).
     pub fn queued_requests(&self) -> u64 {
         self.shared.requests.len()
@@ -311,7 +370,7 @@ impl Service {
     /// # Errors
     /// [`Error::TooManyParticipants`] when the participant table is full.
     pub fn server(&self) -> Result<Server, Error> {
-        let me = peers::attach(&self.shared.mapping, &self.shared.geometry, Role::Server)?;
+        let me = self.shared.attach(Role::Server)?;
         Ok(Server {
             owner: me.owner_id(),
             shared: self.shared.clone(),
@@ -326,7 +385,7 @@ impl Service {
     /// [`Error::TooManyParticipants`] when every client entry (or participant entry) is taken.
     pub fn client(&self) -> Result<Client, Error> {
         let shared = &self.shared;
-        let me = peers::attach(&shared.mapping, &shared.geometry, Role::Client)?;
+        let me = shared.attach(Role::Client)?;
         let owner = me.owner_id();
         for index in 0..shared.geometry.table_entries {
             let state = shared.client_state(index);
@@ -343,6 +402,12 @@ impl Service {
                 .is_err()
             {
                 continue;
+            }
+            // Replies left in the ring are for earlier owners of the entry: drop them now rather
+            // than let them take room from this client's replies.
+            let ring = &shared.replies[index as usize];
+            while let Ok(Some(stale)) = ring.try_claim_read(owner) {
+                ring.release(stale);
             }
             let outstanding = shared.geometry.reply_capacity as usize;
             return Ok(Client {
@@ -389,21 +454,28 @@ impl Server {
 
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let claim = match ring
-            .not_empty()
-            .wait_for(self.wait, deadline, || ring.try_claim_read(self.owner))
-        {
+        let claim = match ring.not_empty().wait_or_repair(
+            self.wait,
+            deadline,
+            || ring.try_claim_read(self.owner),
+            || {
+                let _ = self.shared.repair();
+            },
+        ) {
             Ok(Some(claim)) => claim,
             Ok(None) if matches!(deadline, Deadline::Now) => return Err(RecvError::Empty),
             Ok(None) => return Err(RecvError::Timeout),
             Err(c) => return Err(RecvError::Corrupt(c)),
         };
         match envelope_of(ring, &claim) {
-            Some(envelope) if envelope.client < self.shared.geometry.table_entries => Ok(Request {
-                server: self,
-                claim: Some(claim),
-                envelope,
-            }),
+            Some(envelope) if envelope.client < self.shared.geometry.table_entries => {
+                crate::testhook::park_at("server-received");
+                Ok(Request {
+                    server: self,
+                    claim: Some(claim),
+                    envelope,
+                })
+            }
             _ => {
                 // Not a request anyone could be waiting for: acknowledge it and report it.
                 ring.release(claim);
@@ -512,17 +584,25 @@ impl Request<'_> {
         }
         let ring = &shared.replies[env.client as usize];
         let deadline = Deadline::after(REPLY_ROOM_TIMEOUT);
-        let claim = match ring.not_full().wait_for(self.server.wait, deadline, || {
+        let attempt = || {
             if !attached(shared.client_state(env.client).load(Ordering::Acquire)) {
                 return Ok(Some(None));
             }
             ring.try_claim_write(self.server.owner).map(|c| c.map(Some))
-        }) {
-            Ok(Some(Some(claim))) => claim,
-            Ok(Some(None)) => return Ok(Delivery::ClientGone),
-            Ok(None) => return Err(SendError::Timeout),
-            Err(c) => return Err(SendError::Corrupt(c)),
         };
+        let repair = || {
+            let _ = shared.repair();
+        };
+        let claim =
+            match ring
+                .not_full()
+                .wait_or_repair(self.server.wait, deadline, attempt, repair)
+            {
+                Ok(Some(Some(claim))) => claim,
+                Ok(Some(None)) => return Ok(Delivery::ClientGone),
+                Ok(None) => return Err(SendError::Timeout),
+                Err(c) => return Err(SendError::Corrupt(c)),
+            };
         let result = put(ring, claim, &env, payload);
         ring.not_empty().notify(1);
         result.map(|()| Delivery::Delivered)
@@ -633,10 +713,14 @@ impl Client {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
-        let claim = match ring
-            .not_full()
-            .wait_for(self.wait, deadline, || ring.try_claim_write(self.owner))
-        {
+        let claim = match ring.not_full().wait_or_repair(
+            self.wait,
+            deadline,
+            || ring.try_claim_write(self.owner),
+            || {
+                let _ = self.shared.repair();
+            },
+        ) {
             Ok(Some(claim)) => claim,
             Ok(None) if matches!(deadline, Deadline::Now) => return Err(SendError::Full),
             Ok(None) => return Err(SendError::Timeout),
@@ -718,14 +802,22 @@ impl Client {
         }
         let shared = self.shared.clone();
         let ring = &shared.replies[self.index as usize];
-        let found = ring.not_empty().wait_for(self.wait, deadline, || {
-            while let Some(claim) = ring.try_claim_read(self.owner)? {
-                if let Some(claim) = self.file_reply(claim, want) {
-                    return Ok(Some(claim));
+        let repair = || {
+            let _ = shared.repair();
+        };
+        let found = ring.not_empty().wait_or_repair(
+            self.wait,
+            deadline,
+            || {
+                while let Some(claim) = ring.try_claim_read(self.owner)? {
+                    if let Some(claim) = self.file_reply(claim, want) {
+                        return Ok(Some(claim));
+                    }
                 }
-            }
-            Ok(None)
-        });
+                Ok(None)
+            },
+            repair,
+        );
         match found {
             Ok(Some(claim)) => Ok(Reply {
                 ring: self.reply_ring(),

@@ -431,7 +431,7 @@ impl BroadcastRing {
             }
             let t1 = self.tail().load(Ordering::SeqCst);
             let start = if history {
-                t1.saturating_sub(self.capacity).wrapping_add(1).min(t1)
+                t1.saturating_sub(self.capacity - 1)
             } else {
                 t1
             };
@@ -442,7 +442,7 @@ impl BroadcastRing {
             );
             self.epoch().fetch_add(1, Ordering::SeqCst);
             let t2 = self.tail().load(Ordering::SeqCst);
-            let safe = t2.saturating_sub(self.capacity).wrapping_add(1).min(t2);
+            let safe = t2.saturating_sub(self.capacity - 1);
             let start = start.max(safe);
             self.cursor(sub).store(start, Ordering::SeqCst);
             return Some((sub, start));
@@ -459,6 +459,43 @@ impl BroadcastRing {
             Ordering::SeqCst,
         );
         self.consumed().notify(u32::MAX);
+    }
+
+    /// Undoes what dead participant `owner` held: a slot it was publishing is skipped
+    /// (subscribers pass over it, publishers reuse it); a subscription it held is detached, so
+    /// it stops holding Block-mode publishers back. Returns (skipped, detached).
+    pub(crate) fn recover(&self, owner: u16) -> (u64, u64) {
+        let (mut skipped, mut detached) = (0, 0);
+        if owner == 0 {
+            return (0, 0);
+        }
+        for index in 0..self.capacity as usize {
+            let raw = self.state(index).load(Ordering::Acquire);
+            let Ok(w) = Word::decode(raw) else { continue };
+            if w.owner == owner && w.state == SlotState::Writing {
+                let to = Word::new(w.seq, SlotState::Skipped, owner).encode();
+                if self
+                    .state(index)
+                    .compare_exchange(raw, to, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    skipped += 1;
+                }
+            }
+        }
+        for sub in 0..self.max_subscribers {
+            let state = self.sub_state(sub).load(Ordering::SeqCst);
+            if state & (SUB_ACTIVE | SUB_CLAIMED) != 0 && state & SUB_OWNER_MASK == u64::from(owner)
+            {
+                self.detach(sub);
+                detached += 1;
+            }
+        }
+        if skipped > 0 {
+            self.published().notify(u32::MAX);
+            self.consumed().notify(u32::MAX);
+        }
+        (skipped, detached)
     }
 
     /// Messages published so far (the tail).

@@ -53,7 +53,9 @@
 //! modulo `capacity`, never read from the region).
 
 use crate::error::Corruption;
-use crate::layout::{CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_TAIL, SLOT_HEADER_SIZE};
+use crate::layout::{
+    CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_REDELIVER_PENDING, CTL_TAIL, SLOT_HEADER_SIZE,
+};
 use crate::shm::Region;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::WaitCell;
@@ -386,6 +388,11 @@ impl MpmcRing {
 
     /// Claims the message at the head, or `None` if nothing is ready.
     pub(crate) fn try_claim_read(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
+        if self.pending().load(Ordering::Relaxed) != 0 {
+            if let Some(claim) = self.claim_redelivery(owner)? {
+                return Ok(Some(claim));
+            }
+        }
         let mut h = self.head().load(Ordering::Acquire);
         loop {
             let index = self.index(h);
@@ -412,22 +419,10 @@ impl MpmcRing {
                                 Ordering::Release,
                                 Ordering::Relaxed,
                             );
-                            let len = u64::from(self.len_word(index).load(Ordering::Relaxed));
-                            let claim = ReadClaim {
-                                pos: h,
-                                index,
-                                len: len as usize,
-                                redelivered: taken.redelivered,
-                                owner,
-                            };
-                            if len > self.max_message as u64 {
-                                self.release(claim);
-                                return Err(Corruption::BadLength {
-                                    len,
-                                    max: self.max_message as u64,
-                                });
+                            if w.state == SlotState::Redeliver {
+                                self.pending().fetch_sub(1, Ordering::Relaxed);
                             }
-                            return Ok(Some(claim));
+                            return self.held(h, index, taken.redelivered, owner).map(Some);
                         }
                         h = self.head().load(Ordering::Acquire);
                         continue;
@@ -489,6 +484,108 @@ impl MpmcRing {
             }
             h = self.head().load(Ordering::Acquire);
         }
+    }
+
+    /// Messages made deliverable again by recovery and not yet taken.
+    fn pending(&self) -> &AtomicU64 {
+        self.region.u64_at(self.ctl + CTL_REDELIVER_PENDING)
+    }
+
+    /// A claim on the slot this consumer just CASed to READING, once its length is checked.
+    /// A length beyond `max_message` is corruption: the slot is released, not wedged.
+    fn held(
+        &self,
+        pos: u64,
+        index: usize,
+        redelivered: bool,
+        owner: u16,
+    ) -> Result<ReadClaim, Corruption> {
+        let len = u64::from(self.len_word(index).load(Ordering::Relaxed));
+        let claim = ReadClaim {
+            pos,
+            index,
+            len: len as usize,
+            redelivered,
+            owner,
+        };
+        if len > self.max_message as u64 {
+            self.release(claim);
+            self.not_full().notify(1);
+            return Err(Corruption::BadLength {
+                len,
+                max: self.max_message as u64,
+            });
+        }
+        Ok(claim)
+    }
+
+    /// Takes a message that recovery made deliverable again, if any (a scan of the slots:
+    /// only done while the pending count says there is one).
+    fn claim_redelivery(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
+        for index in 0..self.capacity as usize {
+            let raw = self.state(index).load(Ordering::Acquire);
+            let Ok(w) = Word::decode(raw) else { continue };
+            if w.state != SlotState::Redeliver {
+                continue;
+            }
+            let mut taken = Word::new(w.seq, SlotState::Reading, owner);
+            taken.redelivered = true;
+            if self
+                .state(index)
+                .compare_exchange(raw, taken.encode(), Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.pending().fetch_sub(1, Ordering::Relaxed);
+                return self.held(w.seq, index, true, owner).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Undoes what dead participant `owner` held in this ring: a slot it was writing is
+    /// skipped (consumers pass over it); a message it held unacknowledged is made deliverable
+    /// again if `redeliver` (pipelines, requests), or simply freed (a client's own replies).
+    /// Each change is a CAS from the exact word the owner left, so a late commit or ack from
+    /// an owner wrongly thought dead either wins (and recovery leaves the slot alone) or fails
+    /// cleanly. Returns (skipped, redelivered, freed).
+    pub(crate) fn recover(&self, owner: u16, redeliver: bool) -> (u64, u64, u64) {
+        let (mut skipped, mut redelivered, mut freed) = (0, 0, 0);
+        for index in 0..self.capacity as usize {
+            let raw = self.state(index).load(Ordering::Acquire);
+            let Ok(w) = Word::decode(raw) else { continue };
+            if w.owner != owner || owner == 0 {
+                continue;
+            }
+            let (to, count) = match w.state {
+                SlotState::Writing => (Word::new(w.seq, SlotState::Skipped, owner), &mut skipped),
+                SlotState::Reading if redeliver => {
+                    let mut again = Word::new(w.seq, SlotState::Redeliver, 0);
+                    again.redelivered = true;
+                    // Count it pending before it can be taken, so the count never goes negative.
+                    self.pending().fetch_add(1, Ordering::Relaxed);
+                    (again, &mut redelivered)
+                }
+                SlotState::Reading => (
+                    Word::new(w.seq.wrapping_add(self.capacity), SlotState::Empty, 0),
+                    &mut freed,
+                ),
+                _ => continue,
+            };
+            if self
+                .state(index)
+                .compare_exchange(raw, to.encode(), Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                *count += 1;
+            } else if to.state == SlotState::Redeliver {
+                self.pending().fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if skipped + redelivered + freed > 0 {
+            self.not_empty().notify(u32::MAX);
+            self.not_full().notify(u32::MAX);
+        }
+        (skipped, redelivered, freed)
     }
 
     /// Acknowledges a held message: frees its slot for the producer of the next lap.

@@ -24,7 +24,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long `open` waits for a file that another process is still creating.
@@ -35,6 +35,22 @@ pub(crate) struct Mapping {
     map: MmapRaw,
     file: File,
     path: PathBuf,
+    /// A description of the file of this mapping's own, for probing participants' locks during
+    /// recovery; the mutex serialises recovery within the process (locks of one description
+    /// never conflict with each other, so they cannot do it).
+    probe: Mutex<Option<File>>,
+}
+
+/// The recovery probe, held exclusively within the process.
+pub(crate) struct Probe<'a>(MutexGuard<'a, Option<File>>);
+
+impl std::ops::Deref for Probe<'_> {
+    type Target = File;
+    fn deref(&self) -> &File {
+        self.0
+            .as_ref()
+            .expect("a Probe is only made once the file is open")
+    }
 }
 
 impl Mapping {
@@ -53,6 +69,21 @@ impl Mapping {
 
     pub(crate) fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The recovery probe, opened with `open` the first time.
+    pub(crate) fn recovery_probe<E>(
+        &self,
+        open: impl FnOnce() -> Result<File, E>,
+    ) -> Result<Probe<'_>, E> {
+        let mut guard = self
+            .probe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if guard.is_none() {
+            *guard = Some(open()?);
+        }
+        Ok(Probe(guard))
     }
 }
 
@@ -94,6 +125,7 @@ pub(crate) fn create(
             map,
             file: file.try_clone().map_err(|e| Error::io(path, "dup", e))?,
             path: path.to_path_buf(),
+            probe: Mutex::new(None),
         });
         let region = mapping.region();
         write_header(&region, &geometry.header());
@@ -178,6 +210,7 @@ pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), E
                 map,
                 file: file.try_clone().map_err(|e| Error::io(path, "dup", e))?,
                 path: path.to_path_buf(),
+                probe: Mutex::new(None),
             });
             let header = read_header(&mapping.region());
             match Geometry::validate(&header, kind, len) {

@@ -49,7 +49,11 @@ impl Default for WaitStrategy {
 }
 
 /// Longest single sleep: waiters wake at least this often to re-check their condition.
-const MAX_PARK: Duration = Duration::from_millis(100);
+const MAX_PARK: Duration = Duration::from_millis(50);
+
+/// How long a waiter waits without progress before it looks for dead participants, and how
+/// often it looks again while the wait goes on.
+pub const STALL_CHECK: Duration = Duration::from_millis(50);
 
 /// When a blocking call gives up.
 #[derive(Debug, Clone, Copy)]
@@ -102,11 +106,25 @@ impl WaitCell<'_> {
 
     /// Calls `attempt` until it returns `Ok(Some(_))` or an error, waiting between attempts
     /// according to `strategy`, until `deadline`. `Ok(None)` means the deadline passed.
+    #[cfg_attr(not(loom), allow(dead_code))] // the loom models wait without repairing
     pub(crate) fn wait_for<T, E>(
         &self,
         strategy: WaitStrategy,
         deadline: Deadline,
+        attempt: impl FnMut() -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        self.wait_or_repair(strategy, deadline, attempt, || {})
+    }
+
+    /// Like [`wait_for`](Self::wait_for), and calls `repair` every [`STALL_CHECK`] that the
+    /// wait goes on: a waiter that makes no progress looks for dead participants holding
+    /// things up (see `peers::sweep`), so the dead block the living for at most about that long.
+    pub(crate) fn wait_or_repair<T, E>(
+        &self,
+        strategy: WaitStrategy,
+        deadline: Deadline,
         mut attempt: impl FnMut() -> Result<Option<T>, E>,
+        mut repair: impl FnMut(),
     ) -> Result<Option<T>, E> {
         if let Some(v) = attempt()? {
             return Ok(Some(v));
@@ -114,10 +132,18 @@ impl WaitCell<'_> {
         if let Deadline::Now = deadline {
             return Ok(None);
         }
+        let started = Instant::now();
+        let mut next_repair = started + STALL_CHECK;
+        let mut stalled = |now: Instant| {
+            if now >= next_repair {
+                repair();
+                next_repair = now + STALL_CHECK;
+            }
+        };
         let spin_until = match strategy {
             WaitStrategy::BusyPoll => None,
-            WaitStrategy::SpinThenPark(d) => Instant::now().checked_add(d), // too long: never park
-            WaitStrategy::Park => Some(Instant::now()),
+            WaitStrategy::SpinThenPark(d) => started.checked_add(d), // too long: never park
+            WaitStrategy::Park => Some(started),
         };
         // Spin phase: poll, looking at the clock only every 64 polls.
         let mut polls: u32 = 0;
@@ -131,6 +157,7 @@ impl WaitCell<'_> {
                 if matches!(deadline, Deadline::At(at) if now >= at) {
                     return Ok(None);
                 }
+                stalled(now);
             } else if matches!(strategy, WaitStrategy::Park) {
                 break;
             }
@@ -157,6 +184,8 @@ impl WaitCell<'_> {
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
             }
+            #[cfg(not(loom))]
+            stalled(Instant::now());
         }
     }
 }
