@@ -929,4 +929,66 @@ mod loom_models {
             s2.join().unwrap();
         });
     }
+
+    /// Recovery racing a stalled (not dead) producer, as when an owner is wrongly thought dead:
+    /// the owner's late commit and recovery's skip are both CASes from the same word, so
+    /// exactly one wins, and the message is either delivered whole or skipped, never half.
+    #[test]
+    fn recovery_racing_a_stalled_producer() {
+        loom::model(|| {
+            let r = ring(1, 2);
+            let claim = r.try_claim_write(1).unwrap().unwrap();
+            let recovery = {
+                let r = r.clone();
+                thread::spawn(move || r.recover(1, true))
+            };
+            r.write(&claim, 0, b"ok");
+            let committed = r.commit(claim, 2);
+            let (skipped, _, _) = recovery.join().unwrap();
+            assert_ne!(
+                committed,
+                skipped == 1,
+                "exactly one of commit and skip wins"
+            );
+            match r.try_claim_read(2).unwrap() {
+                Some(c) => {
+                    assert!(committed);
+                    assert_eq!(r.read(&c), b"ok");
+                }
+                None => assert!(!committed),
+            }
+        });
+    }
+
+    /// Recovery racing a stalled consumer's acknowledgement: either the ack is honoured (the
+    /// message is gone for good) or it is refused and the message is delivered again, whole,
+    /// flagged redelivered; never both, never neither.
+    #[test]
+    fn recovery_racing_a_stalled_consumer() {
+        loom::model(|| {
+            let r = ring(1, 2);
+            let w = r.try_claim_write(1).unwrap().unwrap();
+            r.write(&w, 0, b"ok");
+            assert!(r.commit(w, 2));
+            let held = r.try_claim_read(2).unwrap().unwrap();
+            let recovery = {
+                let r = r.clone();
+                thread::spawn(move || r.recover(2, true))
+            };
+            let acked = r.release(held);
+            let (_, redelivered, _) = recovery.join().unwrap();
+            assert_ne!(
+                acked,
+                redelivered == 1,
+                "exactly one of ack and redelivery wins"
+            );
+            match r.try_claim_read(3).unwrap() {
+                Some(c) => {
+                    assert!(!acked && c.redelivered());
+                    assert_eq!(r.read(&c), b"ok");
+                }
+                None => assert!(acked),
+            }
+        });
+    }
 }
