@@ -211,6 +211,8 @@ pub enum RecvError {
     Empty,
     /// No message arrived before the deadline.
     Timeout,
+    /// Request-reply: the server dropped the request without replying.
+    NoReply,
     /// A publish-subscribe subscriber fell more than a ring behind and missed this many
     /// messages; it continues from the oldest message still retained.
     Lagged(u64),
@@ -224,6 +226,7 @@ impl fmt::Display for RecvError {
             RecvError::Empty => write!(f, "the queue is empty"),
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
+            RecvError::NoReply => write!(f, "the server dropped the request without replying"),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
         }
     }

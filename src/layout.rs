@@ -127,8 +127,8 @@ pub struct Envelope {
     pub generation: u64,
     /// The client's index in the client table.
     pub client: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Reply flags (1: the server dropped the request without replying).
+    pub flags: u32,
 }
 
 /// Size of [`Envelope`].

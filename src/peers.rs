@@ -271,7 +271,7 @@ pub(crate) fn attach(
             .store(std::process::id(), Ordering::Relaxed);
         return Ok(Participant {
             index,
-            lock_fd: lock_fd,
+            lock_fd,
             region,
             table,
         });

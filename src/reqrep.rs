@@ -23,10 +23,14 @@
 //!
 //! [`Client::send`] returns a [`Pending`] ticket at once; [`Client::wait`] waits for that
 //! ticket's reply. Replies may arrive in any order: a reply to another outstanding request
-//! that arrives while waiting is kept (in its slot, without copying) until that request is
-//! waited for. A client may have at most `reply_capacity` requests outstanding — sent, and
-//! their replies not yet taken — so servers never find a reply ring full; one more is
-//! [`SendError::Full`].
+//! that arrives while waiting is copied into a buffer the client allocated when it attached
+//! (`reply_capacity × max_message` bytes) and its slot is freed at once, so it never holds up
+//! the reply ring; the reply waited for is returned in its slot, without copying. A client may
+//! have at most `reply_capacity` requests outstanding or kept, so servers never find a reply
+//! ring full; one more is [`SendError::Full`].
+//!
+//! A server that drops a request without replying sends a "no reply" notice instead, so the
+//! client's wait ends with [`RecvError::NoReply`] rather than a timeout.
 //!
 //! # Timeouts
 //!
@@ -72,6 +76,9 @@ use std::time::Duration;
 const CLIENT_ATTACHED: u64 = 1 << 12;
 const CLIENT_OWNER_MASK: u64 = 0xfff;
 const CLIENT_GEN_SHIFT: u32 = 16;
+
+/// Envelope flag of a reply: the server dropped the request without replying.
+const FLAG_NO_REPLY: u32 = 1;
 
 /// How long a server waits for room in a client's reply ring before dropping the reply. A
 /// client never has more requests outstanding than its ring has slots, so this only happens
@@ -417,7 +424,10 @@ impl Service {
                 owner,
                 next_id: 0,
                 outstanding: Vec::with_capacity(outstanding),
-                held: Vec::with_capacity(outstanding),
+                kept: Vec::with_capacity(outstanding),
+                buffers: vec![0; outstanding * shared.max_message()],
+                free: (0..outstanding).rev().collect(),
+                lent: None,
                 wait: WaitStrategy::default(),
                 _me: me,
             });
@@ -559,23 +569,31 @@ impl Request<'_> {
     /// Sends `payload` back to the client that asked, then acknowledges the request.
     ///
     /// # Errors
-    /// [`SendError::TooLarge`] (the request is not acknowledged: reply again with less);
-    /// [`SendError::Timeout`] if the client's reply ring stayed full (the client is not
-    /// draining it), in which case the request is acknowledged and the reply dropped.
+    /// [`SendError::TooLarge`]: nothing is sent, the request is acknowledged, and the client's
+    /// wait ends with [`RecvError::NoReply`]. [`SendError::Timeout`] if the client's reply ring
+    /// stayed full for a second (the client is misbehaving): the reply is dropped.
     pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
-        let outcome = self.deliver(payload);
-        if let Some(claim) = self.claim.take() {
-            shared.requests.release(claim);
-            shared.requests.not_full().notify(1);
-        }
+        let outcome = self.deliver(payload, 0);
+        self.acknowledge();
         outcome
     }
 
-    fn deliver(&self, payload: &[u8]) -> Result<Delivery, SendError> {
+    fn acknowledge(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            let requests = &self.server.shared.requests;
+            requests.release(claim);
+            requests.not_full().notify(1);
+        }
+    }
+
+    fn deliver(&self, payload: &[u8], flags: u32) -> Result<Delivery, SendError> {
         let shared = &self.server.shared;
-        let env = self.envelope;
+        let env = Envelope {
+            flags,
+            ..self.envelope
+        };
         let attached = |state: u64| {
             state & CLIENT_ATTACHED != 0 && state >> CLIENT_GEN_SHIFT == env.generation
         };
@@ -610,11 +628,12 @@ impl Request<'_> {
 }
 
 impl Drop for Request<'_> {
+    /// Dropped without a reply: tell the client there will be none (so it neither waits for
+    /// ever nor keeps counting the request as outstanding), then acknowledge.
     fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            let requests = &self.server.shared.requests;
-            requests.release(claim);
-            requests.not_full().notify(1);
+        if self.claim.is_some() {
+            let _ = self.deliver(&[], FLAG_NO_REPLY);
+            self.acknowledge();
         }
     }
 }
@@ -643,8 +662,15 @@ pub struct Client {
     next_id: u64,
     /// Requests sent whose reply has not been taken from the ring: (id, still wanted).
     outstanding: Vec<(u64, bool)>,
-    /// Replies taken from the ring for requests not yet waited for, kept in their slots.
-    held: Vec<(u64, ReadClaim)>,
+    /// Replies that arrived while waiting for another, copied out of the ring (so they never
+    /// hold up the ring, which servers fill in order): (id, buffer slot, length, no-reply).
+    kept: Vec<(u64, usize, usize, bool)>,
+    /// `reply_capacity` buffers of `max_message` bytes for kept replies, allocated at attach.
+    buffers: Vec<u8>,
+    /// Free buffer slots.
+    free: Vec<usize>,
+    /// The buffer slot lent to the last `Reply` returned; free again at the next call.
+    lent: Option<usize>,
     wait: WaitStrategy,
     _me: Participant,
 }
@@ -655,23 +681,36 @@ impl fmt::Debug for Client {
             .field("path", &self.shared.mapping.path())
             .field("entry", &self.index)
             .field("outstanding", &self.outstanding.len())
+            .field("kept", &self.kept.len())
             .finish()
     }
 }
 
-/// A reply, borrowed from its slot in the client's reply ring; dropping it frees the slot.
+/// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
+/// from the client's buffer if it arrived while the client waited for another.
 pub struct Reply<'a> {
-    ring: &'a MpmcRing,
-    /// Always `Some` until dropped.
-    claim: Option<ReadClaim>,
+    source: ReplySource<'a>,
+}
+
+enum ReplySource<'a> {
+    Slot {
+        ring: &'a MpmcRing,
+        /// Always `Some` until dropped.
+        claim: Option<ReadClaim>,
+    },
+    Kept(&'a [u8]),
 }
 
 impl Reply<'_> {
     /// The reply's payload.
     pub fn payload(&self) -> &[u8] {
-        match &self.claim {
-            Some(claim) => &self.ring.payload(claim)[ENVELOPE_SIZE..],
-            None => &[],
+        match &self.source {
+            ReplySource::Slot {
+                ring,
+                claim: Some(claim),
+            } => &ring.payload(claim)[ENVELOPE_SIZE..],
+            ReplySource::Slot { claim: None, .. } => &[],
+            ReplySource::Kept(bytes) => bytes,
         }
     }
 }
@@ -686,10 +725,21 @@ impl fmt::Debug for Reply<'_> {
 
 impl Drop for Reply<'_> {
     fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            self.ring.release(claim);
+        if let ReplySource::Slot { ring, claim } = &mut self.source {
+            if let Some(claim) = claim.take() {
+                ring.release(claim);
+                ring.not_full().notify(1);
+            }
         }
     }
+}
+
+/// What filing a reply taken from the ring found.
+enum Filed {
+    /// The reply waited for (still in its slot), or `None` if it is a "no reply" notice.
+    Wanted(Option<ReadClaim>),
+    /// Something else, now dealt with.
+    Other,
 }
 
 impl Client {
@@ -698,7 +748,8 @@ impl Client {
         self.wait = wait;
     }
 
-    /// Requests sent whose replies have not arrived yet (including timed-out ones).
+    /// Requests sent whose replies have not been received yet: waiting for a reply, or
+    /// timed out with the reply still to come (it is discarded when it comes).
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
@@ -707,9 +758,18 @@ impl Client {
         &self.shared.replies[self.index as usize]
     }
 
+    /// Frees the buffer slot of the last kept reply returned (its `Reply` is gone: it borrowed
+    /// `self` mutably).
+    fn reclaim_lent(&mut self) {
+        if let Some(slot) = self.lent.take() {
+            self.free.push(slot);
+        }
+    }
+
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+        self.reclaim_lent();
         self.shared.check_len(payload.len())?;
-        if self.outstanding.len() == self.outstanding.capacity() {
+        if self.outstanding.len() + self.kept.len() >= self.free.capacity() {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
@@ -732,7 +792,7 @@ impl Client {
             correlation: id,
             generation: self.generation,
             client: self.index,
-            reserved: 0,
+            flags: 0,
         };
         let result = put(ring, claim, &envelope, payload);
         ring.not_empty().notify(1);
@@ -744,7 +804,7 @@ impl Client {
     /// Sends a request without waiting for its reply (waiting while the request ring is full).
     ///
     /// # Errors
-    /// [`SendError::Full`] if `reply_capacity` requests are outstanding already;
+    /// [`SendError::Full`] if `reply_capacity` requests are outstanding or kept already;
     /// [`SendError::TooLarge`]; [`SendError::Corrupt`].
     pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Never)
@@ -758,41 +818,62 @@ impl Client {
         self.send_with(payload, Deadline::Now)
     }
 
-    /// Takes one reply from the ring and files it: returns it if it answers `want`, keeps it
-    /// if it answers another outstanding request, discards it otherwise.
-    fn file_reply(&mut self, claim: ReadClaim, want: u64) -> Option<ReadClaim> {
-        let ring = &self.shared.replies[self.index as usize];
+    /// Files one reply taken from the ring: the one waited for is handed back in its slot; one
+    /// for another outstanding request is copied into a buffer and its slot freed; stale,
+    /// duplicate, corrupt or timed-out ones are dropped.
+    fn file_reply(&mut self, claim: ReadClaim, want: u64) -> Filed {
+        let shared = &self.shared;
+        let ring = &shared.replies[self.index as usize];
         let env = envelope_of(ring, &claim);
         let ours = env.filter(|e| e.generation == self.generation && e.client == self.index);
-        let slot = ours.and_then(|e| {
+        let at = ours.and_then(|e| {
             self.outstanding
                 .iter()
                 .position(|&(id, _)| id == e.correlation)
         });
-        let (Some(e), Some(at)) = (ours, slot) else {
-            // Stale (another generation), corrupt, or a duplicate: drop it.
+        let (Some(e), Some(at)) = (ours, at) else {
             ring.release(claim);
-            return None;
+            ring.not_full().notify(1);
+            return Filed::Other;
         };
         let (_, wanted) = self.outstanding.swap_remove(at);
+        let no_reply = e.flags & FLAG_NO_REPLY != 0;
         if e.correlation == want {
-            return Some(claim);
+            if no_reply {
+                ring.release(claim);
+                ring.not_full().notify(1);
+                return Filed::Wanted(None);
+            }
+            return Filed::Wanted(Some(claim));
         }
         if wanted {
-            self.held.push((e.correlation, claim));
-        } else {
-            ring.release(claim); // the reply to a request that timed out
+            let payload = &ring.payload(&claim)[ENVELOPE_SIZE..];
+            let max = shared.max_message();
+            // Never fails: kept + outstanding never exceed the number of buffers.
+            if let Some(slot) = self.free.pop() {
+                self.buffers[slot * max..slot * max + payload.len()].copy_from_slice(payload);
+                self.kept
+                    .push((e.correlation, slot, payload.len(), no_reply));
+            }
         }
-        None
+        ring.release(claim);
+        ring.not_full().notify(1);
+        Filed::Other
     }
 
     fn wait_with(&mut self, pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
+        self.reclaim_lent();
         let want = pending.id;
-        if let Some(at) = self.held.iter().position(|(id, _)| *id == want) {
-            let (_, claim) = self.held.swap_remove(at);
+        if let Some(at) = self.kept.iter().position(|&(id, ..)| id == want) {
+            let (_, slot, len, no_reply) = self.kept.swap_remove(at);
+            if no_reply {
+                self.free.push(slot);
+                return Err(RecvError::NoReply);
+            }
+            self.lent = Some(slot);
+            let max = self.shared.max_message();
             return Ok(Reply {
-                ring: &self.shared.replies[self.index as usize],
-                claim: Some(claim),
+                source: ReplySource::Kept(&self.buffers[slot * max..slot * max + len]),
             });
         }
         if !self.outstanding.iter().any(|&(id, _)| id == want) {
@@ -810,7 +891,7 @@ impl Client {
             deadline,
             || {
                 while let Some(claim) = ring.try_claim_read(self.owner)? {
-                    if let Some(claim) = self.file_reply(claim, want) {
+                    if let Filed::Wanted(claim) = self.file_reply(claim, want) {
                         return Ok(Some(claim));
                     }
                 }
@@ -819,10 +900,13 @@ impl Client {
             repair,
         );
         match found {
-            Ok(Some(claim)) => Ok(Reply {
-                ring: self.reply_ring(),
-                claim: Some(claim),
+            Ok(Some(Some(claim))) => Ok(Reply {
+                source: ReplySource::Slot {
+                    ring: self.reply_ring(),
+                    claim: Some(claim),
+                },
             }),
+            Ok(Some(None)) => Err(RecvError::NoReply),
             Ok(None) => {
                 // Keep counting it as outstanding; its late reply will be discarded.
                 if let Some(entry) = self.outstanding.iter_mut().find(|(id, _)| *id == want) {
@@ -842,6 +926,7 @@ impl Client {
     /// meanwhile are kept for their own `wait`.
     ///
     /// # Errors
+    /// [`RecvError::NoReply`] if the server dropped the request without replying;
     /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
     pub fn wait(&mut self, pending: Pending) -> Result<Reply<'_>, RecvError> {
         self.wait_with(pending, Deadline::Never)
@@ -887,10 +972,6 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let ring = &self.shared.replies[self.index as usize];
-        for (_, claim) in self.held.drain(..) {
-            ring.release(claim);
-        }
         // Detach: replies still in flight for this generation are dropped by servers, or by
         // the entry's next owner, whose generation differs.
         let state = self.shared.client_state(self.index);
