@@ -310,10 +310,12 @@ impl Producer {
         self.wait = wait;
     }
 
+    #[inline]
     fn ring(&self) -> &MpmcRing {
         &self.shared.ring
     }
 
+    #[inline]
     fn check_len(&self, len: usize) -> Result<(), SendError> {
         let max = self.ring().max_message();
         if len > max {
@@ -322,6 +324,7 @@ impl Producer {
         Ok(())
     }
 
+    #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
         match ring.not_full().wait_or_repair(
@@ -342,6 +345,7 @@ impl Producer {
         }
     }
 
+    #[inline]
     fn write_and_commit(&self, claim: WriteClaim, msg: &[u8]) -> Result<(), SendError> {
         let ring = self.ring();
         ring.write(&claim, 0, msg);
@@ -354,6 +358,7 @@ impl Producer {
         }
     }
 
+    #[inline]
     fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
         self.check_len(msg.len())?;
         let claim = self.claim(deadline)?;
@@ -367,6 +372,7 @@ impl Producer {
     /// # Errors
     /// [`SendError::TooLarge`] if `msg` exceeds the maximum message size (nothing is written);
     /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    #[inline]
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
         self.send_with(msg, Deadline::Never)
     }
@@ -375,6 +381,7 @@ impl Producer {
     ///
     /// # Errors
     /// [`SendError::Full`] if there is no room, and as for [`send`](Self::send).
+    #[inline]
     pub fn try_send(&self, msg: &[u8]) -> Result<(), SendError> {
         self.send_with(msg, Deadline::Now)
     }
@@ -503,6 +510,7 @@ impl Loan<'_> {
 
 impl Deref for Loan<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         match &self.claim {
             Some(claim) => self.producer.ring().written(claim, self.len),
@@ -521,6 +529,7 @@ impl DerefMut for Loan<'_> {
 }
 
 impl Drop for Loan<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
@@ -559,10 +568,12 @@ impl Consumer {
         self.wait = wait;
     }
 
+    #[inline]
     fn ring(&self) -> &MpmcRing {
         &self.shared.ring
     }
 
+    #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
         let claim = match ring.not_empty().wait_or_repair(
@@ -583,6 +594,7 @@ impl Consumer {
     }
 
     /// Wraps a claimed slot in a Message, which releases it when dropped.
+    #[inline]
     fn message(&self, claim: ReadClaim) -> Message<'_> {
         Message {
             consumer: self,
@@ -594,6 +606,7 @@ impl Consumer {
     ///
     /// # Errors
     /// [`RecvError::Corrupt`] if the shared memory breaks the protocol.
+    #[inline]
     pub fn recv(&self) -> Result<Message<'_>, RecvError> {
         self.recv_with(Deadline::Never)
     }
@@ -602,6 +615,7 @@ impl Consumer {
     ///
     /// # Errors
     /// [`RecvError::Empty`] if none is, and as for [`recv`](Self::recv).
+    #[inline]
     pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
         self.recv_with(Deadline::Now)
     }
@@ -659,6 +673,7 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.claim {
             Some(claim) => self.consumer.ring().payload(claim),
@@ -694,18 +709,21 @@ impl Message<'_> {
 
 impl Deref for Message<'_> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.bytes()
     }
 }
 
 impl AsRef<[u8]> for Message<'_> {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.bytes()
     }
 }
 
 impl Drop for Message<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
             let ring = self.consumer.ring();

@@ -95,6 +95,7 @@ pub(crate) struct Word {
 }
 
 impl Word {
+    #[inline]
     pub(crate) fn new(seq: u64, state: SlotState, owner: u16) -> Self {
         Word {
             seq: seq & SEQ_MASK,
@@ -104,6 +105,7 @@ impl Word {
         }
     }
 
+    #[inline]
     pub(crate) fn encode(self) -> u64 {
         ((self.seq & SEQ_MASK) << SEQ_SHIFT)
             | (if self.redelivered { REDELIVERED } else { 0 })
@@ -111,6 +113,7 @@ impl Word {
             | (u64::from(self.owner) & OWNER_MASK)
     }
 
+    #[inline]
     pub(crate) fn decode(raw: u64) -> Result<Self, Corruption> {
         let state = match (raw & STATE_MASK) >> STATE_SHIFT {
             0 => SlotState::Empty,
@@ -155,6 +158,7 @@ pub(crate) struct ReadClaim {
 
 impl ReadClaim {
     /// Whether the message is being delivered again after its first reader died.
+    #[inline]
     pub(crate) fn redelivered(&self) -> bool {
         self.redelivered
     }
@@ -197,35 +201,48 @@ impl MpmcRing {
     }
 
     /// Largest message in bytes.
+    #[inline]
     pub(crate) fn max_message(&self) -> usize {
         self.max_message
     }
 
+    #[inline]
     fn tail(&self) -> &AtomicU64 {
         self.region.u64_at(self.ctl + CTL_TAIL)
     }
 
+    #[inline]
     fn head(&self) -> &AtomicU64 {
         self.region.u64_at(self.ctl + CTL_HEAD)
     }
 
+    #[inline]
     fn index(&self, pos: u64) -> usize {
-        (pos % self.capacity) as usize
+        // A mask when the capacity is a power of two: a division costs tens of cycles.
+        if self.capacity.is_power_of_two() {
+            (pos & (self.capacity - 1)) as usize
+        } else {
+            (pos % self.capacity) as usize
+        }
     }
 
+    #[inline]
     fn slot_offset(&self, index: usize) -> usize {
         self.slots + index * self.stride
     }
 
+    #[inline]
     fn state(&self, index: usize) -> &AtomicU64 {
         self.region.u64_at(self.slot_offset(index))
     }
 
+    #[inline]
     fn len_word(&self, index: usize) -> &crate::sync::atomic::AtomicU32 {
         self.region.u32_at(self.slot_offset(index) + 8)
     }
 
     /// Offset of the payload of slot `index` in the region.
+    #[inline]
     fn payload_offset(&self, index: usize) -> usize {
         self.slot_offset(index) + SLOT_HEADER_SIZE
     }
@@ -235,6 +252,7 @@ impl MpmcRing {
     /// # Panics
     /// If `at + bytes.len()` exceeds the ring's maximum message size (a caller bug: callers
     /// check lengths first).
+    #[inline]
     pub(crate) fn write(&self, claim: &WriteClaim, at: usize, bytes: &[u8]) {
         assert!(at + bytes.len() <= self.max_message);
         // SAFETY: `claim` proves this caller owns the slot's payload (it is WRITING, claimed by
@@ -278,6 +296,7 @@ impl MpmcRing {
 
     /// The held message's bytes (zero-copy receive). The length was validated when claimed.
     #[cfg(not(loom))]
+    #[inline]
     pub(crate) fn payload<'a>(&'a self, claim: &'a ReadClaim) -> &'a [u8] {
         // SAFETY: the claim proves the slot is READING and owned by its holder until released
         // (which consumes the claim, so not while this borrow lives); producers never write a
@@ -290,6 +309,7 @@ impl MpmcRing {
     }
 
     /// Consumers wait here for messages.
+    #[inline]
     pub(crate) fn not_empty(&self) -> WaitCell<'_> {
         WaitCell {
             seq: self.region.u32_at(self.ctl + CTL_NOT_EMPTY),
@@ -298,6 +318,7 @@ impl MpmcRing {
     }
 
     /// Producers wait here for room.
+    #[inline]
     pub(crate) fn not_full(&self) -> WaitCell<'_> {
         WaitCell {
             seq: self.region.u32_at(self.ctl + CTL_NOT_FULL),
@@ -305,11 +326,13 @@ impl MpmcRing {
         }
     }
 
+    #[inline]
     fn seq(&self, pos: u64) -> u64 {
         pos & SEQ_MASK
     }
 
     /// Claims the slot at the tail for writing, or `None` if the ring is full.
+    #[inline]
     pub(crate) fn try_claim_write(&self, owner: u16) -> Result<Option<WriteClaim>, Corruption> {
         let mut t = self.tail().load(Ordering::Acquire);
         loop {
@@ -363,6 +386,7 @@ impl MpmcRing {
 
     /// Publishes a claimed slot holding `len` bytes of payload (already written).
     /// Returns `false` if the claim was taken away by a recovery pass (then nothing is published).
+    #[inline]
     pub(crate) fn commit(&self, claim: WriteClaim, len: usize) -> bool {
         debug_assert!(len <= self.max_message);
         self.len_word(claim.index)
@@ -387,6 +411,7 @@ impl MpmcRing {
     }
 
     /// Claims the message at the head, or `None` if nothing is ready.
+    #[inline]
     pub(crate) fn try_claim_read(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
         if self.pending().load(Ordering::Relaxed) != 0 {
             if let Some(claim) = self.claim_redelivery(owner)? {
@@ -487,12 +512,14 @@ impl MpmcRing {
     }
 
     /// Messages made deliverable again by recovery and not yet taken.
+    #[inline]
     fn pending(&self) -> &AtomicU64 {
         self.region.u64_at(self.ctl + CTL_REDELIVER_PENDING)
     }
 
     /// A claim on the slot this consumer just CASed to READING, once its length is checked.
     /// A length beyond `max_message` is corruption: the slot is released, not wedged.
+    #[inline]
     fn held(
         &self,
         pos: u64,
@@ -590,6 +617,7 @@ impl MpmcRing {
 
     /// Acknowledges a held message: frees its slot for the producer of the next lap.
     /// Returns `false` if the claim was taken away by a recovery pass.
+    #[inline]
     pub(crate) fn release(&self, claim: ReadClaim) -> bool {
         let mut from = Word::new(claim.pos, SlotState::Reading, claim.owner);
         from.redelivered = claim.redelivered;

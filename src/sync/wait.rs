@@ -107,6 +107,7 @@ impl WaitCell<'_> {
     /// Calls `attempt` until it returns `Ok(Some(_))` or an error, waiting between attempts
     /// according to `strategy`, until `deadline`. `Ok(None)` means the deadline passed.
     #[cfg_attr(not(loom), allow(dead_code))] // the loom models wait without repairing
+    #[inline]
     pub(crate) fn wait_for<T, E>(
         &self,
         strategy: WaitStrategy,
@@ -119,19 +120,34 @@ impl WaitCell<'_> {
     /// Like [`wait_for`](Self::wait_for), and calls `repair` every [`STALL_CHECK`] that the
     /// wait goes on: a waiter that makes no progress looks for dead participants holding
     /// things up (see `peers::sweep`), so the dead block the living for at most about that long.
+    #[inline]
     pub(crate) fn wait_or_repair<T, E>(
         &self,
         strategy: WaitStrategy,
         deadline: Deadline,
         mut attempt: impl FnMut() -> Result<Option<T>, E>,
-        mut repair: impl FnMut(),
+        repair: impl FnMut(),
     ) -> Result<Option<T>, E> {
+        // The fast path, inlined into the caller: the condition already holds.
         if let Some(v) = attempt()? {
             return Ok(Some(v));
         }
         if let Deadline::Now = deadline {
             return Ok(None);
         }
+        self.wait_slow(strategy, deadline, attempt, repair)
+    }
+
+    /// The waiting itself, kept out of line so the fast path stays small.
+    #[cold]
+    #[inline(never)]
+    fn wait_slow<T, E>(
+        &self,
+        strategy: WaitStrategy,
+        deadline: Deadline,
+        mut attempt: impl FnMut() -> Result<Option<T>, E>,
+        mut repair: impl FnMut(),
+    ) -> Result<Option<T>, E> {
         let started = Instant::now();
         let mut next_repair = started + STALL_CHECK;
         let mut stalled = |now: Instant| {
