@@ -45,6 +45,12 @@ pub const HANG: Duration = Duration::from_secs(30);
 
 /// Starts the test binary again as a child process playing `role` with `args`.
 pub fn child(role: &str, args: &[&str]) -> ChildProc {
+    child_with_env(role, args, &[])
+}
+
+/// Like [`child`], with extra environment variables for the child (for example a test hook's
+/// `SHMQ_TEST_PARK_AT`).
+pub fn child_with_env(role: &str, args: &[&str], env: &[(&str, &str)]) -> ChildProc {
     for a in args {
         assert!(
             !a.contains(ARG_SEP),
@@ -57,6 +63,7 @@ pub fn child(role: &str, args: &[&str]) -> ChildProc {
         .env(ROLE_VAR, role)
         .env(ARGS_VAR, args.join(&ARG_SEP.to_string()))
         .env(PARENT_VAR, std::process::id().to_string())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         // The harness's own chatter goes nowhere; panics and eprintln! reach the terminal.
         .stdout(Stdio::null())
