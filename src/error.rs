@@ -234,6 +234,36 @@ impl fmt::Display for RecvError {
 
 impl std::error::Error for RecvError {}
 
+impl SendError {
+    /// The outcome of waiting for room until `deadline`: `None` means the deadline passed.
+    pub(crate) fn from_wait<T>(
+        waited: Result<Option<T>, Corruption>,
+        deadline: crate::sync::Deadline,
+    ) -> Result<T, SendError> {
+        match waited {
+            Ok(Some(claim)) => Ok(claim),
+            Ok(None) if deadline.is_now() => Err(SendError::Full),
+            Ok(None) => Err(SendError::Timeout),
+            Err(c) => Err(SendError::Corrupt(c)),
+        }
+    }
+}
+
+impl RecvError {
+    /// The outcome of waiting for a message until `deadline`: `None` means the deadline passed.
+    pub(crate) fn from_wait<T>(
+        waited: Result<Option<T>, Corruption>,
+        deadline: crate::sync::Deadline,
+    ) -> Result<T, RecvError> {
+        match waited {
+            Ok(Some(claim)) => Ok(claim),
+            Ok(None) if deadline.is_now() => Err(RecvError::Empty),
+            Ok(None) => Err(RecvError::Timeout),
+            Err(c) => Err(RecvError::Corrupt(c)),
+        }
+    }
+}
+
 impl From<SendError> for Error {
     fn from(e: SendError) -> Self {
         Error::Send(e)

@@ -181,9 +181,40 @@ impl<'a> Counters<'a> {
     }
 }
 
-/// What recovery has done on the file of `mapping` over its life.
-pub(crate) fn stats(mapping: &Arc<Mapping>) -> RecoveryStats {
-    Counters::of(&mapping.region()).read()
+/// What every pattern's shared state provides so that participants attach, and dead ones are
+/// reaped, the same way everywhere.
+pub(crate) trait Recoverable {
+    /// The queue file.
+    fn mapping(&self) -> &Arc<Mapping>;
+    /// Its validated geometry.
+    fn geometry(&self) -> &Geometry;
+    /// Undoes what dead participant `owner` held in this pattern's rings and tables.
+    fn recover(&self, owner: u16) -> RecoveryStats;
+
+    /// Attaches a participant, reaping dead ones first.
+    fn attach(&self, role: Role) -> Result<Participant, Error> {
+        attach(self.mapping(), self.geometry(), role, &|owner| {
+            self.recover(owner)
+        })
+    }
+
+    /// Reaps every dead participant.
+    fn repair(&self) -> Result<RecoveryStats, Error> {
+        sweep(self.mapping(), self.geometry(), &|owner| {
+            self.recover(owner)
+        })
+    }
+
+    /// For a stalled waiter: a sweep whose error is ignored (the wait goes on and the next
+    /// sweep tries again).
+    fn repair_quietly(&self) {
+        let _ = self.repair();
+    }
+
+    /// What recovery has done on this file over its life.
+    fn stats(&self) -> RecoveryStats {
+        Counters::of(&self.mapping().region()).read()
+    }
 }
 
 /// Undoes what a dead participant (by owner id) held; returns what it did.

@@ -38,7 +38,7 @@
 
 use crate::error::{Error, RecvError, SendError};
 use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
-use crate::peers::{self, Participant, RecoveryStats, Role};
+use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::sync::{Deadline, WaitStrategy};
@@ -105,7 +105,15 @@ struct Shared {
     geometry: Geometry,
 }
 
-impl Shared {
+impl Recoverable for Shared {
+    fn mapping(&self) -> &Arc<Mapping> {
+        &self.mapping
+    }
+
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
     /// Undoes what a dead participant held: its half-written slots are skipped, the messages
     /// it held unacknowledged are delivered again.
     fn recover(&self, owner: u16) -> RecoveryStats {
@@ -115,16 +123,6 @@ impl Shared {
             redelivered,
             ..RecoveryStats::default()
         }
-    }
-
-    fn attach(&self, role: Role) -> Result<Participant, Error> {
-        peers::attach(&self.mapping, &self.geometry, role, &|owner| {
-            self.recover(owner)
-        })
-    }
-
-    fn repair(&self) -> Result<RecoveryStats, Error> {
-        peers::sweep(&self.mapping, &self.geometry, &|owner| self.recover(owner))
     }
 }
 
@@ -274,7 +272,7 @@ impl Pipeline {
 
     /// What recovery has done on this queue over its life, in all processes.
     pub fn recovery_stats(&self) -> RecoveryStats {
-        peers::stats(&self.shared.mapping)
+        self.shared.stats()
     }
 
     /// Removes the queue file's name. Processes that have it mapped keep using it.
@@ -327,22 +325,15 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        match ring.not_full().wait_or_repair(
+        let waited = ring.not_full().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_write(self.owner),
-            || {
-                let _ = self.shared.repair();
-            },
-        ) {
-            Ok(Some(claim)) => {
-                crate::testhook::park_at("producer-claimed");
-                Ok(claim)
-            }
-            Ok(None) if matches!(deadline, Deadline::Now) => Err(SendError::Full),
-            Ok(None) => Err(SendError::Timeout),
-            Err(c) => Err(SendError::Corrupt(c)),
-        }
+            || self.shared.repair_quietly(),
+        );
+        let claim = SendError::from_wait(waited, deadline)?;
+        crate::testhook::park_at("producer-claimed");
+        Ok(claim)
     }
 
     #[inline]
@@ -576,19 +567,13 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let claim = match ring.not_empty().wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),
-            || {
-                let _ = self.shared.repair();
-            },
-        ) {
-            Ok(Some(claim)) => claim,
-            Ok(None) if matches!(deadline, Deadline::Now) => return Err(RecvError::Empty),
-            Ok(None) => return Err(RecvError::Timeout),
-            Err(c) => return Err(RecvError::Corrupt(c)),
-        };
+            || self.shared.repair_quietly(),
+        );
+        let claim = RecvError::from_wait(waited, deadline)?;
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
     }

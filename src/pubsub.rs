@@ -53,7 +53,7 @@ use crate::error::{Error, RecvError, SendError};
 use crate::layout::{
     Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST, RING_CONTROL_OFFSET,
 };
-use crate::peers::{self, Participant, RecoveryStats, Role};
+use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -154,7 +154,15 @@ struct Shared {
     geometry: Geometry,
 }
 
-impl Shared {
+impl Recoverable for Shared {
+    fn mapping(&self) -> &Arc<Mapping> {
+        &self.mapping
+    }
+
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
     /// Undoes what a dead participant held: a half-written slot is skipped, a subscription is
     /// detached (it stops holding publishers back).
     fn recover(&self, owner: u16) -> RecoveryStats {
@@ -165,17 +173,9 @@ impl Shared {
             ..RecoveryStats::default()
         }
     }
-
-    fn attach(&self, role: Role) -> Result<Participant, Error> {
-        peers::attach(&self.mapping, &self.geometry, role, &|owner| {
-            self.recover(owner)
-        })
-    }
-
-    fn repair(&self) -> Result<RecoveryStats, Error> {
-        peers::sweep(&self.mapping, &self.geometry, &|owner| self.recover(owner))
-    }
 }
+
+impl Shared {}
 
 fn ring_of(region: Region, g: &Geometry) -> BroadcastRing {
     BroadcastRing::new(
@@ -292,7 +292,7 @@ impl PubSub {
 
     /// What recovery has done on this channel over its life, in all processes.
     pub fn recovery_stats(&self) -> RecoveryStats {
-        peers::stats(&self.shared.mapping)
+        self.shared.stats()
     }
 
     /// Messages published on this channel since it was created.
@@ -422,19 +422,13 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let claim = match ring.consumed().wait_or_repair(
+        let waited = ring.consumed().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim(self.owner, &self.gate),
-            || {
-                let _ = self.shared.repair();
-            },
-        ) {
-            Ok(Some(claim)) => claim,
-            Ok(None) if matches!(deadline, Deadline::Now) => return Err(SendError::Full),
-            Ok(None) => return Err(SendError::Timeout),
-            Err(c) => return Err(SendError::Corrupt(c)),
-        };
+            || self.shared.repair_quietly(),
+        );
+        let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("publisher-claimed");
         let committed = ring.write_and_commit(claim, topic, payload);
         ring.published().notify(u32::MAX);

@@ -60,7 +60,7 @@ use crate::layout::{
     Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE,
     TABLE_ENTRY_SIZE,
 };
-use crate::peers::{self, Participant, RecoveryStats, Role};
+use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -184,17 +184,13 @@ fn rings(region: &Region, g: &Geometry) -> (MpmcRing, Vec<MpmcRing>) {
     (requests, replies)
 }
 
-impl Shared {
-    fn new(mapping: Arc<Mapping>, g: Geometry) -> Self {
-        let region = mapping.region();
-        let (requests, replies) = rings(&region, &g);
-        Shared {
-            mapping,
-            region,
-            requests,
-            replies,
-            geometry: g,
-        }
+impl Recoverable for Shared {
+    fn mapping(&self) -> &Arc<Mapping> {
+        &self.mapping
+    }
+
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
     }
 
     /// Undoes what a dead participant held: a request or reply it was writing is skipped; a
@@ -228,15 +224,19 @@ impl Shared {
         }
         stats
     }
+}
 
-    fn attach(&self, role: Role) -> Result<Participant, Error> {
-        peers::attach(&self.mapping, &self.geometry, role, &|owner| {
-            self.recover(owner)
-        })
-    }
-
-    fn repair(&self) -> Result<RecoveryStats, Error> {
-        peers::sweep(&self.mapping, &self.geometry, &|owner| self.recover(owner))
+impl Shared {
+    fn new(mapping: Arc<Mapping>, g: Geometry) -> Self {
+        let region = mapping.region();
+        let (requests, replies) = rings(&region, &g);
+        Shared {
+            mapping,
+            region,
+            requests,
+            replies,
+            geometry: g,
+        }
     }
 
     fn client_state(&self, index: u32) -> &AtomicU64 {
@@ -364,7 +364,7 @@ impl Service {
 
     /// What recovery has done on this service over its life, in all processes.
     pub fn recovery_stats(&self) -> RecoveryStats {
-        peers::stats(&self.shared.mapping)
+        self.shared.stats()
     }
 
     /// Requests waiting for a server (a snapshot).
@@ -464,19 +464,13 @@ impl Server {
 
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let claim = match ring.not_empty().wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),
-            || {
-                let _ = self.shared.repair();
-            },
-        ) {
-            Ok(Some(claim)) => claim,
-            Ok(None) if matches!(deadline, Deadline::Now) => return Err(RecvError::Empty),
-            Ok(None) => return Err(RecvError::Timeout),
-            Err(c) => return Err(RecvError::Corrupt(c)),
-        };
+            || self.shared.repair_quietly(),
+        );
+        let claim = RecvError::from_wait(waited, deadline)?;
         match envelope_of(ring, &claim) {
             Some(envelope) if envelope.client < self.shared.geometry.table_entries => {
                 crate::testhook::park_at("server-received");
@@ -773,19 +767,13 @@ impl Client {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
-        let claim = match ring.not_full().wait_or_repair(
+        let waited = ring.not_full().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_write(self.owner),
-            || {
-                let _ = self.shared.repair();
-            },
-        ) {
-            Ok(Some(claim)) => claim,
-            Ok(None) if matches!(deadline, Deadline::Now) => return Err(SendError::Full),
-            Ok(None) => return Err(SendError::Timeout),
-            Err(c) => return Err(SendError::Corrupt(c)),
-        };
+            || self.shared.repair_quietly(),
+        );
+        let claim = SendError::from_wait(waited, deadline)?;
         let id = self.next_id;
         self.next_id += 1;
         let envelope = Envelope {

@@ -73,6 +73,11 @@ impl Deadline {
             .map_or(Deadline::Never, Deadline::At)
     }
 
+    /// Whether this means "try once, never wait".
+    pub(crate) fn is_now(&self) -> bool {
+        matches!(self, Deadline::Now)
+    }
+
     /// Time left, `None` when the deadline has passed.
     fn remaining(&self) -> Option<Duration> {
         match self {
