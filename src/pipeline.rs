@@ -214,7 +214,7 @@ impl Pipeline {
         Ok(Producer {
             owner: me.owner_id(),
             shared: self.shared.clone(),
-            _me: me,
+            me,
             wait: WaitStrategy::default(),
         })
     }
@@ -228,7 +228,7 @@ impl Pipeline {
         Ok(Consumer {
             owner: me.owner_id(),
             shared: self.shared.clone(),
-            _me: me,
+            me,
             wait: WaitStrategy::default(),
         })
     }
@@ -290,7 +290,7 @@ pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    _me: Participant,
+    me: Participant,
 }
 
 impl fmt::Debug for Producer {
@@ -325,7 +325,7 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().wait_or_repair(
+        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_write(self.owner),
@@ -541,7 +541,7 @@ pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    _me: Participant,
+    me: Participant,
 }
 
 impl fmt::Debug for Consumer {
@@ -567,7 +567,7 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let waited = ring.not_empty().wait_or_repair(
+        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),

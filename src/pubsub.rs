@@ -311,7 +311,7 @@ impl PubSub {
             shared: self.shared.clone(),
             gate: GateCache::default(),
             wait: WaitStrategy::default(),
-            _me: me,
+            me,
         })
     }
 
@@ -374,7 +374,7 @@ impl<'a> Subscribe<'a> {
             prefixes: self.prefixes,
             buf: vec![0; shared.ring.buffer_len()],
             wait: WaitStrategy::default(),
-            _me: me,
+            me,
         })
     }
 }
@@ -385,7 +385,7 @@ pub struct Publisher {
     owner: u16,
     gate: GateCache,
     wait: WaitStrategy,
-    _me: Participant,
+    me: Participant,
 }
 
 impl fmt::Debug for Publisher {
@@ -422,7 +422,7 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let waited = ring.consumed().wait_or_repair(
+        let waited = ring.consumed().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim(self.owner, &self.gate),
@@ -483,7 +483,7 @@ pub struct Subscriber {
     prefixes: Vec<Vec<u8>>,
     buf: Vec<u8>,
     wait: WaitStrategy,
-    _me: Participant,
+    me: Participant,
 }
 
 impl fmt::Debug for Subscriber {
@@ -534,7 +534,7 @@ impl Subscriber {
         let repair = || {
             let _ = shared.repair();
         };
-        let found = ring.published().wait_or_repair(
+        let found = ring.published().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || loop {

@@ -382,7 +382,7 @@ impl Service {
             owner: me.owner_id(),
             shared: self.shared.clone(),
             wait: WaitStrategy::default(),
-            _me: me,
+            me,
         })
     }
 
@@ -429,7 +429,7 @@ impl Service {
                 free: (0..outstanding).rev().collect(),
                 lent: None,
                 wait: WaitStrategy::default(),
-                _me: me,
+                me,
             });
         }
         Err(Error::TooManyParticipants {
@@ -444,7 +444,7 @@ pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    _me: Participant,
+    me: Participant,
 }
 
 impl fmt::Debug for Server {
@@ -464,7 +464,7 @@ impl Server {
 
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let waited = ring.not_empty().wait_or_repair(
+        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),
@@ -605,16 +605,16 @@ impl Request<'_> {
         let repair = || {
             let _ = shared.repair();
         };
-        let claim =
-            match ring
-                .not_full()
-                .wait_or_repair(self.server.wait, deadline, attempt, repair)
-            {
-                Ok(Some(Some(claim))) => claim,
-                Ok(Some(None)) => return Ok(Delivery::ClientGone),
-                Ok(None) => return Err(SendError::Timeout),
-                Err(c) => return Err(SendError::Corrupt(c)),
-            };
+        let claim = match ring
+            .not_full()
+            .parked_as(self.server.me.parked())
+            .wait_or_repair(self.server.wait, deadline, attempt, repair)
+        {
+            Ok(Some(Some(claim))) => claim,
+            Ok(Some(None)) => return Ok(Delivery::ClientGone),
+            Ok(None) => return Err(SendError::Timeout),
+            Err(c) => return Err(SendError::Corrupt(c)),
+        };
         let result = put(ring, claim, &env, payload);
         ring.not_empty().notify(1);
         result.map(|()| Delivery::Delivered)
@@ -666,7 +666,7 @@ pub struct Client {
     /// The buffer slot lent to the last `Reply` returned; free again at the next call.
     lent: Option<usize>,
     wait: WaitStrategy,
-    _me: Participant,
+    me: Participant,
 }
 
 impl fmt::Debug for Client {
@@ -767,7 +767,7 @@ impl Client {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
-        let waited = ring.not_full().wait_or_repair(
+        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_write(self.owner),
@@ -874,7 +874,10 @@ impl Client {
         let repair = || {
             let _ = shared.repair();
         };
-        let found = ring.not_empty().wait_or_repair(
+        // The participant's parked word, reached through the local `shared` so that the
+        // closure below may borrow `self` mutably.
+        let parked = shared.region.u64_at(self.me.parked_offset());
+        let found = ring.not_empty().parked_as(parked).wait_or_repair(
             self.wait,
             deadline,
             || {

@@ -1518,3 +1518,35 @@ fn chaos_killed_and_restarted_servers_answer_every_request_once() {
         started
     );
 }
+
+/// How many waiters the queue's "not empty" wait cell counts, read through the file.
+fn not_empty_waiters(path: &Path) -> u32 {
+    use std::os::unix::fs::FileExt;
+    let off = shmq::layout::RING_CONTROL_OFFSET + shmq::layout::CTL_NOT_EMPTY + 4;
+    let mut b = [0u8; 4];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, off as u64)
+        .unwrap();
+    u32::from_le_bytes(b)
+}
+
+/// A consumer killed while parked in `recv` is taken off the wait cell's waiter count when it
+/// is reaped, so senders go back to paying no wake-up system call.
+#[test]
+fn killed_parked_consumer_is_taken_off_the_waiter_count() {
+    let dir = TempDir::new("parked-death");
+    let path = dir.join("q");
+    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let mut c = child("recv_one", &[s(&path)]);
+    let parked = common::wait_until(HANG, || not_empty_waiters(&path) == 1);
+    assert!(parked, "the child never parked");
+    c.kill();
+    let stats = q.repair().unwrap();
+    assert_eq!(stats.reaped, 1);
+    assert_eq!(
+        not_empty_waiters(&path),
+        0,
+        "a dead waiter is still counted"
+    );
+}

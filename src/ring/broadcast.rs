@@ -212,18 +212,12 @@ impl BroadcastRing {
 
     /// Subscribers wait here for messages.
     pub(crate) fn published(&self) -> WaitCell<'_> {
-        WaitCell {
-            seq: self.region.u32_at(self.ctl + CTL_NOT_EMPTY),
-            waiters: self.region.u32_at(self.ctl + CTL_NOT_EMPTY + 4),
-        }
+        WaitCell::at(&self.region, self.ctl + CTL_NOT_EMPTY)
     }
 
     /// Publishers (in Block mode) wait here for subscribers to move on.
     pub(crate) fn consumed(&self) -> WaitCell<'_> {
-        WaitCell {
-            seq: self.region.u32_at(self.ctl + CTL_NOT_FULL),
-            waiters: self.region.u32_at(self.ctl + CTL_NOT_FULL + 4),
-        }
+        WaitCell::at(&self.region, self.ctl + CTL_NOT_FULL)
     }
 
     fn seq(&self, pos: u64) -> u64 {

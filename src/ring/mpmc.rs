@@ -311,19 +311,13 @@ impl MpmcRing {
     /// Consumers wait here for messages.
     #[inline]
     pub(crate) fn not_empty(&self) -> WaitCell<'_> {
-        WaitCell {
-            seq: self.region.u32_at(self.ctl + CTL_NOT_EMPTY),
-            waiters: self.region.u32_at(self.ctl + CTL_NOT_EMPTY + 4),
-        }
+        WaitCell::at(&self.region, self.ctl + CTL_NOT_EMPTY)
     }
 
     /// Producers wait here for room.
     #[inline]
     pub(crate) fn not_full(&self) -> WaitCell<'_> {
-        WaitCell {
-            seq: self.region.u32_at(self.ctl + CTL_NOT_FULL),
-            waiters: self.region.u32_at(self.ctl + CTL_NOT_FULL + 4),
-        }
+        WaitCell::at(&self.region, self.ctl + CTL_NOT_FULL)
     }
 
     #[inline]

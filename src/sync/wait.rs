@@ -24,11 +24,13 @@
 //! **No syscall when nobody waits.** The notifier's fast path is a fence and one load of a word
 //! that only changes when someone parks.
 //!
-//! A waiter killed while parked leaves `waiters` too high; that only costs notifiers a wasted
-//! wake-up call, never a missed one.
+//! A waiter killed while parked would leave `waiters` too high, costing every later notifier a
+//! wasted wake-up call. So a participant marks, in its own participant entry, which cell it is
+//! counted in while it is; recovery, reaping it, takes it off that count.
 
-use super::atomic::{fence, spin_hint, AtomicU32, Ordering};
+use super::atomic::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
 use super::futex;
+use crate::shm::Region;
 use std::time::{Duration, Instant};
 
 /// How a blocking call waits for its condition.
@@ -93,11 +95,53 @@ impl Deadline {
 /// A wait cell in shared memory.
 #[derive(Clone, Copy)]
 pub(crate) struct WaitCell<'a> {
-    pub(crate) seq: &'a AtomicU32,
-    pub(crate) waiters: &'a AtomicU32,
+    seq: &'a AtomicU32,
+    waiters: &'a AtomicU32,
+    /// Where the cell is in its region (recorded while parked, for recovery).
+    offset: usize,
+    /// The waiting participant's "parked on" word: set to `offset + 1` while this waiter is
+    /// counted in `waiters`, so that if it dies parked, recovery can take it off the count
+    /// (else every later notify would pay a wake-up system call for a waiter that is gone).
+    parked: Option<&'a AtomicU64>,
 }
 
-impl WaitCell<'_> {
+impl<'a> WaitCell<'a> {
+    /// The wait cell at `offset` in `region` (its `seq` word, then its `waiters` word).
+    #[inline]
+    pub(crate) fn at(region: &'a Region, offset: usize) -> Self {
+        WaitCell {
+            seq: region.u32_at(offset),
+            waiters: region.u32_at(offset + 4),
+            offset,
+            parked: None,
+        }
+    }
+
+    /// The same cell, waited on by the participant whose "parked on" word is `parked`.
+    #[inline]
+    pub(crate) fn parked_as(self, parked: &'a AtomicU64) -> Self {
+        WaitCell {
+            parked: Some(parked),
+            ..self
+        }
+    }
+
+    fn mark_parked(&self, parked: bool) {
+        if let Some(word) = self.parked {
+            word.store(
+                if parked { self.offset as u64 + 1 } else { 0 },
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// Leaves the count: unmarked first, then uncounted (a death in between leaves the count
+    /// one too high, never too low).
+    fn unpark(&self) {
+        self.mark_parked(false);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Wakes up to `count` waiters if there are any; costs a fence and a load otherwise.
     /// Call after making the condition true.
     #[inline]
@@ -193,15 +237,18 @@ impl WaitCell<'_> {
                 return attempt();
             };
             self.waiters.fetch_add(1, Ordering::SeqCst);
+            // Counted, then marked: a death in between leaves the count one too high, which
+            // costs wake-up calls, never a missed wake-up.
+            self.mark_parked(true);
             fence(Ordering::SeqCst);
             let seen = self.seq.load(Ordering::SeqCst);
             let outcome = attempt();
             if !matches!(outcome, Ok(None)) {
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                self.unpark();
                 return outcome;
             }
             futex::wait(self.seq, seen, left.min(MAX_PARK));
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            self.unpark();
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
             }
