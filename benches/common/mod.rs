@@ -28,6 +28,14 @@
 //! rings with the [`PARK_BIT`] set: the peer then sleeps on the futex instead of spinning, so an
 //! idle baseline peer (such as the raw ping-pong used to bracket another case) does not steal the
 //! peer core from the case being measured. The next ring wakes it.
+//!
+//! # Helpers of the shmq benches
+//! A [`WatchedPeer`] ends the parent if it dies early (the parent may be blocked in a shmq call,
+//! which cannot notice). [`QueuePath`] names a queue file and removes it. A [`JobPeer`] runs
+//! counted jobs on command ([`serve_jobs`]: take `n` messages, make `n` requests) and sleeps on
+//! a futex between them, so several peers can be driven at once and none spins while another
+//! case is measured. Then the criterion groups, the bracketed percentile report, interleaved
+//! throughput rounds and the targets table that the pubsub and reqrep benches share.
 #![allow(dead_code)] // Each bench binary uses a different part of this module.
 
 use std::env;
@@ -40,17 +48,20 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{self, Child, Command, Stdio};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, OnceLock};
-use std::thread;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use criterion::{BenchmarkId, Criterion, Throughput};
 use memmap2::{MmapOptions, MmapRaw};
 use nix::libc;
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::sys::prctl;
 use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{getppid, Pid};
+use shmq::WaitStrategy;
 
 #[cfg(not(all(target_os = "linux", target_endian = "little")))]
 compile_error!("the shmq benches need Linux on a little-endian CPU (a futex waits on the low half of an AtomicU64)");
@@ -840,19 +851,27 @@ impl Drop for ThreadPingPong {
 /// Size of a message in the throughput baselines.
 pub const STREAM_MESSAGE: usize = 64;
 
-/// A one-way throughput measurement: a peer produces, the parent consumes.
+/// A one-way throughput measurement. In the baselines a peer produces and the parent consumes;
+/// a shmq case may send the other way, or count requests.
 pub trait OneWay {
-    /// Time the parent receiving `iters` messages of [`STREAM_MESSAGE`] bytes, for criterion's
-    /// `iter_custom` with `Throughput::Elements(1)`. Excludes waking the peer.
+    /// Time `iters` messages of [`STREAM_MESSAGE`] bytes, for criterion's `iter_custom` with
+    /// `Throughput::Elements(1)`. Excludes waking the peer.
     fn run(&mut self, iters: u64) -> Duration;
+
+    /// Anything the report should say about the runs so far (such as messages lost).
+    fn note(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Each message starts with its sequence number, so the consumer checks order and loss.
-fn stamp(msg: &mut [u8; STREAM_MESSAGE], seq: u64) {
+pub fn stamp(msg: &mut [u8], seq: u64) {
     msg[..8].copy_from_slice(&seq.to_le_bytes());
 }
 
-fn check_stamp(msg: &[u8; STREAM_MESSAGE], seq: u64) {
+/// Check that `msg` is a [`STREAM_MESSAGE`]-byte message stamped `seq`.
+pub fn check_stamp(msg: &[u8], seq: u64) {
+    assert_eq!(msg.len(), STREAM_MESSAGE, "message length");
     let got = u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"));
     assert_eq!(got, seq, "message out of order or lost");
 }
@@ -1242,6 +1261,473 @@ pub fn print_bracketed(rows: &[(String, Bracketed)]) {
     if rows.iter().any(|(_, b)| b.unstable()) {
         println!(
             "\n† raw before and after differ by more than 25%: the cores moved during the case."
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// shmq peers: placement, liveness, queue files, jobs
+// ---------------------------------------------------------------------------------------------
+
+/// The CPU a peer is pinned to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cpu {
+    /// The parent's CPU, shared with the parent.
+    Parent,
+    /// The peer CPU, as [`spawn_peer`] does.
+    Peer,
+}
+
+/// [`spawn_peer`] pinned to `cpu`.
+pub fn spawn_peer_on(role: &str, args: &[String], cpu: Cpu) -> Peer {
+    spawn_peer_with(role, args, |cmd| {
+        if let (Cpu::Parent, Some((parent, _))) = (cpu, bench_cpus()) {
+            cmd.env(CPU_ENV, parent.to_string());
+        }
+    })
+}
+
+/// A [`Peer`] whose early death ends this process. The parent blocks in shmq's own calls, which
+/// cannot notice a dead peer; a watchdog thread sleeps in `waitid(WNOWAIT)` (no polling, so no
+/// jitter on the parent's core) and exits the process if the peer goes before we drop it.
+pub struct WatchedPeer {
+    peer: Option<Peer>,
+    stopping: Arc<AtomicBool>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+impl WatchedPeer {
+    /// [`spawn_peer_on`], watched.
+    pub fn spawn(role: &str, args: &[String], cpu: Cpu) -> Self {
+        let mut peer = spawn_peer_on(role, args, cpu);
+        let pid = Pid::from_raw(peer.child().id() as i32);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let role = role.to_owned();
+        let watchdog = thread::spawn({
+            let stopping = stopping.clone();
+            move || {
+                // WNOWAIT: the child stays waitable, for `Peer`'s drop to reap.
+                let status = loop {
+                    match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        status => break status,
+                    }
+                };
+                if !stopping.load(Ordering::Acquire) {
+                    eprintln!("shmq bench: peer `{role}` exited early: {status:?}");
+                    process::exit(1);
+                }
+            }
+        });
+        Self {
+            peer: Some(peer),
+            stopping,
+            watchdog: Some(watchdog),
+        }
+    }
+}
+
+impl Drop for WatchedPeer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        drop(self.peer.take()); // Kills and reaps it, which ends the watchdog's wait.
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
+    }
+}
+
+/// A path in `/dev/shm` for a queue file, unique to this process. The file is removed on drop,
+/// or earlier with [`QueuePath::remove`] once every process has it open.
+pub struct QueuePath {
+    path: PathBuf,
+    removed: bool,
+}
+
+impl QueuePath {
+    /// A new path whose name ends in `name`.
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = format!("/dev/shm/shmq-bench-{}-q{n}-{name}", process::id());
+        Self {
+            path: PathBuf::from(path),
+            removed: false,
+        }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as a peer argument.
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Unlink the file; mappings stay valid.
+    pub fn remove(&mut self) {
+        if !std::mem::replace(&mut self.removed, true) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for QueuePath {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A shmq wait strategy as a peer argument.
+pub fn wait_arg(wait: WaitStrategy) -> String {
+    match wait {
+        WaitStrategy::BusyPoll => "busy-poll".to_owned(),
+        WaitStrategy::Park => "park".to_owned(),
+        WaitStrategy::SpinThenPark(spin) => format!("spin-{}", spin.as_nanos()),
+    }
+}
+
+/// The wait strategy of a [`wait_arg`].
+pub fn parse_wait(arg: &str) -> WaitStrategy {
+    match arg {
+        "busy-poll" => WaitStrategy::BusyPoll,
+        "park" => WaitStrategy::Park,
+        _ => arg
+            .strip_prefix("spin-")
+            .and_then(|ns| ns.parse().ok())
+            .map(|ns| WaitStrategy::SpinThenPark(Duration::from_nanos(ns)))
+            .unwrap_or_else(|| panic!("unknown wait strategy `{arg}`")),
+    }
+}
+
+#[repr(C)]
+struct JobHeader {
+    /// Parent → peer: the job's number and its argument.
+    command: Padded<Mailbox>,
+    /// Peer → parent: the number of the job it has started.
+    started: Padded<AtomicU64>,
+    /// Peer → parent: the number of the job it has finished and its result.
+    finished: Padded<Mailbox>,
+}
+
+// SAFETY: only atomics and padding.
+unsafe impl SharedHeader for JobHeader {}
+
+/// A peer process that runs jobs on command: the parent [`start`](JobPeer::start)s one with an
+/// argument (a message count, say), the peer runs it (in [`serve_jobs`]) and the parent collects
+/// its result with [`finish`](JobPeer::finish). Every signal in either direction parks on a
+/// shared futex, so a peer idle between jobs takes no CPU, and neither side spins on a core it
+/// may share with the other; the waits are outside the timed part.
+pub struct JobPeer {
+    shm: ShmFile,
+    jobs: u64,
+    _peer: WatchedPeer,
+}
+
+impl JobPeer {
+    /// Spawn `role` with `args` and, last, the job file's path (its role calls [`serve_jobs`]),
+    /// and wait until it has run an empty job (argument 0): it is set up.
+    pub fn spawn(role: &str, args: &[String], cpu: Cpu) -> Self {
+        let shm = ShmFile::create(size_of::<JobHeader>());
+        let mut args = args.to_vec();
+        args.push(shm.path().display().to_string());
+        let peer = WatchedPeer::spawn(role, &args, cpu);
+        let mut this = Self {
+            shm,
+            jobs: 0,
+            _peer: peer,
+        };
+        this.start(0);
+        this.finish();
+        this.shm.remove();
+        this
+    }
+
+    /// Start a job with `arg` and wait until the peer has picked it up.
+    pub fn start(&mut self, arg: u64) {
+        let header: &JobHeader = self.shm.header();
+        self.jobs += 1;
+        // Relaxed: published by the Release in `publish`.
+        header.command.0.arg.store(arg, Ordering::Relaxed);
+        publish(&header.command.0.seq, self.jobs, Wait::Park);
+        let job = self.jobs;
+        wait_until(&header.started.0, Wait::Park, |n| n == job, || {});
+    }
+
+    /// Wait for the job started last to finish and return its result.
+    pub fn finish(&mut self) -> u64 {
+        let header: &JobHeader = self.shm.header();
+        let job = self.jobs;
+        wait_until(&header.finished.0.seq, Wait::Park, |n| n == job, || {});
+        // Relaxed: ordered after the Acquire load of the finished word.
+        header.finished.0.arg.load(Ordering::Relaxed)
+    }
+}
+
+/// The peer's end of a [`JobPeer`]: `args` ends with the job file's path. Run `job` on each
+/// command's argument and report its result, for ever.
+pub fn serve_jobs(args: &[String], mut job: impl FnMut(u64) -> u64) {
+    let shm = ShmFile::open(Path::new(args.last().expect("job file path")));
+    let header: &JobHeader = shm.header();
+    let mut last = 0;
+    loop {
+        let prev = last;
+        last = wait_until(&header.command.0.seq, Wait::Park, |n| n != prev, || {});
+        // Relaxed: ordered after the Acquire load of the command word.
+        let arg = header.command.0.arg.load(Ordering::Relaxed);
+        publish(&header.started.0, last, Wait::Park);
+        let result = job(arg);
+        // Relaxed: published by the Release in `publish`.
+        header.finished.0.arg.store(result, Ordering::Relaxed);
+        publish(&header.finished.0.seq, last, Wait::Park);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Criterion groups and reports shared by the shmq benches
+// ---------------------------------------------------------------------------------------------
+
+/// Builds a case (spawning its peers) for criterion or the report.
+pub type Spawn<T> = Box<dyn Fn() -> Box<T>>;
+
+/// A named round-trip case.
+pub type RoundTripCase = (&'static str, Spawn<dyn RoundTrip>);
+
+/// A named one-way case.
+pub type OneWayCase = (&'static str, Spawn<dyn OneWay>);
+
+/// The raw atomic ping-pong as a case.
+pub fn raw_atomic_case() -> RoundTripCase {
+    (
+        "raw atomic",
+        Box::new(|| Box::new(ShmPingPong::raw_atomic())),
+    )
+}
+
+/// Criterion group `name`: each case's round trips of each size.
+pub fn bench_round_trips(
+    c: &mut Criterion,
+    name: &str,
+    cases: Vec<RoundTripCase>,
+    sizes: &[usize],
+) {
+    let mut group = c.benchmark_group(name);
+    for (case_name, spawn) in cases {
+        let mut case = spawn(); // One peer for every size.
+        for &size in sizes {
+            group.bench_with_input(BenchmarkId::new(case_name, size), &size, |b, &size| {
+                b.iter_custom(|iters| case.run(size, iters));
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Criterion group `name`: each one-way case, in elements (messages, requests) per second.
+pub fn bench_one_way(c: &mut Criterion, name: &str, cases: Vec<OneWayCase>) {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(1));
+    for (case_name, spawn) in cases {
+        let mut case = spawn();
+        group.bench_function(case_name, |b| b.iter_custom(|iters| case.run(iters)));
+    }
+    group.finish();
+}
+
+/// Criterion as every shmq bench configures it: 20 samples over about 2 s.
+pub fn criterion() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+        .configure_from_args()
+}
+
+/// Print the CPU, kernel, load and where the processes run (`placement`).
+pub fn print_machine(placement: &str) {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
+            .map_or("?", |(_, value)| value.trim())
+    };
+    // Not `available_parallelism`: this thread is pinned to one CPU already.
+    let nproc = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let cpus = match bench_cpus() {
+        Some((parent, peer)) => format!("parent CPU {parent}, peer CPU {peer}"),
+        None => "unpinned".to_owned(),
+    };
+    println!(
+        "machine: {} (family {}, model {}), nproc {nproc}, Linux {}; {cpus}; load average {}\n\
+         placement: {placement}",
+        field("model name"),
+        field("cpu family"),
+        field("model"),
+        kernel.trim(),
+        load.join(" ")
+    );
+}
+
+/// 64-byte round trips of every case, each bracketed by raw atomic medians; prints both tables
+/// and returns the rows (for targets).
+pub fn round_trip_report(
+    cases: Vec<RoundTripCase>,
+    round_trips: usize,
+) -> Vec<(String, Bracketed)> {
+    let mut raw = ShmPingPong::raw_atomic();
+    let mut rows = Vec::new();
+    for (name, spawn) in cases {
+        let mut case = spawn();
+        let bracketed = bracket_with_raw(&mut raw, 64, || case.percentiles(64, round_trips));
+        drop(case); // Its peers stop before the next case starts.
+        rows.push((name.to_owned(), bracketed));
+    }
+    let plain: Vec<(String, Percentiles)> = rows
+        .iter()
+        .map(|(name, b)| (name.clone(), b.case))
+        .collect();
+    println!("\n## 64-byte round trips, {round_trips} each\n");
+    print_table(&plain, "raw atomic");
+    println!("\nThe same, each beside raw atomic medians taken just before and after it:\n");
+    print_bracketed(&rows);
+    let overhead = fmt_duration(timer_overhead());
+    println!("\nEach sample includes the clock read: {overhead} (median, empty closure).");
+    rows
+}
+
+/// The bracketed ratio of the row named `name`.
+pub fn bracketed_ratio(rows: &[(String, Bracketed)], name: &str) -> Option<f64> {
+    rows.iter().find(|(n, _)| n == name).map(|(_, b)| b.ratio())
+}
+
+/// Rates (elements per second) of each one-way case, round by round.
+pub struct Rates(pub Vec<(&'static str, Vec<f64>)>);
+
+impl Rates {
+    /// The median over rounds of `ours`'s rate over `theirs`'s in the same round.
+    pub fn ratio(&self, ours: &str, theirs: &str) -> Option<f64> {
+        let rates = |name: &str| self.0.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
+        let (ours, theirs) = (rates(ours)?, rates(theirs)?);
+        let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
+        (!ratios.is_empty()).then(|| median(ratios))
+    }
+}
+
+/// The median of `values`.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Run every case `rounds` times, interleaved (a busy neighbour, or the host moving our virtual
+/// CPUs, then hurts neighbouring measurements alike; ratios are taken round by round), each run
+/// sized to take about `run_time` after a calibration run; print a table of rates (`unit` per
+/// second) against the case named `baseline`, and each case's note.
+pub fn throughput_report(
+    cases: Vec<OneWayCase>,
+    rounds: usize,
+    run_time: Duration,
+    unit: &str,
+    baseline: &str,
+) -> Rates {
+    let mut cases: Vec<_> = cases
+        .into_iter()
+        .map(|(name, spawn)| {
+            let mut case = spawn();
+            let calibration = 10_000;
+            let rate = calibration as f64 / case.run(calibration).as_secs_f64();
+            let n = (rate * run_time.as_secs_f64()).clamp(1e4, 1e7) as u64;
+            (name, case, n, Vec::new())
+        })
+        .collect();
+    for _ in 0..rounds {
+        for (_, case, n, rates) in &mut cases {
+            rates.push(*n as f64 / case.run(*n).as_secs_f64());
+        }
+    }
+    let notes: Vec<(&str, String)> = cases
+        .iter()
+        .filter_map(|(name, case, ..)| case.note().map(|note| (*name, note)))
+        .collect();
+    let rates = Rates(
+        cases
+            .into_iter()
+            .map(|(name, _, _, rates)| (name, rates))
+            .collect(), // The peers are gone.
+    );
+    println!("\n## Throughput, 64-byte messages, {rounds} interleaved rounds\n");
+    println!(
+        "| case | median M {unit}/s | best | worst | ns each (median) | / {baseline} (median of per-round ratios) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, r) in &rates.0 {
+        let med = median(r.clone());
+        let best = r.iter().copied().fold(f64::MIN, f64::max);
+        let worst = r.iter().copied().fold(f64::MAX, f64::min);
+        let vs = rates
+            .ratio(name, baseline)
+            .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.1} | {vs} |",
+            med / 1e6,
+            best / 1e6,
+            worst / 1e6,
+            1e9 / med
+        );
+    }
+    for (name, note) in notes {
+        println!("\n{name}: {note}");
+    }
+    rates
+}
+
+/// A row of the targets table.
+pub struct Target {
+    /// What is measured.
+    pub figure: &'static str,
+    /// The measured ratio, if the case ran.
+    pub measured: Option<f64>,
+    /// The target.
+    pub target: f64,
+    /// Whether the target is a ceiling (≤) rather than a floor (≥).
+    pub ceiling: bool,
+}
+
+/// Print the targets table under a heading saying how the figures were taken (`how`).
+pub fn print_targets(how: &str, targets: &[Target]) {
+    println!("\n## Targets ({how})\n");
+    println!("| figure | measured | target | |");
+    println!("|---|---:|---:|---|");
+    for t in targets {
+        let cmp = if t.ceiling { "≤" } else { "≥" };
+        let met = t.measured.map(|m| {
+            if t.ceiling {
+                m <= t.target
+            } else {
+                m >= t.target
+            }
+        });
+        let measured = t
+            .measured
+            .map_or_else(|| "n/a".to_owned(), |m| format!("{m:.2}"));
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "n/a",
+        };
+        println!(
+            "| {} | {measured} | {cmp} {} | {verdict} |",
+            t.figure, t.target
         );
     }
 }
