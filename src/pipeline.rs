@@ -328,7 +328,7 @@ impl Producer {
         let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
-            || ring.try_claim_write(self.owner),
+            ring.write_claimer(self.owner),
             || self.shared.repair_quietly(),
         );
         let claim = SendError::from_wait(waited, deadline)?;

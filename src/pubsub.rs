@@ -531,15 +531,17 @@ impl Subscriber {
         let (cursor, buf, prefixes, entry) =
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
         let shared = &self.shared;
-        let repair = || {
-            let _ = shared.repair();
-        };
+        let repair = || shared.repair_quietly();
         let found = ring.published().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || loop {
+                let before = *cursor;
                 let polled = ring.poll(cursor, buf);
-                ring.store_cursor(entry, *cursor);
+                if *cursor != before {
+                    // Publish progress only: Block-mode publishers gate on it.
+                    ring.store_cursor(entry, *cursor);
+                }
                 match polled.map_err(RecvError::Corrupt)? {
                     Poll::Empty => return Ok(None),
                     Poll::Lagged(n) => return Err(RecvError::Lagged(n)),

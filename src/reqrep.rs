@@ -596,15 +596,14 @@ impl Request<'_> {
         }
         let ring = &shared.replies[env.client as usize];
         let deadline = Deadline::after(REPLY_ROOM_TIMEOUT);
+        let mut claimer = ring.write_claimer(self.server.owner);
         let attempt = || {
             if !attached(shared.client_state(env.client).load(Ordering::Acquire)) {
                 return Ok(Some(None));
             }
-            ring.try_claim_write(self.server.owner).map(|c| c.map(Some))
+            claimer().map(|c| c.map(Some))
         };
-        let repair = || {
-            let _ = shared.repair();
-        };
+        let repair = || shared.repair_quietly();
         let claim = match ring
             .not_full()
             .parked_as(self.server.me.parked())
@@ -770,7 +769,7 @@ impl Client {
         let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
-            || ring.try_claim_write(self.owner),
+            ring.write_claimer(self.owner),
             || self.shared.repair_quietly(),
         );
         let claim = SendError::from_wait(waited, deadline)?;
@@ -871,9 +870,7 @@ impl Client {
         }
         let shared = self.shared.clone();
         let ring = &shared.replies[self.index as usize];
-        let repair = || {
-            let _ = shared.repair();
-        };
+        let repair = || shared.repair_quietly();
         // The participant's parked word, reached through the local `shared` so that the
         // closure below may borrow `self` mutably.
         let parked = shared.region.u64_at(self.me.parked_offset());

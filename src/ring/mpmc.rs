@@ -326,20 +326,56 @@ impl MpmcRing {
     }
 
     /// Claims the slot at the tail for writing, or `None` if the ring is full.
+    ///
+    /// A free slot for position `t` holds exactly one word (every path that frees a slot writes
+    /// it), so the claim is tried at once: one transaction on the slot's cache line instead of
+    /// a read and then an upgrade (a failed CAS returns what it read). A producer polling a
+    /// full ring should use [`write_claimer`](Self::write_claimer) instead, whose later
+    /// attempts read first, so that it does not keep taking the line from the consumer
+    /// holding it.
     #[inline]
     pub(crate) fn try_claim_write(&self, owner: u16) -> Result<Option<WriteClaim>, Corruption> {
+        self.claim_write(owner, false)
+    }
+
+    /// The attempts of a producer waiting for room: a direct claim first, then polls.
+    #[inline]
+    pub(crate) fn write_claimer(
+        &self,
+        owner: u16,
+    ) -> impl FnMut() -> Result<Option<WriteClaim>, Corruption> + '_ {
+        let mut first = true;
+        move || {
+            let read_first = !first;
+            first = false;
+            self.claim_write(owner, read_first)
+        }
+    }
+
+    #[inline]
+    fn claim_write(&self, owner: u16, read_first: bool) -> Result<Option<WriteClaim>, Corruption> {
         let mut t = self.tail().load(Ordering::Acquire);
         loop {
             let index = self.index(t);
-            let raw = self.state(index).load(Ordering::Acquire);
-            let w = Word::decode(raw)?;
-            if w.seq == self.seq(t) && w.state == SlotState::Empty {
-                let claimed = Word::new(t, SlotState::Writing, owner).encode();
-                if self
-                    .state(index)
-                    .compare_exchange(raw, claimed, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
+            let free = Word::new(t, SlotState::Empty, 0).encode();
+            let claimed = Word::new(t, SlotState::Writing, owner).encode();
+            let seen = if read_first {
+                self.state(index).load(Ordering::Acquire)
+            } else {
+                free
+            };
+            let attempt = if seen == free {
+                self.state(index).compare_exchange(
+                    free,
+                    claimed,
+                    Ordering::Acquire,
+                    Ordering::Acquire,
+                )
+            } else {
+                Err(seen)
+            };
+            let raw = match attempt {
+                Ok(_) => {
                     // Move the tail on; if this fails, someone already helped.
                     let _ = self.tail().compare_exchange(
                         t,
@@ -353,6 +389,12 @@ impl MpmcRing {
                         owner,
                     }));
                 }
+                Err(raw) => raw,
+            };
+            let w = Word::decode(raw)?;
+            if w.seq == self.seq(t) && w.state == SlotState::Empty {
+                // Free, but with owner or flag bits no code path writes.
+                return Err(Corruption::BadState("a free slot carries an owner"));
             } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.capacity)) {
                 // Position t is claimed already: help the tail past it.
                 let _ = self.tail().compare_exchange(
