@@ -403,6 +403,7 @@ impl Publisher {
         self.wait = wait;
     }
 
+    #[inline]
     fn publish_with(
         &self,
         topic: &[u8],
@@ -448,6 +449,7 @@ impl Publisher {
     /// # Errors
     /// [`SendError::TooLarge`] / [`SendError::TopicTooLarge`] (nothing is published);
     /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    #[inline]
     pub fn publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.publish_with(topic, payload, Deadline::Never)
     }
@@ -457,6 +459,7 @@ impl Publisher {
     /// # Errors
     /// [`SendError::Full`] in Block mode when the slowest subscriber is a ring behind, and as
     /// for [`publish`](Self::publish).
+    #[inline]
     pub fn try_publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.publish_with(topic, payload, Deadline::Now)
     }
@@ -504,11 +507,13 @@ pub struct TopicMessage<'a> {
 
 impl<'a> TopicMessage<'a> {
     /// The message's topic.
+    #[inline]
     pub fn topic(&self) -> &'a [u8] {
         self.topic
     }
 
     /// The message's payload.
+    #[inline]
     pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
@@ -526,6 +531,7 @@ impl Subscriber {
         self.cursor
     }
 
+    #[inline]
     fn recv_with(&mut self, deadline: Deadline) -> Result<TopicMessage<'_>, RecvError> {
         let ring = &self.shared.ring;
         let (cursor, buf, prefixes, entry) =
@@ -574,6 +580,7 @@ impl Subscriber {
     /// # Errors
     /// [`RecvError::Lagged`] (drop-oldest mode) if messages were lost; the next call continues
     /// from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    #[inline]
     pub fn recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
         self.recv_with(Deadline::Never)
     }
@@ -582,6 +589,7 @@ impl Subscriber {
     ///
     /// # Errors
     /// [`RecvError::Empty`], and as for [`recv`](Self::recv).
+    #[inline]
     pub fn try_recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
         self.recv_with(Deadline::Now)
     }

@@ -462,6 +462,7 @@ impl Server {
         self.wait = wait;
     }
 
+    #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
         let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
@@ -495,6 +496,7 @@ impl Server {
     ///
     /// # Errors
     /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    #[inline]
     pub fn recv(&self) -> Result<Request<'_>, RecvError> {
         self.recv_with(Deadline::Never)
     }
@@ -503,6 +505,7 @@ impl Server {
     ///
     /// # Errors
     /// [`RecvError::Empty`], and as for [`recv`](Self::recv).
+    #[inline]
     pub fn try_recv(&self) -> Result<Request<'_>, RecvError> {
         self.recv_with(Deadline::Now)
     }
@@ -548,6 +551,7 @@ pub enum Delivery {
 
 impl Request<'_> {
     /// The request's payload.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
             Some(claim) => &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..],
@@ -566,6 +570,7 @@ impl Request<'_> {
     /// [`SendError::TooLarge`]: nothing is sent, the request is acknowledged, and the client's
     /// wait ends with [`RecvError::NoReply`]. [`SendError::Timeout`] if the client's reply ring
     /// stayed full for a second (the client is misbehaving): the reply is dropped.
+    #[inline]
     pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
@@ -574,6 +579,7 @@ impl Request<'_> {
         outcome
     }
 
+    #[inline]
     fn acknowledge(&mut self) {
         if let Some(claim) = self.claim.take() {
             let requests = &self.server.shared.requests;
@@ -582,6 +588,7 @@ impl Request<'_> {
         }
     }
 
+    #[inline]
     fn deliver(&self, payload: &[u8], flags: u32) -> Result<Delivery, SendError> {
         let shared = &self.server.shared;
         let env = Envelope {
@@ -696,6 +703,7 @@ enum ReplySource<'a> {
 
 impl Reply<'_> {
     /// The reply's payload.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.source {
             ReplySource::Slot {
@@ -753,12 +761,14 @@ impl Client {
 
     /// Frees the buffer slot of the last kept reply returned (its `Reply` is gone: it borrowed
     /// `self` mutably).
+    #[inline]
     fn reclaim_lent(&mut self) {
         if let Some(slot) = self.lent.take() {
             self.free.push(slot);
         }
     }
 
+    #[inline]
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
         self.reclaim_lent();
         self.shared.check_len(payload.len())?;
@@ -793,6 +803,7 @@ impl Client {
     /// # Errors
     /// [`SendError::Full`] if `reply_capacity` requests are outstanding or kept already;
     /// [`SendError::TooLarge`]; [`SendError::Corrupt`].
+    #[inline]
     pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Never)
     }
@@ -808,6 +819,7 @@ impl Client {
     /// Files one reply taken from the ring: the one waited for is handed back in its slot; one
     /// for another outstanding request is copied into a buffer and its slot freed; stale,
     /// duplicate, corrupt or timed-out ones are dropped.
+    #[inline]
     fn file_reply(&mut self, claim: ReadClaim, want: u64) -> Filed {
         let shared = &self.shared;
         let ring = &shared.replies[self.index as usize];
@@ -848,6 +860,7 @@ impl Client {
         Filed::Other
     }
 
+    #[inline]
     fn wait_with(&mut self, pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
         self.reclaim_lent();
         let want = pending.id;
@@ -916,6 +929,7 @@ impl Client {
     /// # Errors
     /// [`RecvError::NoReply`] if the server dropped the request without replying;
     /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    #[inline]
     pub fn wait(&mut self, pending: Pending) -> Result<Reply<'_>, RecvError> {
         self.wait_with(pending, Deadline::Never)
     }
@@ -937,6 +951,7 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Send`] or [`Error::Recv`], as for [`send`](Self::send) and [`wait`](Self::wait).
+    #[inline]
     pub fn request(&mut self, payload: &[u8]) -> Result<Reply<'_>, Error> {
         let pending = self.send(payload)?;
         Ok(self.wait(pending)?)

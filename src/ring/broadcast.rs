@@ -147,10 +147,12 @@ impl BroadcastRing {
         }
     }
 
+    #[inline]
     pub(crate) fn max_topic(&self) -> usize {
         self.max_topic
     }
 
+    #[inline]
     pub(crate) fn max_message(&self) -> usize {
         self.max_message
     }
@@ -161,6 +163,7 @@ impl BroadcastRing {
     }
 
     /// Where the body starts in a subscriber's buffer.
+    #[inline]
     pub(crate) fn body_offset(&self) -> usize {
         self.topic_area
     }
@@ -169,35 +172,47 @@ impl BroadcastRing {
         self.block
     }
 
+    #[inline]
     fn tail(&self) -> &AtomicU64 {
         self.region.u64_at(self.ctl + CTL_TAIL)
     }
 
     /// Bumped whenever a subscriber attaches: publishers' cached gates are then stale.
+    #[inline]
     fn epoch(&self) -> &AtomicU64 {
         self.region.u64_at(self.ctl + CTL_HEAD)
     }
 
+    #[inline]
     fn index(&self, pos: u64) -> usize {
-        (pos % self.capacity) as usize
+        if self.capacity.is_power_of_two() {
+            (pos & (self.capacity - 1)) as usize
+        } else {
+            (pos % self.capacity) as usize
+        }
     }
 
+    #[inline]
     fn slot(&self, index: usize) -> usize {
         self.slots + index * self.stride
     }
 
+    #[inline]
     fn state(&self, index: usize) -> &AtomicU64 {
         self.region.u64_at(self.slot(index))
     }
 
+    #[inline]
     fn len_word(&self, index: usize) -> &AtomicU32 {
         self.region.u32_at(self.slot(index) + 8)
     }
 
+    #[inline]
     fn topic_len_word(&self, index: usize) -> &AtomicU32 {
         self.region.u32_at(self.slot(index) + 12)
     }
 
+    #[inline]
     fn entry(&self, sub: u32) -> usize {
         self.table + sub as usize * TABLE_ENTRY_SIZE
     }
@@ -206,20 +221,24 @@ impl BroadcastRing {
         self.region.u64_at(self.entry(sub))
     }
 
+    #[inline]
     fn cursor(&self, sub: u32) -> &AtomicU64 {
         self.region.u64_at(self.entry(sub) + 8)
     }
 
     /// Subscribers wait here for messages.
+    #[inline]
     pub(crate) fn published(&self) -> WaitCell<'_> {
         WaitCell::at(&self.region, self.ctl + CTL_NOT_EMPTY)
     }
 
     /// Publishers (in Block mode) wait here for subscribers to move on.
+    #[inline]
     pub(crate) fn consumed(&self) -> WaitCell<'_> {
         WaitCell::at(&self.region, self.ctl + CTL_NOT_FULL)
     }
 
+    #[inline]
     fn seq(&self, pos: u64) -> u64 {
         pos & SEQ_MASK
     }
@@ -235,6 +254,7 @@ impl BroadcastRing {
 
     /// Whether publishing position `t` (which overwrites `t - capacity`) leaves every attached
     /// subscriber's unread messages alone.
+    #[inline]
     fn gate_allows(&self, t: u64, cache: &GateCache) -> bool {
         if !self.block || t < self.capacity {
             return true;
@@ -254,6 +274,7 @@ impl BroadcastRing {
 
     /// Claims the next position, or `None` if it must wait (Block mode gate, or a publisher
     /// one lap behind still writing the slot).
+    #[inline]
     pub(crate) fn try_claim(
         &self,
         owner: u16,
@@ -262,7 +283,25 @@ impl BroadcastRing {
         let mut t = self.tail().load(Ordering::SeqCst);
         loop {
             let index = self.index(t);
-            let raw = self.state(index).load(Ordering::Acquire);
+            let claimed = Word::new(t, SlotState::Writing, owner).encode();
+            // In steady state the slot holds the previous lap's committed message, whose word
+            // is exactly this (commits clear the owner): try the claim at once, one transaction
+            // on the line the subscribers read, instead of a read and then an upgrade.
+            let previous = Word::new(t.wrapping_sub(self.capacity), SlotState::Ready, 0).encode();
+            let raw = if self.gate_allows(t, cache) {
+                match self.state(index).compare_exchange(
+                    previous,
+                    claimed,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Ok(Some(self.claimed(t, index, owner))),
+                    Err(raw) => raw,
+                }
+            } else {
+                self.state(index).load(Ordering::Acquire)
+            };
+            fence(Ordering::Acquire);
             let w = Word::decode(raw)?;
             if w.seq == self.seq(t) {
                 // Claimed already: help the tail on.
@@ -276,25 +315,12 @@ impl BroadcastRing {
                 if w.state == SlotState::Writing || !self.gate_allows(t, cache) {
                     return Ok(None);
                 }
-                let claimed = Word::new(t, SlotState::Writing, owner).encode();
                 if self
                     .state(index)
                     .compare_exchange(raw, claimed, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
                 {
-                    // Seqlock writer: the WRITING mark is ordered before the payload stores.
-                    fence(Ordering::Release);
-                    let _ = self.tail().compare_exchange(
-                        t,
-                        t.wrapping_add(1),
-                        Ordering::SeqCst,
-                        Ordering::Relaxed,
-                    );
-                    return Ok(Some(PublishClaim {
-                        pos: t,
-                        index,
-                        owner,
-                    }));
+                    return Ok(Some(self.claimed(t, index, owner)));
                 }
             } else {
                 let now = self.tail().load(Ordering::SeqCst);
@@ -310,8 +336,24 @@ impl BroadcastRing {
         }
     }
 
+    /// After a successful claim of position `t`: order the WRITING mark before the payload
+    /// stores (seqlock writer), move the tail on.
+    #[inline]
+    fn claimed(&self, t: u64, index: usize, owner: u16) -> PublishClaim {
+        fence(Ordering::Release);
+        let _ =
+            self.tail()
+                .compare_exchange(t, t.wrapping_add(1), Ordering::SeqCst, Ordering::Relaxed);
+        PublishClaim {
+            pos: t,
+            index,
+            owner,
+        }
+    }
+
     /// Writes topic and body into a claimed slot and publishes it. Returns `false` if the claim
     /// was taken away by a recovery pass (then nothing is published).
+    #[inline]
     pub(crate) fn write_and_commit(&self, claim: PublishClaim, topic: &[u8], body: &[u8]) -> bool {
         debug_assert!(topic.len() <= self.max_topic && body.len() <= self.max_message);
         let base = self.slot(claim.index) + SLOT_HEADER_SIZE;
@@ -322,7 +364,8 @@ impl BroadcastRing {
         self.len_word(claim.index)
             .store(body.len() as u32, Ordering::Relaxed);
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
-        let to = Word::new(claim.pos, SlotState::Ready, claim.owner).encode();
+        // The owner is cleared: a committed message belongs to nobody.
+        let to = Word::new(claim.pos, SlotState::Ready, 0).encode();
         self.state(claim.index)
             .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
             .is_ok()
@@ -330,6 +373,7 @@ impl BroadcastRing {
 
     /// Reads position `*cursor` into `buf` (at least [`buffer_len`](Self::buffer_len) bytes),
     /// advancing `*cursor` past it (or past what was lost).
+    #[inline]
     pub(crate) fn poll(&self, cursor: &mut u64, buf: &mut [u8]) -> Result<Poll, Corruption> {
         loop {
             let c = *cursor;
@@ -398,6 +442,7 @@ impl BroadcastRing {
 
     /// Records a subscriber's cursor (so Block-mode publishers can move on) and wakes
     /// publishers waiting for it.
+    #[inline]
     pub(crate) fn store_cursor(&self, sub: u32, cursor: u64) {
         self.cursor(sub).store(cursor, Ordering::SeqCst);
         if self.block {
