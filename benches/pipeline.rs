@@ -158,6 +158,8 @@ impl Drop for WatchedPeer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     BusyPoll,
+    /// Busy-poll while recovery sweeps run beside it: the participant table's cost.
+    Sweeping,
     Default,
     Park,
 }
@@ -165,7 +167,7 @@ enum Mode {
 impl Mode {
     fn strategy(self) -> WaitStrategy {
         match self {
-            Mode::BusyPoll => WaitStrategy::BusyPoll,
+            Mode::BusyPoll | Mode::Sweeping => WaitStrategy::BusyPoll,
             Mode::Default => WaitStrategy::default(),
             Mode::Park => WaitStrategy::Park,
         }
@@ -174,6 +176,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::BusyPoll => "shmq busy-poll",
+            Mode::Sweeping => "shmq busy-poll + sweeps",
             Mode::Default => "shmq default",
             Mode::Park => "shmq park",
         }
@@ -181,7 +184,7 @@ impl Mode {
 
     fn as_arg(self) -> &'static str {
         match self {
-            Mode::BusyPoll => "busy-poll",
+            Mode::BusyPoll | Mode::Sweeping => "busy-poll",
             Mode::Default => "default",
             Mode::Park => "park",
         }
@@ -205,6 +208,18 @@ struct ShmqPingPong {
     pong: Consumer,
     _files: [QueueFile; 2],
     _peer: WatchedPeer,
+    /// With `Mode::Sweeping`: a thread running recovery sweeps over both queues every
+    /// millisecond (what stalled waiters do every 50 ms), stopped on drop.
+    sweeper: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Drop for ShmqPingPong {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.sweeper.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl ShmqPingPong {
@@ -213,8 +228,22 @@ impl ShmqPingPong {
             .capacity(PING_CAPACITY)
             .max_message(PING_MAX_MESSAGE);
         let files = [QueueFile::new("ping"), QueueFile::new("pong")];
-        let mut ping = files[0].create(&options).producer().expect("ping producer");
-        let mut pong = files[1].create(&options).consumer().expect("pong consumer");
+        let queues = [files[0].create(&options), files[1].create(&options)];
+        let mut ping = queues[0].producer().expect("ping producer");
+        let mut pong = queues[1].consumer().expect("pong consumer");
+        let sweeper = (mode == Mode::Sweeping).then(|| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = thread::spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    for q in &queues {
+                        q.repair().expect("repair");
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+            });
+            (stop, thread)
+        });
         ping.set_wait_strategy(mode.strategy());
         pong.set_wait_strategy(mode.strategy());
         let args = [files[0].arg(), files[1].arg(), mode.as_arg().to_owned()];
@@ -224,6 +253,7 @@ impl ShmqPingPong {
             pong,
             _files: files,
             _peer: peer,
+            sweeper,
         };
         this.run(64, 0); // The peer is up and has both queues open.
         this._files.iter_mut().for_each(QueueFile::remove);
@@ -276,6 +306,7 @@ fn round_trip_cases() -> Vec<(&'static str, Spawn<Box<dyn RoundTrip>>)> {
             Box::new(|| Box::new(common::ShmPingPong::raw_atomic())),
         ),
         shmq(Mode::BusyPoll),
+        shmq(Mode::Sweeping),
         shmq(Mode::Default),
         (
             "raw futex",
@@ -519,6 +550,8 @@ fn print_machine() {
 #[derive(Default)]
 struct Figures {
     busy_poll: Option<f64>,
+    /// Busy-poll round trip with sweeps running, over the same without, both bracketed.
+    sweeping: Option<f64>,
     default: Option<f64>,
     park_vs_futex: Option<f64>,
     /// Msg/s of each one-way case, round by round.
@@ -558,7 +591,9 @@ fn percentile_report(figures: &mut Figures) {
             })
         };
         drop(case); // Its peer stops before the next case starts.
-        if name == Mode::BusyPoll.name() {
+        if name == Mode::Sweeping.name() {
+            figures.sweeping = figures.busy_poll.map(|plain| bracketed.ratio() / plain);
+        } else if name == Mode::BusyPoll.name() {
             figures.busy_poll = Some(bracketed.ratio());
         } else if name == Mode::Default.name() {
             figures.default = Some(bracketed.ratio());
@@ -713,6 +748,12 @@ fn report() {
     percentile_report(&mut figures);
     throughput_report(&mut figures);
     targets_table(&figures);
+    if let Some(r) = figures.sweeping {
+        println!(
+            "\nParticipant table: busy-poll round trip with a recovery sweep of both queues every \
+             millisecond, over the same without (each bracketed by raw atomic): {r:.2}"
+        );
+    }
 }
 
 fn main() {
