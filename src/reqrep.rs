@@ -415,6 +415,7 @@ impl Service {
             let ring = &shared.replies[index as usize];
             while let Ok(Some(stale)) = ring.try_claim_read(owner) {
                 ring.release(stale);
+                ring.not_full().notify(1);
             }
             let outstanding = shared.geometry.reply_capacity as usize;
             return Ok(Client {
@@ -772,7 +773,8 @@ impl Client {
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
         self.reclaim_lent();
         self.shared.check_len(payload.len())?;
-        if self.outstanding.len() + self.kept.len() >= self.free.capacity() {
+        if self.outstanding.len() + self.kept.len() >= self.shared.geometry.reply_capacity as usize
+        {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
