@@ -1,7 +1,8 @@
 //! Shared futex wait and wake.
 //!
-//! * No `FUTEX_PRIVATE_FLAG`: the word lives in a file mapped by several processes, and a
-//!   private futex is keyed by (mm, address), so it would never wake another process.
+//! * Shared, not process-private, futex operations: the word lives in a file mapped by
+//!   several processes, and a private futex is keyed by (mm, address), so it would never wake
+//!   another process.
 //! * The kernel compares the word with the expected value under its hash-bucket lock, so a
 //!   wake that happens after the caller read the word is never lost: the wait returns at once.
 //! * Every wait has a timeout; the caller re-checks its condition whatever the outcome.
@@ -23,7 +24,7 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     };
     // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, which is valid for the duration
     // of the call (it is borrowed); `ts` outlives the call; the other arguments are ignored by
-    // FUTEX_WAIT. The futex is shared (no FUTEX_PRIVATE_FLAG) because `word` may sit in a
+    // FUTEX_WAIT. The futex is shared (plain FUTEX_WAIT, not the private variant) because `word` may sit in a
     // mapping shared with other processes. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
     unsafe {
         nix::libc::syscall(
