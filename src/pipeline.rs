@@ -354,7 +354,7 @@ impl Producer {
         self.check_len(msg.len())?;
         let claim = self.claim(deadline)?;
         let result = self.write_and_commit(claim, msg);
-        self.ring().not_empty().notify(1);
+        self.ring().not_empty().notify();
         result
     }
 
@@ -404,13 +404,13 @@ impl Producer {
                 Some(c) => c,
                 None => {
                     // Full: let consumers see what we sent before we wait for them.
-                    ring.not_empty().notify(u32::MAX);
+                    ring.not_empty().notify();
                     self.claim(Deadline::Never)?
                 }
             };
             self.write_and_commit(claim, msg)?;
         }
-        ring.not_empty().notify(u32::MAX);
+        ring.not_empty().notify();
         Ok(())
     }
 
@@ -494,7 +494,7 @@ impl Loan<'_> {
             let ring = self.producer.ring();
             // A `false` here means a recovery pass took the slot away; nothing is published.
             let _ = ring.commit(claim, self.len);
-            ring.not_empty().notify(1);
+            ring.not_empty().notify();
         }
     }
 }
@@ -525,7 +525,7 @@ impl Drop for Loan<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
-            ring.not_empty().notify(1);
+            ring.not_empty().notify();
         }
     }
 }
@@ -639,12 +639,12 @@ impl Consumer {
                 }
                 Ok(None) => break,
                 Err(c) => {
-                    ring.not_full().notify(u32::MAX);
+                    ring.not_full().notify();
                     return Err(RecvError::Corrupt(c));
                 }
             }
         }
-        ring.not_full().notify(u32::MAX);
+        ring.not_full().notify();
         Ok(n)
     }
 }
@@ -713,7 +713,7 @@ impl Drop for Message<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.consumer.ring();
             ring.release(claim);
-            ring.not_full().notify(1);
+            ring.not_full().notify();
         }
     }
 }

@@ -415,7 +415,7 @@ impl Service {
             let ring = &shared.replies[index as usize];
             while let Ok(Some(stale)) = ring.try_claim_read(owner) {
                 ring.release(stale);
-                ring.not_full().notify(1);
+                ring.not_full().notify();
             }
             let outstanding = shared.geometry.reply_capacity as usize;
             return Ok(Client {
@@ -485,7 +485,7 @@ impl Server {
             _ => {
                 // Not a request anyone could be waiting for: acknowledge it and report it.
                 ring.release(claim);
-                ring.not_full().notify(1);
+                ring.not_full().notify();
                 Err(RecvError::Corrupt(Corruption::BadState(
                     "a request names no valid client",
                 )))
@@ -585,7 +585,7 @@ impl Request<'_> {
         if let Some(claim) = self.claim.take() {
             let requests = &self.server.shared.requests;
             requests.release(claim);
-            requests.not_full().notify(1);
+            requests.not_full().notify();
         }
     }
 
@@ -623,7 +623,7 @@ impl Request<'_> {
             Err(c) => return Err(SendError::Corrupt(c)),
         };
         let result = put(ring, claim, &env, payload);
-        ring.not_empty().notify(1);
+        ring.not_empty().notify();
         result.map(|()| Delivery::Delivered)
     }
 }
@@ -730,7 +730,7 @@ impl Drop for Reply<'_> {
         if let ReplySource::Slot { ring, claim } = &mut self.source {
             if let Some(claim) = claim.take() {
                 ring.release(claim);
-                ring.not_full().notify(1);
+                ring.not_full().notify();
             }
         }
     }
@@ -794,7 +794,7 @@ impl Client {
             flags: 0,
         };
         let result = put(ring, claim, &envelope, payload);
-        ring.not_empty().notify(1);
+        ring.not_empty().notify();
         result?;
         self.outstanding.push((id, true));
         Ok(Pending { id })
@@ -834,7 +834,7 @@ impl Client {
         });
         let (Some(e), Some(at)) = (ours, at) else {
             ring.release(claim);
-            ring.not_full().notify(1);
+            ring.not_full().notify();
             return Filed::Other;
         };
         let (_, wanted) = self.outstanding.swap_remove(at);
@@ -842,7 +842,7 @@ impl Client {
         if e.correlation == want {
             if no_reply {
                 ring.release(claim);
-                ring.not_full().notify(1);
+                ring.not_full().notify();
                 return Filed::Wanted(None);
             }
             return Filed::Wanted(Some(claim));
@@ -858,7 +858,7 @@ impl Client {
             }
         }
         ring.release(claim);
-        ring.not_full().notify(1);
+        ring.not_full().notify();
         Filed::Other
     }
 

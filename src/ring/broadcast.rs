@@ -446,7 +446,7 @@ impl BroadcastRing {
     pub(crate) fn store_cursor(&self, sub: u32, cursor: u64) {
         self.cursor(sub).store(cursor, Ordering::SeqCst);
         if self.block {
-            self.consumed().notify(u32::MAX);
+            self.consumed().notify();
         }
     }
 
@@ -497,7 +497,7 @@ impl BroadcastRing {
             old & !(SUB_ACTIVE | SUB_CLAIMED | SUB_OWNER_MASK),
             Ordering::SeqCst,
         );
-        self.consumed().notify(u32::MAX);
+        self.consumed().notify();
     }
 
     /// Undoes what dead participant `owner` held: a slot it was publishing is skipped
@@ -531,8 +531,8 @@ impl BroadcastRing {
             }
         }
         if skipped > 0 {
-            self.published().notify(u32::MAX);
-            self.consumed().notify(u32::MAX);
+            self.published().notify();
+            self.consumed().notify();
         }
         (skipped, detached)
     }
@@ -730,7 +730,7 @@ mod loom_models {
             .unwrap()
             .unwrap();
         assert!(r.write_and_commit(claim, b"", body));
-        r.published().notify(u32::MAX);
+        r.published().notify();
     }
 
     /// Receives until `n` messages or lags add up to `n`, waiting with `how`; returns the

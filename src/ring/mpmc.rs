@@ -496,7 +496,7 @@ impl MpmcRing {
                             .compare_exchange(raw, freed, Ordering::Release, Ordering::Relaxed)
                             .is_ok()
                         {
-                            self.not_full().notify(1);
+                            self.not_full().notify();
                         }
                         let _ = self.head().compare_exchange(
                             h,
@@ -573,7 +573,7 @@ impl MpmcRing {
         };
         if len > self.max_message as u64 {
             self.release(claim);
-            self.not_full().notify(1);
+            self.not_full().notify();
             return Err(Corruption::BadLength {
                 len,
                 max: self.max_message as u64,
@@ -645,8 +645,8 @@ impl MpmcRing {
             }
         }
         if skipped + redelivered + freed > 0 {
-            self.not_empty().notify(u32::MAX);
-            self.not_full().notify(u32::MAX);
+            self.not_empty().notify();
+            self.not_full().notify();
         }
         (skipped, redelivered, freed)
     }
@@ -881,7 +881,7 @@ mod loom_models {
             .unwrap();
         r.write(&claim, 0, msg);
         assert!(r.commit(claim, msg.len()));
-        r.not_empty().notify(1);
+        r.not_empty().notify();
     }
 
     fn recv_blocking(r: &MpmcRing, owner: u16) -> Vec<u8> {
@@ -894,7 +894,7 @@ mod loom_models {
             .unwrap();
         let v = r.read(&claim);
         assert!(r.release(claim));
-        r.not_full().notify(1);
+        r.not_full().notify();
         v
     }
 

@@ -1,32 +1,38 @@
 //! The wait cell: how a blocked receiver (or a sender blocked on a full ring) sleeps, and how
 //! the other side wakes it, across processes.
 //!
-//! A cell is two 32-bit words in shared memory: `seq`, the futex word, bumped by every
-//! notification that wakes someone, and `waiters`, how many are parked or about to park.
+//! A cell is two 32-bit words in shared memory: `seq`, the futex word — an epoch in its upper
+//! 31 bits and an *armed* bit at the bottom — and `waiters`, how many are parked or about to
+//! park (for inspection and tests; notifiers do not read it).
 //!
 //! ```text
 //! waiter                                   notifier
-//! waiters += 1          (SeqCst)           make the condition true  (e.g. commit a slot)
+//! s = seq.fetch_or(ARMED) | ARMED (SeqCst) make the condition true  (e.g. commit a slot)
 //! fence(SeqCst)                            fence(SeqCst)
-//! s = seq               (SeqCst)           if waiters > 0:
-//! if condition: waiters -= 1; done             seq += 1                (SeqCst)
-//! futex_wait(seq, s)                           futex_wake(seq)
-//! waiters -= 1; re-check
+//! if condition: done                       s = seq
+//! futex_wait(seq, s)                       if s is armed and CAS(seq, s -> s + 1):
+//! re-check                                     futex_wake(seq, all)
 //! ```
 //!
-//! **No lost wake-up.** The two fences order "waiters += 1 ; read condition" against "write
-//! condition ; read waiters" (Dekker's pattern): at least one side sees the other's write. If
-//! the notifier read `waiters == 0`, the waiter's re-check sees the condition. Otherwise the
-//! notifier bumps `seq` after making the condition true: if the waiter read `seq` before the
-//! bump, the kernel sees `seq != s` and the wait returns at once (or the wake reaches it); if it
-//! read it after, the re-check sees the condition.
+//! **No lost wake-up.** The two fences order "arm ; read condition" against "write condition ;
+//! read seq" (Dekker's pattern): at least one side sees the other's write. If the notifier
+//! found the cell unarmed, the waiter's re-check sees the condition. Otherwise the notifier
+//! moves `seq` to the next epoch (disarmed) and wakes every sleeper: a waiter that had not gone
+//! to sleep yet finds `seq != s` and returns at once; one asleep is woken. If the CAS fails,
+//! another notifier moved the epoch and woke the sleepers, or a waiter re-armed a later epoch
+//! after this notifier's load, and that waiter's re-check sees the condition.
 //!
-//! **No syscall when nobody waits.** The notifier's fast path is a fence and one load of a word
-//! that only changes when someone parks.
+//! **No system call when nobody waits, and one per sleep.** The notifier's fast path is a
+//! fence and one load. Only the first notify after a waiter armed the cell makes the wake-up
+//! call; later ones, until somebody sleeps again, do not — even while the woken waiters have
+//! not run yet (counting waiters instead cost a call per notify in that window, which a
+//! publisher feeding two subscribers that share a core paid on every message). The price is
+//! that a wake-up wakes every sleeper on the cell; each re-checks and sleeps again if it lost
+//! the race.
 //!
-//! A waiter killed while parked would leave `waiters` too high, costing every later notifier a
-//! wasted wake-up call. So a participant marks, in its own participant entry, which cell it is
-//! counted in while it is; recovery, reaping it, takes it off that count.
+//! A waiter killed while parked leaves the cell armed (one wasted wake-up call later) and the
+//! informational `waiters` count too high; recovery takes it off the count (each participant
+//! marks, in its own participant entry, which cell it is counted in).
 
 use super::atomic::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
 use super::futex;
@@ -49,6 +55,10 @@ impl Default for WaitStrategy {
         WaitStrategy::SpinThenPark(Duration::from_micros(20))
     }
 }
+
+/// The futex word's low bit: set by a waiter about to sleep, cleared (with the epoch moved on
+/// in the other bits) by the first notify after it.
+const ARMED: u32 = 1;
 
 /// Longest single sleep: waiters wake at least this often to re-check their condition.
 const MAX_PARK: Duration = Duration::from_millis(50);
@@ -142,14 +152,23 @@ impl<'a> WaitCell<'a> {
         self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Wakes up to `count` waiters if there are any; costs a fence and a load otherwise.
-    /// Call after making the condition true.
+    /// Wakes the waiters, if any are asleep; costs a fence and a load otherwise. Call after
+    /// making the condition true.
     #[inline]
-    pub(crate) fn notify(&self, count: u32) {
+    pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) != 0 {
-            self.seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(self.seq, count);
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq & ARMED != 0 {
+            // Disarm and move to the next epoch (an odd value plus one is the next even one);
+            // whoever does it wakes every sleeper. A failed CAS means another notifier did.
+            let next = seq.wrapping_add(1);
+            if self
+                .seq
+                .compare_exchange(seq, next, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                futex::wake(self.seq, u32::MAX);
+            }
         }
     }
 
@@ -240,8 +259,9 @@ impl<'a> WaitCell<'a> {
             // Counted, then marked: a death in between leaves the count one too high, which
             // costs wake-up calls, never a missed wake-up.
             self.mark_parked(true);
+            // Arm the cell for this epoch: the next notify will pay for a wake-up call.
+            let seen = self.seq.fetch_or(ARMED, Ordering::SeqCst) | ARMED;
             fence(Ordering::SeqCst);
-            let seen = self.seq.load(Ordering::SeqCst);
             let outcome = attempt();
             if !matches!(outcome, Ok(None)) {
                 self.unpark();
