@@ -83,12 +83,7 @@ impl Participant {
 
     /// This participant's "parked on" word (see `WaitCell::parked_as`).
     pub(crate) fn parked(&self) -> &AtomicU64 {
-        self.region.u64_at(self.parked_offset())
-    }
-
-    /// Where [`parked`](Self::parked) is in the file.
-    pub(crate) fn parked_offset(&self) -> usize {
-        self.entry() + PARKED_ON
+        self.region.u64_at(self.entry() + PARKED_ON)
     }
 }
 

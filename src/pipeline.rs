@@ -44,7 +44,7 @@ use crate::shm::file::{self, Mapping};
 use crate::sync::{Deadline, WaitStrategy};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -733,5 +733,4 @@ fn _assert_send_sync() {
     is::<Pipeline>();
     is::<Producer>();
     is::<Consumer>();
-    let _: Option<PathBuf> = None;
 }

@@ -57,7 +57,7 @@ use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
-use crate::sync::{Deadline, WaitStrategy};
+use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -432,9 +432,9 @@ impl Publisher {
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("publisher-claimed");
         let committed = ring.write_and_commit(claim, topic, payload);
-        ring.published().notify();
-        // A publisher a whole ring ahead may be waiting for this slot to be finished.
-        ring.consumed().notify();
+        // Subscribers wait for the message; a publisher a whole ring ahead may be waiting for
+        // this slot to be finished. One fence serves both.
+        WaitCell::notify_both(&ring.published(), &ring.consumed());
         if committed {
             Ok(())
         } else {

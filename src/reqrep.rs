@@ -424,11 +424,13 @@ impl Service {
                 generation,
                 owner,
                 next_id: 0,
-                outstanding: Vec::with_capacity(outstanding),
-                kept: Vec::with_capacity(outstanding),
-                buffers: vec![0; outstanding * shared.max_message()],
-                free: (0..outstanding).rev().collect(),
-                lent: None,
+                ledger: Ledger {
+                    outstanding: Vec::with_capacity(outstanding),
+                    kept: Vec::with_capacity(outstanding),
+                    buffers: vec![0; outstanding * shared.max_message()],
+                    free: (0..outstanding).rev().collect(),
+                    lent: None,
+                },
                 wait: WaitStrategy::default(),
                 me,
             });
@@ -661,6 +663,25 @@ pub struct Client {
     generation: u64,
     owner: u16,
     next_id: u64,
+    ledger: Ledger,
+    wait: WaitStrategy,
+    me: Participant,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("path", &self.shared.mapping.path())
+            .field("entry", &self.index)
+            .field("outstanding", &self.ledger.outstanding.len())
+            .field("kept", &self.ledger.kept.len())
+            .finish()
+    }
+}
+
+/// A client's bookkeeping of its requests and replies, kept apart from the handle so that a
+/// wait can update it while it reads the reply ring through the handle's shared state.
+struct Ledger {
     /// Requests sent whose reply has not been taken from the ring: (id, still wanted).
     outstanding: Vec<(u64, bool)>,
     /// Replies that arrived while waiting for another, copied out of the ring (so they never
@@ -672,19 +693,6 @@ pub struct Client {
     free: Vec<usize>,
     /// The buffer slot lent to the last `Reply` returned; free again at the next call.
     lent: Option<usize>,
-    wait: WaitStrategy,
-    me: Participant,
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("path", &self.shared.mapping.path())
-            .field("entry", &self.index)
-            .field("outstanding", &self.outstanding.len())
-            .field("kept", &self.kept.len())
-            .finish()
-    }
 }
 
 /// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
@@ -744,89 +752,22 @@ enum Filed {
     Other,
 }
 
-impl Client {
-    /// Sets how blocking calls wait (default: spin 20 µs, then park).
-    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
-        self.wait = wait;
-    }
-
-    /// Requests sent whose replies have not been received yet: waiting for a reply, or
-    /// timed out with the reply still to come (it is discarded when it comes).
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
-    }
-
-    fn reply_ring(&self) -> &MpmcRing {
-        &self.shared.replies[self.index as usize]
-    }
-
-    /// Frees the buffer slot of the last kept reply returned (its `Reply` is gone: it borrowed
-    /// `self` mutably).
+impl Ledger {
+    /// Files one reply taken from `ring`: the one waited for (`want`) is handed back in its
+    /// slot; one for another outstanding request is copied into a buffer and its slot freed;
+    /// stale (another client or generation), duplicate, corrupt or timed-out ones are dropped.
     #[inline]
-    fn reclaim_lent(&mut self) {
-        if let Some(slot) = self.lent.take() {
-            self.free.push(slot);
-        }
-    }
-
-    #[inline]
-    fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
-        self.reclaim_lent();
-        self.shared.check_len(payload.len())?;
-        if self.outstanding.len() + self.kept.len() >= self.shared.geometry.reply_capacity as usize
-        {
-            return Err(SendError::Full);
-        }
-        let ring = &self.shared.requests;
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
-        let claim = SendError::from_wait(waited, deadline)?;
-        let id = self.next_id;
-        self.next_id += 1;
-        let envelope = Envelope {
-            correlation: id,
-            generation: self.generation,
-            client: self.index,
-            flags: 0,
-        };
-        let result = put(ring, claim, &envelope, payload);
-        ring.not_empty().notify();
-        result?;
-        self.outstanding.push((id, true));
-        Ok(Pending { id })
-    }
-
-    /// Sends a request without waiting for its reply (waiting while the request ring is full).
-    ///
-    /// # Errors
-    /// [`SendError::Full`] if `reply_capacity` requests are outstanding or kept already;
-    /// [`SendError::TooLarge`]; [`SendError::Corrupt`].
-    #[inline]
-    pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
-        self.send_with(payload, Deadline::Never)
-    }
-
-    /// Like [`send`](Self::send), but fails with [`SendError::Full`] rather than wait for room.
-    ///
-    /// # Errors
-    /// As for [`send`](Self::send).
-    pub fn try_send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
-        self.send_with(payload, Deadline::Now)
-    }
-
-    /// Files one reply taken from the ring: the one waited for is handed back in its slot; one
-    /// for another outstanding request is copied into a buffer and its slot freed; stale,
-    /// duplicate, corrupt or timed-out ones are dropped.
-    #[inline]
-    fn file_reply(&mut self, claim: ReadClaim, want: u64) -> Filed {
-        let shared = &self.shared;
-        let ring = &shared.replies[self.index as usize];
+    fn file(
+        &mut self,
+        ring: &MpmcRing,
+        me: (u32, u64),
+        max: usize,
+        claim: ReadClaim,
+        want: u64,
+    ) -> Filed {
+        let (index, generation) = me;
         let env = envelope_of(ring, &claim);
-        let ours = env.filter(|e| e.generation == self.generation && e.client == self.index);
+        let ours = env.filter(|e| e.generation == generation && e.client == index);
         let at = ours.and_then(|e| {
             self.outstanding
                 .iter()
@@ -849,7 +790,6 @@ impl Client {
         }
         if wanted {
             let payload = &ring.payload(&claim)[ENVELOPE_SIZE..];
-            let max = shared.max_message();
             // Never fails: kept + outstanding never exceed the number of buffers.
             if let Some(slot) = self.free.pop() {
                 self.buffers[slot * max..slot * max + payload.len()].copy_from_slice(payload);
@@ -861,46 +801,121 @@ impl Client {
         ring.not_full().notify();
         Filed::Other
     }
+}
+
+impl Client {
+    /// Sets how blocking calls wait (default: spin 20 µs, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// Requests sent whose replies have not been received yet: waiting for a reply, or
+    /// timed out with the reply still to come (it is discarded when it comes).
+    pub fn outstanding(&self) -> usize {
+        self.ledger.outstanding.len()
+    }
+
+    fn reply_ring(&self) -> &MpmcRing {
+        &self.shared.replies[self.index as usize]
+    }
+
+    /// Frees the buffer slot of the last kept reply returned (its `Reply` is gone: it borrowed
+    /// `self` mutably).
+    #[inline]
+    fn reclaim_lent(&mut self) {
+        if let Some(slot) = self.ledger.lent.take() {
+            self.ledger.free.push(slot);
+        }
+    }
+
+    #[inline]
+    fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+        self.reclaim_lent();
+        self.shared.check_len(payload.len())?;
+        if self.ledger.outstanding.len() + self.ledger.kept.len()
+            >= self.shared.geometry.reply_capacity as usize
+        {
+            return Err(SendError::Full);
+        }
+        let ring = &self.shared.requests;
+        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
+            self.wait,
+            deadline,
+            ring.write_claimer(self.owner),
+            || self.shared.repair_quietly(),
+        );
+        let claim = SendError::from_wait(waited, deadline)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let envelope = Envelope {
+            correlation: id,
+            generation: self.generation,
+            client: self.index,
+            flags: 0,
+        };
+        let result = put(ring, claim, &envelope, payload);
+        ring.not_empty().notify();
+        result?;
+        self.ledger.outstanding.push((id, true));
+        Ok(Pending { id })
+    }
+
+    /// Sends a request without waiting for its reply (waiting while the request ring is full).
+    ///
+    /// # Errors
+    /// [`SendError::Full`] if `reply_capacity` requests are outstanding or kept already;
+    /// [`SendError::TooLarge`]; [`SendError::Corrupt`].
+    #[inline]
+    pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
+        self.send_with(payload, Deadline::Never)
+    }
+
+    /// Like [`send`](Self::send), but fails with [`SendError::Full`] rather than wait for room.
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
+    pub fn try_send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
+        self.send_with(payload, Deadline::Now)
+    }
 
     #[inline]
     fn wait_with(&mut self, pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
         self.reclaim_lent();
         let want = pending.id;
-        if let Some(at) = self.kept.iter().position(|&(id, ..)| id == want) {
-            let (_, slot, len, no_reply) = self.kept.swap_remove(at);
+        if let Some(at) = self.ledger.kept.iter().position(|&(id, ..)| id == want) {
+            let (_, slot, len, no_reply) = self.ledger.kept.swap_remove(at);
             if no_reply {
-                self.free.push(slot);
+                self.ledger.free.push(slot);
                 return Err(RecvError::NoReply);
             }
-            self.lent = Some(slot);
+            self.ledger.lent = Some(slot);
             let max = self.shared.max_message();
             return Ok(Reply {
-                source: ReplySource::Kept(&self.buffers[slot * max..slot * max + len]),
+                source: ReplySource::Kept(&self.ledger.buffers[slot * max..slot * max + len]),
             });
         }
-        if !self.outstanding.iter().any(|&(id, _)| id == want) {
+        if !self.ledger.outstanding.iter().any(|&(id, _)| id == want) {
             return Err(RecvError::Corrupt(Corruption::BadState(
                 "no such request is outstanding",
             )));
         }
-        let shared = self.shared.clone();
+        // Split borrows: the ring is read through `shared` while the ledger is updated.
+        let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
         let ring = &shared.replies[self.index as usize];
-        let repair = || shared.repair_quietly();
-        // The participant's parked word, reached through the local `shared` so that the
-        // closure below may borrow `self` mutably.
-        let parked = shared.region.u64_at(self.me.parked_offset());
-        let found = ring.not_empty().parked_as(parked).wait_or_repair(
+        let me = (self.index, self.generation);
+        let max = shared.max_message();
+        let found = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
             deadline,
             || {
-                while let Some(claim) = ring.try_claim_read(self.owner)? {
-                    if let Filed::Wanted(claim) = self.file_reply(claim, want) {
+                while let Some(claim) = ring.try_claim_read(owner)? {
+                    if let Filed::Wanted(claim) = ledger.file(ring, me, max, claim, want) {
                         return Ok(Some(claim));
                     }
                 }
                 Ok(None)
             },
-            repair,
+            || shared.repair_quietly(),
         );
         match found {
             Ok(Some(Some(claim))) => Ok(Reply {
@@ -912,7 +927,12 @@ impl Client {
             Ok(Some(None)) => Err(RecvError::NoReply),
             Ok(None) => {
                 // Keep counting it as outstanding; its late reply will be discarded.
-                if let Some(entry) = self.outstanding.iter_mut().find(|(id, _)| *id == want) {
+                if let Some(entry) = self
+                    .ledger
+                    .outstanding
+                    .iter_mut()
+                    .find(|(id, _)| *id == want)
+                {
                     entry.1 = false;
                 }
                 Err(if matches!(deadline, Deadline::Now) {

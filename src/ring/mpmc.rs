@@ -268,10 +268,10 @@ impl MpmcRing {
     #[cfg(not(loom))]
     pub(crate) fn payload_mut<'a>(&'a self, claim: &'a mut WriteClaim, len: usize) -> &'a mut [u8] {
         assert!(len <= self.max_message);
-        // SAFETY: the exclusive borrow of the claim (unique proof of ownership of the slot's
-        // payload) lasts as long as the slice, so nobody else reads or writes those bytes
-        // meanwhile; `len <= max_message` keeps the slice inside the slot; `&'a self` keeps the
-        // region mapped.
+        // Invariants: the claim is the unique proof of ownership of the slot's payload, borrowed
+        // exclusively for as long as the slice; `len <= max_message` (checked) keeps it inside
+        // the slot; `&'a self` keeps the region mapped.
+        // SAFETY: so nobody else reads or writes these bytes while the slice lives.
         unsafe { self.region.slice_mut(self.payload_offset(claim.index), len) }
     }
 
@@ -298,10 +298,11 @@ impl MpmcRing {
     #[cfg(not(loom))]
     #[inline]
     pub(crate) fn payload<'a>(&'a self, claim: &'a ReadClaim) -> &'a [u8] {
-        // SAFETY: the claim proves the slot is READING and owned by its holder until released
-        // (which consumes the claim, so not while this borrow lives); producers never write a
-        // slot that is not EMPTY for them; `claim.len <= max_message` was checked when claimed;
-        // `&'a self` keeps the region mapped.
+        // Invariants: the claim proves the slot is READING and owned by its holder until
+        // released (which consumes the claim, so not while this borrow lives); producers never
+        // write a slot that is not EMPTY for them; `claim.len <= max_message` was checked when
+        // claimed; `&'a self` keeps the region mapped.
+        // SAFETY: so the bytes stay in bounds and unchanged while the slice lives.
         unsafe {
             self.region
                 .slice(self.payload_offset(claim.index), claim.len)

@@ -22,10 +22,10 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as nix::libc::time_t,
         tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
     };
-    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, which is valid for the duration
-    // of the call (it is borrowed); `ts` outlives the call; the other arguments are ignored by
-    // FUTEX_WAIT. The futex is shared (plain FUTEX_WAIT, not the private variant) because `word` may sit in a
-    // mapping shared with other processes. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
+    // Shared (plain FUTEX_WAIT, not the private variant): `word` may sit in a mapping shared
+    // with other processes. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, valid for the call (borrowed);
+    // `ts` outlives the call; FUTEX_WAIT ignores the other arguments.
     unsafe {
         nix::libc::syscall(
             nix::libc::SYS_futex,

@@ -157,6 +157,20 @@ impl<'a> WaitCell<'a> {
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
+        self.wake_if_armed();
+    }
+
+    /// [`notify`](Self::notify) for two cells after one condition change, with one fence.
+    #[inline]
+    pub(crate) fn notify_both(a: &Self, b: &Self) {
+        fence(Ordering::SeqCst);
+        a.wake_if_armed();
+        b.wake_if_armed();
+    }
+
+    /// The notifier's half after its fence: wake the sleepers if a waiter armed the cell.
+    #[inline]
+    fn wake_if_armed(&self) {
         let seq = self.seq.load(Ordering::Relaxed);
         if seq & ARMED != 0 {
             // Disarm and move to the next epoch (an odd value plus one is the next even one);
