@@ -102,7 +102,7 @@ fn send_and_receive_allocate_nothing() {
 
         let mut loan = producer.loan(32).unwrap();
         loan.fill(i as u8);
-        loan.commit();
+        loan.commit().unwrap();
         drop(producer.try_loan(16).unwrap()); // abandoned
         assert_eq!(consumer.recv().unwrap()[0], i as u8);
 

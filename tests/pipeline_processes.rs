@@ -136,7 +136,7 @@ fn stress_producer(args: &[String]) {
                 }
                 let mut loan = producer.loan(len).unwrap();
                 fill_stress(id, seq, &mut loan);
-                loan.commit();
+                loan.commit().unwrap();
             }
         }
         _ => {
@@ -732,10 +732,10 @@ fn zero_length_and_max_length_messages_arrive_intact() {
     let full: Vec<u8> = (0..100u8).collect();
     producer.send(b"").unwrap();
     producer.send(&full).unwrap();
-    producer.loan(0).unwrap().commit();
+    producer.loan(0).unwrap().commit().unwrap();
     let mut loan = producer.loan(100).unwrap();
     loan.copy_from_slice(&full);
-    loan.commit();
+    loan.commit().unwrap();
     producer.send_batch(&[b"", &full, b""]).unwrap();
     for want in [&b""[..], &full, b"", &full, b"", &full, b""] {
         let m = consumer.try_recv().unwrap();
@@ -810,7 +810,7 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
     let mut loan = producer.loan(5).unwrap();
     assert_eq!(loan.len(), 5);
     loan.copy_from_slice(b"hello");
-    loan.commit();
+    loan.commit().unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), b"hello");
 
     let mut loan = producer.try_loan(3).unwrap();
