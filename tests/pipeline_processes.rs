@@ -853,6 +853,36 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
     assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
 }
 
+/// `Producer::loan` docs: a loan not yet committed at the head of the ring holds up every
+/// consumer, even when later messages are ready; a held message does not (consumers receive
+/// past it; only producers coming round to its slot wait).
+#[test]
+fn a_loan_at_the_head_holds_up_consumers_and_a_held_message_does_not() {
+    let dir = TempDir::new("head-of-line");
+    let q = queue(&dir, 4, 64);
+    let producer = q.producer().unwrap();
+    let consumer = q.consumer().unwrap();
+    let mut loan = producer.loan(4).unwrap();
+    producer.send(b"later").unwrap();
+    assert_eq!(
+        consumer.try_recv().unwrap_err(),
+        RecvError::Empty,
+        "the message after the loan is ready, but the loan is at the head"
+    );
+    loan.copy_from_slice(b"loan");
+    loan.commit().unwrap();
+    let first = consumer.try_recv().unwrap();
+    assert_eq!(&*first, b"loan");
+    producer.send(b"next").unwrap();
+    assert_eq!(
+        &*consumer.try_recv().unwrap(),
+        b"later",
+        "received past a held message"
+    );
+    assert_eq!(&*consumer.try_recv().unwrap(), b"next");
+    first.ack().unwrap();
+}
+
 #[test]
 fn send_batch_and_recv_batch_round_trip() {
     let dir = TempDir::new("batch");
