@@ -376,7 +376,9 @@ impl Producer {
     ///
     /// # Errors
     /// [`SendError::TooLarge`] if `msg` exceeds the maximum message size (nothing is written);
-    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`SendError::ClaimLost`] if the claimed slot was taken away before the commit (nothing
+    /// is delivered; see [`Loan::commit`]); [`SendError::Corrupt`] if the shared memory breaks
+    /// the protocol.
     #[inline]
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
         self.send_with(msg, Deadline::Never)
