@@ -644,7 +644,9 @@ impl Consumer {
 
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
-    /// Returns how many were handled.
+    /// Returns how many were handled. An acknowledgement refused (see [`Message::ack`]) is
+    /// not reported here, only counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
     ///
     /// # Errors
     /// As for [`recv`](Self::recv).

@@ -55,8 +55,9 @@
 //! answers. A place stays taken for as long as its reply can still come: for ever only if the
 //! reply is lost, to a corrupt file or to a server that gave up delivering it (after
 //! [`Request::reply`] found the reply ring full for a second, which takes replies the client
-//! owes no place to: forged ones, or the second reply to a request delivered again after a
-//! server died between replying and acknowledging, while the client did not read its ring);
+//! owes no place to — forged ones, a late reply to the entry's previous owner that raced past
+//! the server's check, or the second reply to a request delivered again after a server died
+//! between replying and acknowledging — while the client did not read its ring);
 //! re-attaching starts afresh.
 //!
 //! ```
