@@ -58,3 +58,12 @@ pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscrib
 #[cfg(not(loom))]
 pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, ServiceOptions};
 pub use sync::wait::{WaitStrategy, STALL_CHECK};
+
+/// Instrumentation for shmq's own tests, compiled only with the `test-hooks` feature (which
+/// only the crate's own tests enable); not part of the API.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod test_hooks {
+    pub use crate::sync::futex::wake_calls;
+    pub use crate::sync::wait::set_max_park;
+}

@@ -290,6 +290,7 @@ pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -325,7 +326,7 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_full().wait_or_repair(
             self.wait,
             deadline,
             ring.write_claimer(self.owner),
@@ -541,6 +542,7 @@ pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -567,7 +569,7 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),

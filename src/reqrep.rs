@@ -447,6 +447,7 @@ pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -468,7 +469,7 @@ impl Server {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),
@@ -614,16 +615,16 @@ impl Request<'_> {
             claimer().map(|c| c.map(Some))
         };
         let repair = || shared.repair_quietly();
-        let claim = match ring
-            .not_full()
-            .parked_as(self.server.me.parked())
-            .wait_or_repair(self.server.wait, deadline, attempt, repair)
-        {
-            Ok(Some(Some(claim))) => claim,
-            Ok(Some(None)) => return Ok(Delivery::ClientGone),
-            Ok(None) => return Err(SendError::Timeout),
-            Err(c) => return Err(SendError::Corrupt(c)),
-        };
+        let claim =
+            match ring
+                .not_full()
+                .wait_or_repair(self.server.wait, deadline, attempt, repair)
+            {
+                Ok(Some(Some(claim))) => claim,
+                Ok(Some(None)) => return Ok(Delivery::ClientGone),
+                Ok(None) => return Err(SendError::Timeout),
+                Err(c) => return Err(SendError::Corrupt(c)),
+            };
         let result = put(ring, claim, &env, payload);
         ring.not_empty().notify();
         result.map(|()| Delivery::Delivered)
@@ -665,6 +666,7 @@ pub struct Client {
     next_id: u64,
     ledger: Ledger,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -838,7 +840,7 @@ impl Client {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_full().wait_or_repair(
             self.wait,
             deadline,
             ring.write_claimer(self.owner),
@@ -904,7 +906,7 @@ impl Client {
         let ring = &shared.replies[self.index as usize];
         let me = (self.index, self.generation);
         let max = shared.max_message();
-        let found = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let found = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || {
