@@ -484,3 +484,60 @@ mod tests {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Parks on the cell at the start of `region` until `flag` is set.
+    fn wait_until_set(region: &Region, flag: &AtomicBool) {
+        WaitCell::at(region, 0)
+            .wait_for(WaitStrategy::Park, Deadline::Never, || {
+                Ok::<_, ()>(flag.load(Ordering::Relaxed).then_some(()))
+            })
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Two waiters on one cell, each for its own condition, and a notifier that makes them
+    /// true one after the other (plain relaxed flags: only the protocol's fences order them).
+    /// A waiter that leaves — its re-check found its flag, or it was woken for the other's and
+    /// joins again — must never take the other off the count while that one is about to sleep
+    /// or asleep (a loom deadlock), and when all is done nobody is left registered, so the
+    /// next notify would make no system call.
+    ///
+    /// Explored with three preemptions (CI's bound is 2): a waiter woken in an old epoch that
+    /// took a newer waiter off the count needs three to show as a deadlock, and the model
+    /// takes about a second with them.
+    #[test]
+    fn a_leaving_waiter_never_unregisters_another() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let region = Region::heap(64);
+            let flags = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+            let waiters: Vec<_> = (0..2)
+                .map(|i| {
+                    let (region, flags) = (region.clone(), flags.clone());
+                    thread::spawn(move || wait_until_set(&region, &flags[i]))
+                })
+                .collect();
+            let cell = WaitCell::at(&region, 0);
+            for flag in flags.iter() {
+                flag.store(true, Ordering::Relaxed);
+                cell.notify();
+            }
+            for w in waiters {
+                w.join().unwrap();
+            }
+            assert_eq!(
+                region.u32_at(0).load(Ordering::SeqCst) & WAIT_WAITERS_MASK,
+                0,
+                "a waiter is still registered after every wait ended"
+            );
+        });
+    }
+}
