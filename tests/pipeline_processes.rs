@@ -545,12 +545,13 @@ fn sends_after_a_receive_timed_out_in_another_process_make_no_wake_up_call() {
     assert_eq!(q.len(), 3);
 }
 
-/// A parked waiter re-checks its condition every 100 ms even if nobody wakes it, so a lost
-/// wake-up shows up as delay, not as a hang. Each round trip here needs three cross-process
-/// wake-ups (a consumer on an empty queue, twice, and a producer on a full one), and must take a
-/// small fraction of that re-check period: 200 round trips with one wake-up lost each take at
-/// least 20 s; the bound below is 25 ms per round trip, ten and more times what a loaded
-/// machine needs.
+/// A parked waiter re-checks its condition every 50 ms even if nobody wakes it, so in a
+/// process with that cap a lost wake-up shows up as delay, not as a hang. Each round trip here
+/// needs three cross-process wake-ups (a consumer on an empty queue, twice, and a producer on a
+/// full one). The echo child parks with no cap, so a wake-up lost there hangs it; this process
+/// keeps the cap, and its round trips must take a small fraction of it: 200 round trips with
+/// one wake-up lost each take at least 10 s; the bound below is 25 ms per round trip (5 s),
+/// ten and more times what a loaded machine needs.
 #[test]
 fn parked_processes_wake_each_other_without_waiting_for_the_recheck() {
     const ROUND_TRIPS: u64 = 200;
@@ -564,7 +565,11 @@ fn parked_processes_wake_each_other_without_waiting_for_the_recheck() {
     producer.set_wait_strategy(WaitStrategy::Park);
     consumer.set_wait_strategy(WaitStrategy::Park);
     let n = (ROUND_TRIPS + 1).to_string();
-    let mut echo = child("echo", &[s(&ping_path), s(&pong_path), &n]);
+    let mut echo = child_with_env(
+        "echo",
+        &[s(&ping_path), s(&pong_path), &n],
+        &uncapped_park(),
+    );
 
     // The first round trip includes the child's start-up: not timed.
     producer.send_value(&0u64).unwrap();
