@@ -25,9 +25,10 @@
 //! **No lost wake-up.** The two fences order "join ; read condition" against "write condition
 //! ; read the word" (Dekker's pattern): either the waiter's read sees the condition, or the
 //! notifier's read sees the waiter's join (or a later value of the word). In the second case
-//! the waiter is counted in what the notifier read, unless it has left since — and a waiter
-//! leaves only to return (its re-check saw the condition, or its deadline passed) or to join
-//! again and re-check, a join the same argument covers. Seeing a count, the notifier moves the
+//! the waiter is counted in what the notifier read, unless another notifier has moved the
+//! epoch since (and woken it), or it has left — and a waiter leaves only to return (its
+//! re-check saw the condition, or its deadline passed) or to re-check and join again, a join
+//! the same argument covers. Seeing a count, the notifier moves the
 //! epoch and wakes every sleeper: a waiter asleep is woken; one not asleep yet passes
 //! `futex_wait` a word of the old epoch, which the kernel finds changed, and returns at once.
 //! If the CAS fails on a later epoch, another notifier moved it after this one's read and woke
@@ -54,6 +55,11 @@
 //! The epoch has 2^24 values: a waiter that reads the word, is preempted while 2^24 wake-ups
 //! happen on the cell, and then finds the very same word could sleep through a wake-up; even
 //! then its sleep ends after [`MAX_PARK`] and it re-checks.
+//!
+//! Model-checked: `loom_models::a_leaving_waiter_never_unregisters_another` below (two waiters
+//! on one cell; it deadlocks if a leave clears the count, ignores the epoch, or if a notifier
+//! gives up on a CAS that a join or leave raced) and the ring models of `ring::mpmc` and
+//! `ring::broadcast`, whose blocked senders and receivers deadlock on any lost wake-up.
 
 use super::atomic::{fence, spin_hint, AtomicU32, Ordering};
 use super::futex;
@@ -87,19 +93,16 @@ const MAX_PARK: Duration = Duration::from_millis(50);
 #[inline]
 fn max_park() -> Duration {
     #[cfg(all(feature = "test-hooks", not(loom)))]
-    let cap =
-        Duration::from_millis(test_park::MAX_PARK_MS.load(std::sync::atomic::Ordering::Relaxed));
+    let cap = Duration::from_millis(TEST_MAX_PARK_MS.load(std::sync::atomic::Ordering::Relaxed));
     #[cfg(not(all(feature = "test-hooks", not(loom))))]
     let cap = MAX_PARK;
     cap
 }
 
+/// The test setting of the longest sleep, in milliseconds (see [`set_max_park`]).
 #[cfg(all(feature = "test-hooks", not(loom)))]
-mod test_park {
-    /// The test setting of the longest sleep, in milliseconds.
-    pub(super) static MAX_PARK_MS: std::sync::atomic::AtomicU64 =
-        std::sync::atomic::AtomicU64::new(super::MAX_PARK.as_millis() as u64);
-}
+static TEST_MAX_PARK_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(MAX_PARK.as_millis() as u64);
 
 /// Test-hooks builds only: sets the longest single sleep of every wait in this process (50 ms
 /// normally). A test that makes it far longer than its own deadline turns a lost wake-up into
@@ -108,7 +111,7 @@ mod test_park {
 #[cfg(all(feature = "test-hooks", not(loom)))]
 pub fn set_max_park(cap: Duration) {
     let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
-    test_park::MAX_PARK_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+    TEST_MAX_PARK_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// How long a waiter waits without progress before it looks for dead participants, and how
@@ -388,6 +391,14 @@ mod tests {
         .unwrap()
     }
 
+    /// Nobody is registered on `cell`, and a notify makes no wake-up call.
+    fn assert_nobody_registered(cell: &WaitCell<'_>) {
+        assert_eq!(cell.registered(), 0);
+        let calls = wake_calls();
+        cell.notify();
+        assert_eq!(wake_calls() - calls, 0, "a wake-up call with nobody parked");
+    }
+
     #[test]
     fn a_waiter_whose_recheck_succeeds_leaves_nothing_registered() {
         let region = cell_region();
@@ -397,10 +408,7 @@ mod tests {
             park(&cell, Deadline::Never, |n| (n == 1).then_some(7)),
             Some(7)
         );
-        assert_eq!(cell.registered(), 0);
-        let calls = wake_calls();
-        cell.notify();
-        assert_eq!(wake_calls() - calls, 0, "a wake-up call with nobody parked");
+        assert_nobody_registered(&cell);
     }
 
     #[test]
@@ -409,10 +417,7 @@ mod tests {
         let cell = WaitCell::at(&region, 0);
         let deadline = Deadline::after(Duration::from_millis(20));
         assert_eq!(park(&cell, deadline, |_| None::<()>), None);
-        assert_eq!(cell.registered(), 0);
-        let calls = wake_calls();
-        cell.notify();
-        assert_eq!(wake_calls() - calls, 0, "a wake-up call with nobody parked");
+        assert_nobody_registered(&cell);
     }
 
     #[test]
