@@ -11,12 +11,18 @@
 //! fence(SeqCst)                              fence(SeqCst)
 //! if condition: leave(s); done               w = word
 //! futex_wait(word, s)                        while count(w) != 0:
-//! leave(s)                                       CAS w -> (epoch(w) + 1, count 0):
-//! re-check (from the top)                          done: futex_wake(word, all); stop
-//!                                                  failed, found a later epoch: stop
-//! leave(s): while the word is still in            failed, same epoch: w = what it found
-//!   epoch(s) with a count in 1..255: CAS w -> w - 1
+//! w = word (Acquire)                             CAS w -> (epoch(w) + 1, count 0):
+//! epoch(w) != epoch(s): woken                      done: futex_wake(word, all); stop
+//! w != s, time left: futex_wait(word, w) again     failed, found a later epoch: stop
+//! otherwise: leave(s)                              failed, same epoch: w = what it found
+//! re-check (from the top)
+//!
+//! leave(s): while the word is still in epoch(s) with a count in 1..255: CAS w -> w - 1
 //! ```
+//!
+//! A word changed within the epoch is another waiter joining or leaving: the sleeper is still
+//! counted, so it sleeps on with the new value instead of leaving and joining again (which
+//! would change the word under the others in turn).
 //!
 //! Only a notifier moves the epoch, and moving it takes every registered waiter off the count
 //! at once (the count restarts at 0); waiters change only the count of the epoch they joined.
@@ -255,6 +261,36 @@ impl<'a> WaitCell<'a> {
         }
     }
 
+    /// Sleeps, registered in the epoch of `joined` (what [`join`](Self::join) returned),
+    /// until a notifier moves the epoch on or `timeout` passes; returns off the count.
+    ///
+    /// A change of the word within the epoch is another waiter joining or leaving: this one
+    /// is still counted, so it sleeps on with the new value rather than leaving and joining
+    /// again (which would change the word under the others, and so on).
+    fn sleep(&self, joined: u32, timeout: Duration) {
+        let until = Instant::now().checked_add(timeout);
+        let mut expected = joined;
+        let mut left = timeout;
+        loop {
+            futex::wait(self.word, expected, left);
+            let now = self.word.load(Ordering::Acquire);
+            if epoch(now) != epoch(joined) {
+                return; // woken: the notifier took this waiter off the count
+            }
+            // Timed out, interrupted, or woken for nothing (under loom, by another cell).
+            let time_left = until.and_then(|u| u.checked_duration_since(Instant::now()));
+            match time_left {
+                Some(t) if now != expected && !t.is_zero() => {
+                    (expected, left) = (now, t);
+                }
+                _ => {
+                    self.leave(joined);
+                    return;
+                }
+            }
+        }
+    }
+
     /// How many waiters are registered (for tests).
     #[cfg(test)]
     pub(crate) fn registered(&self) -> u32 {
@@ -351,11 +387,7 @@ impl<'a> WaitCell<'a> {
                 self.leave(joined);
                 return outcome;
             }
-            futex::wait(self.word, joined, left.min(max_park()));
-            // Woken (the epoch moved on: already off the count), or timed out, interrupted,
-            // or the word changed under another waiter's join or leave: off the count either
-            // way, then re-check (and join again to sleep on).
-            self.leave(joined);
+            self.sleep(joined, left.min(max_park()));
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
             }
@@ -514,13 +546,14 @@ mod loom_models {
     /// or asleep (a loom deadlock), and when all is done nobody is left registered, so the
     /// next notify would make no system call.
     ///
-    /// Explored with three preemptions (CI's bound is 2): a waiter woken in an old epoch that
-    /// took a newer waiter off the count needs three to show as a deadlock, and the model
-    /// takes about a second with them.
+    /// Explored with four preemptions (CI's bound is 2): a waiter whose leave ignored the epoch
+    /// — taking a newer waiter off the count — needs four to show as a deadlock (a notifier
+    /// moving the epoch and the other waiter joining and sleeping, all between one waiter's
+    /// join and its leave), and the model takes a few seconds with them.
     #[test]
     fn a_leaving_waiter_never_unregisters_another() {
         let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(3);
+        model.preemption_bound = Some(4);
         model.check(|| {
             let region = Region::heap(64);
             let flags = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
