@@ -4,8 +4,8 @@
 //! are atomic — a receiver gets a message whole and intact, or not at all — and are placed in
 //! fixed-size slots of a lock-free ring, so sending and receiving copy the message at most once
 //! and never allocate. Blocking calls park on shared futexes, and a sender pays no system call
-//! when nobody is parked or about to park (see the README's guarantees for the one exception, a
-//! waiter killed while parked).
+//! when nobody is parked or about to park (see the README's guarantees for the two exceptions,
+//! which cost one wake-up call each).
 //!
 //! Patterns:
 //! * [`Pipeline`] — a work queue: [`Producer`]s send, each message goes to exactly one
