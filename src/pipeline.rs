@@ -15,8 +15,8 @@
 //!   after every process exited finds them, in order.
 //! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
 //! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
-//!   system call when no receiver is parked or about to park (a receiver killed while parked
-//!   costs the next send one wake-up call; see [`WaitStrategy`]).
+//!   system call when no receiver is parked or about to park, but for one call after a
+//!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
 //!
 //! # Example
 //!
