@@ -24,7 +24,8 @@
 //!   after every process exited finds them, in order.
 //! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
 //! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
-//!   system call when no receiver is parked (see [`WaitStrategy`]).
+//!   system call when no receiver is parked or about to park, but for one call after a
+//!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
 //!
 //! # Example
 //!
@@ -299,6 +300,7 @@ pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -334,7 +336,7 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_full().wait_or_repair(
             self.wait,
             deadline,
             ring.write_claimer(self.owner),
@@ -570,6 +572,7 @@ pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -596,7 +599,7 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),

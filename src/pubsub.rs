@@ -385,6 +385,7 @@ pub struct Publisher {
     owner: u16,
     gate: GateCache,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -423,7 +424,7 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let waited = ring.consumed().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.consumed().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim(self.owner, &self.gate),
@@ -487,6 +488,7 @@ pub struct Subscriber {
     prefixes: Vec<Vec<u8>>,
     buf: Vec<u8>,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -539,7 +541,7 @@ impl Subscriber {
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
         let shared = &self.shared;
         let repair = || shared.repair_quietly();
-        let found = ring.published().parked_as(self.me.parked()).wait_or_repair(
+        let found = ring.published().wait_or_repair(
             self.wait,
             deadline,
             || loop {

@@ -476,6 +476,7 @@ pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -497,7 +498,7 @@ impl Server {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim_read(self.owner),
@@ -652,16 +653,16 @@ impl Request<'_> {
             claimer().map(|c| c.map(Some))
         };
         let repair = || shared.repair_quietly();
-        let claim = match ring
-            .not_full()
-            .parked_as(self.server.me.parked())
-            .wait_or_repair(self.server.wait, deadline, attempt, repair)
-        {
-            Ok(Some(Some(claim))) => claim,
-            Ok(Some(None)) => return Ok(Delivery::ClientGone),
-            Ok(None) => return Err(SendError::Timeout),
-            Err(c) => return Err(SendError::Corrupt(c)),
-        };
+        let claim =
+            match ring
+                .not_full()
+                .wait_or_repair(self.server.wait, deadline, attempt, repair)
+            {
+                Ok(Some(Some(claim))) => claim,
+                Ok(Some(None)) => return Ok(Delivery::ClientGone),
+                Ok(None) => return Err(SendError::Timeout),
+                Err(c) => return Err(SendError::Corrupt(c)),
+            };
         let result = put(shared, ring, claim, &env, payload);
         ring.not_empty().notify();
         result.map(|()| Delivery::Delivered)
@@ -789,6 +790,7 @@ pub struct Client {
     owner: u16,
     ledger: Ledger,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -1077,7 +1079,7 @@ impl Client {
             None => self.make_room(deadline)?,
         };
         let ring = &self.shared.requests;
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_full().wait_or_repair(
             self.wait,
             deadline,
             ring.write_claimer(self.owner),
@@ -1128,7 +1130,7 @@ impl Client {
             // for those (or dropping their tickets) frees one.
             return Err(SendError::Full);
         }
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || {
@@ -1198,7 +1200,7 @@ impl Client {
         let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
         let ring = &shared.replies[self.index as usize];
         let me = (self.index, self.generation);
-        let found = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
+        let found = ring.not_empty().wait_or_repair(
             self.wait,
             deadline,
             || {

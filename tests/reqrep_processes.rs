@@ -5,10 +5,13 @@
 
 mod common;
 
-use common::{child, fnv1a, s, wait_ready, wait_until, ChildProc, Rng, TempDir, HANG};
+use common::{
+    child, child_with_env, fnv1a, s, uncapped_park, wait_ready, wait_until, ChildProc, Rng,
+    TempDir, HANG,
+};
 use shmq::layout::{
-    Envelope, Geometry, Shape, WaitCellLayout, CTL_HEAD, CTL_NOT_EMPTY, ENVELOPE_SIZE,
-    KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE, SLOT_HEADER_SIZE,
+    Envelope, Geometry, Shape, CTL_HEAD, CTL_NOT_EMPTY, ENVELOPE_SIZE, KIND_SERVICE,
+    RING_CONTROL_OFFSET, RING_CONTROL_SIZE, SLOT_HEADER_SIZE,
 };
 use shmq::{Delivery, Error, Pending, RecvError, SendError, Service, ServiceOptions, WaitStrategy};
 use std::io::Write;
@@ -411,13 +414,6 @@ impl Spec {
     }
 }
 
-fn read_u32(path: &Path, offset: u64) -> u32 {
-    let f = std::fs::File::open(path).unwrap();
-    let mut b = [0u8; 4];
-    f.read_exact_at(&mut b, offset).unwrap();
-    u32::from_le_bytes(b)
-}
-
 fn read_u64(path: &Path, offset: u64) -> u64 {
     let f = std::fs::File::open(path).unwrap();
     let mut b = [0u8; 8];
@@ -470,12 +466,11 @@ fn envelope(client: u32, generation: u64, correlation: u64) -> Vec<u8> {
 /// Waits until a process parks (or is about to park) on the wait cell at `cell` (a file
 /// offset); panics if `child` exits first.
 fn wait_parked(path: &Path, cell: u64, child: &mut ChildProc) {
-    let at = cell + offset_of!(WaitCellLayout, waiters) as u64;
     let parked = wait_until(HANG, || {
         if let Some(st) = child.try_wait() {
             panic!("child {:?} exited ({st}) instead of blocking", child.role());
         }
-        read_u32(path, at) > 0
+        common::registered_waiters(path, cell) > 0
     });
     assert!(parked, "child {:?} never parked", child.role());
 }
@@ -1355,6 +1350,13 @@ fn replies_kept_for_a_later_wait_do_not_block_the_reply_ring() {
 // Wake-ups across processes
 // ---------------------------------------------------------------------------------------------
 
+/// How long a wake-up across processes may take in the tests that check one: generous for a
+/// loaded machine, and far below the deadlines of the children those tests start with an
+/// uncapped park (see `common::UNCAPPED_PARK_VAR`), where a lost wake-up hangs instead.
+const WAKE: Duration = Duration::from_secs(10);
+
+/// The server parks with no cap on its sleep (its own deadline is `HANG`, three times `WAKE`):
+/// a lost wake-up fails the request's `WAKE` timeout.
 #[test]
 fn blocked_server_is_woken_by_a_request_from_another_process() {
     let dir = TempDir::new("wake-server");
@@ -1368,7 +1370,7 @@ fn blocked_server_is_woken_by_a_request_from_another_process() {
     };
     let service = spec.create(&path);
     let mut client = service.client().unwrap();
-    let mut server = child("serve", &[s(&path), "1", "-", "park"]);
+    let mut server = child_with_env("serve", &[s(&path), "1", "-", "park"], &uncapped_park());
     wait_parked(
         &path,
         (RING_CONTROL_OFFSET + CTL_NOT_EMPTY) as u64,
@@ -1379,12 +1381,13 @@ fn blocked_server_is_woken_by_a_request_from_another_process() {
         server.is_running(),
         "the server returned from recv with no request"
     );
-    let reply = client.request_timeout(b"wake up", HANG).unwrap();
+    let reply = client.request_timeout(b"wake up", WAKE).unwrap();
     assert_eq!(reply.payload(), b"re:wake up");
     drop(reply);
     server.expect_success(HANG);
 }
 
+/// The client parks with no cap on its sleep (a lost wake-up hangs it).
 #[test]
 fn client_waiting_is_woken_by_a_reply_from_another_process() {
     let dir = TempDir::new("wake-client");
@@ -1399,7 +1402,7 @@ fn client_waiting_is_woken_by_a_reply_from_another_process() {
     let g = spec.geometry();
     let service = spec.create(&path);
     let server = service.server().unwrap();
-    let mut c = child("park_client", &[s(&path), "ping", "pong"]);
+    let mut c = child_with_env("park_client", &[s(&path), "ping", "pong"], &uncapped_park());
     let request = loop {
         match server.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => break r,
@@ -1418,7 +1421,7 @@ fn client_waiting_is_woken_by_a_reply_from_another_process() {
         "the client returned from wait with no reply"
     );
     assert_eq!(request.reply(b"pong"), Ok(Delivery::Delivered));
-    c.expect_success(HANG);
+    c.expect_success(WAKE);
 }
 
 // ---------------------------------------------------------------------------------------------
