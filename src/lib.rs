@@ -26,6 +26,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`inspect::inspect`] reads any queue file read-only and reports who is attached, who died
+//! and what it holds, depth, lag and the counters every participant keeps in the file.
+//!
 //! See `DESIGN.md` in the repository for the on-file layout and the guarantees, and the module
 //! docs of each pattern for its exact semantics.
 
@@ -35,10 +38,14 @@ pub mod error;
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
+#[cfg(not(loom))]
+pub(crate) mod stats;
 pub(crate) mod sync;
 #[cfg(not(loom))]
 pub(crate) mod testhook;
 
+#[cfg(not(loom))]
+pub mod inspect;
 #[cfg(not(loom))]
 pub(crate) mod peers;
 #[cfg(not(loom))]

@@ -37,7 +37,7 @@
 //! ```
 
 use crate::error::{Error, RecvError, SendError};
-use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
+use crate::layout::{counter, Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
@@ -325,12 +325,13 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = ring
+            .not_full()
+            .parked_as(self.me.parked())
+            .tallied(self.me.stats().tally(counter::FULL))
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
@@ -341,6 +342,7 @@ impl Producer {
         let ring = self.ring();
         ring.write(&claim, 0, msg);
         if ring.commit(claim, msg.len()) {
+            self.me.stats().add(counter::SENT, 1);
             Ok(())
         } else {
             Err(SendError::Corrupt(crate::error::Corruption::BadState(
@@ -493,7 +495,9 @@ impl Loan<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             // A `false` here means a recovery pass took the slot away; nothing is published.
-            let _ = ring.commit(claim, self.len);
+            if ring.commit(claim, self.len) {
+                self.producer.me.stats().add(counter::SENT, 1);
+            }
             ring.not_empty().notify();
         }
     }
@@ -525,6 +529,7 @@ impl Drop for Loan<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
+            self.producer.me.stats().add(counter::ABANDONED, 1);
             ring.not_empty().notify();
         }
     }
@@ -567,12 +572,16 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = ring
+            .not_empty()
+            .parked_as(self.me.parked())
+            .tallied(self.me.stats().tally(counter::EMPTY))
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
@@ -688,6 +697,7 @@ impl Message<'_> {
     fn ack_quietly(mut self) {
         if let Some(claim) = self.claim.take() {
             self.consumer.ring().release(claim);
+            self.consumer.me.stats().add(counter::RECEIVED, 1);
         }
     }
 }
@@ -713,6 +723,7 @@ impl Drop for Message<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.consumer.ring();
             ring.release(claim);
+            self.consumer.me.stats().add(counter::RECEIVED, 1);
             ring.not_full().notify();
         }
     }

@@ -51,7 +51,8 @@
 
 use crate::error::{Error, RecvError, SendError};
 use crate::layout::{
-    Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST, RING_CONTROL_OFFSET,
+    counter, Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST,
+    RING_CONTROL_OFFSET,
 };
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
@@ -423,12 +424,16 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let waited = ring.consumed().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim(self.owner, &self.gate),
-            || self.shared.repair_quietly(),
-        );
+        let waited = ring
+            .consumed()
+            .parked_as(self.me.parked())
+            .tallied(self.me.stats().tally(counter::FULL))
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim(self.owner, &self.gate),
+                || self.shared.repair_quietly(),
+            );
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("publisher-claimed");
         let committed = ring.write_and_commit(claim, topic, payload);
@@ -436,6 +441,7 @@ impl Publisher {
         // this slot to be finished. One fence serves both.
         WaitCell::notify_both(&ring.published(), &ring.consumed());
         if committed {
+            self.me.stats().add(counter::SENT, 1);
             Ok(())
         } else {
             Err(SendError::Corrupt(crate::error::Corruption::BadState(
@@ -538,29 +544,39 @@ impl Subscriber {
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
         let shared = &self.shared;
         let repair = || shared.repair_quietly();
-        let found = ring.published().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || loop {
-                let before = *cursor;
-                let polled = ring.poll(cursor, buf);
-                if *cursor != before {
-                    // Publish progress only: Block-mode publishers gate on it.
-                    ring.store_cursor(entry, *cursor);
-                }
-                match polled.map_err(RecvError::Corrupt)? {
-                    Poll::Empty => return Ok(None),
-                    Poll::Lagged(n) => return Err(RecvError::Lagged(n)),
-                    Poll::Message { topic_len, len } => {
-                        let topic = &buf[..topic_len];
-                        if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p)) {
-                            return Ok(Some((topic_len, len)));
+        let stats = self.me.stats();
+        let found = ring
+            .published()
+            .parked_as(self.me.parked())
+            .tallied(stats.tally(counter::EMPTY))
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || loop {
+                    let before = *cursor;
+                    let polled = ring.poll(cursor, buf);
+                    if *cursor != before {
+                        // Publish progress only: Block-mode publishers gate on it.
+                        ring.store_cursor(entry, *cursor);
+                    }
+                    match polled.map_err(RecvError::Corrupt)? {
+                        Poll::Empty => return Ok(None),
+                        Poll::Lagged(n) => {
+                            stats.add(counter::LAGGED, n);
+                            return Err(RecvError::Lagged(n));
+                        }
+                        Poll::Message { topic_len, len } => {
+                            let topic = &buf[..topic_len];
+                            if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p))
+                            {
+                                stats.add(counter::RECEIVED, 1);
+                                return Ok(Some((topic_len, len)));
+                            }
                         }
                     }
-                }
-            },
-            repair,
-        );
+                },
+                repair,
+            );
         match found {
             Ok(Some((topic_len, len))) => {
                 let body = ring.body_offset();

@@ -57,8 +57,8 @@
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{
-    Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE,
-    TABLE_ENTRY_SIZE,
+    counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
+    RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
@@ -73,9 +73,9 @@ use std::time::Duration;
 
 /// Client entry state: bits 0..12 the owner's participant id, bit 12 attached, bits 16.. the
 /// generation.
-const CLIENT_ATTACHED: u64 = 1 << 12;
-const CLIENT_OWNER_MASK: u64 = 0xfff;
-const CLIENT_GEN_SHIFT: u32 = 16;
+pub(crate) const CLIENT_ATTACHED: u64 = 1 << 12;
+pub(crate) const CLIENT_OWNER_MASK: u64 = 0xfff;
+pub(crate) const CLIENT_GEN_SHIFT: u32 = 16;
 
 /// Envelope flag of a reply: the server dropped the request without replying.
 const FLAG_NO_REPLY: u32 = 1;
@@ -468,12 +468,16 @@ impl Server {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = ring
+            .not_empty()
+            .parked_as(self.me.parked())
+            .tallied(self.me.stats().tally(counter::EMPTY))
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         match envelope_of(ring, &claim) {
             Some(envelope) if envelope.client < self.shared.geometry.table_entries => {
@@ -587,6 +591,7 @@ impl Request<'_> {
         if let Some(claim) = self.claim.take() {
             let requests = &self.server.shared.requests;
             requests.release(claim);
+            self.server.me.stats().add(counter::RECEIVED, 1);
             requests.not_full().notify();
         }
     }
@@ -617,6 +622,7 @@ impl Request<'_> {
         let claim = match ring
             .not_full()
             .parked_as(self.server.me.parked())
+            .tallied(self.server.me.stats().tally(counter::FULL))
             .wait_or_repair(self.server.wait, deadline, attempt, repair)
         {
             Ok(Some(Some(claim))) => claim,
@@ -626,7 +632,9 @@ impl Request<'_> {
         };
         let result = put(ring, claim, &env, payload);
         ring.not_empty().notify();
-        result.map(|()| Delivery::Delivered)
+        result?;
+        self.server.me.stats().add(counter::SENT, 1);
+        Ok(Delivery::Delivered)
     }
 }
 
@@ -838,12 +846,13 @@ impl Client {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = ring
+            .not_full()
+            .parked_as(self.me.parked())
+            .tallied(self.me.stats().tally(counter::FULL))
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
         let claim = SendError::from_wait(waited, deadline)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -856,6 +865,7 @@ impl Client {
         let result = put(ring, claim, &envelope, payload);
         ring.not_empty().notify();
         result?;
+        self.me.stats().add(counter::SENT, 1);
         self.ledger.outstanding.push((id, true));
         Ok(Pending { id })
     }
@@ -904,19 +914,25 @@ impl Client {
         let ring = &shared.replies[self.index as usize];
         let me = (self.index, self.generation);
         let max = shared.max_message();
-        let found = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || {
-                while let Some(claim) = ring.try_claim_read(owner)? {
-                    if let Filed::Wanted(claim) = ledger.file(ring, me, max, claim, want) {
-                        return Ok(Some(claim));
+        let stats = self.me.stats();
+        let found = ring
+            .not_empty()
+            .parked_as(self.me.parked())
+            .tallied(stats.tally(counter::EMPTY))
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || {
+                    while let Some(claim) = ring.try_claim_read(owner)? {
+                        stats.add(counter::RECEIVED, 1);
+                        if let Filed::Wanted(claim) = ledger.file(ring, me, max, claim, want) {
+                            return Ok(Some(claim));
+                        }
                     }
-                }
-                Ok(None)
-            },
-            || shared.repair_quietly(),
-        );
+                    Ok(None)
+                },
+                || shared.repair_quietly(),
+            );
         match found {
             Ok(Some(Some(claim))) => Ok(Reply {
                 source: ReplySource::Slot {

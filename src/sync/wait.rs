@@ -34,7 +34,7 @@
 //! informational `waiters` count too high; recovery takes it off the count (each participant
 //! marks, in its own participant entry, which cell it is counted in).
 
-use super::atomic::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use super::atomic::{bump, fence, spin_hint, AtomicU32, AtomicU64, Ordering};
 use super::futex;
 use crate::shm::Region;
 use std::time::{Duration, Instant};
@@ -113,6 +113,16 @@ pub(crate) struct WaitCell<'a> {
     /// counted in `waiters`, so that if it dies parked, recovery can take it off the count
     /// (else every later notify would pay a wake-up system call for a waiter that is gone).
     parked: Option<&'a AtomicU64>,
+    /// The waiting participant's statistics, if it keeps any.
+    tally: Option<Tally<'a>>,
+}
+
+/// Where a waiter counts its waits (in its own participant entry, written only by it): calls
+/// whose first attempt failed (`blocked`: the queue was full, or empty) and sleeps on the futex.
+#[derive(Clone, Copy)]
+pub(crate) struct Tally<'a> {
+    pub(crate) blocked: &'a AtomicU64,
+    pub(crate) parked: &'a AtomicU64,
 }
 
 impl<'a> WaitCell<'a> {
@@ -124,6 +134,16 @@ impl<'a> WaitCell<'a> {
             waiters: region.u32_at(offset + 4),
             offset,
             parked: None,
+            tally: None,
+        }
+    }
+
+    /// The same cell, with its waits counted in `tally`.
+    #[inline]
+    pub(crate) fn tallied(self, tally: Tally<'a>) -> Self {
+        WaitCell {
+            tally: Some(tally),
+            ..self
         }
     }
 
@@ -214,6 +234,9 @@ impl<'a> WaitCell<'a> {
         if let Some(v) = attempt()? {
             return Ok(Some(v));
         }
+        if let Some(tally) = &self.tally {
+            bump(tally.blocked, 1);
+        }
         if let Deadline::Now = deadline {
             return Ok(None);
         }
@@ -280,6 +303,9 @@ impl<'a> WaitCell<'a> {
             if !matches!(outcome, Ok(None)) {
                 self.unpark();
                 return outcome;
+            }
+            if let Some(tally) = &self.tally {
+                bump(tally.parked, 1);
             }
             futex::wait(self.seq, seen, left.min(MAX_PARK));
             self.unpark();
