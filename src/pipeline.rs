@@ -74,6 +74,19 @@ impl Options {
         Self::default()
     }
 
+    /// The layout a queue created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        Geometry::pipeline(
+            self.capacity,
+            self.max_message as u64,
+            self.max_participants,
+        )
+        .map_err(Error::InvalidOptions)
+    }
+
     /// Number of message slots (any number from 1 to 2^32).
     pub fn capacity(mut self, slots: u64) -> Self {
         self.capacity = slots;
@@ -161,12 +174,7 @@ impl Pipeline {
     /// directory is not writable, or there is no room for the file (space is reserved now).
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
-        let g = Geometry::pipeline(
-            options.capacity,
-            options.max_message as u64,
-            options.max_participants,
-        )
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path, &g, options.mode, |region| {
             let ring = MpmcRing::new(
                 region.clone(),

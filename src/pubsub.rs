@@ -106,6 +106,31 @@ impl PubSubOptions {
         Self::default()
     }
 
+    /// The layout a channel created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        let max_participants = self
+            .max_publishers
+            .checked_add(self.max_subscribers)
+            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
+        Geometry::compute(Shape {
+            kind: KIND_PUBSUB,
+            capacity: self.capacity,
+            max_message: self.max_message as u64,
+            max_participants,
+            flags: match self.overflow {
+                Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
+                Overflow::Block => OVERFLOW_BLOCK,
+            },
+            max_topic: self.max_topic,
+            table_entries: self.max_subscribers,
+            reply_capacity: 0,
+        })
+        .map_err(Error::InvalidOptions)
+    }
+
     /// Number of messages the ring retains (1 to 2^32).
     pub fn capacity(mut self, slots: u64) -> Self {
         self.capacity = slots;
@@ -215,24 +240,7 @@ impl PubSub {
     /// # Errors
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &PubSubOptions) -> Result<Self, Error> {
-        let max_participants = options
-            .max_publishers
-            .checked_add(options.max_subscribers)
-            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
-        let g = Geometry::compute(Shape {
-            kind: KIND_PUBSUB,
-            capacity: options.capacity,
-            max_message: options.max_message as u64,
-            max_participants,
-            flags: match options.overflow {
-                Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
-                Overflow::Block => OVERFLOW_BLOCK,
-            },
-            max_topic: options.max_topic,
-            table_entries: options.max_subscribers,
-            reply_capacity: 0,
-        })
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
             ring_of(region.clone(), &g).initialize()
         })?;

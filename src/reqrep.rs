@@ -116,6 +116,28 @@ impl ServiceOptions {
         Self::default()
     }
 
+    /// The layout a service created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        let max_participants = self
+            .max_clients
+            .checked_add(self.max_servers)
+            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
+        Geometry::compute(Shape {
+            kind: KIND_SERVICE,
+            capacity: self.request_capacity,
+            max_message: self.max_message as u64,
+            max_participants,
+            flags: 0,
+            max_topic: 0,
+            table_entries: self.max_clients,
+            reply_capacity: self.reply_capacity,
+        })
+        .map_err(Error::InvalidOptions)
+    }
+
     /// Slots in the shared request ring.
     pub fn request_capacity(mut self, slots: u64) -> Self {
         self.request_capacity = slots;
@@ -305,21 +327,7 @@ impl Service {
     /// # Errors
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &ServiceOptions) -> Result<Self, Error> {
-        let max_participants = options
-            .max_clients
-            .checked_add(options.max_servers)
-            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
-        let g = Geometry::compute(Shape {
-            kind: KIND_SERVICE,
-            capacity: options.request_capacity,
-            max_message: options.max_message as u64,
-            max_participants,
-            flags: 0,
-            max_topic: 0,
-            table_entries: options.max_clients,
-            reply_capacity: options.reply_capacity,
-        })
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
             let (requests, replies) = rings(region, &g);
             requests.initialize();
