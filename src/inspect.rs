@@ -284,6 +284,11 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Report, Error> {
 /// Reads and validates the header, whatever kind it declares.
 fn header(path: &Path, map: &ReadOnlyMapping) -> Result<Geometry, Error> {
     let size = std::mem::size_of::<FileHeader>();
+    // What does not start with the magic number is not a shmq file, however short it is.
+    let magic = map.u64_at(field::MAGIC).unwrap_or(0);
+    if (magic != crate::layout::MAGIC && magic != 0) || map.len() < 8 {
+        return Err(Error::corrupt(path, Corruption::BadMagic { found: magic }));
+    }
     let mut bytes = vec![0u8; size];
     for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
         let word = map.u64_at(8 * i).ok_or_else(|| {

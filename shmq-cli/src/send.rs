@@ -28,25 +28,27 @@ pub struct Args {
     json: bool,
 }
 
-/// The messages to send, in order.
-fn messages(args: &Args) -> crate::Result<Vec<Vec<u8>>> {
+/// Calls `send` with each message in order: the argument, all of stdin (`--raw`), or each
+/// line of stdin as soon as it is read (so a `shmq send` fed by a pipe sends as it goes).
+fn each_message(args: &Args, mut send: impl FnMut(&[u8]) -> crate::Result) -> crate::Result {
     match args.message.as_deref() {
         Some(msg) if msg != "-" => {
             if args.raw {
                 return Err("--raw reads standard input; give no MESSAGE (or -)".into());
             }
-            Ok(vec![msg.as_bytes().to_vec()])
+            send(msg.as_bytes())
         }
         _ if args.raw => {
             let mut all = Vec::new();
             std::io::stdin().lock().read_to_end(&mut all)?;
-            Ok(vec![all])
+            send(&all)
         }
-        _ => std::io::stdin()
-            .lock()
-            .split(b'\n')
-            .map(|l| Ok(l?))
-            .collect(),
+        _ => {
+            for line in std::io::stdin().lock().split(b'\n') {
+                send(&line?)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -60,31 +62,26 @@ pub fn run(args: Args) -> crate::Result {
         )
         .into());
     }
-    let msgs = messages(&args)?;
     match kind {
         Kind::Pipeline => {
             let producer = shmq::Pipeline::open(&args.file)?.producer()?;
-            for msg in &msgs {
-                producer.send(msg)?;
-            }
+            each_message(&args, |msg| Ok(producer.send(msg)?))
         }
         Kind::PubSub(_) => {
             let publisher = PubSub::open(&args.file)?.publisher()?;
             let topic = args.topic.as_deref().unwrap_or("").as_bytes();
-            for msg in &msgs {
-                publisher.publish(topic, msg)?;
-            }
+            each_message(&args, |msg| Ok(publisher.publish(topic, msg)?))
         }
         Kind::Service => {
             let timeout = Duration::try_from_secs_f64(args.timeout)
                 .map_err(|_| format!("--timeout {} is not a duration", args.timeout))?;
             let mut client = Service::open(&args.file)?.client()?;
             let mut out = std::io::stdout().lock();
-            for msg in &msgs {
+            each_message(&args, |msg| {
                 let reply = client.request_timeout(msg, timeout)?;
                 writeln!(out, "{}", line(None, reply.payload(), false, args.json))?;
-            }
+                Ok(out.flush()?)
+            })
         }
     }
-    Ok(())
 }
