@@ -617,8 +617,11 @@ fn every_error_exits_1_with_one_line_naming_the_problem() {
         // Root reads anything: run the command as nobody instead.
         cmd.uid(65534).gid(65534);
     } else {
-        std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0))
-            .unwrap();
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
     }
     let line = fails_with(&mut cmd, &["stat", "private"]);
     assert!(line.contains("Permission denied"), "{line}");
