@@ -103,7 +103,7 @@ pub struct Counts {
     pub full: u64,
     /// Receives that found nothing ready.
     pub empty: u64,
-    /// Sleeps on a futex while waiting.
+    /// Waits that went to sleep on a futex (counted once per wait).
     pub parked: u64,
     /// Messages subscribers missed because they fell behind (drop-oldest).
     pub lagged: u64,

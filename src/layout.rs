@@ -141,7 +141,7 @@ pub mod counter {
     pub const FULL: usize = 2;
     /// Participant: receives that found nothing ready (whether they then waited or not).
     pub const EMPTY: usize = 3;
-    /// Participant: times it went to sleep on a futex while waiting.
+    /// Participant: waits that went to sleep on a futex (once per wait, however long).
     pub const PARKED: usize = 4;
     /// Participant (subscriber, drop-oldest): messages it missed because it fell behind.
     pub const LAGGED: usize = 5;

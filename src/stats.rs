@@ -3,7 +3,7 @@
 //! # Where the counts live, and why they cost (almost) nothing
 //!
 //! Each participant counts what it does — messages committed and acknowledged, sends that
-//! found the ring full, receives that found it empty, sleeps on a futex, messages lost to lag,
+//! found the ring full, receives that found it empty, waits that slept on a futex, messages lost to lag,
 //! loans abandoned — in the second half of its **own** participant entry
 //! ([`PARTICIPANT_STATS`]). Nobody else writes that line while the participant lives, so a count
 //! is a relaxed load and a relaxed store on a line already in this core's cache

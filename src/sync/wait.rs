@@ -118,7 +118,8 @@ pub(crate) struct WaitCell<'a> {
 }
 
 /// Where a waiter counts its waits (in its own participant entry, written only by it): calls
-/// whose first attempt failed (`blocked`: the queue was full, or empty) and sleeps on the futex.
+/// whose first attempt failed (`blocked`: the queue was full, or empty), and of those the ones
+/// that went to sleep on the futex (`parked`, once per call however often it slept).
 #[derive(Clone, Copy)]
 pub(crate) struct Tally<'a> {
     pub(crate) blocked: &'a AtomicU64,
@@ -287,7 +288,8 @@ impl<'a> WaitCell<'a> {
             }
             spin_hint();
         }
-        // Park phase.
+        // Park phase. A wait that parks is counted once, however often it sleeps.
+        let mut parked_before = false;
         loop {
             let Some(left) = deadline.remaining() else {
                 return attempt();
@@ -304,9 +306,10 @@ impl<'a> WaitCell<'a> {
                 self.unpark();
                 return outcome;
             }
-            if let Some(tally) = &self.tally {
+            if let Some(tally) = self.tally.filter(|_| !parked_before) {
                 bump(tally.parked, 1);
             }
+            parked_before = true;
             futex::wait(self.seq, seen, left.min(MAX_PARK));
             self.unpark();
             if let Some(v) = attempt()? {
