@@ -32,6 +32,7 @@ use crate::shm::file::Mapping;
 use crate::shm::Region;
 use crate::stats::OwnStats;
 use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::WaitCell;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use std::fs::File;
@@ -87,6 +88,14 @@ impl Participant {
     /// This participant's "parked on" word (see `WaitCell::parked_as`).
     pub(crate) fn parked(&self) -> &AtomicU64 {
         self.region.u64_at(self.entry() + PARKED_ON)
+    }
+
+    /// `cell`, waited on by this participant: the cell records where it is parked, and its
+    /// waits are counted in its statistics, as `blocked` (`counter::FULL` or `counter::EMPTY`).
+    #[inline]
+    pub(crate) fn waiting_on<'a>(&'a self, cell: WaitCell<'a>, blocked: usize) -> WaitCell<'a> {
+        cell.parked_as(self.parked())
+            .tallied(self.stats().tally(blocked))
     }
 
     /// This participant's own statistics counters (see `stats`).

@@ -333,10 +333,9 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring
-            .not_full()
-            .parked_as(self.me.parked())
-            .tallied(self.me.stats().tally(counter::FULL))
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
             .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
                 self.shared.repair_quietly()
             });
@@ -580,10 +579,9 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let waited = ring
-            .not_empty()
-            .parked_as(self.me.parked())
-            .tallied(self.me.stats().tally(counter::EMPTY))
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
             .wait_or_repair(
                 self.wait,
                 deadline,

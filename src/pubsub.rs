@@ -432,10 +432,9 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let waited = ring
-            .consumed()
-            .parked_as(self.me.parked())
-            .tallied(self.me.stats().tally(counter::FULL))
+        let waited = self
+            .me
+            .waiting_on(ring.consumed(), counter::FULL)
             .wait_or_repair(
                 self.wait,
                 deadline,
@@ -553,10 +552,9 @@ impl Subscriber {
         let shared = &self.shared;
         let repair = || shared.repair_quietly();
         let stats = self.me.stats();
-        let found = ring
-            .published()
-            .parked_as(self.me.parked())
-            .tallied(stats.tally(counter::EMPTY))
+        let found = self
+            .me
+            .waiting_on(ring.published(), counter::EMPTY)
             .wait_or_repair(
                 self.wait,
                 deadline,

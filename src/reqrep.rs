@@ -476,10 +476,9 @@ impl Server {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let waited = ring
-            .not_empty()
-            .parked_as(self.me.parked())
-            .tallied(self.me.stats().tally(counter::EMPTY))
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
             .wait_or_repair(
                 self.wait,
                 deadline,
@@ -627,10 +626,10 @@ impl Request<'_> {
             claimer().map(|c| c.map(Some))
         };
         let repair = || shared.repair_quietly();
-        let claim = match ring
-            .not_full()
-            .parked_as(self.server.me.parked())
-            .tallied(self.server.me.stats().tally(counter::FULL))
+        let claim = match self
+            .server
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
             .wait_or_repair(self.server.wait, deadline, attempt, repair)
         {
             Ok(Some(Some(claim))) => claim,
@@ -854,10 +853,9 @@ impl Client {
             return Err(SendError::Full);
         }
         let ring = &self.shared.requests;
-        let waited = ring
-            .not_full()
-            .parked_as(self.me.parked())
-            .tallied(self.me.stats().tally(counter::FULL))
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
             .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
                 self.shared.repair_quietly()
             });
@@ -923,10 +921,9 @@ impl Client {
         let me = (self.index, self.generation);
         let max = shared.max_message();
         let stats = self.me.stats();
-        let found = ring
-            .not_empty()
-            .parked_as(self.me.parked())
-            .tallied(stats.tally(counter::EMPTY))
+        let found = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
             .wait_or_repair(
                 self.wait,
                 deadline,
