@@ -91,7 +91,8 @@ impl Role {
     }
 }
 
-/// What participants did, counted by each in its own entry (see `layout::counter`).
+/// What participants did, counted by each in its own entry (see `layout::counter`). Counts are
+/// statistics: a handle used by several threads at the same instant may miss a few.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counts {

@@ -48,6 +48,7 @@ pub(crate) const LOCK_BASE: i64 = 1 << 40;
 
 /// What a participant does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 #[repr(u8)]
 pub enum Role {
     /// Sends into a pipeline.

@@ -265,9 +265,32 @@ fn inspecting_changes_no_byte_and_works_after_every_process_died() {
     );
     assert_eq!(participant(&stat, "consumer")["holds"], 1);
     assert_eq!(stat["depth"], 1);
-    // Read-only: it works on a file nobody may write.
-    std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
-    json(&["stat", s(&q), "--json"]);
+    // Read-only: it works for a user who may read the file but not write it.
+    std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let mut stat = shmq();
+    stat.args(["stat", s(&q), "--json"]);
+    as_another_user_if_root(&mut stat);
+    let out = stat.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["dead"], 1,
+        "liveness is tested without write access: {seen}"
+    );
+}
+
+/// Root may write anything: a command that must lack a permission runs as `nobody` instead.
+/// Returns whether it does.
+fn as_another_user_if_root(cmd: &mut Command) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    root
 }
 
 #[test]
@@ -613,10 +636,7 @@ fn every_error_exits_1_with_one_line_naming_the_problem() {
     ok(&["create", s(&private), "--kind", "pipeline"]);
     let mut cmd = shmq();
     cmd.args(["stat", s(&private)]);
-    if nix::unistd::geteuid().is_root() {
-        // Root reads anything: run the command as nobody instead.
-        cmd.uid(65534).gid(65534);
-    } else {
+    if !as_another_user_if_root(&mut cmd) {
         std::fs::set_permissions(
             &private,
             std::os::unix::fs::PermissionsExt::from_mode(0o000),
