@@ -410,6 +410,7 @@ impl Inspector<'_> {
             skipped: recovery_word(counter::SKIPPED, "counter `skipped`")?,
             redelivered: recovery_word(counter::REDELIVERED, "counter `redelivered`")?,
             released: recovery_word(counter::RELEASED, "counter `released`")?,
+            refused: recovery_word(counter::REFUSED, "counter `refused`")?,
         };
         let sweeps = recovery_word(counter::SWEEPS, "counter `sweeps`")?;
         let subscribers = match kind {

@@ -127,8 +127,11 @@ pub mod counter {
     pub const REDELIVERED: usize = 2;
     /// Counters block: other things a dead participant held, let go.
     pub const RELEASED: usize = 3;
+    /// Counters block: commits and acknowledgements refused because their claim had been taken
+    /// away (`RecoveryStats::refused`).
+    pub const REFUSED: usize = 4;
     /// Counters block: recovery passes run (on attach, by stalled waiters, by `repair`).
-    pub const SWEEPS: usize = 4;
+    pub const SWEEPS: usize = 5;
     /// Counters block: where the totals of departed participants' counters start (the
     /// participant counters below, at this offset).
     pub const DEPARTED: usize = 8;

@@ -29,8 +29,9 @@
 //! [`inspect::inspect`] reads any queue file read-only and reports who is attached, who died
 //! and what it holds, depth, lag and the counters every participant keeps in the file.
 //!
-//! See `DESIGN.md` in the repository for the on-file layout and the guarantees, and the module
-//! docs of each pattern for its exact semantics.
+//! See `docs/DESIGN.md` in the repository (and in the published package) for the layers, the
+//! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
+//! the module docs of each pattern for its exact semantics.
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
