@@ -69,6 +69,7 @@ pub struct RecoveryJson {
     pub skipped: u64,
     pub redelivered: u64,
     pub released: u64,
+    pub refused: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -163,6 +164,7 @@ impl ReportJson {
                 skipped: r.recovery.skipped,
                 redelivered: r.recovery.redelivered,
                 released: r.recovery.released,
+                refused: r.recovery.refused,
             },
             participants: r
                 .participants
@@ -308,8 +310,8 @@ pub fn text(r: &Report, rates: Option<RatesJson>) -> String {
     let rc = &r.recovery;
     let _ = writeln!(
         s,
-        "  recovery: {} passes, {} reaped, {} skipped, {} redelivered, {} released",
-        r.sweeps, rc.reaped, rc.skipped, rc.redelivered, rc.released
+        "  recovery: {} passes, {} reaped, {} skipped, {} redelivered, {} released; {} refused",
+        r.sweeps, rc.reaped, rc.skipped, rc.redelivered, rc.released, rc.refused
     );
     let _ = writeln!(s, "  participants: {} alive, {} dead", r.alive(), r.dead());
     if !r.participants.is_empty() {
