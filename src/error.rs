@@ -111,6 +111,15 @@ pub enum Error {
     },
     /// The options given to `create` are out of range.
     InvalidOptions(String),
+    /// Inspecting a queue file found a value the protocol never writes (see `shmq::inspect`).
+    BadField {
+        /// The queue file.
+        path: PathBuf,
+        /// Which word: e.g. "participant entry 3 role".
+        field: String,
+        /// What is wrong with its value.
+        problem: String,
+    },
     /// Every participant slot of the queue is taken.
     TooManyParticipants {
         /// The queue file.
@@ -134,6 +143,15 @@ impl fmt::Display for Error {
                 write!(f, "queue file {} {problem}", path.display())
             }
             Error::InvalidOptions(why) => write!(f, "invalid queue options: {why}"),
+            Error::BadField {
+                path,
+                field,
+                problem,
+            } => write!(
+                f,
+                "queue file {} is corrupt: {field} {problem}",
+                path.display()
+            ),
             Error::TooManyParticipants { path, max } => write!(
                 f,
                 "queue file {} already has its maximum of {max} participants attached; \

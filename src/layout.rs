@@ -3,9 +3,8 @@
 //! ```text
 //! offset 0     FileHeader        128 B   magic, format version, kind, geometry (read-mostly)
 //! offset 128   RingControl       512 B   tail, head, two wait cells, each on its own 128 B line
-//! offset 640   Counters          128 B   u64 words: reaped, skipped, redelivered, released,
-//!                                        refused (`RecoveryStats`), then zeros
-//! offset 768   participant table max_participants × 64 B
+//! offset 640   Counters          128 B   file-wide statistics (see `counter`)
+//! offset 768   participant table max_participants × 128 B (see `PARTICIPANT_STATS`)
 //! slots_offset slots             capacity × slot_stride, each slot: SlotHeader (16 B) + payload
 //! ```
 //!
@@ -19,7 +18,12 @@ use core::mem::{offset_of, size_of};
 /// The first eight bytes of every shmq file: `"SHMQ"` then `"RING"` in ASCII, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// The on-file format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 (this one) added the statistics: each participant entry grew from 64 to 128 bytes,
+/// its second half holding that participant's own counters, and the counters block gained the
+/// totals of participants that have left. A version-1 file is refused with an error naming
+/// both versions.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The kind of a queue file: which pattern it serves.
 pub const KIND_PIPELINE: u32 = 1;
@@ -102,8 +106,53 @@ pub const CTL_NOT_FULL: usize = 3 * PAD;
 pub const COUNTERS_OFFSET: usize = RING_CONTROL_OFFSET + RING_CONTROL_SIZE;
 /// Where the participant table starts in a pipeline file.
 pub const PARTICIPANTS_OFFSET: usize = COUNTERS_OFFSET + PAD;
-/// Bytes per participant entry.
-pub const PARTICIPANT_SIZE: usize = 64;
+/// Bytes per participant entry: two cache lines, so that one participant's writes to its own
+/// entry (its counters, on every message) never share a line pair with another's.
+pub const PARTICIPANT_SIZE: usize = PAD;
+/// Within a participant entry: where its statistics start (the first 64 bytes are the
+/// participant table's own words: state, PID, parked-on). Eight 64-bit counters, indexed by
+/// the `counter::*` participant constants, written only by the participant itself with plain
+/// (relaxed load, relaxed store) increments; folded into the file-wide totals when it detaches
+/// or is reaped.
+pub const PARTICIPANT_STATS: usize = 64;
+
+/// The 64-bit statistics words: where each lives in the counters block (file-wide) and in a
+/// participant entry's statistics (per participant).
+pub mod counter {
+    /// Counters block: participants found dead and reaped.
+    pub const REAPED: usize = 0;
+    /// Counters block: slots a dead writer had claimed, passed over.
+    pub const SKIPPED: usize = 1;
+    /// Counters block: messages a dead reader held, made deliverable again.
+    pub const REDELIVERED: usize = 2;
+    /// Counters block: other things a dead participant held, let go.
+    pub const RELEASED: usize = 3;
+    /// Counters block: commits and acknowledgements refused because their claim had been taken
+    /// away (`RecoveryStats::refused`).
+    pub const REFUSED: usize = 4;
+    /// Counters block: recovery passes run (on attach, by stalled waiters, by `repair`).
+    pub const SWEEPS: usize = 5;
+    /// Counters block: where the totals of departed participants' counters start (the
+    /// participant counters below, at this offset).
+    pub const DEPARTED: usize = 8;
+
+    /// Participant: messages (requests, replies) it committed into a ring.
+    pub const SENT: usize = 0;
+    /// Participant: messages (requests, replies) it took from a ring and acknowledged.
+    pub const RECEIVED: usize = 1;
+    /// Participant: sends that found no room (whether they then waited, timed out or failed).
+    pub const FULL: usize = 2;
+    /// Participant: receives that found nothing ready (whether they then waited or not).
+    pub const EMPTY: usize = 3;
+    /// Participant: waits that went to sleep on a futex (once per wait, however long).
+    pub const PARKED: usize = 4;
+    /// Participant (subscriber, drop-oldest): messages it missed because it fell behind.
+    pub const LAGGED: usize = 5;
+    /// Participant (producer): loans dropped without committing (skipped by consumers).
+    pub const ABANDONED: usize = 6;
+    /// Number of participant counters.
+    pub const PARTICIPANT_COUNTERS: usize = 8;
+}
 
 /// A slot's header: the state word, then the message length. The payload follows.
 #[repr(C)]
@@ -184,6 +233,9 @@ const _: () = {
     assert!(offset_of!(WaitCellLayout, reserved) == 4);
     assert!(RING_CONTROL_OFFSET == size_of::<FileHeader>());
     assert!(PARTICIPANTS_OFFSET == 768);
+    assert!(PARTICIPANT_SIZE == 128);
+    assert!(PARTICIPANT_STATS + 8 * counter::PARTICIPANT_COUNTERS == PARTICIPANT_SIZE);
+    assert!(8 * (counter::DEPARTED + counter::PARTICIPANT_COUNTERS) <= PAD);
 };
 
 /// Offsets of the header's fields, for reading them atomically from the mapping.
@@ -614,8 +666,14 @@ mod tests {
         check(FileHeader { magic: 42, ..h }, |c| {
             matches!(c, Corruption::BadMagic { found: 42 })
         });
-        check(FileHeader { version: 2, ..h }, |c| {
-            matches!(c, Corruption::UnsupportedVersion { found: 2, .. })
+        check(FileHeader { version: 1, ..h }, |c| {
+            matches!(
+                c,
+                Corruption::UnsupportedVersion {
+                    found: 1,
+                    expected: 2
+                }
+            )
         });
         check(
             FileHeader {

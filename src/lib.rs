@@ -27,6 +27,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`inspect::inspect`] reads any queue file read-only and reports who is attached, who died
+//! and what it holds, depth, lag and the counters every participant keeps in the file.
+//!
 //! See `docs/DESIGN.md` in the repository (and in the published package) for the layers, the
 //! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
 //! the module docs of each pattern for its exact semantics.
@@ -37,10 +40,14 @@ pub mod error;
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
+#[cfg(not(loom))]
+pub(crate) mod stats;
 pub(crate) mod sync;
 #[cfg(not(loom))]
 pub(crate) mod testhook;
 
+#[cfg(not(loom))]
+pub mod inspect;
 #[cfg(not(loom))]
 pub(crate) mod peers;
 #[cfg(not(loom))]

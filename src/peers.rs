@@ -22,13 +22,17 @@
 //!   claimed), then mark the entry free and unlock. The lock makes reaping exclusive across
 //!   processes; within a process the probe description is used under a mutex.
 //!
-//! Each entry is 64 bytes: the state word (generation << 8 | role) and the PID (for humans).
+//! Each entry is 128 bytes: the state word (generation << 8 | role), the PID (for humans), the
+//! parked-on word, and from byte 64 the participant's own statistics (see `stats`), which
+//! detach and reaping move into the file-wide totals.
 
 use crate::error::Error;
 use crate::layout::{Geometry, COUNTERS_OFFSET, PARTICIPANT_SIZE};
 use crate::shm::file::Mapping;
 use crate::shm::Region;
+use crate::stats::OwnStats;
 use crate::sync::atomic::Ordering;
+use crate::sync::WaitCell;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use std::fs::File;
@@ -36,10 +40,11 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 /// Byte offset of the lock guarding entry 0 (far beyond any file: locks need no data there).
-const LOCK_BASE: i64 = 1 << 40;
+pub(crate) const LOCK_BASE: i64 = 1 << 40;
 
 /// What a participant does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 #[repr(u8)]
 pub enum Role {
     /// Sends into a pipeline.
@@ -76,12 +81,26 @@ impl Participant {
     fn entry(&self) -> usize {
         self.table + self.index as usize * PARTICIPANT_SIZE
     }
+
+    /// `cell`, waited on by this participant: its waits are counted in its statistics, as
+    /// `blocked` (`counter::FULL` or `counter::EMPTY`).
+    #[inline]
+    pub(crate) fn waiting_on<'a>(&'a self, cell: WaitCell<'a>, blocked: usize) -> WaitCell<'a> {
+        cell.tallied(self.stats().tally(blocked))
+    }
+
+    /// This participant's own statistics counters (see `stats`).
+    #[inline]
+    pub(crate) fn stats(&self) -> OwnStats<'_> {
+        OwnStats::at(&self.region, self.entry())
+    }
 }
 
 impl Drop for Participant {
     fn drop(&mut self) {
         let state = self.region.u64_at(self.entry());
         let gen = state.load(Ordering::Relaxed) >> 8;
+        self.stats().depart();
         state.store(gen << 8 | ROLE_FREE, Ordering::Release);
         // Unlock explicitly: closing `lock_fd` alone would not release the lock while a child
         // forked by this process (sharing the description until it execs) is alive.
@@ -99,14 +118,26 @@ fn unlock(fd: &File, index: u32) -> nix::Result<()> {
 }
 
 fn set_lock(fd: &File, index: u32, kind: libc::c_int) -> nix::Result<()> {
-    let fl = libc::flock {
+    fcntl(fd.as_raw_fd(), FcntlArg::F_OFD_SETLK(&lock_of(index, kind))).map(drop)
+}
+
+fn lock_of(index: u32, kind: libc::c_int) -> libc::flock {
+    libc::flock {
         l_type: kind as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
         l_start: LOCK_BASE + i64::from(index),
         l_len: 1,
         l_pid: 0,
-    };
-    fcntl(fd.as_raw_fd(), FcntlArg::F_OFD_SETLK(&fl)).map(drop)
+    }
+}
+
+/// Whether some open file description (of any process) holds the lock guarding entry `index`:
+/// the liveness test of [`sweep`], asked without taking anything (`F_OFD_GETLK`), so it works
+/// on a descriptor opened read-only and changes nothing.
+pub(crate) fn is_locked(fd: &File, index: u32) -> nix::Result<bool> {
+    let mut fl = lock_of(index, libc::F_WRLCK);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_OFD_GETLK(&mut fl))?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// A new open file description of the mapped file. OFD locks of one description never
@@ -253,6 +284,7 @@ pub(crate) fn sweep(
     let region = mapping.region();
     let table = geometry.participants_offset as usize;
     let mut total = RecoveryStats::default();
+    crate::stats::count_sweep(&region);
     for index in 0..geometry.max_participants {
         if entry_state(&region, table, index).load(Ordering::Acquire) & 0xff == ROLE_FREE {
             continue;
@@ -285,6 +317,7 @@ fn reap(region: &Region, table: usize, index: u32, recover: Recover<'_>) -> Reco
     }
     let mut stats = recover((index + 1) as u16);
     stats.reaped += 1;
+    OwnStats::at(region, table + index as usize * PARTICIPANT_SIZE).depart();
     state.store(old & !0xff, Ordering::Release);
     stats
 }

@@ -47,7 +47,7 @@
 //! ```
 
 use crate::error::{Error, RecvError, SendError};
-use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
+use crate::layout::{counter, Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
@@ -82,6 +82,19 @@ impl Options {
     /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The layout a queue created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        Geometry::pipeline(
+            self.capacity,
+            self.max_message as u64,
+            self.max_participants,
+        )
+        .map_err(Error::InvalidOptions)
     }
 
     /// Number of message slots (any number from 1 to 2^32).
@@ -171,12 +184,7 @@ impl Pipeline {
     /// directory is not writable, or there is no room for the file (space is reserved now).
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
-        let g = Geometry::pipeline(
-            options.capacity,
-            options.max_message as u64,
-            options.max_participants,
-        )
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path, &g, options.mode, |region| {
             let ring = MpmcRing::new(
                 region.clone(),
@@ -336,12 +344,12 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
@@ -358,6 +366,7 @@ impl Producer {
     #[inline]
     fn committed(&self, committed: bool) -> Result<(), SendError> {
         if committed {
+            self.me.stats().add(counter::SENT, 1);
             Ok(())
         } else {
             self.shared.count_refused();
@@ -556,6 +565,7 @@ impl Drop for Loan<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
+            self.producer.me.stats().add(counter::ABANDONED, 1);
             ring.not_empty().notify();
         }
     }
@@ -599,12 +609,15 @@ impl Consumer {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         let ring = self.ring();
-        let waited = ring.not_empty().wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
@@ -755,7 +768,9 @@ impl Message<'_> {
             return true;
         };
         let released = self.consumer.ring().release(claim);
-        if !released {
+        if released {
+            self.consumer.me.stats().add(counter::RECEIVED, 1);
+        } else {
             self.consumer.shared.count_refused();
         }
         released

@@ -79,8 +79,8 @@
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{
-    Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE,
-    TABLE_ENTRY_SIZE,
+    counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
+    RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
@@ -95,9 +95,9 @@ use std::time::Duration;
 
 /// Client entry state: bits 0..12 the owner's participant id, bit 12 attached, bits 16.. the
 /// generation.
-const CLIENT_ATTACHED: u64 = 1 << 12;
-const CLIENT_OWNER_MASK: u64 = 0xfff;
-const CLIENT_GEN_SHIFT: u32 = 16;
+pub(crate) const CLIENT_ATTACHED: u64 = 1 << 12;
+pub(crate) const CLIENT_OWNER_MASK: u64 = 0xfff;
+pub(crate) const CLIENT_GEN_SHIFT: u32 = 16;
 
 /// Envelope flag of a reply: the server dropped the request without replying.
 const FLAG_NO_REPLY: u32 = 1;
@@ -136,6 +136,28 @@ impl ServiceOptions {
     /// 64 servers, mode `0600`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The layout a service created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        let max_participants = self
+            .max_clients
+            .checked_add(self.max_servers)
+            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
+        Geometry::compute(Shape {
+            kind: KIND_SERVICE,
+            capacity: self.request_capacity,
+            max_message: self.max_message as u64,
+            max_participants,
+            flags: 0,
+            max_topic: 0,
+            table_entries: self.max_clients,
+            reply_capacity: self.reply_capacity,
+        })
+        .map_err(Error::InvalidOptions)
     }
 
     /// Slots in the shared request ring.
@@ -342,21 +364,7 @@ impl Service {
     /// # Errors
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &ServiceOptions) -> Result<Self, Error> {
-        let max_participants = options
-            .max_clients
-            .checked_add(options.max_servers)
-            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
-        let g = Geometry::compute(Shape {
-            kind: KIND_SERVICE,
-            capacity: options.request_capacity,
-            max_message: options.max_message as u64,
-            max_participants,
-            flags: 0,
-            max_topic: 0,
-            table_entries: options.max_clients,
-            reply_capacity: options.reply_capacity,
-        })
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
             let (requests, replies) = rings(region, &g);
             requests.initialize();
@@ -498,12 +506,15 @@ impl Server {
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
         let ring = &self.shared.requests;
-        let waited = ring.not_empty().wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         match envelope_of(ring, &claim) {
             Some(envelope) if envelope.client < self.shared.geometry.table_entries => {
@@ -624,7 +635,11 @@ impl Request<'_> {
         match self.claim.take() {
             Some(claim) => {
                 let shared = &self.server.shared;
-                shared.release(&shared.requests, claim)
+                let acked = shared.release(&shared.requests, claim);
+                if acked {
+                    self.server.me.stats().add(counter::RECEIVED, 1);
+                }
+                acked
             }
             None => true,
         }
@@ -653,19 +668,22 @@ impl Request<'_> {
             claimer().map(|c| c.map(Some))
         };
         let repair = || shared.repair_quietly();
-        let claim =
-            match ring
-                .not_full()
-                .wait_or_repair(self.server.wait, deadline, attempt, repair)
-            {
-                Ok(Some(Some(claim))) => claim,
-                Ok(Some(None)) => return Ok(Delivery::ClientGone),
-                Ok(None) => return Err(SendError::Timeout),
-                Err(c) => return Err(SendError::Corrupt(c)),
-            };
+        let claim = match self
+            .server
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
+            .wait_or_repair(self.server.wait, deadline, attempt, repair)
+        {
+            Ok(Some(Some(claim))) => claim,
+            Ok(Some(None)) => return Ok(Delivery::ClientGone),
+            Ok(None) => return Err(SendError::Timeout),
+            Err(c) => return Err(SendError::Corrupt(c)),
+        };
         let result = put(shared, ring, claim, &env, payload);
         ring.not_empty().notify();
-        result.map(|()| Delivery::Delivered)
+        result?;
+        self.server.me.stats().add(counter::SENT, 1);
+        Ok(Delivery::Delivered)
     }
 }
 
@@ -1038,18 +1056,20 @@ impl Ledger {
         Filed::Other
     }
 
-    /// Files every reply that has arrived (none is waited for).
+    /// Files every reply that has arrived (none is waited for); returns how many.
     fn drain(
         &mut self,
         shared: &Shared,
         ring: &MpmcRing,
         me: (u32, u64),
         owner: u16,
-    ) -> Result<(), Corruption> {
+    ) -> Result<u64, Corruption> {
+        let mut taken = 0;
         while let Some(claim) = ring.try_claim_read(owner)? {
             self.file(shared, ring, me, claim, None);
+            taken += 1;
         }
-        Ok(())
+        Ok(taken)
     }
 }
 
@@ -1079,12 +1099,12 @@ impl Client {
             None => self.make_room(deadline)?,
         };
         let ring = &self.shared.requests;
-        let waited = ring.not_full().wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
         let claim = match SendError::from_wait(waited, deadline) {
             Ok(claim) => claim,
             Err(e) => {
@@ -1104,6 +1124,7 @@ impl Client {
             self.ledger.free(id);
             return Err(e);
         }
+        self.me.stats().add(counter::SENT, 1);
         Ok(Pending {
             id,
             dropped: Some(self.ledger.dropped.clone()),
@@ -1118,28 +1139,35 @@ impl Client {
         let (shared, ledger) = (&self.shared, &mut self.ledger);
         let ring = &shared.replies[self.index as usize];
         let (me, owner) = ((self.index, self.generation), self.owner);
+        let stats = self.me.stats();
         ledger.reclaim_dropped();
-        ledger
+        let taken = ledger
             .drain(shared, ring, me, owner)
             .map_err(SendError::Corrupt)?;
+        stats.add(counter::RECEIVED, taken);
         if let Some(id) = ledger.take() {
             return Ok(id);
         }
         if deadline.is_now() || !ledger.reclaim_dropped() {
             // Every place is held for a request still wanted or a reply kept: only waiting
             // for those (or dropping their tickets) frees one.
+            stats.add(counter::FULL, 1);
             return Err(SendError::Full);
         }
-        let waited = ring.not_empty().wait_or_repair(
-            self.wait,
-            deadline,
-            || {
-                ledger.reclaim_dropped();
-                ledger.drain(shared, ring, me, owner)?;
-                Ok(ledger.take())
-            },
-            || shared.repair_quietly(),
-        );
+        // Waiting for a late reply to free a place: counted as a send that found no room.
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::FULL)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || {
+                    ledger.reclaim_dropped();
+                    stats.add(counter::RECEIVED, ledger.drain(shared, ring, me, owner)?);
+                    Ok(ledger.take())
+                },
+                || shared.repair_quietly(),
+            );
         match waited {
             Ok(Some(id)) => Ok(id),
             Ok(None) => Err(SendError::Timeout),
@@ -1200,19 +1228,26 @@ impl Client {
         let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
         let ring = &shared.replies[self.index as usize];
         let me = (self.index, self.generation);
-        let found = ring.not_empty().wait_or_repair(
-            self.wait,
-            deadline,
-            || {
-                while let Some(claim) = ring.try_claim_read(owner)? {
-                    if let Filed::Wanted(claim) = ledger.file(shared, ring, me, claim, Some(want)) {
-                        return Ok(Some(claim));
+        let stats = self.me.stats();
+        let found = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || {
+                    while let Some(claim) = ring.try_claim_read(owner)? {
+                        stats.add(counter::RECEIVED, 1);
+                        if let Filed::Wanted(claim) =
+                            ledger.file(shared, ring, me, claim, Some(want))
+                        {
+                            return Ok(Some(claim));
+                        }
                     }
-                }
-                Ok(None)
-            },
-            || shared.repair_quietly(),
-        );
+                    Ok(None)
+                },
+                || shared.repair_quietly(),
+            );
         match found {
             Ok(Some(Some(claim))) => Ok(Reply {
                 source: ReplySource::Slot {

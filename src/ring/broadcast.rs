@@ -53,9 +53,9 @@ const SEQ_MASK: u64 = (1 << 48) - 1;
 
 /// Subscriber entry state: bits 0..12 the owner's participant id, bit 12 active, bit 13 claimed
 /// (being set up), bits 32.. a generation.
-const SUB_OWNER_MASK: u64 = 0xfff;
-const SUB_ACTIVE: u64 = 1 << 12;
-const SUB_CLAIMED: u64 = 1 << 13;
+pub(crate) const SUB_OWNER_MASK: u64 = 0xfff;
+pub(crate) const SUB_ACTIVE: u64 = 1 << 12;
+pub(crate) const SUB_CLAIMED: u64 = 1 << 13;
 const SUB_GEN_SHIFT: u32 = 32;
 
 /// A claimed slot a publisher is writing.

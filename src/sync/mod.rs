@@ -5,4 +5,4 @@ pub(crate) mod atomic;
 pub(crate) mod futex;
 pub(crate) mod wait;
 
-pub(crate) use wait::{Deadline, WaitCell, WaitStrategy};
+pub(crate) use wait::{Deadline, Tally, WaitCell, WaitStrategy};

@@ -67,7 +67,7 @@
 //! gives up on a CAS that a join or leave raced) and the ring models of `ring::mpmc` and
 //! `ring::broadcast`, whose blocked senders and receivers deadlock on any lost wake-up.
 
-use super::atomic::{fence, spin_hint, AtomicU32, Ordering};
+use super::atomic::{bump, fence, spin_hint, AtomicU32, AtomicU64, Ordering};
 use super::futex;
 use crate::layout::{WAIT_EPOCH_ONE, WAIT_WAITERS_MASK};
 use crate::shm::Region;
@@ -164,6 +164,17 @@ impl Deadline {
 pub(crate) struct WaitCell<'a> {
     /// The futex word: epoch and registered waiters.
     word: &'a AtomicU32,
+    /// The waiting participant's statistics, if it keeps any.
+    tally: Option<Tally<'a>>,
+}
+
+/// Where a waiter counts its waits (in its own participant entry, written only by it): calls
+/// whose first attempt failed (`blocked`: the queue was full, or empty), and of those the ones
+/// that went to sleep on the futex (`parked`, once per call however often it slept).
+#[derive(Clone, Copy)]
+pub(crate) struct Tally<'a> {
+    pub(crate) blocked: &'a AtomicU64,
+    pub(crate) parked: &'a AtomicU64,
 }
 
 /// The epoch part of a futex word.
@@ -178,6 +189,16 @@ impl<'a> WaitCell<'a> {
     pub(crate) fn at(region: &'a Region, offset: usize) -> Self {
         WaitCell {
             word: region.u32_at(offset),
+            tally: None,
+        }
+    }
+
+    /// The same cell, with its waits counted in `tally`.
+    #[inline]
+    pub(crate) fn tallied(self, tally: Tally<'a>) -> Self {
+        WaitCell {
+            tally: Some(tally),
+            ..self
         }
     }
 
@@ -325,6 +346,9 @@ impl<'a> WaitCell<'a> {
         if let Some(v) = attempt()? {
             return Ok(Some(v));
         }
+        if let Some(tally) = &self.tally {
+            bump(tally.blocked, 1);
+        }
         if let Deadline::Now = deadline {
             return Ok(None);
         }
@@ -375,7 +399,8 @@ impl<'a> WaitCell<'a> {
             }
             spin_hint();
         }
-        // Park phase.
+        // Park phase. A wait that parks is counted once, however often it sleeps.
+        let mut parked_before = false;
         loop {
             let Some(left) = deadline.remaining() else {
                 return attempt();
@@ -387,6 +412,10 @@ impl<'a> WaitCell<'a> {
                 self.leave(joined);
                 return outcome;
             }
+            if let Some(tally) = self.tally.filter(|_| !parked_before) {
+                bump(tally.parked, 1);
+            }
+            parked_before = true;
             self.sleep(joined, left.min(max_park()));
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
