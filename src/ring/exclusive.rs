@@ -237,7 +237,7 @@ impl ExclusiveRing {
         stride: usize,
         max_message: usize,
     ) -> Self {
-        assert!(capacity >= 1 && capacity <= crate::layout::MAX_CAPACITY);
+        assert!((1..=crate::layout::MAX_CAPACITY).contains(&capacity));
         assert!(stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
         assert!(ctl + RING_CONTROL_SIZE <= region.len());
         assert!(slots + capacity as usize * stride <= region.len());
@@ -419,14 +419,15 @@ impl ExclusiveRing {
         let recorded = self.tail_record().load(Ordering::Acquire);
         let index = self.index(recorded);
         let w = Word::decode(self.state(index).load(Ordering::Acquire))?;
-        let start = if w.seq == seq(recorded) && !w.ready {
+        // Not written yet: free, or full (the previous lap's message still there).
+        let unwritten = (w.seq == seq(recorded) && !w.ready)
+            || (w.ready && w.seq == seq(recorded.wrapping_sub(self.capacity)));
+        // Committed (and maybe acknowledged already) just before its producer died.
+        let committed = (w.ready && w.seq == seq(recorded))
+            || (!w.ready && w.seq == seq(recorded.wrapping_add(self.capacity)));
+        let start = if unwritten {
             recorded
-        } else if w.ready && w.seq == seq(recorded.wrapping_sub(self.capacity)) {
-            recorded // Full at the record.
-        } else if (w.ready && w.seq == seq(recorded))
-            || (!w.ready && w.seq == seq(recorded.wrapping_add(self.capacity)))
-        {
-            // Committed (and maybe acknowledged already) just before its producer died.
+        } else if committed {
             recorded.checked_add(1).ok_or(Corruption::BadState(
                 "the producer's recorded position is out of range",
             ))?
@@ -988,7 +989,7 @@ mod tests {
         // The consumer delivers 0, 1, 2, acknowledges 1, and dies holding 0 and 2.
         let (a0, a1, a2) = (held(&mut c), held(&mut c), held(&mut c));
         r.release(a1);
-        std::mem::forget((a0, a2));
+        let _never_released = (a0, a2);
         let delivered = r.head_record().load(Ordering::Relaxed);
         assert_eq!(delivered, 3);
         drop(c);
@@ -1031,7 +1032,7 @@ mod tests {
         let r = ring(2, 8);
         let (mut p, mut c) = ends(&r);
         assert!(try_send(&mut p, b"a") && try_send(&mut p, b"b"));
-        std::mem::forget(held(&mut c));
+        let _never_released = held(&mut c);
         let first = c.detach().unwrap();
         assert_eq!(first.redelivered, 1);
         // The second consumer dies having delivered nothing.
@@ -1061,7 +1062,7 @@ mod tests {
         }
         let (a0, a1) = (held(&mut c), held(&mut c));
         r.release(a0);
-        std::mem::forget(a1);
+        let _never_released = a1;
         drop(c);
         let delivered = r.region.u64_at(entry).load(Ordering::Relaxed);
         assert_eq!(delivered, 2);
@@ -1139,7 +1140,7 @@ mod tests {
             }
             if round == 3 {
                 // Die holding one message, across the wrap; recover and go on.
-                std::mem::forget(held(&mut c));
+                let _never_released = held(&mut c);
                 let delivered = c.position();
                 drop(c);
                 let got = r.recover_consumer(delivered).unwrap();
