@@ -66,7 +66,8 @@ pub struct FileHeader {
     pub participants_offset: u64,
     /// Number of entries in the participant table.
     pub max_participants: u32,
-    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Zero otherwise.
+    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Pipeline: its exclusive
+    /// ends ([`PIPELINE_SINGLE_PRODUCER`], [`PIPELINE_SINGLE_CONSUMER`]). Zero otherwise.
     pub flags: u32,
     /// Publish-subscribe: largest topic in bytes. Zero otherwise.
     pub max_topic: u32,
@@ -234,6 +235,14 @@ pub const MAX_FILE_SIZE: u64 = 1 << 46;
 /// line each, because each is written by its owner on every message.
 pub const TABLE_ENTRY_SIZE: usize = 128;
 
+/// Pipeline flag, in [`FileHeader::flags`]: at most one producer is attached at a time (checked
+/// at attach), so sending needs no read-modify-write (see `ring::exclusive`).
+pub const PIPELINE_SINGLE_PRODUCER: u32 = 1;
+/// Pipeline flag: at most one consumer is attached at a time.
+pub const PIPELINE_SINGLE_CONSUMER: u32 = 2;
+/// Every pipeline flag this build knows; a file with any other bit set is refused.
+pub const PIPELINE_FLAGS: u32 = PIPELINE_SINGLE_PRODUCER | PIPELINE_SINGLE_CONSUMER;
+
 /// Publish-subscribe overflow modes, as stored in [`FileHeader::flags`].
 pub const OVERFLOW_DROP_OLDEST: u32 = 1;
 /// Publishers wait for the slowest subscriber.
@@ -337,12 +346,22 @@ impl Geometry {
         max_message: u64,
         max_participants: u32,
     ) -> Result<Self, String> {
+        Geometry::pipeline_with_flags(capacity, max_message, max_participants, 0)
+    }
+
+    /// [`Geometry::pipeline`] with `flags`, a combination of the `PIPELINE_SINGLE_*` flags.
+    pub fn pipeline_with_flags(
+        capacity: u64,
+        max_message: u64,
+        max_participants: u32,
+        flags: u32,
+    ) -> Result<Self, String> {
         Geometry::compute(Shape {
             kind: KIND_PIPELINE,
             capacity,
             max_message,
             max_participants,
-            flags: 0,
+            flags,
             max_topic: 0,
             table_entries: 0,
             reply_capacity: 0,
@@ -372,7 +391,10 @@ impl Geometry {
         let mut payload = max_message;
         match kind {
             KIND_PIPELINE => {
-                if flags != 0 || max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
+                if flags & !PIPELINE_FLAGS != 0 {
+                    return Err(format!("unknown pipeline flags {flags:#x}"));
+                }
+                if max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
                     return Err("a pipeline has no topic, table or reply options".into());
                 }
             }
@@ -685,7 +707,7 @@ mod tests {
         check(FileHeader { file_size: 1, ..h }, |c| {
             matches!(c, Corruption::BadGeometry(_))
         });
-        check(FileHeader { flags: 1, ..h }, |c| {
+        check(FileHeader { flags: 4, ..h }, |c| {
             matches!(c, Corruption::BadGeometry(_))
         });
         for bad in [
@@ -716,6 +738,25 @@ mod tests {
             },
             |c| matches!(c, Corruption::BadGeometry(_)),
         );
+    }
+
+    #[test]
+    fn pipeline_flags_round_trip_and_unknown_ones_are_refused() {
+        for flags in [
+            0,
+            PIPELINE_SINGLE_PRODUCER,
+            PIPELINE_SINGLE_CONSUMER,
+            PIPELINE_FLAGS,
+        ] {
+            let g = Geometry::pipeline_with_flags(8, 64, 4, flags).unwrap();
+            assert_eq!(g.flags, flags);
+            assert_eq!(
+                Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size),
+                Ok(g)
+            );
+        }
+        assert!(Geometry::pipeline_with_flags(8, 64, 4, 4).is_err());
+        assert!(Geometry::pipeline_with_flags(8, 64, 4, u32::MAX).is_err());
     }
 
     #[test]

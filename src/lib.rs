@@ -31,6 +31,9 @@
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod bench_access;
 pub mod error;
 pub mod layout;
 pub(crate) mod ring;
