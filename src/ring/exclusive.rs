@@ -7,7 +7,7 @@
 //! and the consumer each keep their own position *locally* (`tail`: the next position to write;
 //! `head`: the next position to deliver) and touch the slot line once per message each. Every
 //! slot starts with a 64-bit *state word*, then the message length (32 bits), then the payload
-//! at offset 16 ([`SLOT_HEADER_SIZE`]), so a message of up to 48 bytes shares the state word's
+//! at offset 16 ([`SLOT_HEADER_SIZE`](crate::layout::SLOT_HEADER_SIZE)), so a message of up to 48 bytes shares the state word's
 //! 64-byte line (slots are 64-byte aligned; the stride is a multiple of 64):
 //!
 //! ```text
@@ -115,12 +115,11 @@
 //! one before the next attaches. A [`ReadClaim`] must not outlive the consumer's attachment
 //! (a pipeline `Message` borrows its `Consumer`), as with the shared ring.
 
+use super::slots::SlotArray;
 use crate::error::Corruption;
-use crate::layout::{
-    CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_TAIL, RING_CONTROL_SIZE, SLOT_HEADER_SIZE,
-};
+use crate::layout::{CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_TAIL, RING_CONTROL_SIZE};
 use crate::shm::Region;
-use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::WaitCell;
 
 /// The state field's `READY` value, where `ring::mpmc` puts its `Ready` state.
@@ -217,11 +216,8 @@ pub(crate) struct ConsumerRecovery {
 /// slots. Same control block and slot geometry as `ring::mpmc`.
 #[derive(Clone)]
 pub(crate) struct ExclusiveRing {
-    region: Region,
+    slots: SlotArray,
     ctl: usize,
-    slots: usize,
-    capacity: u64,
-    stride: usize,
     max_message: usize,
 }
 
@@ -237,16 +233,10 @@ impl ExclusiveRing {
         stride: usize,
         max_message: usize,
     ) -> Self {
-        assert!((1..=crate::layout::MAX_CAPACITY).contains(&capacity));
-        assert!(stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
         assert!(ctl + RING_CONTROL_SIZE <= region.len());
-        assert!(slots + capacity as usize * stride <= region.len());
         ExclusiveRing {
-            region,
+            slots: SlotArray::new(region, slots, capacity, stride, max_message),
             ctl,
-            slots,
-            capacity,
-            stride,
             max_message,
         }
     }
@@ -260,20 +250,20 @@ impl ExclusiveRing {
     /// Number of slots.
     #[inline]
     pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
+        self.slots.capacity()
     }
 
     /// The producer's record of its position (written by the producer alone).
     #[inline]
     fn tail_record(&self) -> &AtomicU64 {
-        self.region.u64_at(self.ctl + CTL_TAIL)
+        self.region().u64_at(self.ctl + CTL_TAIL)
     }
 
     /// Where the next consumer starts (written by recovery and detach; by the consumer too when
     /// it is given this word as its delivered word).
     #[inline]
     fn head_record(&self) -> &AtomicU64 {
-        self.region.u64_at(self.head_offset())
+        self.region().u64_at(self.head_offset())
     }
 
     /// Offset in the region of the control block's head word: a word only the one consumer
@@ -284,45 +274,30 @@ impl ExclusiveRing {
     }
 
     #[inline]
-    fn index(&self, pos: u64) -> usize {
-        // A mask when the capacity is a power of two: a division costs tens of cycles.
-        if self.capacity.is_power_of_two() {
-            (pos & (self.capacity - 1)) as usize
-        } else {
-            (pos % self.capacity) as usize
-        }
+    fn region(&self) -> &Region {
+        self.slots.region()
     }
 
     #[inline]
-    fn slot_offset(&self, index: usize) -> usize {
-        self.slots + index * self.stride
+    fn index(&self, pos: u64) -> usize {
+        self.slots.index(pos)
     }
 
     #[inline]
     fn state(&self, index: usize) -> &AtomicU64 {
-        self.region.u64_at(self.slot_offset(index))
-    }
-
-    #[inline]
-    fn len_word(&self, index: usize) -> &AtomicU32 {
-        self.region.u32_at(self.slot_offset(index) + 8)
-    }
-
-    #[inline]
-    fn payload_offset(&self, index: usize) -> usize {
-        self.slot_offset(index) + SLOT_HEADER_SIZE
+        self.slots.state(index)
     }
 
     /// Consumers wait here for messages.
     #[inline]
     pub(crate) fn not_empty(&self) -> WaitCell<'_> {
-        WaitCell::at(&self.region, self.ctl + CTL_NOT_EMPTY)
+        WaitCell::at(self.region(), self.ctl + CTL_NOT_EMPTY)
     }
 
     /// Producers wait here for room.
     #[inline]
     pub(crate) fn not_full(&self) -> WaitCell<'_> {
-        WaitCell::at(&self.region, self.ctl + CTL_NOT_FULL)
+        WaitCell::at(self.region(), self.ctl + CTL_NOT_FULL)
     }
 
     /// The one place a commit wakes a waiting consumer.
@@ -346,7 +321,7 @@ impl ExclusiveRing {
     /// The initial state of a ring whose first position is `start` (tests use it to run near
     /// the 48-bit sequence wrap).
     fn initialize_at(&self, start: u64) {
-        for k in 0..self.capacity {
+        for k in 0..self.capacity() {
             let pos = start + k;
             self.state(self.index(pos))
                 .store(empty(pos), Ordering::Relaxed);
@@ -360,7 +335,7 @@ impl ExclusiveRing {
     pub(crate) fn len(&self) -> u64 {
         let head = self.head_record().load(Ordering::Relaxed);
         let tail = self.tail_record().load(Ordering::Relaxed);
-        tail.saturating_sub(head).min(self.capacity)
+        tail.saturating_sub(head).min(self.capacity())
     }
 
     /// The position `raw`'s sequence stands for near `reference`, with the checks every
@@ -371,7 +346,7 @@ impl ExclusiveRing {
         let offset = w.seq.wrapping_sub(seq(reference)) & SEQ_MASK;
         // As a signed 48-bit distance.
         let offset = ((offset << 16) as i64) >> 16;
-        let cap = self.capacity as i64;
+        let cap = self.capacity() as i64;
         let fits = offset >= -cap
             && offset < 3 * cap
             && if w.ready {
@@ -393,7 +368,7 @@ impl ExclusiveRing {
     fn scan(&self, reference: u64, flag_below: Option<u64>) -> Result<(u64, u64), Corruption> {
         let mut lowest = u64::MAX;
         let mut flagged = 0;
-        for index in 0..self.capacity as usize {
+        for index in 0..self.capacity() as usize {
             let raw = self.state(index).load(Ordering::Acquire);
             let w = Word::decode(raw)?;
             let pos = self.position_near(index, w, reference)?;
@@ -421,10 +396,10 @@ impl ExclusiveRing {
         let w = Word::decode(self.state(index).load(Ordering::Acquire))?;
         // Not written yet: free, or full (the previous lap's message still there).
         let unwritten = (w.seq == seq(recorded) && !w.ready)
-            || (w.ready && w.seq == seq(recorded.wrapping_sub(self.capacity)));
+            || (w.ready && w.seq == seq(recorded.wrapping_sub(self.capacity())));
         // Committed (and maybe acknowledged already) just before its producer died.
         let committed = (w.ready && w.seq == seq(recorded))
-            || (!w.ready && w.seq == seq(recorded.wrapping_add(self.capacity)));
+            || (!w.ready && w.seq == seq(recorded.wrapping_add(self.capacity())));
         let start = if unwritten {
             recorded
         } else if committed {
@@ -491,7 +466,10 @@ impl ExclusiveRing {
         let mut v = vec![0; claim.len];
         // SAFETY: the claim proves the slot is READY and not written until released; loom
         // checks it.
-        unsafe { self.region.read(self.payload_offset(claim.index), &mut v) };
+        unsafe {
+            self.region()
+                .read(self.slots.payload_offset(claim.index), &mut v)
+        };
         v
     }
 
@@ -505,8 +483,8 @@ impl ExclusiveRing {
         // the region mapped.
         // SAFETY: so the bytes stay in bounds and unchanged while the slice lives.
         unsafe {
-            self.region
-                .slice(self.payload_offset(claim.index), claim.len)
+            self.region()
+                .slice(self.slots.payload_offset(claim.index), claim.len)
         }
     }
 
@@ -514,7 +492,7 @@ impl ExclusiveRing {
     /// a producer waiting for room.
     #[inline]
     pub(crate) fn release(&self, claim: ReadClaim) {
-        let next = claim.pos.wrapping_add(self.capacity);
+        let next = claim.pos.wrapping_add(self.capacity());
         self.state(claim.index)
             .store(empty(next), Ordering::Release);
         self.wake_producer();
@@ -559,7 +537,7 @@ impl ProducerEnd {
             return Ok(true);
         }
         let w = Word::decode(raw)?;
-        if w.ready && w.seq == seq(t.wrapping_sub(ring.capacity)) {
+        if w.ready && w.seq == seq(t.wrapping_sub(ring.capacity())) {
             return Ok(false);
         }
         Err(Corruption::BadState(
@@ -576,7 +554,7 @@ impl ProducerEnd {
         assert!(at
             .checked_add(len)
             .is_some_and(|end| end <= self.ring.max_message));
-        self.ring.payload_offset(self.ring.index(self.tail)) + at
+        self.ring.slots.payload_offset(self.ring.index(self.tail)) + at
     }
 
     /// Copies `bytes` into the claimed slot's payload at `at`.
@@ -590,7 +568,7 @@ impl ProducerEnd {
         // SAFETY: `writing` with `&mut self` proves this end owns the slot's payload: its word
         // is (tail, EMPTY), which no consumer reads past and which only this (one) producer
         // writes; the range is inside the slot (checked by `claimed_payload`).
-        unsafe { self.ring.region.write(off, bytes) };
+        unsafe { self.ring.region().write(off, bytes) };
     }
 
     /// The claimed slot's first `len` payload bytes, to write in place (zero-copy send).
@@ -600,7 +578,7 @@ impl ProducerEnd {
         // Invariants: as for `write`; the slice borrows `self` exclusively, so no other access
         // to the slot (nor a commit) happens while it lives, and `self` keeps the region mapped.
         // SAFETY: so nobody else reads or writes these bytes while the slice lives.
-        unsafe { self.ring.region.slice_mut(off, len) }
+        unsafe { self.ring.region().slice_mut(off, len) }
     }
 
     /// The claimed slot's first `len` payload bytes, to read back what was written.
@@ -609,7 +587,7 @@ impl ProducerEnd {
         let off = self.claimed_payload(0, len);
         // SAFETY: as for `payload_mut`, shared: only this end writes these bytes, and it cannot
         // while it is borrowed shared.
-        unsafe { self.ring.region.slice(off, len) }
+        unsafe { self.ring.region().slice(off, len) }
     }
 
     /// Gives up the claimed slot without publishing anything. The slot stays free for the same
@@ -630,7 +608,9 @@ impl ProducerEnd {
         let t = self.tail;
         let ring = &self.ring;
         let index = ring.index(t);
-        ring.len_word(index).store(len as u32, Ordering::Relaxed);
+        ring.slots
+            .len_word(index)
+            .store(len as u32, Ordering::Relaxed);
         // Release: the payload and length above are visible to a consumer that sees READY.
         ring.state(index).store(ready(t, false), Ordering::Release);
         self.tail = t.wrapping_add(1);
@@ -665,7 +645,7 @@ impl ConsumerEnd {
     #[inline]
     fn record(&self) {
         self.ring
-            .region
+            .region()
             .u64_at(self.delivered_at)
             .store(self.head, Ordering::Relaxed);
     }
@@ -690,10 +670,10 @@ impl ConsumerEnd {
                 self.record();
                 return self.deliver(h, index, w.redelivered).map(Some);
             }
-            if w.ready && h >= ring.capacity && w.seq == seq(h - ring.capacity) {
+            if w.ready && h >= ring.capacity() && w.seq == seq(h - ring.capacity()) {
                 return Ok(None); // This consumer still holds the previous lap's message.
             }
-            if w.seq == seq(h.wrapping_add(ring.capacity)) && passed < ring.capacity {
+            if w.seq == seq(h.wrapping_add(ring.capacity())) && passed < ring.capacity() {
                 // Acknowledged out of order by a previous consumer: pass over it.
                 passed += 1;
                 self.head = h.wrapping_add(1);
@@ -710,7 +690,7 @@ impl ConsumerEnd {
     /// `max_message` is corruption: the slot is released (so the ring is not wedged).
     #[inline]
     fn deliver(&self, pos: u64, index: usize, redelivered: bool) -> Result<ReadClaim, Corruption> {
-        let len = u64::from(self.ring.len_word(index).load(Ordering::Relaxed));
+        let len = u64::from(self.ring.slots.len_word(index).load(Ordering::Relaxed));
         let claim = ReadClaim {
             pos,
             index,
@@ -738,6 +718,7 @@ impl ConsumerEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::SLOT_HEADER_SIZE;
 
     pub(crate) fn ring(capacity: u64, max_message: usize) -> ExclusiveRing {
         let stride = (SLOT_HEADER_SIZE + max_message).next_multiple_of(64);
@@ -838,11 +819,11 @@ mod tests {
     fn a_message_up_to_48_bytes_shares_the_state_words_line() {
         let r = ring(4, 1024);
         let index = 3;
-        let line = r.slot_offset(index) / 64;
-        assert_eq!(r.slot_offset(index) % 64, 0);
-        assert_eq!(r.payload_offset(index) / 64, line);
-        assert_eq!((r.payload_offset(index) + 48 - 1) / 64, line);
-        assert_eq!((r.slot_offset(index) + 8) / 64, line, "the length too");
+        let line = r.slots.offset(index) / 64;
+        assert_eq!(r.slots.offset(index) % 64, 0);
+        assert_eq!(r.slots.payload_offset(index) / 64, line);
+        assert_eq!((r.slots.payload_offset(index) + 48 - 1) / 64, line);
+        assert_eq!((r.slots.offset(index) + 8) / 64, line, "the length too");
     }
 
     #[cfg(not(loom))]
@@ -918,7 +899,7 @@ mod tests {
         r.state(1).store(empty(1), Ordering::Relaxed);
         // A length beyond max_message: an error, and the slot is released, not wedged.
         r.state(0).store(ready(0, false), Ordering::Relaxed);
-        r.len_word(0).store(u32::MAX, Ordering::Relaxed);
+        r.slots.len_word(0).store(u32::MAX, Ordering::Relaxed);
         assert!(matches!(c.try_next(), Err(Corruption::BadLength { .. })));
         assert_eq!(r.state(0).load(Ordering::Relaxed), empty(4));
         assert!(try_send(&mut p, b"b"));
@@ -1064,7 +1045,7 @@ mod tests {
         r.release(a0);
         let _never_released = a1;
         drop(c);
-        let delivered = r.region.u64_at(entry).load(Ordering::Relaxed);
+        let delivered = r.region().u64_at(entry).load(Ordering::Relaxed);
         assert_eq!(delivered, 2);
         assert_eq!(
             r.recover_consumer(delivered).unwrap(),
