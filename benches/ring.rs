@@ -1,5 +1,5 @@
 //! The single-producer single-consumer ring core (`ring::exclusive`, reached through the
-//! test-only `shmq::bench_access`) between two processes pinned to different cores, beside the
+//! test-only `shmq::exclusive_ring`) between two processes pinned to different cores, beside the
 //! raw atomic ping-pong and the plain SPSC ring of `common`, in the same run. It measures the
 //! ring the pipeline's exclusive mode is built on, without the pipeline around it.
 //!
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{check_stamp, stamp, STREAM_MESSAGE};
 use common::{Cpu, JobPeer, OneWay, QueuePath, Role, RoundTrip, Target, WatchedPeer};
-use shmq::bench_access::{ExclusiveRingFile, Receiver, Sender};
+use shmq::exclusive_ring::{ExclusiveRingFile, Receiver, Sender};
 use shmq::WaitStrategy;
 
 /// Slots of every ring (as the pipeline bench's queues and the SPSC baseline).
@@ -92,7 +92,9 @@ impl RoundTrip for RingPingPong {
             .send(msg, WaitStrategy::BusyPoll)
             .expect("send ping");
         self.pong
-            .recv(WaitStrategy::BusyPoll, |echo| reply.copy_from_slice(echo))
+            .recv(WaitStrategy::BusyPoll, |echo, _| {
+                reply.copy_from_slice(echo)
+            })
             .expect("receive pong");
     }
 
@@ -115,7 +117,7 @@ fn ring_echo_peer(args: &[String]) {
             WaitStrategy::BusyPoll
         };
         idle = ping
-            .recv(wait, |msg| {
+            .recv(wait, |msg, _| {
                 if !msg.is_empty() {
                     pong.send(msg, WaitStrategy::BusyPoll).expect("peer send");
                 }
@@ -162,7 +164,7 @@ impl OneWay for RingThroughput {
         for _ in 0..iters {
             let seq = self.received;
             self.data
-                .recv(WaitStrategy::BusyPoll, |msg| check_stamp(msg, seq))
+                .recv(WaitStrategy::BusyPoll, |msg, _| check_stamp(msg, seq))
                 .expect("receive");
             self.received += 1;
         }

@@ -266,6 +266,12 @@ impl ExclusiveRing {
         self.region().u64_at(self.head_offset())
     }
 
+    /// What the consumer recorded in the head word (when it records there).
+    #[inline]
+    pub(crate) fn delivered_record(&self) -> u64 {
+        self.head_record().load(Ordering::Acquire)
+    }
+
     /// Offset in the region of the control block's head word: a word only the one consumer
     /// writes, usable as its delivered word (see [`ExclusiveRing::attach_consumer`]).
     #[inline]

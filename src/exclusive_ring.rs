@@ -1,15 +1,15 @@
-//! Direct access to the single-producer single-consumer ring core (`ring::exclusive`) over a
-//! queue file, for shmq's own benches: compiled only with the `test-hooks` feature (which only
-//! the crate's own tests and benches enable) and hidden from the documentation.
+//! The single-producer single-consumer ring core (`ring::exclusive`) over a queue file, driven
+//! directly, for shmq's own benches and tests: compiled only with the `test-hooks` feature
+//! (which only the crate's own tests and benches enable) and hidden from the documentation.
 //!
 //! The file is a pipeline file whose header carries both exclusive-end flags; its ring is
-//! driven without the participant table (so no liveness, no recovery): the bench's two
-//! processes are its only users, one sending, one receiving. This measures the ring itself,
-//! beside the baselines, before the pipeline adopts it.
+//! driven without the participant table: no liveness oracle, so recovery is called by hand
+//! once the caller knows the other side is dead. Two processes are its only users, one sending,
+//! one receiving. This measures and crash-tests the ring itself before the pipeline adopts it.
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{Geometry, KIND_PIPELINE, PIPELINE_FLAGS, RING_CONTROL_OFFSET};
-use crate::ring::exclusive::{ConsumerEnd, ExclusiveRing, ProducerEnd};
+use crate::ring::exclusive::{ConsumerEnd, ExclusiveRing, ProducerEnd, ReadClaim};
 use crate::shm::file::{self, Mapping};
 use crate::sync::{Deadline, WaitStrategy};
 use std::path::Path;
@@ -68,6 +68,30 @@ impl ExclusiveRingFile {
         self.mapping.path()
     }
 
+    /// After the sender died (the caller knows it): brings the ring's record of its position
+    /// up to date. Nothing else needs undoing: a half-written message is invisible.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the ring's words are inconsistent.
+    pub fn recover_sender(&self) -> Result<(), Error> {
+        self.ring
+            .recover_producer()
+            .map(drop)
+            .map_err(|c| Error::corrupt(self.path(), c))
+    }
+
+    /// After the receiver died (the caller knows it): flags what it had received and not
+    /// acknowledged, so it is delivered again flagged; returns how many.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the ring's words are inconsistent.
+    pub fn recover_receiver(&self) -> Result<u64, Error> {
+        self.ring
+            .recover_consumer(self.ring.delivered_record())
+            .map(|r| r.redelivered)
+            .map_err(|c| Error::corrupt(self.path(), c))
+    }
+
     /// The sending end (one per file at a time: the caller's promise).
     ///
     /// # Errors
@@ -112,21 +136,39 @@ impl Sender {
     /// [`SendError::TooLarge`], or [`SendError::Corrupt`].
     #[inline]
     pub fn send(&mut self, msg: &[u8], wait: WaitStrategy) -> Result<(), SendError> {
+        self.claim(msg.len(), wait)?;
+        self.end.write(0, msg);
+        self.end.commit(msg.len());
+        Ok(())
+    }
+
+    /// Claims a slot and writes `msg` into it without committing (as a sender killed
+    /// mid-write does).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn write_without_commit(
+        &mut self,
+        msg: &[u8],
+        wait: WaitStrategy,
+    ) -> Result<(), SendError> {
+        self.claim(msg.len(), wait)?;
+        self.end.write(0, msg);
+        Ok(())
+    }
+
+    /// Waits for a free slot for a message of `len` bytes and claims it.
+    #[inline]
+    fn claim(&mut self, len: usize, wait: WaitStrategy) -> Result<(), SendError> {
         let max = self.ring.max_message();
-        if msg.len() > max {
-            return Err(SendError::TooLarge {
-                len: msg.len(),
-                max,
-            });
+        if len > max {
+            return Err(SendError::TooLarge { len, max });
         }
         let end = &mut self.end;
         let waited = self.ring.not_full().wait_for(wait, Deadline::Never, || {
             end.try_claim().map(|free| free.then_some(()))
         });
-        SendError::from_wait(waited, Deadline::Never)?;
-        self.end.write(0, msg);
-        self.end.commit(msg.len());
-        Ok(())
+        SendError::from_wait(waited, Deadline::Never)
     }
 }
 
@@ -137,8 +179,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Waits for the next message as `wait` says, passes its bytes (in place) to `read`, then
-    /// acknowledges it.
+    /// Waits for the next message as `wait` says, passes its bytes (in place) and whether it is
+    /// delivered again after a receiver died to `read`, then acknowledges it.
     ///
     /// # Errors
     /// [`RecvError::Corrupt`].
@@ -146,16 +188,34 @@ impl Receiver {
     pub fn recv<R>(
         &mut self,
         wait: WaitStrategy,
-        read: impl FnOnce(&[u8]) -> R,
+        read: impl FnOnce(&[u8], bool) -> R,
     ) -> Result<R, RecvError> {
+        let claim = self.next(wait)?;
+        let out = read(self.ring.payload(&claim), claim.redelivered());
+        self.ring.release(claim);
+        Ok(out)
+    }
+
+    /// Receives the next message (a copy, and whether it is redelivered) and never
+    /// acknowledges it, as a receiver killed before acknowledging does.
+    ///
+    /// # Errors
+    /// [`RecvError::Corrupt`].
+    pub fn recv_unacknowledged(
+        &mut self,
+        wait: WaitStrategy,
+    ) -> Result<(Vec<u8>, bool), RecvError> {
+        let claim = self.next(wait)?;
+        Ok((self.ring.payload(&claim).to_vec(), claim.redelivered()))
+    }
+
+    #[inline]
+    fn next(&mut self, wait: WaitStrategy) -> Result<ReadClaim, RecvError> {
         let end = &mut self.end;
         let waited = self
             .ring
             .not_empty()
             .wait_for(wait, Deadline::Never, || end.try_next());
-        let claim = RecvError::from_wait(waited, Deadline::Never)?;
-        let out = read(self.ring.payload(&claim));
-        self.ring.release(claim);
-        Ok(out)
+        RecvError::from_wait(waited, Deadline::Never)
     }
 }
