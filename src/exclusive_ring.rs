@@ -52,7 +52,7 @@ impl ExclusiveRingFile {
     /// # Errors
     /// As `Pipeline::open`, and [`Error::Corrupt`] for a pipeline without both exclusive flags.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let (mapping, g) = file::open(path, KIND_PIPELINE)?;
+        let (mapping, g) = file::open_allowing(path, KIND_PIPELINE, PIPELINE_FLAGS)?;
         if g.flags != PIPELINE_FLAGS {
             return Err(Error::corrupt(
                 path,

@@ -510,8 +510,21 @@ impl Geometry {
     /// Everything the rest of the crate relies on is checked here: magic, version, kind, that
     /// the primary options are in range, that every derived field (offsets, strides, size) is
     /// exactly what `create` computes from them (so no section overlaps another or runs past
-    /// the end), and that the file is long enough.
+    /// the end), and that the file is long enough. A pipeline's exclusive-end flags are refused:
+    /// see [`Geometry::validate_allowing`].
     pub fn validate(h: &FileHeader, kind: u32, actual_len: u64) -> Result<Self, Corruption> {
+        Geometry::validate_allowing(h, kind, actual_len, 0)
+    }
+
+    /// [`Geometry::validate`] for an opener that serves the pipeline flags in `pipeline_flags`
+    /// (a subset of [`PIPELINE_FLAGS`]); a pipeline file with any other flag is refused, so a
+    /// file made for exclusive ends is never driven by code that does not know them.
+    pub fn validate_allowing(
+        h: &FileHeader,
+        kind: u32,
+        actual_len: u64,
+        pipeline_flags: u32,
+    ) -> Result<Self, Corruption> {
         if h.magic == 0 {
             return Err(Corruption::Uninitialized);
         }
@@ -529,6 +542,11 @@ impl Geometry {
                 found: h.kind,
                 expected: kind,
             });
+        }
+        if kind == KIND_PIPELINE && h.flags & !pipeline_flags != 0 {
+            return Err(Corruption::BadGeometry(
+                "the pipeline has single-producer or single-consumer flags this opener does not serve",
+            ));
         }
         let expected = Geometry::compute(Shape::of(h)).map_err(|_| {
             Corruption::BadGeometry(
@@ -707,7 +725,7 @@ mod tests {
         check(FileHeader { file_size: 1, ..h }, |c| {
             matches!(c, Corruption::BadGeometry(_))
         });
-        check(FileHeader { flags: 4, ..h }, |c| {
+        check(FileHeader { flags: 1, ..h }, |c| {
             matches!(c, Corruption::BadGeometry(_))
         });
         for bad in [
@@ -751,10 +769,24 @@ mod tests {
             let g = Geometry::pipeline_with_flags(8, 64, 4, flags).unwrap();
             assert_eq!(g.flags, flags);
             assert_eq!(
-                Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size),
+                Geometry::validate_allowing(&g.header(), KIND_PIPELINE, g.file_size, flags),
                 Ok(g)
             );
+            assert_eq!(
+                Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size).is_ok(),
+                flags == 0,
+                "an opener that does not serve exclusive ends refuses them"
+            );
         }
+        let g = Geometry::pipeline(8, 64, 4).unwrap();
+        let unknown = FileHeader {
+            flags: 4,
+            ..g.header()
+        };
+        assert!(
+            Geometry::validate_allowing(&unknown, KIND_PIPELINE, g.file_size, PIPELINE_FLAGS)
+                .is_err()
+        );
         assert!(Geometry::pipeline_with_flags(8, 64, 4, 4).is_err());
         assert!(Geometry::pipeline_with_flags(8, 64, 4, u32::MAX).is_err());
     }

@@ -155,3 +155,19 @@ fn a_sender_process_killed_mid_write_leaves_nothing_and_the_next_sender_resumes(
     }
     assert_eq!(got, [&b"m0"[..], b"m1", b"m2", b"after"]);
 }
+
+#[test]
+fn a_pipeline_opener_refuses_an_exclusive_ends_file_and_the_other_way_round() {
+    let dir = TempDir::new("exclusive-flags");
+    let (exclusive, shared) = (dir.join("exclusive"), dir.join("shared"));
+    ExclusiveRingFile::create(&exclusive, 4, 8).unwrap();
+    assert!(matches!(
+        shmq::Pipeline::open(&exclusive),
+        Err(shmq::Error::Corrupt {
+            problem: shmq::Corruption::BadGeometry(_),
+            ..
+        })
+    ));
+    shmq::Pipeline::create(&shared, &shmq::Options::new().capacity(4).max_message(8)).unwrap();
+    assert!(ExclusiveRingFile::open(&shared).is_err());
+}

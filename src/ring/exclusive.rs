@@ -1,5 +1,6 @@
 //! The exclusive-ends slot ring: one producer and one consumer at a time, no read-modify-write
-//! and no fence on the send/receive path, with crash recovery as exact as the shared ring's.
+//! and no fence of its own on the send/receive path (the wake check's, in the wait cell, is the
+//! one left), with crash recovery as exact as the shared ring's.
 //!
 //! # Algorithm
 //!
@@ -7,8 +8,9 @@
 //! and the consumer each keep their own position *locally* (`tail`: the next position to write;
 //! `head`: the next position to deliver) and touch the slot line once per message each. Every
 //! slot starts with a 64-bit *state word*, then the message length (32 bits), then the payload
-//! at offset 16 ([`SLOT_HEADER_SIZE`](crate::layout::SLOT_HEADER_SIZE)), so a message of up to 48 bytes shares the state word's
-//! 64-byte line (slots are 64-byte aligned; the stride is a multiple of 64):
+//! at offset 16 ([`SLOT_HEADER_SIZE`](crate::layout::SLOT_HEADER_SIZE)), so a message of up to
+//! 48 bytes shares the state word's 64-byte line (slots are 64-byte aligned; the stride is a
+//! multiple of 64):
 //!
 //! ```text
 //!  63                          16   15   14..12   11..0
@@ -94,9 +96,12 @@
 //! `q - capacity` was acknowledged, so with `L` the lowest unacknowledged position and `T` the
 //! producer's tail, `T <= L + capacity`; each slot serves the lowest unacknowledged position of
 //! its residue; `READY` slots serve positions in `[L, T)`, `EMPTY` ones positions in
-//! `[T, L + 2 * capacity)`. Relative to a consumer's record `d` (with `d <= T` and
-//! `L - capacity <= d`), every slot serves a position in `[d - capacity, d + 3 * capacity)`, an
-//! `EMPTY` one never below `d`, a `READY` one never at `d + 2 * capacity` or above. Those
+//! `[T, L + 2 * capacity)` (an `EMPTY` slot's previous lap was acknowledged, so delivered, so
+//! below `T`). A consumer's record `d` is at most `T`, and `d - capacity <= L <= d + capacity`
+//! (`L >= T - capacity`; positions in `[d, L)` were acknowledged by an earlier consumer, which
+//! started at most a ring below). So every slot serves a position in
+//! `[d - capacity, d + 3 * capacity)`, an `EMPTY` one never below `d`, a `READY` one never at
+//! `d + 2 * capacity` or above. Those
 //! windows (far below 2^48 wide) turn each 48-bit sequence back into a 64-bit position, and a
 //! word outside them is [`Corruption`].
 //!
