@@ -1279,9 +1279,10 @@ mod loom_models {
         });
     }
 
-    /// A consumer "killed" holding a message it never acknowledged, while the producer keeps
-    /// sending into the full ring: recovery and a new consumer get exactly that message again,
-    /// flagged, then the rest unflagged, once each.
+    /// A consumer "killed" holding a message it never acknowledged, after acknowledging a later
+    /// one (out of order), while the producer keeps sending into the full ring: recovery and a
+    /// new consumer get exactly the held message again, flagged, pass over the acknowledged one,
+    /// and get the rest unflagged, once each.
     #[test]
     fn consumer_killed_holding_a_message_then_recovery() {
         loom::model(|| {
@@ -1293,13 +1294,42 @@ mod loom_models {
                 }
             });
             let _never_released = next_blocking(&mut c);
+            let acknowledged = next_blocking(&mut c);
+            assert_eq!(c.ring.read(&acknowledged), b"b");
+            c.ring.release(acknowledged);
             let delivered = c.position();
-            drop(c); // Killed: no acknowledgement, no detach.
+            drop(c); // Killed: no detach.
             let got = r.recover_consumer(delivered).unwrap();
             assert_eq!((got.redelivered, got.start), (1, 0));
             let mut c = r.attach_consumer(r.head_offset()).unwrap();
             assert_eq!(recv_blocking(&mut c), (b"a".to_vec(), true));
-            assert_eq!(recv_blocking(&mut c), (b"b".to_vec(), false));
+            assert_eq!(recv_blocking(&mut c), (b"c".to_vec(), false));
+            producer.join().unwrap();
+        });
+    }
+
+    /// A consumer "killed" holding the newer of two messages (the older acknowledged), while
+    /// recovery races the producer writing the very next position into the freed slot: that
+    /// message, never delivered, is never flagged; the held one is, once.
+    #[test]
+    fn recovery_racing_the_producer_at_the_consumers_record() {
+        loom::model(|| {
+            let r = ring(2, 1);
+            let (mut p, mut c) = ends(&r);
+            let producer = thread::spawn(move || {
+                for m in [b"a", b"b", b"c"] {
+                    send_blocking(&mut p, m);
+                }
+            });
+            let older = next_blocking(&mut c);
+            let _never_released = next_blocking(&mut c);
+            c.ring.release(older);
+            let delivered = c.position();
+            drop(c); // Killed: no detach.
+            let got = r.recover_consumer(delivered).unwrap();
+            assert_eq!((got.redelivered, got.start), (1, 1));
+            let mut c = r.attach_consumer(r.head_offset()).unwrap();
+            assert_eq!(recv_blocking(&mut c), (b"b".to_vec(), true));
             assert_eq!(recv_blocking(&mut c), (b"c".to_vec(), false));
             producer.join().unwrap();
         });
