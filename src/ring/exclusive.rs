@@ -1239,17 +1239,35 @@ mod loom_models {
         got
     }
 
+    /// A producer thread sending `msgs` (blocking) into `r`, and the consumer end.
+    fn producer_sending(
+        r: &ExclusiveRing,
+        msgs: &'static [&'static [u8]],
+    ) -> (thread::JoinHandle<()>, ConsumerEnd) {
+        let (mut p, c) = ends(r);
+        let producer = thread::spawn(move || {
+            for m in msgs {
+                send_blocking(&mut p, m);
+            }
+        });
+        (producer, c)
+    }
+
+    /// Recovery of consumer `c` "killed" (dropped without detaching), and the next consumer.
+    fn recover_killed(r: &ExclusiveRing, c: ConsumerEnd) -> (ConsumerRecovery, ConsumerEnd) {
+        let delivered = c.position();
+        drop(c);
+        let got = r.recover_consumer(delivered).unwrap();
+        (got, r.attach_consumer(r.head_offset()).unwrap())
+    }
+
     /// One producer, one consumer, one slot, both blocking: every message arrives once, whole,
     /// in order, and each side is woken when it must be (a lost wake-up is a loom deadlock).
     #[test]
     fn one_slot_blocking_send_and_receive() {
         loom::model(|| {
             let r = ring(1, 2);
-            let (mut p, mut c) = ends(&r);
-            let producer = thread::spawn(move || {
-                send_blocking(&mut p, b"ab");
-                send_blocking(&mut p, b"cd");
-            });
+            let (producer, mut c) = producer_sending(&r, &[b"ab", b"cd"]);
             assert_eq!(recv_blocking(&mut c), (b"ab".to_vec(), false));
             assert_eq!(recv_blocking(&mut c), (b"cd".to_vec(), false));
             producer.join().unwrap();
@@ -1262,12 +1280,7 @@ mod loom_models {
     fn two_slots_out_of_order_acknowledgement() {
         loom::model(|| {
             let r = ring(2, 1);
-            let (mut p, mut c) = ends(&r);
-            let producer = thread::spawn(move || {
-                for m in [b"1", b"2", b"3"] {
-                    send_blocking(&mut p, m);
-                }
-            });
+            let (producer, mut c) = producer_sending(&r, &[b"1", b"2", b"3"]);
             let first = next_blocking(&mut c);
             let second = next_blocking(&mut c);
             assert_eq!(c.ring.read(&second), b"2");
@@ -1287,21 +1300,13 @@ mod loom_models {
     fn consumer_killed_holding_a_message_then_recovery() {
         loom::model(|| {
             let r = ring(2, 1);
-            let (mut p, mut c) = ends(&r);
-            let producer = thread::spawn(move || {
-                for m in [b"a", b"b", b"c"] {
-                    send_blocking(&mut p, m);
-                }
-            });
+            let (producer, mut c) = producer_sending(&r, &[b"a", b"b", b"c"]);
             let _never_released = next_blocking(&mut c);
             let acknowledged = next_blocking(&mut c);
             assert_eq!(c.ring.read(&acknowledged), b"b");
             c.ring.release(acknowledged);
-            let delivered = c.position();
-            drop(c); // Killed: no detach.
-            let got = r.recover_consumer(delivered).unwrap();
+            let (got, mut c) = recover_killed(&r, c);
             assert_eq!((got.redelivered, got.start), (1, 0));
-            let mut c = r.attach_consumer(r.head_offset()).unwrap();
             assert_eq!(recv_blocking(&mut c), (b"a".to_vec(), true));
             assert_eq!(recv_blocking(&mut c), (b"c".to_vec(), false));
             producer.join().unwrap();
@@ -1315,20 +1320,12 @@ mod loom_models {
     fn recovery_racing_the_producer_at_the_consumers_record() {
         loom::model(|| {
             let r = ring(2, 1);
-            let (mut p, mut c) = ends(&r);
-            let producer = thread::spawn(move || {
-                for m in [b"a", b"b", b"c"] {
-                    send_blocking(&mut p, m);
-                }
-            });
+            let (producer, mut c) = producer_sending(&r, &[b"a", b"b", b"c"]);
             let older = next_blocking(&mut c);
             let _never_released = next_blocking(&mut c);
             c.ring.release(older);
-            let delivered = c.position();
-            drop(c); // Killed: no detach.
-            let got = r.recover_consumer(delivered).unwrap();
+            let (got, mut c) = recover_killed(&r, c);
             assert_eq!((got.redelivered, got.start), (1, 1));
-            let mut c = r.attach_consumer(r.head_offset()).unwrap();
             assert_eq!(recv_blocking(&mut c), (b"b".to_vec(), true));
             assert_eq!(recv_blocking(&mut c), (b"c".to_vec(), false));
             producer.join().unwrap();
