@@ -94,6 +94,12 @@ pub const CTL_HEAD: usize = PAD;
 /// Within a control block: messages waiting to be delivered again (beside `head`, which every
 /// consumer touches anyway).
 pub const CTL_REDELIVER_PENDING: usize = PAD + 8;
+/// Within a control block of a ring with exclusive ends: who holds the producer's end (beside
+/// the tail, which that producer writes anyway). Zero when nobody does.
+pub const CTL_PRODUCER_HOLDER: usize = CTL_TAIL + 8;
+/// Within a control block of a ring with exclusive ends: who holds the consumer's end (beside
+/// the head; past the word the shared ring's redelivery count uses).
+pub const CTL_CONSUMER_HOLDER: usize = PAD + 16;
 /// Within a control block: consumers wait here for messages.
 pub const CTL_NOT_EMPTY: usize = 2 * PAD;
 /// Within a control block: producers wait here for room.

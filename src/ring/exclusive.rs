@@ -122,7 +122,10 @@
 
 use super::slots::SlotArray;
 use crate::error::Corruption;
-use crate::layout::{CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_TAIL, RING_CONTROL_SIZE};
+use crate::layout::{
+    CTL_CONSUMER_HOLDER, CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_PRODUCER_HOLDER, CTL_TAIL,
+    RING_CONTROL_SIZE,
+};
 use crate::shm::Region;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::WaitCell;
@@ -206,6 +209,15 @@ impl ReadClaim {
     pub(crate) fn position(&self) -> u64 {
         self.pos
     }
+}
+
+/// One of the ring's two ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The sending end.
+    Producer,
+    /// The receiving end.
+    Consumer,
 }
 
 /// What recovering a consumer did.
@@ -323,6 +335,46 @@ impl ExclusiveRing {
         self.not_full().notify();
     }
 
+    #[inline]
+    fn holder_word(&self, end: End) -> &AtomicU64 {
+        let at = match end {
+            End::Producer => CTL_PRODUCER_HOLDER,
+            End::Consumer => CTL_CONSUMER_HOLDER,
+        };
+        self.region().u64_at(self.ctl + at)
+    }
+
+    /// Takes `end` for the participant named by `me` (any nonzero token, e.g. its entry's
+    /// generation and index), so that at most one producer and one consumer are attached across
+    /// every process: `Ok` if the end was free (or held by `me` already), else `Err` with the
+    /// holder's token. The caller decides whether that holder is alive (the participant table's
+    /// oracle; the token is untrusted, so it is checked before it indexes anything); if it is
+    /// dead, it recovers it, [`free_end`](Self::free_end)s it and takes the end again.
+    pub(crate) fn take_end(&self, end: End, me: u64) -> Result<(), u64> {
+        assert_ne!(me, 0, "a holder token is nonzero");
+        match self
+            .holder_word(end)
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(holder) if holder == me => Ok(()),
+            Err(holder) => Err(holder),
+        }
+    }
+
+    /// Frees `end` if `holder` holds it (its own detach, or after recovering a dead holder);
+    /// returns whether it did. A CAS, so a stale token never frees a newer holder's end.
+    pub(crate) fn free_end(&self, end: End, holder: u64) -> bool {
+        self.holder_word(end)
+            .compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The token of whoever holds `end`, 0 for nobody (untrusted: read from the file).
+    pub(crate) fn end_holder(&self, end: End) -> u64 {
+        self.holder_word(end).load(Ordering::Acquire)
+    }
+
     /// Writes the initial state: slot `i` serves position `i`, both records at 0.
     /// Only for a ring nobody else can see yet (during creation).
     pub(crate) fn initialize(&self) {
@@ -339,6 +391,8 @@ impl ExclusiveRing {
         }
         self.tail_record().store(start, Ordering::Relaxed);
         self.head_record().store(start, Ordering::Relaxed);
+        self.holder_word(End::Producer).store(0, Ordering::Relaxed);
+        self.holder_word(End::Consumer).store(0, Ordering::Relaxed);
     }
 
     /// Messages committed and not yet delivered, from the two records (a snapshot; exact when
@@ -801,6 +855,27 @@ mod tests {
         for bad in [1, 1 << 12, REDELIVERED, 3 << 12, READY | 1] {
             assert!(Word::decode(bad).is_err(), "{bad:#x}");
         }
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn each_end_has_one_holder_at_a_time() {
+        let r = ring(2, 8);
+        for end in [End::Producer, End::Consumer] {
+            assert_eq!(r.end_holder(end), 0);
+            assert_eq!(r.take_end(end, 7), Ok(()));
+            assert_eq!(r.take_end(end, 7), Ok(()), "taking it again is harmless");
+            assert_eq!(r.take_end(end, 9), Err(7));
+            assert!(!r.free_end(end, 9), "a stale token frees nothing");
+            assert!(r.free_end(end, 7));
+            assert_eq!(r.take_end(end, 9), Ok(()));
+            assert_eq!(r.end_holder(end), 9);
+        }
+        assert_eq!(
+            r.take_end(End::Producer, 9),
+            Ok(()),
+            "the ends are independent"
+        );
     }
 
     #[cfg(not(loom))]
