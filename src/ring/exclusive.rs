@@ -116,8 +116,10 @@
 //! # Obligations of the caller
 //!
 //! One [`ProducerEnd`] and one [`ConsumerEnd`] per ring at a time, across every process (the
-//! file's single-producer / single-consumer flags, enforced at attach), and recovery of a dead
-//! one before the next attaches. A [`ReadClaim`] must not outlive the consumer's attachment
+//! file's single-producer / single-consumer flags, enforced at attach with the holder words:
+//! [`ExclusiveRing::take_end`] before attaching an end, [`ExclusiveRing::free_end`] after
+//! detaching it or recovering its dead holder), and recovery of a dead one before the next
+//! attaches. A [`ReadClaim`] must not outlive the consumer's attachment
 //! (a pipeline `Message` borrows its `Consumer`), as with the shared ring.
 
 use super::slots::SlotArray;
