@@ -3,7 +3,8 @@
 //! ```text
 //! offset 0     FileHeader        128 B   magic, format version, kind, geometry (read-mostly)
 //! offset 128   RingControl       512 B   tail, head, two wait cells, each on its own 128 B line
-//! offset 640   Counters          128 B   statistics (recovery counters live here)
+//! offset 640   Counters          128 B   u64 words: reaped, skipped, redelivered, released,
+//!                                        refused (`RecoveryStats`), then zeros
 //! offset 768   participant table max_participants × 64 B
 //! slots_offset slots             capacity × slot_stride, each slot: SlotHeader (16 B) + payload
 //! ```

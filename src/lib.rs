@@ -26,8 +26,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See `DESIGN.md` in the repository for the on-file layout and the guarantees, and the module
-//! docs of each pattern for its exact semantics.
+//! See `docs/DESIGN.md` in the repository (and in the published package) for the layers, the
+//! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
+//! the module docs of each pattern for its exact semantics.
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 

@@ -141,6 +141,12 @@ pub struct RecoveryStats {
     /// Other things a dead participant held, let go: subscriptions (so they stop holding
     /// publishers back), client entries and the replies they held.
     pub released: u64,
+    /// Commits and acknowledgements refused because the claim had been taken away meanwhile (a
+    /// participant judged dead while alive, or the file rewritten by another process): each one
+    /// a message not sent, or delivered again. Counted by the participant that was refused,
+    /// whether it was told (an `Err` from `commit`, `ack`, `reply`, `send`) or not (a message
+    /// or request dropped).
+    pub refused: u64,
 }
 
 impl std::ops::AddAssign for RecoveryStats {
@@ -149,6 +155,7 @@ impl std::ops::AddAssign for RecoveryStats {
         self.skipped += o.skipped;
         self.redelivered += o.redelivered;
         self.released += o.released;
+        self.refused += o.refused;
     }
 }
 
@@ -170,6 +177,7 @@ impl<'a> Counters<'a> {
             stats.skipped,
             stats.redelivered,
             stats.released,
+            stats.refused,
         ]
         .into_iter()
         .enumerate()
@@ -186,6 +194,7 @@ impl<'a> Counters<'a> {
             skipped: self.word(1).load(Ordering::Relaxed),
             redelivered: self.word(2).load(Ordering::Relaxed),
             released: self.word(3).load(Ordering::Relaxed),
+            refused: self.word(4).load(Ordering::Relaxed),
         }
     }
 }
@@ -218,6 +227,14 @@ pub(crate) trait Recoverable {
     /// sweep tries again).
     fn repair_quietly(&self) {
         let _ = self.repair();
+    }
+
+    /// Counts a commit or acknowledgement refused because its claim was taken away.
+    fn count_refused(&self) {
+        Counters::of(&self.mapping().region()).add(&RecoveryStats {
+            refused: 1,
+            ..RecoveryStats::default()
+        });
     }
 
     /// What recovery has done on this file over its life.

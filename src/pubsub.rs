@@ -438,9 +438,9 @@ impl Publisher {
         if committed {
             Ok(())
         } else {
-            Err(SendError::Corrupt(crate::error::Corruption::BadState(
-                "a claimed slot changed under its publisher",
-            )))
+            // A recovery pass (or another process writing the file) took the slot away.
+            self.shared.count_refused();
+            Err(SendError::ClaimLost)
         }
     }
 
@@ -448,7 +448,8 @@ impl Publisher {
     ///
     /// # Errors
     /// [`SendError::TooLarge`] / [`SendError::TopicTooLarge`] (nothing is published);
-    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`SendError::ClaimLost`] if the claimed slot was taken away before the commit (nothing
+    /// is published); [`SendError::Corrupt`] if the shared memory breaks the protocol.
     #[inline]
     pub fn publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.publish_with(topic, payload, Deadline::Never)

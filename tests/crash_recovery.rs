@@ -259,7 +259,7 @@ fn slow_producer(args: &[String]) {
     common::signal_ready(&args[1]);
     std::thread::sleep(SLOW);
     loan[half..].copy_from_slice(&msg[half..]);
-    loan.commit();
+    loan.commit().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1016,7 +1016,7 @@ fn chaos_producer(args: &[String]) {
                         std::thread::sleep(Duration::from_micros(rng.below(3000)));
                     }
                     loan[..CHAOS_HDR].copy_from_slice(&buf[..CHAOS_HDR]);
-                    loan.commit();
+                    loan.commit().unwrap();
                     log.line(&format!("sent {id} {inc} {seq}\n"));
                     seq += 1;
                 }

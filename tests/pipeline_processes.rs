@@ -136,7 +136,7 @@ fn stress_producer(args: &[String]) {
                 }
                 let mut loan = producer.loan(len).unwrap();
                 fill_stress(id, seq, &mut loan);
-                loan.commit();
+                loan.commit().unwrap();
             }
         }
         _ => {
@@ -732,10 +732,10 @@ fn zero_length_and_max_length_messages_arrive_intact() {
     let full: Vec<u8> = (0..100u8).collect();
     producer.send(b"").unwrap();
     producer.send(&full).unwrap();
-    producer.loan(0).unwrap().commit();
+    producer.loan(0).unwrap().commit().unwrap();
     let mut loan = producer.loan(100).unwrap();
     loan.copy_from_slice(&full);
-    loan.commit();
+    loan.commit().unwrap();
     producer.send_batch(&[b"", &full, b""]).unwrap();
     for want in [&b""[..], &full, b"", &full, b"", &full, b""] {
         let m = consumer.try_recv().unwrap();
@@ -810,7 +810,7 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
     let mut loan = producer.loan(5).unwrap();
     assert_eq!(loan.len(), 5);
     loan.copy_from_slice(b"hello");
-    loan.commit();
+    loan.commit().unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), b"hello");
 
     let mut loan = producer.try_loan(3).unwrap();
@@ -851,6 +851,36 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
         assert_eq!(waiter.join().unwrap().unwrap(), b"kept");
     });
     assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+}
+
+/// `Producer::loan` docs: a loan not yet committed at the head of the ring holds up every
+/// consumer, even when later messages are ready; a held message does not (consumers receive
+/// past it; only producers coming round to its slot wait).
+#[test]
+fn a_loan_at_the_head_holds_up_consumers_and_a_held_message_does_not() {
+    let dir = TempDir::new("head-of-line");
+    let q = queue(&dir, 4, 64);
+    let producer = q.producer().unwrap();
+    let consumer = q.consumer().unwrap();
+    let mut loan = producer.loan(4).unwrap();
+    producer.send(b"later").unwrap();
+    assert_eq!(
+        consumer.try_recv().unwrap_err(),
+        RecvError::Empty,
+        "the message after the loan is ready, but the loan is at the head"
+    );
+    loan.copy_from_slice(b"loan");
+    loan.commit().unwrap();
+    let first = consumer.try_recv().unwrap();
+    assert_eq!(&*first, b"loan");
+    producer.send(b"next").unwrap();
+    assert_eq!(
+        &*consumer.try_recv().unwrap(),
+        b"later",
+        "received past a held message"
+    );
+    assert_eq!(&*consumer.try_recv().unwrap(), b"next");
+    first.ack().unwrap();
 }
 
 #[test]
