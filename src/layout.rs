@@ -71,7 +71,8 @@ pub struct FileHeader {
     pub participants_offset: u64,
     /// Number of entries in the participant table.
     pub max_participants: u32,
-    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Zero otherwise.
+    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Pipeline: its exclusive
+    /// ends ([`PIPELINE_SINGLE_PRODUCER`], [`PIPELINE_SINGLE_CONSUMER`]). Zero otherwise.
     pub flags: u32,
     /// Publish-subscribe: largest topic in bytes. Zero otherwise.
     pub max_topic: u32,
@@ -98,6 +99,12 @@ pub const CTL_HEAD: usize = PAD;
 /// Within a control block: messages waiting to be delivered again (beside `head`, which every
 /// consumer touches anyway).
 pub const CTL_REDELIVER_PENDING: usize = PAD + 8;
+/// Within a control block of a ring with exclusive ends: who holds the producer's end (beside
+/// the tail, which that producer writes anyway). Zero when nobody does.
+pub const CTL_PRODUCER_HOLDER: usize = CTL_TAIL + 8;
+/// Within a control block of a ring with exclusive ends: who holds the consumer's end (beside
+/// the head; past the word the shared ring's redelivery count uses).
+pub const CTL_CONSUMER_HOLDER: usize = PAD + 16;
 /// Within a control block: consumers wait here for messages.
 pub const CTL_NOT_EMPTY: usize = 2 * PAD;
 /// Within a control block: producers wait here for room.
@@ -294,6 +301,14 @@ pub const MAX_FILE_SIZE: u64 = 1 << 46;
 /// line each, because each is written by its owner on every message.
 pub const TABLE_ENTRY_SIZE: usize = 128;
 
+/// Pipeline flag, in [`FileHeader::flags`]: at most one producer is attached at a time (checked
+/// at attach), so sending needs no read-modify-write (see `ring::exclusive`).
+pub const PIPELINE_SINGLE_PRODUCER: u32 = 1;
+/// Pipeline flag: at most one consumer is attached at a time.
+pub const PIPELINE_SINGLE_CONSUMER: u32 = 2;
+/// Every pipeline flag this build knows; a file with any other bit set is refused.
+pub const PIPELINE_FLAGS: u32 = PIPELINE_SINGLE_PRODUCER | PIPELINE_SINGLE_CONSUMER;
+
 /// Publish-subscribe overflow modes, as stored in [`FileHeader::flags`].
 pub const OVERFLOW_DROP_OLDEST: u32 = 1;
 /// Publishers wait for the slowest subscriber.
@@ -397,12 +412,22 @@ impl Geometry {
         max_message: u64,
         max_participants: u32,
     ) -> Result<Self, String> {
+        Geometry::pipeline_with_flags(capacity, max_message, max_participants, 0)
+    }
+
+    /// [`Geometry::pipeline`] with `flags`, a combination of the `PIPELINE_SINGLE_*` flags.
+    pub fn pipeline_with_flags(
+        capacity: u64,
+        max_message: u64,
+        max_participants: u32,
+        flags: u32,
+    ) -> Result<Self, String> {
         Geometry::compute(Shape {
             kind: KIND_PIPELINE,
             capacity,
             max_message,
             max_participants,
-            flags: 0,
+            flags,
             max_topic: 0,
             table_entries: 0,
             reply_capacity: 0,
@@ -432,7 +457,10 @@ impl Geometry {
         let mut payload = max_message;
         match kind {
             KIND_PIPELINE => {
-                if flags != 0 || max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
+                if flags & !PIPELINE_FLAGS != 0 {
+                    return Err(format!("unknown pipeline flags {flags:#x}"));
+                }
+                if max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
                     return Err("a pipeline has no topic, table or reply options".into());
                 }
             }
@@ -548,8 +576,21 @@ impl Geometry {
     /// Everything the rest of the crate relies on is checked here: magic, version, kind, that
     /// the primary options are in range, that every derived field (offsets, strides, size) is
     /// exactly what `create` computes from them (so no section overlaps another or runs past
-    /// the end), and that the file is long enough.
+    /// the end), and that the file is long enough. A pipeline's exclusive-end flags are refused:
+    /// see [`Geometry::validate_allowing`].
     pub fn validate(h: &FileHeader, kind: u32, actual_len: u64) -> Result<Self, Corruption> {
+        Geometry::validate_allowing(h, kind, actual_len, 0)
+    }
+
+    /// [`Geometry::validate`] for an opener that serves the pipeline flags in `pipeline_flags`
+    /// (a subset of [`PIPELINE_FLAGS`]); a pipeline file with any other flag is refused, so a
+    /// file made for exclusive ends is never driven by code that does not know them.
+    pub fn validate_allowing(
+        h: &FileHeader,
+        kind: u32,
+        actual_len: u64,
+        pipeline_flags: u32,
+    ) -> Result<Self, Corruption> {
         if h.magic == 0 {
             return Err(Corruption::Uninitialized);
         }
@@ -567,6 +608,11 @@ impl Geometry {
                 found: h.kind,
                 expected: kind,
             });
+        }
+        if kind == KIND_PIPELINE && h.flags & !pipeline_flags != 0 {
+            return Err(Corruption::BadGeometry(
+                "the pipeline has single-producer or single-consumer flags this opener does not serve",
+            ));
         }
         let expected = Geometry::compute(Shape::of(h)).map_err(|_| {
             Corruption::BadGeometry(
@@ -782,6 +828,39 @@ mod tests {
             },
             |c| matches!(c, Corruption::BadGeometry(_)),
         );
+    }
+
+    #[test]
+    fn pipeline_flags_round_trip_and_unknown_ones_are_refused() {
+        for flags in [
+            0,
+            PIPELINE_SINGLE_PRODUCER,
+            PIPELINE_SINGLE_CONSUMER,
+            PIPELINE_FLAGS,
+        ] {
+            let g = Geometry::pipeline_with_flags(8, 64, 4, flags).unwrap();
+            assert_eq!(g.flags, flags);
+            assert_eq!(
+                Geometry::validate_allowing(&g.header(), KIND_PIPELINE, g.file_size, flags),
+                Ok(g)
+            );
+            assert_eq!(
+                Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size).is_ok(),
+                flags == 0,
+                "an opener that does not serve exclusive ends refuses them"
+            );
+        }
+        let g = Geometry::pipeline(8, 64, 4).unwrap();
+        let unknown = FileHeader {
+            flags: 4,
+            ..g.header()
+        };
+        assert!(
+            Geometry::validate_allowing(&unknown, KIND_PIPELINE, g.file_size, PIPELINE_FLAGS)
+                .is_err()
+        );
+        assert!(Geometry::pipeline_with_flags(8, 64, 4, 4).is_err());
+        assert!(Geometry::pipeline_with_flags(8, 64, 4, u32::MAX).is_err());
     }
 
     #[test]

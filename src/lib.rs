@@ -37,6 +37,9 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 pub mod error;
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod exclusive_ring;
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
