@@ -1,0 +1,527 @@
+//! `pipeline-out` and `pipeline-in`: a pipeline carried across hosts through a JetStream
+//! work-queue stream.
+//!
+//! # pipeline-out
+//! A thread receives from the local pipeline as a consumer and hands each [`shmq::Message`]
+//! (still unacknowledged, holding its slot) to the async side over a channel of `window`
+//! places. The async side gives it an id from the [`Journal`], publishes it with that id as
+//! `Nats-Msg-Id`, and keeps at most `window` publishes in flight. Acknowledgements are taken in
+//! publish order; only when JetStream has acknowledged a message is the local message dropped
+//! (acknowledged) and its journal entry cleared. So a message leaves the local queue only once
+//! it is stored in the stream.
+//!
+//! When an acknowledgement fails or times out (server restarting, connection lost), every
+//! message in flight is published again, one at a time and in order, each until acknowledged
+//! — same id, so those the server had stored are recognised as duplicates — and then
+//! pipelining resumes. Order per producer is kept: JetStream stores one connection's publishes
+//! in order, and the retries go in order.
+//!
+//! A bridge killed at any point leaves its held messages to the local queue, which delivers
+//! them again flagged `redelivered()`; the next bridge finds their ids in the journal, and
+//! JetStream drops the copies it already has: no duplicate enters the stream (within the
+//! stream's duplicate window, `--duplicate-window`, default two minutes).
+//!
+//! # pipeline-in
+//! A durable pull consumer (explicit acks) fetches batches; a thread sends each message into
+//! the local pipeline as a producer (waiting while it is full); only after the local send
+//! committed is the JetStream message acknowledged, which removes it from the work-queue
+//! stream. A bridge killed after the local send but before the acknowledgement sees JetStream
+//! deliver the message again (after `ack_wait`, 10 s): that is the one case that duplicates a
+//! message locally (counted as `stream_redelivered`; a shmq producer cannot flag it).
+
+use crate::journal::{self, Journal, MsgId, Origin};
+use crate::stats::{Counter, Stats};
+use crate::{abandon, connect, nats_err, report_periodically, BridgeError, Common, Shutdown, POLL};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+
+/// The stream both sides use.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: String,
+    /// Subject the messages are published to (default `shmq.pipeline.<name>`).
+    pub subject: Option<String>,
+    /// JetStream's deduplication window (the longest a dead out-bridge may stay down).
+    pub duplicate_window: Duration,
+}
+
+impl StreamSpec {
+    fn subject(&self) -> String {
+        self.subject
+            .clone()
+            .unwrap_or_else(|| format!("shmq.pipeline.{}", self.name))
+    }
+}
+
+/// Creates the work-queue stream if it does not exist.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<stream::Stream, BridgeError> {
+    let config = stream::Config {
+        name: spec.name.clone(),
+        subjects: vec![spec.subject()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: spec.duplicate_window,
+        ..Default::default()
+    };
+    // The server may be restarting: keep trying, a JetStream API request at a time.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if delay < Duration::from_secs(5) => {
+                tracing::warn!("stream {}: {e}; retrying", spec.name);
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(nats_err(&format!("create stream {}", spec.name), e)),
+        }
+    }
+}
+
+/// Settings of `pipeline-out`.
+#[derive(Debug, Clone)]
+pub struct OutConfig {
+    /// The local pipeline.
+    pub file: PathBuf,
+    /// The stream.
+    pub stream: StreamSpec,
+    /// Messages in flight (held locally, published, not yet acknowledged by JetStream).
+    pub window: usize,
+}
+
+/// The counters `pipeline-out` shows.
+pub const OUT_COUNTERS: &[Counter] = &[
+    Counter::LocalReceived,
+    Counter::LocalRedelivered,
+    Counter::Published,
+    Counter::StreamAcked,
+    Counter::Duplicates,
+    Counter::Republished,
+    Counter::LocalAcked,
+    Counter::Errors,
+];
+
+type AckFuture =
+    Pin<Box<dyn Future<Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>> + Send>>;
+
+/// A message held locally while JetStream has not acknowledged it.
+struct InFlight<'q> {
+    message: shmq::Message<'q>,
+    id: MsgId,
+    slot: u64,
+    ack: Option<AckFuture>,
+}
+
+/// Runs `pipeline-out` until SIGINT/SIGTERM.
+///
+/// # Errors
+/// The queue cannot be opened or the journal used; NATS refuses the stream.
+pub fn run_out(
+    runtime: &Runtime,
+    shutdown: Shutdown,
+    common: &Common,
+    config: &OutConfig,
+) -> Result<Arc<Stats>, BridgeError> {
+    let window = config.window.max(1);
+    let queue = shmq::Pipeline::open(&config.file)?;
+    let consumer = queue.consumer()?;
+    let journal_path = journal::path_for(&config.file);
+    let mut journal = Journal::open(&journal_path, window as u64)
+        .map_err(|e| BridgeError::Journal(journal_path.clone(), e))?;
+    if journal.carried() > 0 {
+        tracing::info!(
+            carried = journal.carried(),
+            "journal holds ids of messages a previous bridge may have published"
+        );
+    }
+    let stats = Arc::new(Stats::new("pipeline-out", OUT_COUNTERS));
+    let js = runtime.block_on(async {
+        let client = connect(&common.nats).await?;
+        let js = jetstream::new(client);
+        ensure_stream(&js, &config.stream).await?;
+        report_periodically(stats.clone(), common);
+        Ok::<_, BridgeError>(js)
+    })?;
+    tracing::info!(
+        queue = %config.file.display(),
+        stream = %config.stream.name,
+        "pipeline-out ready"
+    );
+    let subject = config.stream.subject();
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel(window);
+        let receiver_shutdown = shutdown.clone();
+        let receiver_stats = &stats;
+        let consumer = &consumer;
+        let file = &config.file;
+        scope.spawn(move || {
+            while !receiver_shutdown.requested() {
+                match consumer.recv_timeout(POLL) {
+                    Ok(message) => {
+                        receiver_stats.bump(Counter::LocalReceived);
+                        if message.redelivered() {
+                            receiver_stats.bump(Counter::LocalRedelivered);
+                        }
+                        if let Err(back) = tx.blocking_send(message) {
+                            // The async side is gone (it failed): never acknowledge what was
+                            // not published.
+                            std::mem::forget(back);
+                            abandon("the publishing side stopped", 1);
+                        }
+                    }
+                    Err(shmq::RecvError::Timeout | shmq::RecvError::Empty) => {}
+                    Err(e) => {
+                        tracing::error!("receiving from {}: {e}", file.display());
+                        receiver_stats.bump(Counter::Errors);
+                        std::thread::sleep(POLL);
+                    }
+                }
+            }
+        });
+        let forward = Forward {
+            js: &js,
+            subject: &subject,
+            journal: &mut journal,
+            stats: &stats,
+            window,
+            acked: 0,
+        };
+        runtime.block_on(forward.run(rx, shutdown));
+    });
+    Ok(stats)
+}
+
+/// The async side of `pipeline-out`.
+struct Forward<'a> {
+    js: &'a jetstream::Context,
+    subject: &'a str,
+    journal: &'a mut Journal,
+    stats: &'a Stats,
+    window: usize,
+    /// JetStream acknowledgements so far (for the test hook).
+    acked: u64,
+}
+
+impl<'a> Forward<'a> {
+    /// Forwards until the receiving thread has stopped and nothing is in flight.
+    ///
+    /// Never drops a message it has not seen acknowledged by JetStream: on an error it leaves
+    /// the process ([`abandon`]) with the messages held.
+    async fn run<'q>(mut self, mut rx: mpsc::Receiver<shmq::Message<'q>>, mut shutdown: Shutdown) {
+        let mut in_flight: VecDeque<InFlight<'q>> = VecDeque::with_capacity(self.window);
+        let mut stopping: Option<Instant> = None;
+        let mut incoming_open = true;
+        loop {
+            if !incoming_open && in_flight.is_empty() {
+                return;
+            }
+            if stopping.is_some_and(|t| t.elapsed() > crate::SHUTDOWN_GRACE) {
+                abandon("NATS did not acknowledge in time while stopping", in_flight.len() + rx.len());
+            }
+            let room = incoming_open && in_flight.len() < self.window;
+            tokio::select! {
+                _ = shutdown.wait(), if stopping.is_none() => {
+                    stopping = Some(Instant::now());
+                }
+                ack = front_ack(&mut in_flight), if !in_flight.is_empty() => match ack {
+                    Ok(ack) => {
+                        self.record_ack(&ack);
+                        let done = in_flight.pop_front().expect("front exists");
+                        self.finish(done);
+                    }
+                    Err(e) => {
+                        tracing::warn!("publish not acknowledged ({e}); publishing the {} in flight again, in order", in_flight.len());
+                        self.stats.bump(Counter::Errors);
+                        self.republish_in_order(&mut in_flight, stopping).await;
+                    }
+                },
+                message = rx.recv(), if room => match message {
+                    Some(message) => {
+                        let held = self.publish(message).await;
+                        in_flight.push_back(held);
+                    }
+                    None => incoming_open = false,
+                },
+                _ = tokio::time::sleep(POLL), if stopping.is_some() => {}
+            }
+        }
+    }
+
+    /// Journals and publishes one message.
+    async fn publish<'q>(&mut self, message: shmq::Message<'q>) -> InFlight<'q> {
+        let (id, origin, slot) = match self.journal.assign(&message, message.redelivered()) {
+            Ok(assigned) => assigned,
+            Err(e) => {
+                let why = format!("journal {}: {e}", self.journal.path().display());
+                abandon(&why, self.window + 1)
+            }
+        };
+        if origin == Origin::Carried {
+            tracing::debug!(%id, "redelivered message keeps the id a previous bridge used");
+        }
+        let mut held = InFlight {
+            message,
+            id,
+            slot,
+            ack: None,
+        };
+        held.ack = self.send(&held).await;
+        held
+    }
+
+    /// Sends the publish of `held`; `None` if it could not even be queued (retried later).
+    async fn send(&self, held: &InFlight<'_>) -> Option<AckFuture> {
+        let publish = PublishMessage::build()
+            .payload(Bytes::copy_from_slice(&held.message))
+            .message_id(held.id.to_string());
+        self.stats.bump(Counter::Published);
+        match self.js.send_publish(self.subject.to_string(), publish).await {
+            Ok(ack) => Some(std::future::IntoFuture::into_future(ack)),
+            Err(e) => {
+                tracing::warn!("publish {}: {e}", held.id);
+                None
+            }
+        }
+    }
+
+    fn record_ack(&mut self, ack: &jetstream::publish::PublishAck) {
+        self.stats.bump(Counter::StreamAcked);
+        if ack.duplicate {
+            self.stats.bump(Counter::Duplicates);
+        }
+        self.acked += 1;
+        #[cfg(feature = "test-hooks")]
+        crate::testhook::after_stream_ack(self.acked);
+    }
+
+    /// JetStream has the message: acknowledge it locally and free its journal entry.
+    fn finish(&mut self, done: InFlight<'_>) {
+        drop(done.message);
+        self.stats.bump(Counter::LocalAcked);
+        if let Err(e) = self.journal.release(done.slot) {
+            let why = format!("journal {}: {e}", self.journal.path().display());
+            abandon(&why, self.window);
+        }
+    }
+
+    /// Publishes every message in flight again, in order, each until acknowledged.
+    async fn republish_in_order(
+        &mut self,
+        in_flight: &mut VecDeque<InFlight<'_>>,
+        stopping: Option<Instant>,
+    ) {
+        let mut delay = Duration::from_millis(50);
+        while let Some(mut held) = in_flight.pop_front() {
+            loop {
+                if stopping.is_some_and(|t| t.elapsed() > crate::SHUTDOWN_GRACE) {
+                    abandon("NATS did not acknowledge in time while stopping", in_flight.len() + 1);
+                }
+                self.stats.bump(Counter::Republished);
+                held.ack = self.send(&held).await;
+                let outcome = match held.ack.take() {
+                    Some(ack) => ack.await.map_err(|e| e.to_string()),
+                    None => Err("not sent".to_string()),
+                };
+                match outcome {
+                    Ok(ack) => {
+                        self.record_ack(&ack);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("publish {} again: {e}; retrying in {delay:?}", held.id);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            self.finish(held);
+        }
+    }
+}
+
+/// The acknowledgement of the oldest message in flight.
+async fn front_ack(
+    in_flight: &mut VecDeque<InFlight<'_>>,
+) -> Result<jetstream::publish::PublishAck, String> {
+    match in_flight.front_mut().and_then(|f| f.ack.as_mut()) {
+        Some(ack) => ack.await.map_err(|e| e.to_string()),
+        None => Err("the publish could not be sent".to_string()),
+    }
+}
+
+/// Settings of `pipeline-in`.
+#[derive(Debug, Clone)]
+pub struct InConfig {
+    /// The local pipeline.
+    pub file: PathBuf,
+    /// The stream.
+    pub stream: StreamSpec,
+    /// Name of the durable consumer (bridges with the same name share the stream's messages).
+    pub consumer: String,
+    /// Messages per fetch.
+    pub batch: usize,
+}
+
+/// The counters `pipeline-in` shows.
+pub const IN_COUNTERS: &[Counter] = &[
+    Counter::Received,
+    Counter::StreamRedelivered,
+    Counter::LocalSent,
+    Counter::StreamAcked,
+    Counter::Errors,
+];
+
+/// Runs `pipeline-in` until SIGINT/SIGTERM.
+///
+/// # Errors
+/// The queue cannot be opened; NATS refuses the stream or the consumer.
+pub fn run_in(
+    runtime: &Runtime,
+    mut shutdown: Shutdown,
+    common: &Common,
+    config: &InConfig,
+) -> Result<Arc<Stats>, BridgeError> {
+    let batch = config.batch.max(1);
+    let queue = shmq::Pipeline::open(&config.file)?;
+    let producer = queue.producer()?;
+    let stats = Arc::new(Stats::new("pipeline-in", IN_COUNTERS));
+    let durable = runtime.block_on(async {
+        let client = connect(&common.nats).await?;
+        let js = jetstream::new(client);
+        let stream = ensure_stream(&js, &config.stream).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &config.consumer,
+                consumer::pull::Config {
+                    durable_name: Some(config.consumer.clone()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(10),
+                    max_ack_pending: (batch * 4) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| nats_err(&format!("consumer {}", config.consumer), e))?;
+        report_periodically(stats.clone(), common);
+        Ok::<_, BridgeError>(consumer)
+    })?;
+    tracing::info!(
+        queue = %config.file.display(),
+        stream = %config.stream.name,
+        "pipeline-in ready"
+    );
+    std::thread::scope(|scope| {
+        let (to_local, mut from_stream) = mpsc::channel::<jetstream::Message>(batch);
+        let (sent_tx, mut sent) = mpsc::unbounded_channel::<(jetstream::Message, bool)>();
+        let producer = &producer;
+        let sender_stats = &stats;
+        scope.spawn(move || {
+            while let Some(message) = from_stream.blocking_recv() {
+                let ok = match producer.send(&message.payload) {
+                    Ok(()) => {
+                        sender_stats.bump(Counter::LocalSent);
+                        true
+                    }
+                    Err(e) => {
+                        // Too large or a corrupt queue: retrying cannot help.
+                        tracing::error!("local send: {e}; message dropped from the stream");
+                        sender_stats.bump(Counter::Errors);
+                        false
+                    }
+                };
+                if sent_tx.send((message, ok)).is_err() {
+                    break;
+                }
+            }
+        });
+        let result = runtime.block_on(async {
+            let mut delay = Duration::from_millis(50);
+            while !shutdown.requested() {
+                let fetched = durable
+                    .fetch()
+                    .max_messages(batch)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await;
+                let mut messages = match fetched {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("fetch: {e}; retrying in {delay:?}");
+                        stats.bump(Counter::Errors);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.wait() => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                delay = Duration::from_millis(50);
+                let mut pending = 0usize;
+                let mut batch_open = true;
+                while batch_open || pending > 0 {
+                    tokio::select! {
+                        message = messages.next(), if batch_open => match message {
+                            Some(Ok(message)) => {
+                                stats.bump(Counter::Received);
+                                if message.info().is_ok_and(|i| i.delivered > 1) {
+                                    stats.bump(Counter::StreamRedelivered);
+                                }
+                                pending += 1;
+                                if to_local.send(message).await.is_err() {
+                                    return Err(BridgeError::Config("the local sender stopped".into()));
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!("fetch: {e}");
+                                stats.bump(Counter::Errors);
+                            }
+                            None => batch_open = false,
+                        },
+                        done = sent.recv(), if pending > 0 => {
+                            let Some((done, ok)) = done else {
+                                return Err(BridgeError::Config("the local sender stopped".into()));
+                            };
+                            acknowledge(&done, ok, &stats).await;
+                            pending -= 1;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        drop(to_local); // the sending thread ends
+        result
+    })?;
+    Ok(stats)
+}
+
+/// Acknowledges a stream message whose local send committed (or terminates one that can
+/// never be sent, so it is not redelivered for ever).
+async fn acknowledge(message: &jetstream::Message, sent: bool, stats: &Stats) {
+    let kind = if sent {
+        jetstream::AckKind::Ack
+    } else {
+        jetstream::AckKind::Term
+    };
+    match message.ack_with(kind).await {
+        Ok(()) => stats.bump(Counter::StreamAcked),
+        Err(e) => {
+            tracing::warn!("acknowledge to JetStream: {e} (it will deliver the message again)");
+            stats.bump(Counter::Errors);
+        }
+    }
+}
