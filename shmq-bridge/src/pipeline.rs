@@ -10,11 +10,16 @@
 //! (acknowledged) and its journal entry cleared. So a message leaves the local queue only once
 //! it is stored in the stream.
 //!
-//! When an acknowledgement fails or times out (server restarting, connection lost), every
-//! message in flight is published again, one at a time and in order, each until acknowledged
-//! — same id, so those the server had stored are recognised as duplicates — and then
-//! pipelining resumes. Order per producer is kept: JetStream stores one connection's publishes
-//! in order, and the retries go in order.
+//! **Order.** Each publish carries `Nats-Expected-Last-Sequence`: the stream's last sequence
+//! as the bridge knows it, plus one per publish still in flight. JetStream stores a publish
+//! only if its expectation holds (after its duplicate check: a re-published id is still
+//! recognised). So when a publish is lost — the server restarts, the connection drops — every
+//! later publish in flight fails instead of being stored after the gap. When an
+//! acknowledgement fails or times out (3 s), the bridge reads the stream's last sequence and
+//! publishes every message in flight again, one at a time, in order, each until acknowledged
+//! (same ids: those the server had stored come back as duplicates), then resumes pipelining.
+//! This makes the out-bridge the stream's only publisher: run one per stream (another
+//! publisher's messages cost a resynchronisation each, but lose nothing).
 //!
 //! A bridge killed at any point leaves its held messages to the local queue, which delivers
 //! them again flagged `redelivered()`; the next bridge finds their ids in the journal, and
@@ -43,6 +48,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
+
+/// How long pipeline-out waits for JetStream to acknowledge a publish before it publishes
+/// again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The stream both sides use.
 #[derive(Debug, Clone)]
@@ -148,12 +157,14 @@ pub fn run_out(
         );
     }
     let stats = Arc::new(Stats::new("pipeline-out", OUT_COUNTERS));
-    let js = runtime.block_on(async {
+    let (js, last_sequence) = runtime.block_on(async {
         let client = connect(&common.nats).await?;
-        let js = jetstream::new(client);
-        ensure_stream(&js, &config.stream).await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .build(client);
+        let stream = ensure_stream(&js, &config.stream).await?;
         report_periodically(stats.clone(), common);
-        Ok::<_, BridgeError>(js)
+        Ok::<_, BridgeError>((js, stream.cached_info().state.last_sequence))
     })?;
     tracing::info!(
         queue = %config.file.display(),
@@ -193,10 +204,12 @@ pub fn run_out(
         });
         let forward = Forward {
             js: &js,
+            stream: &config.stream.name,
             subject: &subject,
             journal: &mut journal,
             stats: &stats,
             window,
+            expected_last: last_sequence,
             acked: 0,
         };
         runtime.block_on(forward.run(rx, shutdown));
@@ -207,10 +220,14 @@ pub fn run_out(
 /// The async side of `pipeline-out`.
 struct Forward<'a> {
     js: &'a jetstream::Context,
+    stream: &'a str,
     subject: &'a str,
     journal: &'a mut Journal,
     stats: &'a Stats,
     window: usize,
+    /// The stream's last sequence the next publish expects (`Nats-Expected-Last-Sequence`):
+    /// the last one known plus one per publish in flight.
+    expected_last: u64,
     /// JetStream acknowledgements so far (for the test hook).
     acked: u64,
 }
@@ -243,8 +260,9 @@ impl<'a> Forward<'a> {
                         self.finish(done);
                     }
                     Err(e) => {
+                        // A lost publish makes every later one in flight fail its expected
+                        // last sequence, so nothing after a gap is stored.
                         tracing::warn!("publish not acknowledged ({e}); publishing the {} in flight again, in order", in_flight.len());
-                        self.stats.bump(Counter::Errors);
                         self.republish_in_order(&mut in_flight, stopping).await;
                     }
                 },
@@ -278,15 +296,20 @@ impl<'a> Forward<'a> {
             slot,
             ack: None,
         };
-        held.ack = self.send(&held).await;
+        held.ack = self.send(&held, self.expected_last).await;
+        self.expected_last += 1;
         held
     }
 
-    /// Sends the publish of `held`; `None` if it could not even be queued (retried later).
-    async fn send(&self, held: &InFlight<'_>) -> Option<AckFuture> {
-        let publish = PublishMessage::build()
+    /// Sends the publish of `held`, expecting the stream's last sequence to be `expected_last`
+    /// (0: no expectation); `None` if it could not even be queued (retried later).
+    async fn send(&self, held: &InFlight<'_>, expected_last: u64) -> Option<AckFuture> {
+        let mut publish = PublishMessage::build()
             .payload(Bytes::copy_from_slice(&held.message))
             .message_id(held.id.to_string());
+        if expected_last > 0 {
+            publish = publish.expected_last_sequence(expected_last);
+        }
         self.stats.bump(Counter::Published);
         match self.js.send_publish(self.subject.to_string(), publish).await {
             Ok(ack) => Some(std::future::IntoFuture::into_future(ack)),
@@ -317,37 +340,67 @@ impl<'a> Forward<'a> {
         }
     }
 
-    /// Publishes every message in flight again, in order, each until acknowledged.
+    /// Publishes every message in flight again, in order, each until acknowledged, each
+    /// expecting the stream's actual last sequence (read from the server first).
     async fn republish_in_order(
         &mut self,
         in_flight: &mut VecDeque<InFlight<'_>>,
         stopping: Option<Instant>,
     ) {
         let mut delay = Duration::from_millis(50);
+        let give_up = |held: usize| {
+            if stopping.is_some_and(|t| t.elapsed() > crate::SHUTDOWN_GRACE) {
+                abandon("NATS did not acknowledge in time while stopping", held);
+            }
+        };
+        let mut last = None;
         while let Some(mut held) = in_flight.pop_front() {
             loop {
-                if stopping.is_some_and(|t| t.elapsed() > crate::SHUTDOWN_GRACE) {
-                    abandon("NATS did not acknowledge in time while stopping", in_flight.len() + 1);
-                }
+                give_up(in_flight.len() + 1);
+                let expected = match last {
+                    Some(seq) => seq,
+                    None => match self.js.get_stream(self.stream).await {
+                        Ok(stream) => *last.insert(stream.cached_info().state.last_sequence),
+                        Err(e) => {
+                            tracing::warn!("stream {}: {e}; retrying in {delay:?}", self.stream);
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(1));
+                            continue;
+                        }
+                    },
+                };
                 self.stats.bump(Counter::Republished);
-                held.ack = self.send(&held).await;
+                held.ack = self.send(&held, expected).await;
                 let outcome = match held.ack.take() {
-                    Some(ack) => ack.await.map_err(|e| e.to_string()),
-                    None => Err("not sent".to_string()),
+                    Some(ack) => ack.await,
+                    None => {
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                 };
                 match outcome {
                     Ok(ack) => {
+                        if !ack.duplicate {
+                            last = Some(ack.sequence);
+                        }
                         self.record_ack(&ack);
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!("publish {} again: {e}; retrying in {delay:?}", held.id);
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(1));
+                        if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+                            last = None; // someone else published: read it again
+                        } else {
+                            tracing::warn!("publish {} again: {e}; retrying in {delay:?}", held.id);
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(1));
+                        }
                     }
                 }
             }
             self.finish(held);
+        }
+        if let Some(seq) = last {
+            self.expected_last = seq;
         }
     }
 }
