@@ -252,3 +252,33 @@ fn nats_server_restarted_mid_stream_loses_nothing() {
     assert_eq!(out_stats["local_acked"], 2 * COUNT, "{out_stats:?}");
     assert!(in_stats["local_sent"] >= 2 * COUNT, "{in_stats:?}");
 }
+
+#[test]
+fn bridges_stopped_by_sigterm_mid_stream_finish_what_they_took_and_lose_nothing() {
+    let Some(world) = World::new("sigterm") else { return };
+    let mut out = Some(world.out_bridge(&[]));
+    let mut inb = Some(world.in_bridge());
+    const COUNT: u64 = 4_000;
+    let mut producers = world.producers(2, COUNT);
+    let seen = receive_all(&world.b.path("jobs"), 2, COUNT, Duration::from_secs(2), |total| {
+        if total == 1_500 {
+            // A clean stop publishes and acknowledges everything it took: its counters
+            // balance, and the restarted bridge gets nothing back as redelivered.
+            let stats = out.take().unwrap().terminate();
+            assert_eq!(stats["local_received"], stats["local_acked"], "{stats:?}");
+            assert_eq!(stats["local_acked"], stats["stream_acked"], "{stats:?}");
+            out = Some(world.out_bridge(&[]));
+        }
+        if total == 4_500 {
+            let stats = inb.take().unwrap().terminate();
+            assert_eq!(stats["received"], stats["local_sent"], "{stats:?}");
+            assert_eq!(stats["local_sent"], stats["stream_acked"], "{stats:?}");
+            inb = Some(world.in_bridge());
+        }
+    });
+    common::expect_all_succeed(&mut producers, HANG);
+    // Nothing was held by a dead bridge, so even the order is kept.
+    assert_exactly_once(&seen, COUNT, true);
+    let stats = out.take().unwrap().terminate();
+    assert_eq!(stats["local_redelivered"], 0, "{stats:?}");
+}
