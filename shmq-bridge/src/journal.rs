@@ -211,7 +211,11 @@ impl Journal {
     ///
     /// # Errors
     /// The journal cannot be written.
-    pub fn assign(&mut self, payload: &[u8], redelivered: bool) -> io::Result<(MsgId, Origin, u64)> {
+    pub fn assign(
+        &mut self,
+        payload: &[u8],
+        redelivered: bool,
+    ) -> io::Result<(MsgId, Origin, u64)> {
         let (len, hash) = (payload.len() as u64, fnv1a(payload));
         let carried = if redelivered {
             self.carried
@@ -284,7 +288,8 @@ mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("shmq-bridge-journal-{}-{name}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("shmq-bridge-journal-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&p);
         p
     }

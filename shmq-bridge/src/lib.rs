@@ -160,7 +160,9 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BridgeError> {
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("NATS connected"),
-                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; reconnecting")
+                }
                 other => tracing::warn!("NATS: {other}"),
             }
         })
@@ -221,7 +223,9 @@ pub(crate) fn canonical(path: &Path) -> PathBuf {
 /// stay held by a dead participant, so shmq delivers them again (flagged `redelivered()`)
 /// instead of the bridge acknowledging messages it could not pass on.
 pub(crate) fn abandon(why: &str, held: usize) -> ! {
-    tracing::error!("{why}; exiting with {held} local messages unacknowledged (they will be delivered again)");
+    tracing::error!(
+        "{why}; exiting with {held} local messages unacknowledged (they will be delivered again)"
+    );
     std::process::exit(2)
 }
 

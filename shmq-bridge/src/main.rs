@@ -143,7 +143,9 @@ impl CommonArgs {
         let interval = Duration::try_from_secs_f64(self.stats_interval)
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| BridgeError::Config("--stats-interval must be a positive number of seconds".into()))?;
+            .ok_or_else(|| {
+                BridgeError::Config("--stats-interval must be a positive number of seconds".into())
+            })?;
         Ok(Common {
             nats: self.nats.clone(),
             stats: self.stats,
@@ -178,7 +180,9 @@ impl ServiceArgs {
         let timeout = Duration::try_from_secs_f64(self.timeout)
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| BridgeError::Config("--timeout must be a positive number of seconds".into()))?;
+            .ok_or_else(|| {
+                BridgeError::Config("--timeout must be a positive number of seconds".into())
+            })?;
         Ok(service::Config {
             file: self.file.clone(),
             subject: self.subject.clone(),
@@ -191,31 +195,63 @@ impl ServiceArgs {
 
 fn run(command: Command) -> Result<(), BridgeError> {
     match command {
-        Command::PipelineOut { file, stream, window, common } => {
+        Command::PipelineOut {
+            file,
+            stream,
+            window,
+            common,
+        } => {
             let common = common.common()?;
-            let config = pipeline::OutConfig { file, stream: stream.spec(), window };
-            shmq_bridge::run(&common, |rt, stop| pipeline::run_out(rt, stop, &common, &config))
+            let config = pipeline::OutConfig {
+                file,
+                stream: stream.spec(),
+                window,
+            };
+            shmq_bridge::run(&common, |rt, stop| {
+                pipeline::run_out(rt, stop, &common, &config)
+            })
         }
-        Command::PipelineIn { file, stream, consumer, batch, common } => {
+        Command::PipelineIn {
+            file,
+            stream,
+            consumer,
+            batch,
+            common,
+        } => {
             let common = common.common()?;
-            let config = pipeline::InConfig { file, stream: stream.spec(), consumer, batch };
-            shmq_bridge::run(&common, |rt, stop| pipeline::run_in(rt, stop, &common, &config))
+            let config = pipeline::InConfig {
+                file,
+                stream: stream.spec(),
+                consumer,
+                batch,
+            };
+            shmq_bridge::run(&common, |rt, stop| {
+                pipeline::run_in(rt, stop, &common, &config)
+            })
         }
         Command::PubsubOut { args, common } => {
             let (common, config) = (common.common()?, args.config());
-            shmq_bridge::run(&common, |rt, stop| pubsub::run_out(rt, stop, &common, &config))
+            shmq_bridge::run(&common, |rt, stop| {
+                pubsub::run_out(rt, stop, &common, &config)
+            })
         }
         Command::PubsubIn { args, common } => {
             let (common, config) = (common.common()?, args.config());
-            shmq_bridge::run(&common, |rt, stop| pubsub::run_in(rt, stop, &common, &config))
+            shmq_bridge::run(&common, |rt, stop| {
+                pubsub::run_in(rt, stop, &common, &config)
+            })
         }
         Command::ServiceOut { args, common } => {
             let (common, config) = (common.common()?, args.config()?);
-            shmq_bridge::run(&common, |rt, stop| service::run_out(rt, stop, &common, &config))
+            shmq_bridge::run(&common, |rt, stop| {
+                service::run_out(rt, stop, &common, &config)
+            })
         }
         Command::ServiceIn { args, common } => {
             let (common, config) = (common.common()?, args.config()?);
-            shmq_bridge::run(&common, |rt, stop| service::run_in(rt, stop, &common, &config))
+            shmq_bridge::run(&common, |rt, stop| {
+                service::run_in(rt, stop, &common, &config)
+            })
         }
     }
 }

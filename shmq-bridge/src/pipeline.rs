@@ -123,8 +123,13 @@ pub const OUT_COUNTERS: &[Counter] = &[
     Counter::Errors,
 ];
 
-type AckFuture =
-    Pin<Box<dyn Future<Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>> + Send>>;
+type AckFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+            > + Send,
+    >,
+>;
 
 /// A message held locally while JetStream has not acknowledged it.
 struct InFlight<'q> {
@@ -246,7 +251,10 @@ impl<'a> Forward<'a> {
                 return;
             }
             if stopping.is_some_and(|t| t.elapsed() > crate::SHUTDOWN_GRACE) {
-                abandon("NATS did not acknowledge in time while stopping", in_flight.len() + rx.len());
+                abandon(
+                    "NATS did not acknowledge in time while stopping",
+                    in_flight.len() + rx.len(),
+                );
             }
             let room = incoming_open && in_flight.len() < self.window;
             tokio::select! {
@@ -311,7 +319,11 @@ impl<'a> Forward<'a> {
             publish = publish.expected_last_sequence(expected_last);
         }
         self.stats.bump(Counter::Published);
-        match self.js.send_publish(self.subject.to_string(), publish).await {
+        match self
+            .js
+            .send_publish(self.subject.to_string(), publish)
+            .await
+        {
             Ok(ack) => Some(std::future::IntoFuture::into_future(ack)),
             Err(e) => {
                 tracing::warn!("publish {}: {e}", held.id);

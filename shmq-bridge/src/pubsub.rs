@@ -104,7 +104,9 @@ fn open_marks(channel: &Path) -> Result<shmq::PubSub, BridgeError> {
     for _ in 0..50 {
         match shmq::PubSub::open(&path) {
             Ok(marks) => return Ok(marks),
-            Err(shmq::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(shmq::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 match shmq::PubSub::create(&path, &options) {
                     Ok(marks) => return Ok(marks),
                     Err(shmq::Error::Io { source, .. })
@@ -147,7 +149,8 @@ impl Marks {
             match self.subscriber.try_recv() {
                 Ok(m) => {
                     if let Ok(raw) = <[u8; 8]>::try_from(m.payload()) {
-                        self.unused.push_back((u64::from_le_bytes(raw), Instant::now()));
+                        self.unused
+                            .push_back((u64::from_le_bytes(raw), Instant::now()));
                     }
                 }
                 Err(shmq::RecvError::Empty) => break,
@@ -160,7 +163,10 @@ impl Marks {
             }
         }
         while self.unused.len() > MAX_MARKS
-            || self.unused.front().is_some_and(|(_, at)| at.elapsed() > MARK_TTL)
+            || self
+                .unused
+                .front()
+                .is_some_and(|(_, at)| at.elapsed() > MARK_TTL)
         {
             self.unused.pop_front();
         }

@@ -21,11 +21,12 @@
 //! up the async side.
 
 use crate::stats::{Counter, Stats};
-use crate::{connect, nats_err, report_periodically, BridgeError, Common, Shutdown, POLL, STATUS_HEADER};
+use crate::{
+    connect, nats_err, report_periodically, BridgeError, Common, Shutdown, POLL, STATUS_HEADER,
+};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -100,11 +101,15 @@ pub fn run_out(
             let (work_rx, done_tx, timeout) = (&work_rx, done_tx.clone(), config.timeout);
             scope.spawn(move || loop {
                 let job = work_rx.lock().expect("no worker panics").blocking_recv();
-                let Some((payload, reply_to)) = job else { break };
+                let Some((payload, reply_to)) = job else {
+                    break;
+                };
                 let outcome = match local.request_timeout(&payload, timeout) {
                     Ok(reply) => Outcome::Reply(Bytes::copy_from_slice(reply.payload())),
                     Err(shmq::Error::Recv(shmq::RecvError::Timeout)) => Outcome::NoReply("timeout"),
-                    Err(shmq::Error::Recv(shmq::RecvError::NoReply)) => Outcome::NoReply("no-reply"),
+                    Err(shmq::Error::Recv(shmq::RecvError::NoReply)) => {
+                        Outcome::NoReply("no-reply")
+                    }
                     Err(e) => {
                         tracing::warn!("local request: {e}");
                         Outcome::NoReply("error")
@@ -177,28 +182,31 @@ pub const IN_COUNTERS: &[Counter] = &[
 ];
 
 /// Forwards one local request to NATS.
-fn forward<'s>(
+async fn forward(
     client: async_nats::Client,
     subject: String,
     timeout: Duration,
-    request: shmq::Request<'s>,
-) -> impl Future<Output = (shmq::Request<'s>, Option<Bytes>)> + 's {
-    async move {
-        let asked = async_nats::Request::new()
-            .payload(Bytes::copy_from_slice(request.payload()))
-            .timeout(Some(timeout));
-        let answer = match client.send_request(subject, asked).await {
-            Ok(answer) if answer.headers.as_ref().is_some_and(|h| h.get(STATUS_HEADER).is_some()) => {
-                None
-            }
-            Ok(answer) => Some(answer.payload),
-            Err(e) => {
-                tracing::debug!("request: {e}");
-                None
-            }
-        };
-        (request, answer)
-    }
+    request: shmq::Request<'_>,
+) -> (shmq::Request<'_>, Option<Bytes>) {
+    let asked = async_nats::Request::new()
+        .payload(Bytes::copy_from_slice(request.payload()))
+        .timeout(Some(timeout));
+    let answer = match client.send_request(subject, asked).await {
+        Ok(answer)
+            if answer
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(STATUS_HEADER).is_some()) =>
+        {
+            None
+        }
+        Ok(answer) => Some(answer.payload),
+        Err(e) => {
+            tracing::debug!("request: {e}");
+            None
+        }
+    };
+    (request, answer)
 }
 
 /// Runs `service-in` until SIGINT/SIGTERM.
@@ -223,7 +231,8 @@ pub fn run_in(
     tracing::info!(service = %config.file.display(), subject = %config.subject, "service-in ready");
     std::thread::scope(|scope| {
         let (request_tx, mut requests) = mpsc::channel::<shmq::Request<'_>>(concurrency);
-        let (answer_tx, mut answers) = mpsc::unbounded_channel::<(shmq::Request<'_>, Option<Bytes>)>();
+        let (answer_tx, mut answers) =
+            mpsc::unbounded_channel::<(shmq::Request<'_>, Option<Bytes>)>();
         let (server, thread_stats, stop) = (&server, &stats, shutdown.clone());
         scope.spawn(move || {
             while !stop.requested() {

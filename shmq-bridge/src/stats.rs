@@ -103,7 +103,10 @@ impl Stats {
     }
 
     fn slot(&self, c: Counter) -> &AtomicU64 {
-        &self.values[ALL.iter().position(|&x| x == c).expect("every counter is listed")]
+        &self.values[ALL
+            .iter()
+            .position(|&x| x == c)
+            .expect("every counter is listed")]
     }
 
     /// Adds `n` to `counter`.

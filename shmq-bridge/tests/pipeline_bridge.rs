@@ -122,16 +122,24 @@ impl World {
         let nats = harness::nats()?;
         let (a, b) = (Host::new(test, "a"), Host::new(test, "b"));
         for host in [&a, &b] {
-            shmq::Pipeline::create(host.path("jobs"), &shmq::Options::new().capacity(1024).max_message(64))
-                .unwrap();
+            shmq::Pipeline::create(
+                host.path("jobs"),
+                &shmq::Options::new().capacity(1024).max_message(64),
+            )
+            .unwrap();
         }
         Some(World { nats, a, b })
     }
 
     fn out_args(&self) -> Vec<String> {
-        ["pipeline-out", arg(&self.a.path("jobs")), "--stream", "JOBS"]
-            .map(String::from)
-            .to_vec()
+        [
+            "pipeline-out",
+            arg(&self.a.path("jobs")),
+            "--stream",
+            "JOBS",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     fn out_bridge(&self, env: &[(&str, &str)]) -> Bridge {
@@ -143,13 +151,22 @@ impl World {
     }
 
     fn in_bridge(&self) -> Bridge {
-        Bridge::ready("in", &self.nats, &["pipeline-in", arg(&self.b.path("jobs")), "--stream", "JOBS"])
+        Bridge::ready(
+            "in",
+            &self.nats,
+            &["pipeline-in", arg(&self.b.path("jobs")), "--stream", "JOBS"],
+        )
     }
 
     fn producers(&self, n: usize, count: u64) -> Vec<common::ChildProc> {
         let queue = self.a.path("jobs");
         (0..n)
-            .map(|id| common::child("producer", &[arg(&queue), &id.to_string(), &count.to_string()]))
+            .map(|id| {
+                common::child(
+                    "producer",
+                    &[arg(&queue), &id.to_string(), &count.to_string()],
+                )
+            })
             .collect()
     }
 }
@@ -165,13 +182,21 @@ fn assert_exactly_once(seen: &[Seen], count: u64, in_order: bool) {
 
 #[test]
 fn pipeline_messages_cross_hosts_exactly_once_in_commit_order_per_producer() {
-    let Some(world) = World::new("bulk") else { return };
+    let Some(world) = World::new("bulk") else {
+        return;
+    };
     let mut out = world.out_bridge(&[]);
     let mut inb = world.in_bridge();
     // 100,000 messages in all (2 producers × 50,000).
     const COUNT: u64 = 50_000;
     let mut producers = world.producers(2, COUNT);
-    let seen = receive_all(&world.b.path("jobs"), 2, COUNT, Duration::from_secs(1), |_| {});
+    let seen = receive_all(
+        &world.b.path("jobs"),
+        2,
+        COUNT,
+        Duration::from_secs(1),
+        |_| {},
+    );
     common::expect_all_succeed(&mut producers, HANG);
     assert_exactly_once(&seen, COUNT, true);
     let out_stats = out.terminate();
@@ -179,13 +204,16 @@ fn pipeline_messages_cross_hosts_exactly_once_in_commit_order_per_producer() {
     assert_eq!(out_stats["local_acked"], 2 * COUNT, "{out_stats:?}");
     assert_eq!(out_stats["duplicates"], 0, "{out_stats:?}");
     assert_eq!(in_stats["local_sent"], 2 * COUNT, "{in_stats:?}");
-    assert_eq!(world.a.path("jobs").exists(), true);
-    assert!(shmq::Pipeline::open(world.a.path("jobs")).unwrap().is_empty());
+    assert!(shmq::Pipeline::open(world.a.path("jobs"))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
 fn out_bridge_killed_between_stream_ack_and_local_ack_duplicates_nothing() {
-    let Some(world) = World::new("kill") else { return };
+    let Some(world) = World::new("kill") else {
+        return;
+    };
     let _inb = world.in_bridge();
     const COUNT: u64 = 3_000;
     let mut producers = world.producers(2, COUNT);
@@ -197,20 +225,28 @@ fn out_bridge_killed_between_stream_ack_and_local_ack_duplicates_nothing() {
     let mut second = world.out_bridge(&[]);
     let mut third: Option<Bridge> = None;
     let mut second_stats = None;
-    let seen = receive_all(&world.b.path("jobs"), 2, COUNT, Duration::from_secs(2), |total| {
-        if total == 4_000 {
-            // The second bridge's counters show it took the held messages back and JetStream
-            // dropped the acknowledged one (or more) as a duplicate.
-            let deadline = Instant::now() + HANG;
-            while second.stats().get("duplicates").is_none_or(|&d| d == 0) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+    let seen = receive_all(
+        &world.b.path("jobs"),
+        2,
+        COUNT,
+        Duration::from_secs(2),
+        |total| {
+            if total == 4_000 {
+                // The second bridge's counters show it took the held messages back and JetStream
+                // dropped the acknowledged one (or more) as a duplicate.
+                let deadline = Instant::now() + HANG;
+                while second.stats().get("duplicates").is_none_or(|&d| d == 0)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                second_stats = Some(second.stats());
+                // Then a kill at whatever point the second bridge is at.
+                second.kill();
+                third = Some(world.out_bridge(&[]));
             }
-            second_stats = Some(second.stats());
-            // Then a kill at whatever point the second bridge is at.
-            second.kill();
-            third = Some(world.out_bridge(&[]));
-        }
-    });
+        },
+    );
     common::expect_all_succeed(&mut producers, HANG);
     // Messages the killed bridges held come back (redelivered) after later ones: order
     // across a crash is not kept, as within one host.
@@ -226,17 +262,25 @@ fn out_bridge_killed_between_stream_ack_and_local_ack_duplicates_nothing() {
 
 #[test]
 fn nats_server_restarted_mid_stream_loses_nothing() {
-    let Some(mut world) = World::new("restart") else { return };
+    let Some(mut world) = World::new("restart") else {
+        return;
+    };
     let mut out = world.out_bridge(&[]);
     let mut inb = world.in_bridge();
     const COUNT: u64 = 5_000;
     let mut producers = world.producers(2, COUNT);
     let nats = &mut world.nats;
-    let seen = receive_all(&world.b.path("jobs"), 2, COUNT, Duration::from_secs(2), |total| {
-        if total == 2_000 {
-            nats.restart();
-        }
-    });
+    let seen = receive_all(
+        &world.b.path("jobs"),
+        2,
+        COUNT,
+        Duration::from_secs(2),
+        |total| {
+            if total == 2_000 {
+                nats.restart();
+            }
+        },
+    );
     common::expect_all_succeed(&mut producers, HANG);
     for (id, s) in seen.iter().enumerate() {
         // Nothing lost, nothing reordered. A pipeline-in acknowledgement lost in the restart
@@ -244,7 +288,10 @@ fn nats_server_restarted_mid_stream_loses_nothing() {
         // and the counters show.
         assert_eq!((s.distinct, s.out_of_order), (COUNT, 0), "producer {id}");
         if s.duplicates > 0 {
-            eprintln!("producer {id}: {} duplicates after the server restart", s.duplicates);
+            eprintln!(
+                "producer {id}: {} duplicates after the server restart",
+                s.duplicates
+            );
         }
     }
     let out_stats = out.terminate();
@@ -255,27 +302,35 @@ fn nats_server_restarted_mid_stream_loses_nothing() {
 
 #[test]
 fn bridges_stopped_by_sigterm_mid_stream_finish_what_they_took_and_lose_nothing() {
-    let Some(world) = World::new("sigterm") else { return };
+    let Some(world) = World::new("sigterm") else {
+        return;
+    };
     let mut out = Some(world.out_bridge(&[]));
     let mut inb = Some(world.in_bridge());
     const COUNT: u64 = 4_000;
     let mut producers = world.producers(2, COUNT);
-    let seen = receive_all(&world.b.path("jobs"), 2, COUNT, Duration::from_secs(2), |total| {
-        if total == 1_500 {
-            // A clean stop publishes and acknowledges everything it took: its counters
-            // balance, and the restarted bridge gets nothing back as redelivered.
-            let stats = out.take().unwrap().terminate();
-            assert_eq!(stats["local_received"], stats["local_acked"], "{stats:?}");
-            assert_eq!(stats["local_acked"], stats["stream_acked"], "{stats:?}");
-            out = Some(world.out_bridge(&[]));
-        }
-        if total == 4_500 {
-            let stats = inb.take().unwrap().terminate();
-            assert_eq!(stats["received"], stats["local_sent"], "{stats:?}");
-            assert_eq!(stats["local_sent"], stats["stream_acked"], "{stats:?}");
-            inb = Some(world.in_bridge());
-        }
-    });
+    let seen = receive_all(
+        &world.b.path("jobs"),
+        2,
+        COUNT,
+        Duration::from_secs(2),
+        |total| {
+            if total == 1_500 {
+                // A clean stop publishes and acknowledges everything it took: its counters
+                // balance, and the restarted bridge gets nothing back as redelivered.
+                let stats = out.take().unwrap().terminate();
+                assert_eq!(stats["local_received"], stats["local_acked"], "{stats:?}");
+                assert_eq!(stats["local_acked"], stats["stream_acked"], "{stats:?}");
+                out = Some(world.out_bridge(&[]));
+            }
+            if total == 4_500 {
+                let stats = inb.take().unwrap().terminate();
+                assert_eq!(stats["received"], stats["local_sent"], "{stats:?}");
+                assert_eq!(stats["local_sent"], stats["stream_acked"], "{stats:?}");
+                inb = Some(world.in_bridge());
+            }
+        },
+    );
     common::expect_all_succeed(&mut producers, HANG);
     // Nothing was held by a dead bridge, so even the order is kept.
     assert_exactly_once(&seen, COUNT, true);

@@ -36,7 +36,8 @@ fn drain(sub: &mut shmq::Subscriber, quiet: Duration) -> BTreeMap<(Vec<u8>, Vec<
     while last.elapsed() < quiet {
         match sub.recv_timeout(Duration::from_millis(100)) {
             Ok(m) => {
-                *got.entry((m.topic().to_vec(), m.payload().to_vec())).or_insert(0) += 1;
+                *got.entry((m.topic().to_vec(), m.payload().to_vec()))
+                    .or_insert(0) += 1;
                 last = Instant::now();
             }
             Err(shmq::RecvError::Timeout) => {}
@@ -64,11 +65,19 @@ fn assert_counts(
         .into_iter()
         .filter(|k| got.get(*k) != want.get(*k))
         .map(|(t, p)| {
-            let (g, w) = (got.get(&(t.clone(), p.clone())), want.get(&(t.clone(), p.clone())));
+            let (g, w) = (
+                got.get(&(t.clone(), p.clone())),
+                want.get(&(t.clone(), p.clone())),
+            );
             format!("{} {:?}: got {:?}, want {:?}", t.escape_ascii(), p, g, w)
         })
         .collect();
-    assert!(wrong.is_empty(), "{what}: {} messages wrong, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} messages wrong, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
 
 #[test]
@@ -76,11 +85,17 @@ fn pubsub_both_ways_on_one_prefix_delivers_each_message_once_without_echo_or_loo
     let Some(nats) = harness::nats() else { return };
     let (a, b) = (Host::new("loops", "a"), Host::new("loops", "b"));
     let (ch_a, ch_b) = (channel(&a), channel(&b));
-    let mut sub_a = shmq::PubSub::open(&ch_a).unwrap().subscriber(&[b""]).unwrap();
-    let mut sub_b = shmq::PubSub::open(&ch_b).unwrap().subscriber(&[b""]).unwrap();
+    let mut sub_a = shmq::PubSub::open(&ch_a)
+        .unwrap()
+        .subscriber(&[b""])
+        .unwrap();
+    let mut sub_b = shmq::PubSub::open(&ch_b)
+        .unwrap()
+        .subscriber(&[b""])
+        .unwrap();
     // Every topic, both ways, one prefix: without loop prevention every message would travel
     // A → B → A → … for ever.
-    let mut bridges = vec![
+    let mut bridges = [
         bridge(&nats, "a-out", "pubsub-out", &ch_a, &[]),
         bridge(&nats, "a-in", "pubsub-in", &ch_a, &[]),
         bridge(&nats, "b-out", "pubsub-out", &ch_b, &[]),
@@ -99,14 +114,32 @@ fn pubsub_both_ways_on_one_prefix_delivers_each_message_once_without_echo_or_loo
     let want: Vec<(&[u8], &[u8])> = expected.iter().map(|(t, p)| (&t[..], &p[..])).collect();
     // Each host sees its own 100 and the other's 100, each exactly once, and nothing more
     // for two quiet seconds (a loop would keep delivering).
-    assert_counts(drain(&mut sub_b, Duration::from_secs(2)), once(&want), "host B");
-    assert_counts(drain(&mut sub_a, Duration::from_secs(2)), once(&want), "host A");
+    assert_counts(
+        drain(&mut sub_b, Duration::from_secs(2)),
+        once(&want),
+        "host B",
+    );
+    assert_counts(
+        drain(&mut sub_a, Duration::from_secs(2)),
+        once(&want),
+        "host A",
+    );
     let stats: Vec<_> = bridges.iter_mut().map(Bridge::terminate).collect();
-    let [a_out, a_in, b_out, b_in] = &stats[..] else { unreachable!() };
+    let [a_out, a_in, b_out, b_in] = &stats[..] else {
+        unreachable!()
+    };
     // Both rules fired: each in-bridge dropped its own host's 100 coming back from NATS, each
     // out-bridge kept the other host's 100 (which its in-bridge published) from going out.
-    assert_eq!((a_in["loops_prevented"], b_in["loops_prevented"]), (100, 100), "{a_in:?} {b_in:?}");
-    assert_eq!((a_out["loops_prevented"], b_out["loops_prevented"]), (100, 100), "{a_out:?} {b_out:?}");
+    assert_eq!(
+        (a_in["loops_prevented"], b_in["loops_prevented"]),
+        (100, 100),
+        "{a_in:?} {b_in:?}"
+    );
+    assert_eq!(
+        (a_out["loops_prevented"], b_out["loops_prevented"]),
+        (100, 100),
+        "{a_out:?} {b_out:?}"
+    );
     assert_eq!((a_out["published"], b_out["published"]), (100, 100));
 }
 
@@ -115,11 +148,17 @@ fn pubsub_topic_filters_select_what_crosses_each_way_and_topics_arrive_byte_iden
     let Some(nats) = harness::nats() else { return };
     let (a, b) = (Host::new("filter", "a"), Host::new("filter", "b"));
     let (ch_a, ch_b) = (channel(&a), channel(&b));
-    let mut sub_a = shmq::PubSub::open(&ch_a).unwrap().subscriber(&[b""]).unwrap();
-    let mut sub_b = shmq::PubSub::open(&ch_b).unwrap().subscriber(&[b""]).unwrap();
+    let mut sub_a = shmq::PubSub::open(&ch_a)
+        .unwrap()
+        .subscriber(&[b""])
+        .unwrap();
+    let mut sub_b = shmq::PubSub::open(&ch_b)
+        .unwrap()
+        .subscriber(&[b""])
+        .unwrap();
     // A → B: A sends out `shared/`, B takes in only `shared/x`. B → A: B sends out `b-shared/`,
     // A takes everything.
-    let mut bridges = vec![
+    let mut bridges = [
         bridge(&nats, "a-out", "pubsub-out", &ch_a, &["shared/"]),
         bridge(&nats, "b-in", "pubsub-in", &ch_b, &["shared/x"]),
         bridge(&nats, "b-out", "pubsub-out", &ch_b, &["b-shared/"]),
@@ -145,8 +184,16 @@ fn pubsub_topic_filters_select_what_crosses_each_way_and_topics_arrive_byte_iden
     want_b.extend([(b"shared/x1".as_slice(), b"1".as_slice()), (odd, b"4")]);
     let mut want_a = local_a.to_vec();
     want_a.push((b"b-shared/1", b"5"));
-    assert_counts(drain(&mut sub_b, Duration::from_secs(2)), once(&want_b), "host B");
-    assert_counts(drain(&mut sub_a, Duration::from_secs(2)), once(&want_a), "host A");
+    assert_counts(
+        drain(&mut sub_b, Duration::from_secs(2)),
+        once(&want_b),
+        "host B",
+    );
+    assert_counts(
+        drain(&mut sub_a, Duration::from_secs(2)),
+        once(&want_a),
+        "host A",
+    );
     for bridge in &mut bridges {
         let stats = bridge.terminate();
         assert_eq!(stats["errors"], 0, "{stats:?}");

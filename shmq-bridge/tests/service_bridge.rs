@@ -46,14 +46,22 @@ fn client(args: &[String]) {
         n += batch.len();
         for (pending, payload) in batch {
             let reply = client.wait(pending).unwrap();
-            assert_eq!(reply.payload(), format!("re:{payload}").as_bytes(), "client {id}");
+            assert_eq!(
+                reply.payload(),
+                format!("re:{payload}").as_bytes(),
+                "client {id}"
+            );
         }
     }
 }
 
 fn service(host: &Host) -> PathBuf {
     let path = host.path("svc");
-    shmq::Service::create(&path, &shmq::ServiceOptions::new().max_clients(32).max_message(256)).unwrap();
+    shmq::Service::create(
+        &path,
+        &shmq::ServiceOptions::new().max_clients(32).max_message(256),
+    )
+    .unwrap();
     path
 }
 
@@ -62,12 +70,27 @@ fn request_reply_across_hosts_three_clients_each_get_their_own_replies() {
     let Some(nats) = harness::nats() else { return };
     let (a, b) = (Host::new("rpc", "a"), Host::new("rpc", "b"));
     let (svc_a, svc_b) = (service(&a), service(&b));
-    let _servers: Vec<_> = (0..2).map(|_| common::child("server", &[arg(&svc_a)])).collect();
-    let mut out = Bridge::ready("out", &nats, &["service-out", arg(&svc_a), "--subject", "rpc.echo"]);
-    let mut inb = Bridge::ready("in", &nats, &["service-in", arg(&svc_b), "--subject", "rpc.echo"]);
+    let _servers: Vec<_> = (0..2)
+        .map(|_| common::child("server", &[arg(&svc_a)]))
+        .collect();
+    let mut out = Bridge::ready(
+        "out",
+        &nats,
+        &["service-out", arg(&svc_a), "--subject", "rpc.echo"],
+    );
+    let mut inb = Bridge::ready(
+        "in",
+        &nats,
+        &["service-in", arg(&svc_b), "--subject", "rpc.echo"],
+    );
     const COUNT: usize = 200;
     let mut clients: Vec<_> = (0..3)
-        .map(|id| common::child("client", &[arg(&svc_b), &id.to_string(), &COUNT.to_string()]))
+        .map(|id| {
+            common::child(
+                "client",
+                &[arg(&svc_b), &id.to_string(), &COUNT.to_string()],
+            )
+        })
         .collect();
     common::expect_all_succeed(&mut clients, HANG);
     let (out_stats, in_stats) = (out.terminate(), inb.terminate());
@@ -81,7 +104,10 @@ fn silent_responder(url: String, subject: &'static str) -> std::sync::mpsc::Send
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let client = async_nats::connect(url).await.unwrap();
             let mut requests = client.subscribe(subject).await.unwrap();
@@ -89,7 +115,11 @@ fn silent_responder(url: String, subject: &'static str) -> std::sync::mpsc::Send
             ready_tx.send(()).unwrap();
             while stop_rx.try_recv() == Err(std::sync::mpsc::TryRecvError::Empty) {
                 // Take requests and drop them unanswered.
-                let _ = tokio::time::timeout(Duration::from_millis(50), futures_util::StreamExt::next(&mut requests)).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(50),
+                    futures_util::StreamExt::next(&mut requests),
+                )
+                .await;
             }
         });
     });
@@ -106,21 +136,43 @@ fn remote_responder_that_never_answers_gives_the_local_client_its_timeout_error(
     let _inb = Bridge::ready(
         "in",
         &nats,
-        &["service-in", arg(&svc), "--subject", "rpc.silent", "--timeout", "1"],
+        &[
+            "service-in",
+            arg(&svc),
+            "--subject",
+            "rpc.silent",
+            "--timeout",
+            "1",
+        ],
     );
     let mut client = shmq::Service::open(&svc).unwrap().client().unwrap();
     // A client with a deadline shorter than the bridge's gets its own timeout.
-    let err = client.request_timeout(b"anyone?", Duration::from_millis(300)).unwrap_err();
-    assert!(matches!(err, shmq::Error::Recv(shmq::RecvError::Timeout)), "{err}");
+    let err = client
+        .request_timeout(b"anyone?", Duration::from_millis(300))
+        .unwrap_err();
+    assert!(
+        matches!(err, shmq::Error::Recv(shmq::RecvError::Timeout)),
+        "{err}"
+    );
     // A client waiting without a deadline is told "no reply" when the bridge's NATS request
     // times out (1 s), instead of waiting for ever.
     let started = Instant::now();
     let err = client.request(b"still there?").unwrap_err();
-    assert!(matches!(err, shmq::Error::Recv(shmq::RecvError::NoReply)), "{err}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        matches!(err, shmq::Error::Recv(shmq::RecvError::NoReply)),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     // With no responder subscribed at all, NATS says so at once: "no reply" again.
     stop.send(()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let err = client.request(b"hello?").unwrap_err();
-    assert!(matches!(err, shmq::Error::Recv(shmq::RecvError::NoReply)), "{err}");
+    assert!(
+        matches!(err, shmq::Error::Recv(shmq::RecvError::NoReply)),
+        "{err}"
+    );
 }

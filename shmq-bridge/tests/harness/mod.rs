@@ -44,7 +44,8 @@ pub fn nats() -> Option<Nats> {
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
         .port();
-    let store = std::env::temp_dir().join(format!("shmq-bridge-nats-{}-{port}", std::process::id()));
+    let store =
+        std::env::temp_dir().join(format!("shmq-bridge-nats-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&store).expect("create the JetStream store directory");
     let mut nats = Nats {
         child: None,
@@ -74,7 +75,10 @@ impl Nats {
         self.child = Some(child);
         let deadline = Instant::now() + HANG;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -162,7 +166,11 @@ impl Bridge {
         let log = Arc::new(Mutex::new(Vec::new()));
         let out = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
-            keep_lines(child.stderr.take().unwrap(), log.clone(), Some(name.to_string())),
+            keep_lines(
+                child.stderr.take().unwrap(),
+                log.clone(),
+                Some(name.to_string()),
+            ),
             keep_lines(child.stdout.take().unwrap(), out.clone(), None),
         ];
         Bridge {
@@ -188,10 +196,21 @@ impl Bridge {
             if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("bridge {} exited ({status}) before logging {needle:?}", self.name);
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "bridge {} exited ({status}) before logging {needle:?}",
+                    self.name
+                );
             }
-            assert!(Instant::now() < deadline, "bridge {} never logged {needle:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "bridge {} never logged {needle:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -209,7 +228,11 @@ impl Bridge {
         let mut child = self.child.take().expect("bridge still running");
         signal(&child, nix::sys::signal::Signal::SIGTERM);
         let status = wait_timeout(&mut child, HANG).expect("bridge stops on SIGTERM");
-        assert!(status.success(), "bridge {} exited with {status}", self.name);
+        assert!(
+            status.success(),
+            "bridge {} exited with {status}",
+            self.name
+        );
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
@@ -219,7 +242,12 @@ impl Bridge {
     /// The counters of the last `--stats` line printed so far.
     pub fn stats(&self) -> HashMap<String, u64> {
         let out = self.out.lock().unwrap();
-        let line = out.iter().rev().find(|l| l.starts_with("stats ")).cloned().unwrap_or_default();
+        let line = out
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("stats "))
+            .cloned()
+            .unwrap_or_default();
         line.split_whitespace()
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
@@ -241,7 +269,8 @@ pub struct Host {
 impl Host {
     /// A new, empty directory under the temporary directory.
     pub fn new(test: &str, name: &str) -> Host {
-        let dir = std::env::temp_dir().join(format!("shmq-bridge-{}-{test}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shmq-bridge-{}-{test}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Host { dir }
