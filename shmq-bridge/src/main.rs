@@ -105,6 +105,9 @@ enum Command {
         /// Messages per fetch.
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// Seconds JetStream waits for an acknowledgement before delivering a message again.
+        #[arg(long, default_value_t = 10.0)]
+        ack_wait: f64,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -138,14 +141,19 @@ enum Command {
     },
 }
 
+/// A positive number of seconds given as `option`.
+fn seconds(value: f64, option: &str) -> Result<Duration, BridgeError> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            BridgeError::Config(format!("{option} must be a positive number of seconds"))
+        })
+}
+
 impl CommonArgs {
     fn common(&self) -> Result<Common, BridgeError> {
-        let interval = Duration::try_from_secs_f64(self.stats_interval)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                BridgeError::Config("--stats-interval must be a positive number of seconds".into())
-            })?;
+        let interval = seconds(self.stats_interval, "--stats-interval")?;
         Ok(Common {
             nats: self.nats.clone(),
             stats: self.stats,
@@ -177,12 +185,7 @@ impl PubSubArgs {
 
 impl ServiceArgs {
     fn config(&self) -> Result<service::Config, BridgeError> {
-        let timeout = Duration::try_from_secs_f64(self.timeout)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                BridgeError::Config("--timeout must be a positive number of seconds".into())
-            })?;
+        let timeout = seconds(self.timeout, "--timeout")?;
         Ok(service::Config {
             file: self.file.clone(),
             subject: self.subject.clone(),
@@ -216,6 +219,7 @@ fn run(command: Command) -> Result<(), BridgeError> {
             stream,
             consumer,
             batch,
+            ack_wait,
             common,
         } => {
             let common = common.common()?;
@@ -224,6 +228,7 @@ fn run(command: Command) -> Result<(), BridgeError> {
                 stream: stream.spec(),
                 consumer,
                 batch,
+                ack_wait: seconds(ack_wait, "--ack-wait")?,
             };
             shmq_bridge::run(&common, |rt, stop| {
                 pipeline::run_in(rt, stop, &common, &config)

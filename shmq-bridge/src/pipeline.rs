@@ -31,8 +31,10 @@
 //! the local pipeline as a producer (waiting while it is full); only after the local send
 //! committed is the JetStream message acknowledged, which removes it from the work-queue
 //! stream. A bridge killed after the local send but before the acknowledgement sees JetStream
-//! deliver the message again (after `ack_wait`, 10 s): that is the one case that duplicates a
-//! message locally (counted as `stream_redelivered`; a shmq producer cannot flag it).
+//! deliver the message again (after `--ack-wait`, default 10 s): that is the one case that duplicates a
+//! message locally (counted as `stream_redelivered`; a shmq producer cannot flag it). While the
+//! local pipeline is full, the bridge tells JetStream every third of `ack_wait` that it is still
+//! working on the message, so a slow local consumer causes no redelivery.
 
 use crate::journal::{self, Journal, MsgId, Origin};
 use crate::stats::{Counter, Stats};
@@ -151,10 +153,10 @@ pub fn run_out(
 ) -> Result<Arc<Stats>, BridgeError> {
     let window = config.window.max(1);
     let queue = shmq::Pipeline::open(&config.file)?;
-    let consumer = queue.consumer()?;
     let journal_path = journal::path_for(&config.file);
     let mut journal = Journal::open(&journal_path, window as u64)
         .map_err(|e| BridgeError::Journal(journal_path.clone(), e))?;
+    let consumer = queue.consumer()?;
     if journal.carried() > 0 {
         tracing::info!(
             carried = journal.carried(),
@@ -438,6 +440,9 @@ pub struct InConfig {
     pub consumer: String,
     /// Messages per fetch.
     pub batch: usize,
+    /// How long JetStream waits for an acknowledgement before it delivers a message again
+    /// (pipeline-in says "still working" every third of it while the local pipeline is full).
+    pub ack_wait: Duration,
 }
 
 /// The counters `pipeline-in` shows.
@@ -473,7 +478,7 @@ pub fn run_in(
                 consumer::pull::Config {
                     durable_name: Some(config.consumer.clone()),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(10),
+                    ack_wait: config.ack_wait,
                     max_ack_pending: (batch * 4) as i64,
                     ..Default::default()
                 },
@@ -489,25 +494,35 @@ pub fn run_in(
         "pipeline-in ready"
     );
     std::thread::scope(|scope| {
-        let (to_local, mut from_stream) = mpsc::channel::<jetstream::Message>(batch);
-        let (sent_tx, mut sent) = mpsc::unbounded_channel::<(jetstream::Message, bool)>();
+        let (to_local, mut from_stream) = mpsc::channel::<Bytes>(batch);
+        let (sent_tx, mut sent) = mpsc::unbounded_channel::<LocalSend>();
         let producer = &producer;
         let sender_stats = &stats;
+        let progress_every = config.ack_wait / 3;
         scope.spawn(move || {
-            while let Some(message) = from_stream.blocking_recv() {
-                let ok = match producer.send(&message.payload) {
-                    Ok(()) => {
-                        sender_stats.bump(Counter::LocalSent);
-                        true
-                    }
-                    Err(e) => {
-                        // Too large or a corrupt queue: retrying cannot help.
-                        tracing::error!("local send: {e}; message dropped from the stream");
-                        sender_stats.bump(Counter::Errors);
-                        false
+            while let Some(payload) = from_stream.blocking_recv() {
+                let outcome = loop {
+                    match producer.send_timeout(&payload, progress_every) {
+                        Ok(()) => {
+                            sender_stats.bump(Counter::LocalSent);
+                            break LocalSend::Committed;
+                        }
+                        Err(shmq::SendError::Timeout) => {
+                            // The local pipeline stays full: tell JetStream the messages are
+                            // being worked on, so they are not delivered again after `ack_wait`.
+                            if sent_tx.send(LocalSend::Waiting).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Too large or a corrupt queue: retrying cannot help.
+                            tracing::error!("local send: {e}; message dropped from the stream");
+                            sender_stats.bump(Counter::Errors);
+                            break LocalSend::Impossible;
+                        }
                     }
                 };
-                if sent_tx.send((message, ok)).is_err() {
+                if sent_tx.send(outcome).is_err() {
                     break;
                 }
             }
@@ -535,9 +550,10 @@ pub fn run_in(
                     }
                 };
                 delay = Duration::from_millis(50);
-                let mut pending = 0usize;
+                // Messages handed to the sending thread, in order; it reports on each in order.
+                let mut pending = VecDeque::with_capacity(batch);
                 let mut batch_open = true;
-                while batch_open || pending > 0 {
+                while batch_open || !pending.is_empty() {
                     tokio::select! {
                         message = messages.next(), if batch_open => match message {
                             Some(Ok(message)) => {
@@ -545,8 +561,9 @@ pub fn run_in(
                                 if message.info().is_ok_and(|i| i.delivered > 1) {
                                     stats.bump(Counter::StreamRedelivered);
                                 }
-                                pending += 1;
-                                if to_local.send(message).await.is_err() {
+                                let payload = message.payload.clone();
+                                pending.push_back(message);
+                                if to_local.send(payload).await.is_err() {
                                     return Err(BridgeError::Config("the local sender stopped".into()));
                                 }
                             }
@@ -556,12 +573,18 @@ pub fn run_in(
                             }
                             None => batch_open = false,
                         },
-                        done = sent.recv(), if pending > 0 => {
-                            let Some((done, ok)) = done else {
+                        outcome = sent.recv(), if !pending.is_empty() => {
+                            let Some(outcome) = outcome else {
                                 return Err(BridgeError::Config("the local sender stopped".into()));
                             };
-                            acknowledge(&done, ok, &stats).await;
-                            pending -= 1;
+                            if outcome == LocalSend::Waiting {
+                                for waiting in &pending {
+                                    acknowledge(waiting, outcome, &stats).await;
+                                }
+                            } else {
+                                let done = pending.pop_front().expect("one report per message");
+                                acknowledge(&done, outcome, &stats).await;
+                            }
                         }
                     }
                 }
@@ -574,16 +597,27 @@ pub fn run_in(
     Ok(stats)
 }
 
-/// Acknowledges a stream message whose local send committed (or terminates one that can
-/// never be sent, so it is not redelivered for ever).
-async fn acknowledge(message: &jetstream::Message, sent: bool, stats: &Stats) {
-    let kind = if sent {
-        jetstream::AckKind::Ack
-    } else {
-        jetstream::AckKind::Term
+/// What became of a stream message's local send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalSend {
+    /// Sent: acknowledge it.
+    Committed,
+    /// Still waiting for room: extend JetStream's `ack_wait` of every message pending.
+    Waiting,
+    /// Can never be sent (too large): terminate it, so it is not delivered for ever.
+    Impossible,
+}
+
+/// Tells JetStream what became of a message's local send.
+async fn acknowledge(message: &jetstream::Message, outcome: LocalSend, stats: &Stats) {
+    let kind = match outcome {
+        LocalSend::Committed => jetstream::AckKind::Ack,
+        LocalSend::Waiting => jetstream::AckKind::Progress,
+        LocalSend::Impossible => jetstream::AckKind::Term,
     };
     match message.ack_with(kind).await {
-        Ok(()) => stats.bump(Counter::StreamAcked),
+        Ok(()) if outcome == LocalSend::Committed => stats.bump(Counter::StreamAcked),
+        Ok(()) => {}
         Err(e) => {
             tracing::warn!("acknowledge to JetStream: {e} (it will deliver the message again)");
             stats.bump(Counter::Errors);

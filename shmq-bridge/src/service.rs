@@ -274,7 +274,7 @@ pub fn run_in(
         });
         runtime.block_on(async {
             let mut in_flight = FuturesUnordered::new();
-            let mut taking = true;
+            let (mut taking, mut closed) = (true, false);
             while taking || !in_flight.is_empty() {
                 tokio::select! {
                     request = requests.recv(), if taking && in_flight.len() < concurrency => match request {
@@ -286,10 +286,11 @@ pub fn run_in(
                             break;
                         }
                     }
-                    _ = shutdown.wait(), if taking => {
+                    _ = shutdown.wait(), if !closed => {
                         // The receiving thread stops; requests it already handed over are
                         // still forwarded.
                         requests.close();
+                        closed = true;
                     }
                 }
             }

@@ -119,14 +119,16 @@ struct World {
 
 impl World {
     fn new(test: &str) -> Option<World> {
+        World::with_far_capacity(test, 1024)
+    }
+
+    /// Host B's pipeline holds `capacity` messages.
+    fn with_far_capacity(test: &str, capacity: u64) -> Option<World> {
         let nats = harness::nats()?;
         let (a, b) = (Host::new(test, "a"), Host::new(test, "b"));
-        for host in [&a, &b] {
-            shmq::Pipeline::create(
-                host.path("jobs"),
-                &shmq::Options::new().capacity(1024).max_message(64),
-            )
-            .unwrap();
+        for (host, slots) in [(&a, 1024), (&b, capacity)] {
+            let options = shmq::Options::new().capacity(slots).max_message(64);
+            shmq::Pipeline::create(host.path("jobs"), &options).unwrap();
         }
         Some(World { nats, a, b })
     }
@@ -336,4 +338,35 @@ fn bridges_stopped_by_sigterm_mid_stream_finish_what_they_took_and_lose_nothing(
     assert_exactly_once(&seen, COUNT, true);
     let stats = out.take().unwrap().terminate();
     assert_eq!(stats["local_redelivered"], 0, "{stats:?}");
+}
+
+#[test]
+fn a_full_pipeline_on_the_far_side_causes_no_redelivery_from_the_stream() {
+    let Some(world) = World::with_far_capacity("full", 64) else {
+        return;
+    };
+    let _out = world.out_bridge(&[]);
+    let far = world.b.path("jobs");
+    let mut inb = Bridge::ready(
+        "in",
+        &world.nats,
+        &[
+            "pipeline-in",
+            arg(&far),
+            "--stream",
+            "JOBS",
+            "--ack-wait",
+            "1.5",
+        ],
+    );
+    const COUNT: u64 = 300;
+    let mut producers = world.producers(2, COUNT);
+    // The far consumer is away for over three ack waits: the bridge's batch waits on a full
+    // pipeline, telling JetStream it is still at work, so nothing is delivered twice.
+    std::thread::sleep(Duration::from_secs(5));
+    let seen = receive_all(&far, 2, COUNT, Duration::from_secs(3), |_| {});
+    common::expect_all_succeed(&mut producers, HANG);
+    assert_exactly_once(&seen, COUNT, true);
+    let stats = inb.terminate();
+    assert_eq!(stats["stream_redelivered"], 0, "{stats:?}");
 }
