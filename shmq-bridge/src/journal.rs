@@ -175,8 +175,14 @@ impl Journal {
             );
             old.drain(..old.len() - window as usize);
         }
-        file.set_len(0)?;
-        file.set_len(8 + 2 * window * ENTRY)?;
+        // Rewritten in place so that a crash at any point loses no entry: entries move only to
+        // lower slots (they were read in slot order), so the one a write overwrites has been
+        // written lower already; the rest is cleared only after.
+        let size = size.max(8);
+        let wanted = 8 + 2 * window * ENTRY;
+        if size < wanted {
+            file.set_len(wanted)?;
+        }
         file.write_all_at(MAGIC, 0)?;
         let mut carried = VecDeque::new();
         for (slot, entry) in old.into_iter().enumerate() {
@@ -186,6 +192,10 @@ impl Journal {
                 entry,
             });
         }
+        let cleared = 8 + carried.len() as u64 * ENTRY;
+        let zeros = vec![0u8; (size.max(wanted) - cleared) as usize];
+        file.write_all_at(&zeros, cleared)?;
+        file.set_len(wanted)?;
         Ok(Journal {
             file,
             path: path.to_path_buf(),

@@ -16,13 +16,14 @@
 //!    origin (default `<hostname>:<canonical channel path>`, the same for the `pubsub-out` of the
 //!    same channel), so a host's messages are not published to it again by its own bridge.
 //! 2. **Not out again what came in.** Before `pubsub-in` publishes a message locally, it
-//!    publishes a *mark* — the FNV-1a hash of topic and payload — on a side channel,
+//!    publishes a *mark* — the FNV-1a hash of topic and payload, and the time — on a side channel,
 //!    `<channel>.bridge-marks` (created by whichever bridge comes first; `Overflow::Block`, 4096
-//!    marks). `pubsub-out` reads the side channel every time it has received a message: the mark
+//!    marks). `pubsub-out` subscribes to the side channel first (with the marks retained), then
+//!    to the data, and reads the side channel every time it has received a message: the mark
 //!    was committed before the message, so if the message came from `pubsub-in` its mark is
 //!    visible by then; a message whose mark is found is not forwarded (counted as
-//!    `loops_prevented`), and the mark is used up. Marks are kept ten seconds at most
-//!    ([`MARK_TTL`]): one whose message `pubsub-out` never sees (its topic is filtered out, or
+//!    `loops_prevented`), and the mark is used up. Marks count ten seconds from their
+//!    publication at most ([`MARK_TTL`]): one whose message `pubsub-out` never sees (its topic is filtered out, or
 //!    it was overwritten while lagging) must not suppress a later, genuinely local message
 //!    with the same topic and payload.
 
@@ -96,7 +97,7 @@ fn open_marks(channel: &Path) -> Result<shmq::PubSub, BridgeError> {
     let path = marks_path(channel);
     let options = shmq::PubSubOptions::new()
         .capacity(4096)
-        .max_message(8)
+        .max_message(16)
         .max_topic(MARK_TOPIC as u32)
         .max_publishers(64)
         .max_subscribers(64)
@@ -122,9 +123,25 @@ fn open_marks(channel: &Path) -> Result<shmq::PubSub, BridgeError> {
     Ok(shmq::PubSub::open(&path)?)
 }
 
-/// A message's mark: hash of its topic and payload.
-fn mark(topic: &[u8], payload: &[u8]) -> u64 {
+/// A message's fingerprint: hash of its topic and payload.
+fn fingerprint(topic: &[u8], payload: &[u8]) -> u64 {
     fnv1a(&[&(topic.len() as u64).to_le_bytes()[..], topic, payload].concat())
+}
+
+/// Nanoseconds since the Unix epoch (marks carry it: their age must survive a restart of
+/// `pubsub-out`, which reads the marks retained in the side channel).
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The mark of a message: `[fingerprint][publication time in Unix nanoseconds]`.
+fn mark(topic: &[u8], payload: &[u8]) -> [u8; 16] {
+    let mut mark = [0u8; 16];
+    mark[..8].copy_from_slice(&fingerprint(topic, payload).to_le_bytes());
+    mark[8..].copy_from_slice(&now_nanos().to_le_bytes());
+    mark
 }
 
 /// The counters `pubsub-out` shows.
@@ -148,9 +165,13 @@ impl Marks {
         loop {
             match self.subscriber.try_recv() {
                 Ok(m) => {
-                    if let Ok(raw) = <[u8; 8]>::try_from(m.payload()) {
-                        self.unused
-                            .push_back((u64::from_le_bytes(raw), Instant::now()));
+                    let Ok(raw) = <[u8; 16]>::try_from(m.payload()) else {
+                        continue;
+                    };
+                    let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8"));
+                    let age = Duration::from_nanos(now_nanos().saturating_sub(word(8)));
+                    if let Some(at) = Instant::now().checked_sub(age).filter(|_| age < MARK_TTL) {
+                        self.unused.push_back((word(0), at));
                     }
                 }
                 Err(shmq::RecvError::Empty) => break,
@@ -197,11 +218,16 @@ pub fn run_out(
     check_prefix(&config.subject_prefix).map_err(BridgeError::Config)?;
     let channel = shmq::PubSub::open(&config.file)?;
     let prefixes = config.prefixes();
-    let mut subscriber = channel.subscriber(&prefixes)?;
+    // Marks first, with the retained ones: every message the data subscriber will see has its
+    // mark (if any) published before it, so in what the marks subscriber sees.
     let mut marks = Marks {
-        subscriber: open_marks(&config.file)?.subscriber(&prefixes)?,
+        subscriber: open_marks(&config.file)?
+            .subscribe(&prefixes)
+            .history()
+            .attach()?,
         unused: VecDeque::new(),
     };
+    let mut subscriber = channel.subscriber(&prefixes)?;
     let origin = config.origin();
     let stats = Arc::new(Stats::new("pubsub-out", OUT_COUNTERS));
     let client = runtime.block_on(async {
@@ -220,7 +246,7 @@ pub fn run_out(
                     Ok(m) => {
                         thread_stats.bump(Counter::LocalReceived);
                         marks.refresh(thread_stats);
-                        if marks.take(mark(m.topic(), m.payload())) {
+                        if marks.take(fingerprint(m.topic(), m.payload())) {
                             thread_stats.bump(Counter::LoopsPrevented);
                             continue;
                         }
@@ -324,7 +350,7 @@ pub fn run_in(
             while let Some((topic, payload)) = rx.blocking_recv() {
                 let marked = &topic[..topic.len().min(MARK_TOPIC)];
                 let sent = marker
-                    .publish(marked, &mark(&topic, &payload).to_le_bytes())
+                    .publish(marked, &mark(&topic, &payload))
                     .and_then(|()| publisher.publish(&topic, &payload));
                 match sent {
                     Ok(()) => thread_stats.bump(Counter::LocalSent),
