@@ -171,6 +171,32 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BridgeError> {
         .map_err(|e| nats_err(&format!("connect to {url}"), e))
 }
 
+/// Subscribes to `subject` (in `queue_group`, if given) and waits until the server has the
+/// subscription (a round trip), so that nothing published after this returns is missed.
+///
+/// # Errors
+/// The server refuses the subscription, or the connection fails meanwhile.
+pub async fn subscribe_registered(
+    client: &async_nats::Client,
+    subject: &str,
+    queue_group: Option<&str>,
+) -> Result<async_nats::Subscriber, BridgeError> {
+    let subscriber = match queue_group {
+        Some(group) => {
+            client
+                .queue_subscribe(subject.to_string(), group.to_string())
+                .await
+        }
+        None => client.subscribe(subject.to_string()).await,
+    }
+    .map_err(|e| nats_err(&format!("subscribe to {subject}"), e))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| nats_err(&format!("register the subscription to {subject}"), e))?;
+    Ok(subscriber)
+}
+
 /// Logs the counters every interval, and prints them with `--stats`.
 pub(crate) fn report_periodically(stats: Arc<stats::Stats>, common: &Common) {
     let (print, interval) = (common.stats, common.stats_interval);

@@ -31,7 +31,7 @@ use crate::journal::fnv1a;
 use crate::stats::{Counter, Stats};
 use crate::subject::{check_prefix, subject_for, subscription_for, topic_of};
 use crate::{
-    canonical, connect, nats_err, report_periodically, BridgeError, Common, Shutdown,
+    canonical, connect, report_periodically, subscribe_registered, BridgeError, Common, Shutdown,
     ORIGIN_HEADER, POLL,
 };
 use bytes::Bytes;
@@ -329,15 +329,7 @@ pub fn run_in(
     let stats = Arc::new(Stats::new("pubsub-in", IN_COUNTERS));
     let (client, mut subscriber) = runtime.block_on(async {
         let client = connect(&common.nats).await?;
-        let subscriber = client
-            .subscribe(subscription.clone())
-            .await
-            .map_err(|e| nats_err(&format!("subscribe to {subscription}"), e))?;
-        // The subscription is registered with the server once a round trip has completed.
-        client
-            .flush()
-            .await
-            .map_err(|e| nats_err("flush the subscription", e))?;
+        let subscriber = subscribe_registered(&client, &subscription, None).await?;
         report_periodically(stats.clone(), common);
         Ok::<_, BridgeError>((client, subscriber))
     })?;

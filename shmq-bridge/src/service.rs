@@ -22,7 +22,8 @@
 
 use crate::stats::{Counter, Stats};
 use crate::{
-    connect, nats_err, report_periodically, BridgeError, Common, Shutdown, POLL, STATUS_HEADER,
+    connect, report_periodically, subscribe_registered, BridgeError, Common, Shutdown, POLL,
+    STATUS_HEADER,
 };
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -81,14 +82,8 @@ pub fn run_out(
     let stats = Arc::new(Stats::new("service-out", OUT_COUNTERS));
     let (client, mut requests) = runtime.block_on(async {
         let client = connect(&common.nats).await?;
-        let requests = client
-            .queue_subscribe(config.subject.clone(), config.queue_group.clone())
-            .await
-            .map_err(|e| nats_err(&format!("subscribe to {}", config.subject), e))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| nats_err("flush the subscription", e))?;
+        let requests =
+            subscribe_registered(&client, &config.subject, Some(&config.queue_group)).await?;
         report_periodically(stats.clone(), common);
         Ok::<_, BridgeError>((client, requests))
     })?;

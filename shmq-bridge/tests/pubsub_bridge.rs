@@ -21,6 +21,12 @@ fn channel(host: &Host) -> std::path::PathBuf {
     path
 }
 
+/// A local subscriber to every topic of a channel.
+fn subscribe_all(channel: &Path) -> shmq::Subscriber {
+    let channel = shmq::PubSub::open(channel).unwrap();
+    channel.subscriber(&[b""]).unwrap()
+}
+
 fn bridge(nats: &Nats, name: &str, command: &str, file: &Path, topics: &[&str]) -> Bridge {
     let mut args = vec![command, arg(file), "--subject-prefix", "site.events"];
     for t in topics {
@@ -85,14 +91,7 @@ fn pubsub_both_ways_on_one_prefix_delivers_each_message_once_without_echo_or_loo
     let Some(nats) = harness::nats() else { return };
     let (a, b) = (Host::new("loops", "a"), Host::new("loops", "b"));
     let (ch_a, ch_b) = (channel(&a), channel(&b));
-    let mut sub_a = shmq::PubSub::open(&ch_a)
-        .unwrap()
-        .subscriber(&[b""])
-        .unwrap();
-    let mut sub_b = shmq::PubSub::open(&ch_b)
-        .unwrap()
-        .subscriber(&[b""])
-        .unwrap();
+    let (mut sub_a, mut sub_b) = (subscribe_all(&ch_a), subscribe_all(&ch_b));
     // Every topic, both ways, one prefix: without loop prevention every message would travel
     // A → B → A → … for ever.
     let mut bridges = [
@@ -148,14 +147,7 @@ fn pubsub_topic_filters_select_what_crosses_each_way_and_topics_arrive_byte_iden
     let Some(nats) = harness::nats() else { return };
     let (a, b) = (Host::new("filter", "a"), Host::new("filter", "b"));
     let (ch_a, ch_b) = (channel(&a), channel(&b));
-    let mut sub_a = shmq::PubSub::open(&ch_a)
-        .unwrap()
-        .subscriber(&[b""])
-        .unwrap();
-    let mut sub_b = shmq::PubSub::open(&ch_b)
-        .unwrap()
-        .subscriber(&[b""])
-        .unwrap();
+    let (mut sub_a, mut sub_b) = (subscribe_all(&ch_a), subscribe_all(&ch_b));
     // A → B: A sends out `shared/`, B takes in only `shared/x`. B → A: B sends out `b-shared/`,
     // A takes everything.
     let mut bridges = [
