@@ -176,3 +176,46 @@ fn remote_responder_that_never_answers_gives_the_local_client_its_timeout_error(
         "{err}"
     );
 }
+
+#[test]
+fn request_reply_resumes_after_the_nats_server_restarts() {
+    let Some(mut nats) = harness::nats() else {
+        return;
+    };
+    let (a, b) = (Host::new("rpc-restart", "a"), Host::new("rpc-restart", "b"));
+    let (svc_a, svc_b) = (service(&a), service(&b));
+    let _server = common::child("server", &[arg(&svc_a)]);
+    let args_out = ["service-out", arg(&svc_a), "--subject", "rpc.echo"];
+    let _out = Bridge::ready("out", &nats, &args_out);
+    let _in = Bridge::ready(
+        "in",
+        &nats,
+        &[
+            "service-in",
+            arg(&svc_b),
+            "--subject",
+            "rpc.echo",
+            "--timeout",
+            "1",
+        ],
+    );
+    let mut client = shmq::Service::open(&svc_b).unwrap().client().unwrap();
+    assert_eq!(client.request(b"before").unwrap().payload(), b"re:before");
+    nats.restart();
+    // Both bridges reconnect and subscribe again by themselves; requests made meanwhile end
+    // with "no reply", then replies flow again.
+    let deadline = Instant::now() + HANG;
+    loop {
+        match client.request(b"after") {
+            Ok(reply) => {
+                assert_eq!(reply.payload(), b"re:after");
+                break;
+            }
+            Err(shmq::Error::Recv(shmq::RecvError::NoReply)) => {
+                assert!(Instant::now() < deadline, "no reply since the restart");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
