@@ -356,15 +356,16 @@ fn a_full_pipeline_on_the_far_side_causes_no_redelivery_from_the_stream() {
             "--stream",
             "JOBS",
             "--ack-wait",
-            "1.5",
+            "3",
         ],
     );
     const COUNT: u64 = 300;
     let mut producers = world.producers(2, COUNT);
-    // The far consumer is away for over three ack waits: the bridge's batch waits on a full
-    // pipeline, telling JetStream it is still at work, so nothing is delivered twice.
-    std::thread::sleep(Duration::from_secs(5));
-    let seen = receive_all(&far, 2, COUNT, Duration::from_secs(3), |_| {});
+    // The far consumer is away for over two ack waits: the bridge's batch waits on a full
+    // pipeline, telling JetStream every second that it is still at work, so nothing is
+    // delivered twice (a bridge starved for two seconds would still be in time).
+    std::thread::sleep(Duration::from_secs(8));
+    let seen = receive_all(&far, 2, COUNT, Duration::from_secs(4), |_| {});
     common::expect_all_succeed(&mut producers, HANG);
     assert_exactly_once(&seen, COUNT, true);
     let stats = inb.terminate();
