@@ -18,23 +18,27 @@
 //! acknowledgement fails or times out (3 s), the bridge reads the stream's last sequence and
 //! publishes every message in flight again, one at a time, in order, each until acknowledged
 //! (same ids: those the server had stored come back as duplicates), then resumes pipelining.
-//! This makes the out-bridge the stream's only publisher: run one per stream (another
-//! publisher's messages cost a resynchronisation each, but lose nothing).
+//! This assumes the out-bridge is the stream's only publisher: run one per stream (another
+//! publisher's messages cost it a resynchronisation each, but lose nothing).
 //!
 //! A bridge killed at any point leaves its held messages to the local queue, which delivers
 //! them again flagged `redelivered()`; the next bridge finds their ids in the journal, and
 //! JetStream drops the copies it already has: no duplicate enters the stream (within the
-//! stream's duplicate window, `--duplicate-window`, default two minutes).
+//! stream's duplicate window, `--duplicate-window`, default two minutes). One gap, from the
+//! server's side: a restarted nats-server rebuilds its table of ids only from the messages
+//! still in the stream, so a message whose acknowledgement the restart lost *and* that
+//! `pipeline-in` had already taken out of the stream is stored a second time.
 //!
 //! # pipeline-in
 //! A durable pull consumer (explicit acks) fetches batches; a thread sends each message into
 //! the local pipeline as a producer (waiting while it is full); only after the local send
 //! committed is the JetStream message acknowledged, which removes it from the work-queue
-//! stream. A bridge killed after the local send but before the acknowledgement sees JetStream
-//! deliver the message again (after `--ack-wait`, default 10 s): that is the one case that duplicates a
-//! message locally (counted as `stream_redelivered`; a shmq producer cannot flag it). While the
-//! local pipeline is full, the bridge tells JetStream every third of `ack_wait` that it is still
-//! working on the message, so a slow local consumer causes no redelivery.
+//! stream. When the acknowledgement is lost — the bridge killed after the local send, or the
+//! server restarting — JetStream delivers the message again (after `--ack-wait`, default
+//! 10 s) and it is sent locally twice (counted as `stream_redelivered`; a shmq producer cannot
+//! flag it). While the local pipeline is full, the bridge tells JetStream every third of
+//! `--ack-wait` that it is still working on the messages it holds, so a slow local consumer
+//! causes no redelivery.
 
 use crate::journal::{self, Journal, MsgId, Origin};
 use crate::stats::{Counter, Stats};
