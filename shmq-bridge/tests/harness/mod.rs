@@ -19,27 +19,41 @@ pub const HANG: Duration = Duration::from_secs(60);
 
 /// A `nats-server` process, stopped (killed) on drop.
 pub struct Nats {
+    binary: PathBuf,
     child: Option<Child>,
     port: u16,
     store: PathBuf,
 }
 
+/// The `nats-server` to run: `$NATS_SERVER`, else the one on `PATH`, else Debian's
+/// `/usr/sbin/nats-server` (`/usr/sbin` is not on every user's `PATH`).
+fn server_binary() -> Option<PathBuf> {
+    let works = |bin: &Path| {
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let candidates = [
+        std::env::var_os("NATS_SERVER").map(PathBuf::from),
+        Some(PathBuf::from("nats-server")),
+        Some(PathBuf::from("/usr/sbin/nats-server")),
+    ];
+    candidates.into_iter().flatten().find(|bin| works(bin))
+}
+
 /// Starts `nats-server`, or says why the test is skipped (`None`).
 pub fn nats() -> Option<Nats> {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
+    let Some(binary) = server_binary() else {
         assert!(
             std::env::var_os("CI").is_none(),
             "nats-server is not installed (CI must install it: see .ci/run)"
         );
         eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
         return None;
-    }
+    };
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -48,6 +62,7 @@ pub fn nats() -> Option<Nats> {
         std::env::temp_dir().join(format!("shmq-bridge-nats-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&store).expect("create the JetStream store directory");
     let mut nats = Nats {
+        binary,
         child: None,
         port,
         store,
@@ -63,7 +78,7 @@ impl Nats {
     }
 
     fn start(&mut self) {
-        let child = Command::new("nats-server")
+        let child = Command::new(&self.binary)
             .args(["-js", "-sd"])
             .arg(&self.store)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
