@@ -179,6 +179,10 @@ pub enum SendError {
         /// The channel's maximum topic size, fixed at creation.
         max: usize,
     },
+    /// The slot this send had claimed was taken away before it was committed: a recovery pass
+    /// judged this participant dead, or another process rewrote the queue file. Nothing was
+    /// sent. Counted in [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
 }
@@ -195,6 +199,12 @@ impl fmt::Display for SendError {
             SendError::TopicTooLarge { len, max } => write!(
                 f,
                 "topic of {len} bytes is longer than the channel's maximum of {max} bytes"
+            ),
+            SendError::ClaimLost => write!(
+                f,
+                "the slot being written was taken away before the commit (this participant was \
+                 judged dead, or another process rewrote the queue file): nothing was sent; \
+                 send it again"
             ),
             SendError::Corrupt(c) => write!(f, "queue file {c}"),
         }
@@ -216,6 +226,12 @@ pub enum RecvError {
     /// A publish-subscribe subscriber fell more than a ring behind and missed this many
     /// messages; it continues from the oldest message still retained.
     Lagged(u64),
+    /// An acknowledgement was refused: the message (or request) had been taken back before it
+    /// was acknowledged, because a recovery pass judged this participant dead or another
+    /// process rewrote the queue file. It may be delivered again (flagged `redelivered()`), so
+    /// its work may be done twice. Counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
 }
@@ -227,6 +243,12 @@ impl fmt::Display for RecvError {
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
+            RecvError::ClaimLost => write!(
+                f,
+                "the acknowledgement was refused: the message had been taken back (this \
+                 participant was judged dead, or another process rewrote the queue file) and \
+                 may be delivered again"
+            ),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
         }
     }

@@ -3,7 +3,8 @@
 //! ```text
 //! offset 0     FileHeader        128 B   magic, format version, kind, geometry (read-mostly)
 //! offset 128   RingControl       512 B   tail, head, two wait cells, each on its own 128 B line
-//! offset 640   Counters          128 B   statistics (recovery counters live here)
+//! offset 640   Counters          128 B   u64 words: reaped, skipped, redelivered, released,
+//!                                        refused (`RecoveryStats`), then zeros
 //! offset 768   participant table max_participants × 64 B
 //! slots_offset slots             capacity × slot_stride, each slot: SlotHeader (16 B) + payload
 //! ```
@@ -137,15 +138,22 @@ pub const ENVELOPE_SIZE: usize = size_of::<Envelope>();
 /// Size of [`SlotHeader`]; the payload starts this far into the slot (16-byte aligned).
 pub const SLOT_HEADER_SIZE: usize = size_of::<SlotHeader>();
 
-/// A wait cell: a futex word bumped on every notification, and a count of parked waiters.
+/// A wait cell (the protocol is in `sync::wait`): one futex word, then 4 reserved bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct WaitCellLayout {
-    /// The futex word.
-    pub seq: u32,
-    /// How many waiters are parked or about to park.
-    pub waiters: u32,
+    /// The futex word: an epoch in the upper 24 bits (moved on by every notify that wakes),
+    /// and in the lower 8 ([`WAIT_WAITERS_MASK`]) how many waiters are registered in that
+    /// epoch, parked or about to park (saturating at 255).
+    pub word: u32,
+    /// Unused; zero in files this version creates.
+    pub reserved: u32,
 }
+
+/// The part of a wait cell's [`word`](WaitCellLayout::word) that counts registered waiters.
+pub const WAIT_WAITERS_MASK: u32 = 0xff;
+/// One step of a wait cell's epoch (the bits above [`WAIT_WAITERS_MASK`]).
+pub const WAIT_EPOCH_ONE: u32 = WAIT_WAITERS_MASK + 1;
 
 const _: () = {
     assert!(size_of::<FileHeader>() == 128);
@@ -172,8 +180,8 @@ const _: () = {
     assert!(offset_of!(SlotHeader, len) == 8);
     assert!(offset_of!(SlotHeader, topic_len) == 12);
     assert!(size_of::<WaitCellLayout>() == 8);
-    assert!(offset_of!(WaitCellLayout, seq) == 0);
-    assert!(offset_of!(WaitCellLayout, waiters) == 4);
+    assert!(offset_of!(WaitCellLayout, word) == 0);
+    assert!(offset_of!(WaitCellLayout, reserved) == 4);
     assert!(RING_CONTROL_OFFSET == size_of::<FileHeader>());
     assert!(PARTICIPANTS_OFFSET == 768);
 };

@@ -28,16 +28,12 @@ use crate::error::Error;
 use crate::layout::{Geometry, COUNTERS_OFFSET, PARTICIPANT_SIZE};
 use crate::shm::file::Mapping;
 use crate::shm::Region;
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::Ordering;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-
-/// Within an entry: the "parked on" word, `offset + 1` of the wait cell whose waiter count
-/// includes this participant, or 0.
-const PARKED_ON: usize = 16;
 
 /// Byte offset of the lock guarding entry 0 (far beyond any file: locks need no data there).
 const LOCK_BASE: i64 = 1 << 40;
@@ -79,11 +75,6 @@ impl Participant {
 
     fn entry(&self) -> usize {
         self.table + self.index as usize * PARTICIPANT_SIZE
-    }
-
-    /// This participant's "parked on" word (see `WaitCell::parked_as`).
-    pub(crate) fn parked(&self) -> &AtomicU64 {
-        self.region.u64_at(self.entry() + PARKED_ON)
     }
 }
 
@@ -141,6 +132,12 @@ pub struct RecoveryStats {
     /// Other things a dead participant held, let go: subscriptions (so they stop holding
     /// publishers back), client entries and the replies they held.
     pub released: u64,
+    /// Commits and acknowledgements refused because the claim had been taken away meanwhile (a
+    /// participant judged dead while alive, or the file rewritten by another process): each one
+    /// a message not sent, or delivered again. Counted by the participant that was refused,
+    /// whether it was told (an `Err` from `commit`, `ack`, `reply`, `send`) or not (a message
+    /// or request dropped).
+    pub refused: u64,
 }
 
 impl std::ops::AddAssign for RecoveryStats {
@@ -149,6 +146,7 @@ impl std::ops::AddAssign for RecoveryStats {
         self.skipped += o.skipped;
         self.redelivered += o.redelivered;
         self.released += o.released;
+        self.refused += o.refused;
     }
 }
 
@@ -170,6 +168,7 @@ impl<'a> Counters<'a> {
             stats.skipped,
             stats.redelivered,
             stats.released,
+            stats.refused,
         ]
         .into_iter()
         .enumerate()
@@ -186,6 +185,7 @@ impl<'a> Counters<'a> {
             skipped: self.word(1).load(Ordering::Relaxed),
             redelivered: self.word(2).load(Ordering::Relaxed),
             released: self.word(3).load(Ordering::Relaxed),
+            refused: self.word(4).load(Ordering::Relaxed),
         }
     }
 }
@@ -218,6 +218,14 @@ pub(crate) trait Recoverable {
     /// sweep tries again).
     fn repair_quietly(&self) {
         let _ = self.repair();
+    }
+
+    /// Counts a commit or acknowledgement refused because its claim was taken away.
+    fn count_refused(&self) {
+        Counters::of(&self.mapping().region()).add(&RecoveryStats {
+            refused: 1,
+            ..RecoveryStats::default()
+        });
     }
 
     /// What recovery has done on this file over its life.
@@ -274,17 +282,6 @@ fn reap(region: &Region, table: usize, index: u32, recover: Recover<'_>) -> Reco
     let old = state.load(Ordering::Acquire);
     if old & 0xff == ROLE_FREE {
         return RecoveryStats::default();
-    }
-    // It died parked: take it off the count of the cell it was counted in (only if the
-    // recorded offset is a plausible cell inside the file; the file is untrusted).
-    let parked = region.u64_at(table + index as usize * PARTICIPANT_SIZE + PARKED_ON);
-    let cell = parked.swap(0, Ordering::AcqRel);
-    if let Some(off) = (cell as usize).checked_sub(1) {
-        if off % 8 == 0 && off.checked_add(8).is_some_and(|end| end <= region.len()) {
-            let _ = region
-                .u32_at(off + 4)
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        }
     }
     let mut stats = recover((index + 1) as u16);
     stats.reaped += 1;

@@ -385,6 +385,7 @@ pub struct Publisher {
     owner: u16,
     gate: GateCache,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -423,7 +424,7 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let waited = ring.consumed().parked_as(self.me.parked()).wait_or_repair(
+        let waited = ring.consumed().wait_or_repair(
             self.wait,
             deadline,
             || ring.try_claim(self.owner, &self.gate),
@@ -438,9 +439,9 @@ impl Publisher {
         if committed {
             Ok(())
         } else {
-            Err(SendError::Corrupt(crate::error::Corruption::BadState(
-                "a claimed slot changed under its publisher",
-            )))
+            // A recovery pass (or another process writing the file) took the slot away.
+            self.shared.count_refused();
+            Err(SendError::ClaimLost)
         }
     }
 
@@ -448,7 +449,8 @@ impl Publisher {
     ///
     /// # Errors
     /// [`SendError::TooLarge`] / [`SendError::TopicTooLarge`] (nothing is published);
-    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`SendError::ClaimLost`] if the claimed slot was taken away before the commit (nothing
+    /// is published); [`SendError::Corrupt`] if the shared memory breaks the protocol.
     #[inline]
     pub fn publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.publish_with(topic, payload, Deadline::Never)
@@ -486,6 +488,7 @@ pub struct Subscriber {
     prefixes: Vec<Vec<u8>>,
     buf: Vec<u8>,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -538,7 +541,7 @@ impl Subscriber {
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
         let shared = &self.shared;
         let repair = || shared.repair_quietly();
-        let found = ring.published().parked_as(self.me.parked()).wait_or_repair(
+        let found = ring.published().wait_or_repair(
             self.wait,
             deadline,
             || loop {
