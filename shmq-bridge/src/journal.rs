@@ -256,6 +256,28 @@ impl Journal {
         Ok((id, origin, slot))
     }
 
+    /// Keeps the id of an in-flight message whose local acknowledgement was refused (the
+    /// queue delivers it again): its entry joins the carried ones.
+    ///
+    /// # Errors
+    /// The journal cannot be read or written.
+    pub fn keep(&mut self, slot: u64) -> io::Result<()> {
+        let Some(entry) = read_entry(&self.file, slot)? else {
+            return Ok(());
+        };
+        let free = (0..self.window).find(|s| self.carried.iter().all(|c| c.slot != *s));
+        match free {
+            Some(free) => {
+                write_entry(&self.file, free, Some(entry))?;
+                self.carried.push_back(Carried { slot: free, entry });
+            }
+            None => {
+                tracing::warn!(id = %entry.id, "journal full of carried ids; this one is not kept")
+            }
+        }
+        write_entry(&self.file, slot, None)
+    }
+
     /// Clears an in-flight entry once its message was acknowledged locally.
     ///
     /// # Errors
@@ -340,6 +362,22 @@ mod tests {
         drop(Journal::open(&path, 4).unwrap()); // second run dies before gamma came back
         let mut j = Journal::open(&path, 4).unwrap();
         assert_eq!(j.assign(b"gamma", true).unwrap().0, lost);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_message_whose_local_ack_was_refused_keeps_its_id_for_its_redelivery() {
+        let path = temp("keep");
+        let mut j = Journal::open(&path, 4).unwrap();
+        let (id, _, slot) = j.assign(b"delta", false).unwrap();
+        j.keep(slot).unwrap();
+        for _ in 0..8 {
+            // The in-flight ring goes round: the kept id is not in it any more.
+            let (_, _, s) = j.assign(b"other", false).unwrap();
+            j.release(s).unwrap();
+        }
+        assert_eq!(j.assign(b"delta", true).unwrap().0, id);
+        drop(j);
         std::fs::remove_file(&path).unwrap();
     }
 

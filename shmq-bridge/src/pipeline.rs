@@ -350,9 +350,20 @@ impl<'a> Forward<'a> {
 
     /// JetStream has the message: acknowledge it locally and free its journal entry.
     fn finish(&mut self, done: InFlight<'_>) {
-        drop(done.message);
-        self.stats.bump(Counter::LocalAcked);
-        if let Err(e) = self.journal.release(done.slot) {
+        let journaled = match done.message.ack() {
+            Ok(()) => {
+                self.stats.bump(Counter::LocalAcked);
+                self.journal.release(done.slot)
+            }
+            Err(e) => {
+                // Recovery took the message away (it judged this bridge dead): the queue
+                // delivers it again, and it must get the same id then.
+                tracing::warn!(id = %done.id, "local acknowledgement refused: {e}");
+                self.stats.bump(Counter::Errors);
+                self.journal.keep(done.slot)
+            }
+        };
+        if let Err(e) = journaled {
             let why = format!("journal {}: {e}", self.journal.path().display());
             abandon(&why, self.window);
         }
@@ -518,11 +529,21 @@ pub fn run_in(
                                 return;
                             }
                         }
-                        Err(e) => {
-                            // Too large or a corrupt queue: retrying cannot help.
+                        Err(e @ shmq::SendError::TooLarge { .. }) => {
+                            // Retrying cannot help: take it out of the stream.
                             tracing::error!("local send: {e}; message dropped from the stream");
                             sender_stats.bump(Counter::Errors);
                             break LocalSend::Impossible;
+                        }
+                        Err(e) => {
+                            // Not sent (its slot was taken away, or the queue is damaged):
+                            // try again; JetStream keeps the message meanwhile.
+                            tracing::warn!("local send: {e}; retrying");
+                            sender_stats.bump(Counter::Errors);
+                            std::thread::sleep(POLL);
+                            if sent_tx.send(LocalSend::Waiting).is_err() {
+                                return;
+                            }
                         }
                     }
                 };
