@@ -39,7 +39,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"SHMQBRJ1";
@@ -135,6 +135,8 @@ impl Journal {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600) // like the queue files: the bridge's user only
+            .custom_flags(libc::O_NOFOLLOW) // refuses a symbolic link, as shmq's open does
             .open(path)?;
         file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => io::Error::new(
@@ -378,6 +380,20 @@ mod tests {
         }
         assert_eq!(j.assign(b"delta", true).unwrap().0, id);
         drop(j);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_journal_is_private_and_never_a_symbolic_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp("mode");
+        drop(Journal::open(&path, 4).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let link = temp("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(Journal::open(&link, 4).is_err());
+        std::fs::remove_file(&link).unwrap();
         std::fs::remove_file(&path).unwrap();
     }
 
