@@ -11,7 +11,8 @@
 //! the ids it handed out.
 //!
 //! # The file
-//! `<queue file>.bridge-journal`, locked exclusively (`flock`) by the one out-bridge of a queue.
+//! `<queue file>.bridge-journal` (created `0600`, never opened through a symbolic link), locked
+//! exclusively (`flock`) by the one out-bridge of a queue.
 //! After an 8-byte magic come `2 × window` entries of 32 bytes, each `[run, counter + 1, len,
 //! hash]` (little-endian `u64`; `counter + 1 == 0` marks a free entry). A message's id is
 //! `<run in hex>-<counter>`, `run` being chosen at random per bridge start. The first `window`
