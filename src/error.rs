@@ -181,6 +181,21 @@ pub enum SendError {
     },
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// The handle was attached by another process: this is a fork child using a copy it
+    /// inherited. A child that wants to take part attaches handles of its own.
+    WrongProcess {
+        /// The process that attached the handle.
+        attached_by: u32,
+    },
+}
+
+/// The text of both `WrongProcess` errors.
+fn wrong_process(f: &mut fmt::Formatter<'_>, attached_by: u32) -> fmt::Result {
+    write!(
+        f,
+        "this handle belongs to process {attached_by}, which attached it; a forked child \
+         must attach handles of its own"
+    )
 }
 
 impl fmt::Display for SendError {
@@ -197,6 +212,7 @@ impl fmt::Display for SendError {
                 "topic of {len} bytes is longer than the channel's maximum of {max} bytes"
             ),
             SendError::Corrupt(c) => write!(f, "queue file {c}"),
+            SendError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
 }
@@ -218,6 +234,11 @@ pub enum RecvError {
     Lagged(u64),
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// The handle was attached by another process (see [`SendError::WrongProcess`]).
+    WrongProcess {
+        /// The process that attached the handle.
+        attached_by: u32,
+    },
 }
 
 impl fmt::Display for RecvError {
@@ -228,6 +249,7 @@ impl fmt::Display for RecvError {
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+            RecvError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
 }

@@ -36,10 +36,8 @@ pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
 pub(crate) mod sync;
-#[cfg(not(loom))]
 pub(crate) mod testhook;
 
-#[cfg(not(loom))]
 pub(crate) mod peers;
 #[cfg(not(loom))]
 pub mod pipeline;

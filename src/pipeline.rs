@@ -124,6 +124,10 @@ impl Recoverable for Shared {
             ..RecoveryStats::default()
         }
     }
+
+    fn recount(&self) {
+        self.ring.recount_redeliveries();
+    }
 }
 
 /// A pipeline queue file, mapped. Cheap to clone; attach producers and consumers from it.
@@ -275,6 +279,14 @@ impl Pipeline {
         self.shared.stats()
     }
 
+    /// The file's count of messages awaiting redelivery (while it is not zero, every receive
+    /// scans the slots for them). Test-only: exists with the `test-hooks` feature alone.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn redelivery_pending(&self) -> u64 {
+        self.shared.ring.redelivery_pending()
+    }
+
     /// Removes the queue file's name. Processes that have it mapped keep using it.
     ///
     /// # Errors
@@ -286,6 +298,11 @@ impl Pipeline {
 }
 
 /// Sends messages into a pipeline. `Send + Sync`: share it between threads or make one each.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] and dropping it does nothing to the queue (the parent's
+/// participant entry, lock and loans stay the parent's); a child attaches its own. Dropping it
+/// in its own process detaches it, first skipping any [`Loan`] it leaked (`mem::forget`).
 pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
@@ -351,6 +368,7 @@ impl Producer {
 
     #[inline]
     fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
+        self.me.check_send()?;
         self.check_len(msg.len())?;
         let claim = self.claim(deadline)?;
         let result = self.write_and_commit(claim, msg);
@@ -392,6 +410,7 @@ impl Producer {
     /// As for [`send`](Self::send); messages before the failing one were sent. A message that
     /// is too large is refused before anything is sent.
     pub fn send_batch(&self, msgs: &[&[u8]]) -> Result<(), SendError> {
+        self.me.check_send()?;
         if let Some(big) = msgs.iter().find(|m| m.len() > self.ring().max_message()) {
             return self.check_len(big.len());
         }
@@ -446,6 +465,7 @@ impl Producer {
     }
 
     fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+        self.me.check_send()?;
         self.check_len(len)?;
         let claim = self.claim(deadline)?;
         Ok(Loan {
@@ -480,6 +500,9 @@ impl Producer {
 }
 
 /// A slot loaned by [`Producer::loan`]: write the message into it, then commit.
+///
+/// In a fork child (a copy inherited from the process that took the loan) it reads and writes
+/// as empty, and committing or dropping it does nothing: the slot stays the parent's.
 pub struct Loan<'a> {
     producer: &'a Producer,
     /// Always `Some` until `commit` or `drop` takes it.
@@ -490,6 +513,9 @@ pub struct Loan<'a> {
 impl Loan<'_> {
     /// Publishes the message. Consumers see all of it or none of it.
     pub fn commit(mut self) {
+        if !self.producer.me.in_own_process() {
+            return;
+        }
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             // A `false` here means a recovery pass took the slot away; nothing is published.
@@ -504,8 +530,10 @@ impl Deref for Loan<'_> {
     #[inline]
     fn deref(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => self.producer.ring().written(claim, self.len),
-            None => &[],
+            Some(claim) if self.producer.me.in_own_process() => {
+                self.producer.ring().written(claim, self.len)
+            }
+            _ => &[],
         }
     }
 }
@@ -513,8 +541,10 @@ impl Deref for Loan<'_> {
 impl DerefMut for Loan<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.claim {
-            Some(claim) => self.producer.ring().payload_mut(claim, self.len),
-            None => &mut [],
+            Some(claim) if self.producer.me.in_own_process() => {
+                self.producer.ring().payload_mut(claim, self.len)
+            }
+            _ => &mut [],
         }
     }
 }
@@ -522,6 +552,9 @@ impl DerefMut for Loan<'_> {
 impl Drop for Loan<'_> {
     #[inline]
     fn drop(&mut self) {
+        if !self.producer.me.in_own_process() {
+            return;
+        }
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
@@ -537,6 +570,12 @@ impl fmt::Debug for Loan<'_> {
 }
 
 /// Receives messages from a pipeline. `Send + Sync`; may hold several messages at once.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the queue (the parent's
+/// participant entry, lock and held messages stay the parent's); a child attaches its own.
+/// Dropping it in its own process detaches it, first making any [`Message`] it leaked
+/// (`mem::forget`) deliverable again, flagged [`Message::redelivered`].
 pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
@@ -566,6 +605,7 @@ impl Consumer {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = self.ring();
         let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
@@ -620,6 +660,7 @@ impl Consumer {
     /// # Errors
     /// As for [`recv`](Self::recv).
     pub fn recv_batch(&self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        self.me.check_recv()?;
         if max == 0 {
             return Ok(0);
         }
@@ -651,6 +692,9 @@ impl Consumer {
 
 /// A received message. It borrows its slot (zero copy); dropping it acknowledges the message
 /// and frees the slot for producers.
+///
+/// In a fork child (a copy inherited from the process that received it) it reads as empty and
+/// dropping it acknowledges nothing: the message stays the parent's.
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.
@@ -661,8 +705,8 @@ impl Message<'_> {
     #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => self.consumer.ring().payload(claim),
-            None => &[],
+            Some(claim) if self.consumer.me.in_own_process() => self.consumer.ring().payload(claim),
+            _ => &[],
         }
     }
 
@@ -686,6 +730,9 @@ impl Message<'_> {
 
     /// Acknowledges without waking producers (the caller wakes them once for a batch).
     fn ack_quietly(mut self) {
+        if !self.consumer.me.in_own_process() {
+            return;
+        }
         if let Some(claim) = self.claim.take() {
             self.consumer.ring().release(claim);
         }
@@ -710,6 +757,9 @@ impl AsRef<[u8]> for Message<'_> {
 impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
+        if !self.consumer.me.in_own_process() {
+            return;
+        }
         if let Some(claim) = self.claim.take() {
             let ring = self.consumer.ring();
             ring.release(claim);
@@ -724,6 +774,20 @@ impl fmt::Debug for Message<'_> {
             .field("len", &self.bytes().len())
             .field("redelivered", &self.redelivered())
             .finish()
+    }
+}
+
+impl Drop for Producer {
+    /// Detaches: skips the loans this producer leaked, then frees its participant entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Consumer {
+    /// Detaches: delivers again the messages this consumer leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 

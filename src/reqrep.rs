@@ -60,7 +60,7 @@ use crate::layout::{
     Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE,
     TABLE_ENTRY_SIZE,
 };
-use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
+use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -223,6 +223,10 @@ impl Recoverable for Shared {
             }
         }
         stats
+    }
+
+    fn recount(&self) {
+        self.requests.recount_redeliveries();
     }
 }
 
@@ -443,6 +447,12 @@ impl Service {
 }
 
 /// Serves a service's requests. `Send + Sync`.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the service (the parent's
+/// participant entry, lock and requests stay the parent's); a child attaches its own. Dropping
+/// it in its own process detaches it, first delivering again (to another server) any
+/// [`Request`] it leaked (`mem::forget`), flagged [`Request::redelivered`].
 pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
@@ -467,6 +477,7 @@ impl Server {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = &self.shared.requests;
         let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
             self.wait,
@@ -525,6 +536,10 @@ impl Server {
 /// A request taken by a server. Its payload borrows the request's slot. Reply with
 /// [`reply`](Self::reply); dropping it without replying acknowledges it with no reply (the
 /// client's wait then times out).
+///
+/// In a fork child (a copy inherited from the process that took it) its payload reads as
+/// empty, replying fails with [`SendError::WrongProcess`] and dropping it does nothing: the
+/// request stays the parent's.
 pub struct Request<'a> {
     server: &'a Server,
     /// Always `Some` until the request is acknowledged.
@@ -557,8 +572,10 @@ impl Request<'_> {
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..],
-            None => &[],
+            Some(claim) if self.server.me.in_own_process() => {
+                &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..]
+            }
+            _ => &[],
         }
     }
 
@@ -575,6 +592,7 @@ impl Request<'_> {
     /// stayed full for a second (the client is misbehaving): the reply is dropped.
     #[inline]
     pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
+        self.server.me.check_send()?;
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
         let outcome = self.deliver(payload, 0);
@@ -634,7 +652,7 @@ impl Drop for Request<'_> {
     /// Dropped without a reply: tell the client there will be none (so it neither waits for
     /// ever nor keeps counting the request as outstanding), then acknowledge.
     fn drop(&mut self) {
-        if self.claim.is_some() {
+        if self.claim.is_some() && self.server.me.in_own_process() {
             let _ = self.deliver(&[], FLAG_NO_REPLY);
             self.acknowledge();
         }
@@ -657,6 +675,12 @@ impl Pending {
 
 /// Sends requests and receives their replies. Holds a client entry (and its reply ring) until
 /// dropped.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] / [`RecvError::WrongProcess`] and dropping it does nothing to
+/// the service (the parent's client entry, participant entry and lock stay the parent's); a
+/// child attaches its own. Dropping it in its own process detaches it, freeing any [`Reply`]
+/// slot it leaked (`mem::forget`).
 pub struct Client {
     shared: Arc<Shared>,
     index: u32,
@@ -697,6 +721,9 @@ struct Ledger {
 
 /// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
 /// from the client's buffer if it arrived while the client waited for another.
+///
+/// In a fork child (a copy inherited from the process that received it) a reply still in its
+/// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
 pub struct Reply<'a> {
     source: ReplySource<'a>,
 }
@@ -706,6 +733,8 @@ enum ReplySource<'a> {
         ring: &'a MpmcRing,
         /// Always `Some` until dropped.
         claim: Option<ReadClaim>,
+        /// The client's process: the only one that may read or free the slot.
+        process: Process,
     },
     Kept(&'a [u8]),
 }
@@ -718,8 +747,9 @@ impl Reply<'_> {
             ReplySource::Slot {
                 ring,
                 claim: Some(claim),
-            } => &ring.payload(claim)[ENVELOPE_SIZE..],
-            ReplySource::Slot { claim: None, .. } => &[],
+                process,
+            } if process.is_current() => &ring.payload(claim)[ENVELOPE_SIZE..],
+            ReplySource::Slot { .. } => &[],
             ReplySource::Kept(bytes) => bytes,
         }
     }
@@ -735,7 +765,15 @@ impl fmt::Debug for Reply<'_> {
 
 impl Drop for Reply<'_> {
     fn drop(&mut self) {
-        if let ReplySource::Slot { ring, claim } = &mut self.source {
+        if let ReplySource::Slot {
+            ring,
+            claim,
+            process,
+        } = &mut self.source
+        {
+            if !process.is_current() {
+                return;
+            }
             if let Some(claim) = claim.take() {
                 ring.release(claim);
                 ring.not_full().notify();
@@ -830,6 +868,7 @@ impl Client {
 
     #[inline]
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+        self.me.check_send()?;
         self.reclaim_lent();
         self.shared.check_len(payload.len())?;
         if self.ledger.outstanding.len() + self.ledger.kept.len()
@@ -880,6 +919,7 @@ impl Client {
 
     #[inline]
     fn wait_with(&mut self, pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
+        self.me.check_recv()?;
         self.reclaim_lent();
         let want = pending.id;
         if let Some(at) = self.ledger.kept.iter().position(|&(id, ..)| id == want) {
@@ -922,6 +962,7 @@ impl Client {
                 source: ReplySource::Slot {
                     ring: self.reply_ring(),
                     claim: Some(claim),
+                    process: self.me.process(),
                 },
             }),
             Ok(Some(None)) => Err(RecvError::NoReply),
@@ -997,14 +1038,25 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Detach: replies still in flight for this generation are dropped by servers, or by
-        // the entry's next owner, whose generation differs.
-        let state = self.shared.client_state(self.index);
-        let old = state.load(Ordering::Acquire);
-        state.store(
-            old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
-            Ordering::Release,
-        );
+        if self.me.in_own_process() {
+            // Detach: replies still in flight for this generation are dropped by servers, or
+            // by the entry's next owner, whose generation differs.
+            let state = self.shared.client_state(self.index);
+            let old = state.load(Ordering::Acquire);
+            state.store(
+                old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
+                Ordering::Release,
+            );
+        }
+        // Then free the reply slots it leaked, and its participant entry.
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Server {
+    /// Detaches: delivers again the requests this server leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 
