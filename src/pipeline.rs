@@ -798,3 +798,43 @@ fn _assert_send_sync() {
     is::<Producer>();
     is::<Consumer>();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file left with claims recorded under the id of a free participant entry (by an older
+    /// version of shmq, which did not undo leaked claims on detach): `repair()` undoes them.
+    #[test]
+    fn repair_undoes_claims_recorded_under_a_free_entrys_id() {
+        let dir = std::env::temp_dir().join(format!("shmq-free-claims-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let q =
+            Pipeline::create(dir.join("q"), &Options::new().capacity(4).max_message(8)).unwrap();
+        let producer = q.producer().unwrap();
+        let consumer = q.consumer().unwrap();
+        producer.send(b"held").unwrap();
+        // Entry 9 (id 10) was never attached: claims under its id belong to nobody alive.
+        let ring = &q.shared.ring;
+        std::mem::forget(ring.try_claim_read(10).unwrap().unwrap());
+        std::mem::forget(ring.try_claim_write(10).unwrap().unwrap());
+        producer.send(b"behind").unwrap();
+        assert!(
+            matches!(consumer.try_recv(), Err(RecvError::Empty)),
+            "wedged"
+        );
+        // Attach and stall sweeps look at entries in use only; repair looks at free ones too.
+        let stats = q.repair().unwrap();
+        assert_eq!((stats.redelivered, stats.skipped, stats.reaped), (1, 1, 0));
+        let m = consumer.try_recv().unwrap();
+        assert!(m.redelivered() && &*m == b"held");
+        drop(m);
+        let m = consumer.try_recv().unwrap();
+        assert!(!m.redelivered() && &*m == b"behind");
+        drop(m);
+        assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+        assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -35,6 +35,9 @@ fn child_entry() {
         "forget_request" => forget_request(args),
         "hold_one" => hold_one(args),
         "repair" => repair(args),
+        "fork_pipeline_drop" => pipeline_survives_a_fork_child(&args[0], false),
+        "fork_pipeline_exit" => pipeline_survives_a_fork_child(&args[0], true),
+        "fork_pubsub_service" => pubsub_and_service_survive_a_fork_child(&args[0]),
         other => panic!("unknown role {other:?}"),
     });
 }
@@ -79,15 +82,20 @@ fn entry_locked(path: &Path, id: u16) -> bool {
 }
 
 /// Forks. `None` in the child (where a panic ends the process at once with status 2, never
-/// unwinding into the test harness), the child's id in the parent.
+/// unwinding into the test harness), the child's id in the parent. Only from a child process of
+/// the test (see `fork_scenario`), which runs no other test's threads.
 fn fork() -> Option<nix::unistd::Pid> {
     // SAFETY: the child only runs shmq's handle methods and drops (which, in a fork child,
     // touch no lock and no shared state), then leaves with `_exit` or `std::process::exit`
     // without returning into the test harness.
     match unsafe { nix::unistd::fork() }.expect("fork") {
         nix::unistd::ForkResult::Child => {
+            // Straight to the descriptor: the standard error stream's lock may have been held
+            // by another thread of the harness when it forked.
             std::panic::set_hook(Box::new(|info| {
-                eprintln!("fork child: {info}");
+                let text = format!("fork child: {info}\n");
+                // SAFETY: `text` is valid for `len` bytes; write is async-signal-safe.
+                unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
                 // SAFETY: `_exit` ends the process at once.
                 unsafe { libc::_exit(2) }
             }));
@@ -120,9 +128,8 @@ fn expect_child_ok(child: nix::unistd::Pid) {
 /// The shape of a pre-fork server: handles attached, then `fork()`. Whatever the child does
 /// with its copies (drop them one by one, or exit without dropping anything), the parent's
 /// handles stay attached and working.
-fn pipeline_survives_a_fork_child(exit_normally: bool) {
-    let dir = TempDir::new("fork-pipeline");
-    let path = dir.join("q");
+fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
+    let path = Path::new(dir).join("q");
     let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
@@ -206,14 +213,22 @@ fn pipeline_survives_a_fork_child(exit_normally: bool) {
     assert_eq!(q.recovery_stats(), RecoveryStats::default());
 }
 
+/// Runs a fork scenario in a process of its own: `fork()` in the multi-threaded test harness
+/// could leave the child waiting for a lock (the standard error stream, the panic hook) that
+/// another test's thread held at that instant.
+fn fork_scenario(role: &str) {
+    let dir = TempDir::new(role);
+    child(role, &[s(dir.path())]).expect_success(HANG);
+}
+
 #[test]
 fn fork_child_dropping_inherited_pipeline_handles_leaves_the_parent_attached() {
-    pipeline_survives_a_fork_child(false);
+    fork_scenario("fork_pipeline_drop");
 }
 
 #[test]
 fn fork_child_exiting_leaves_the_parent_attached() {
-    pipeline_survives_a_fork_child(true);
+    fork_scenario("fork_pipeline_exit");
 }
 
 /// The same for publish-subscribe and request-reply handles: the child's copies of a Block-mode
@@ -221,8 +236,11 @@ fn fork_child_exiting_leaves_the_parent_attached() {
 /// of them the parent's.
 #[test]
 fn fork_child_dropping_inherited_pubsub_and_service_handles_leaves_the_parent_attached() {
-    let dir = TempDir::new("fork-ps-rr");
-    let (ch_path, svc_path) = (dir.join("ch"), dir.join("svc"));
+    fork_scenario("fork_pubsub_service");
+}
+
+fn pubsub_and_service_survive_a_fork_child(dir: &str) {
+    let (ch_path, svc_path) = (Path::new(dir).join("ch"), Path::new(dir).join("svc"));
     let channel = PubSub::create(
         &ch_path,
         &PubSubOptions::new()
