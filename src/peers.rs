@@ -109,6 +109,10 @@ pub enum Role {
 
 const ROLE_FREE: u64 = 0;
 
+/// How many passes over the table an attach makes while it finds free entries locked (by a
+/// sweep passing by, or another attach that will take them).
+const CLAIM_PASSES: u32 = 4;
+
 /// What recovery did, as counted in the file (totals over the file's life, all processes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryStats {
@@ -181,6 +185,10 @@ impl<'a> Table<'a> {
     /// Claims an entry for a participant with `role` and `pid`, reaping a dead owner found on
     /// the way. Returns the entry's index and what reaping did, or `None` if every entry is
     /// held. The entry's lock is kept (the caller holds it for the participant's life).
+    ///
+    /// A sweep holds the lock of the entry it looks at for a moment (of a free one too, in
+    /// `repair`), so an entry that is free but locked is tried again, up to [`CLAIM_PASSES`]
+    /// passes: a table with room is never reported full because a sweep was passing by.
     pub(crate) fn claim(
         &self,
         locks: &impl EntryLocks,
@@ -188,19 +196,31 @@ impl<'a> Table<'a> {
         pid: u32,
         recover: Recover<'_>,
     ) -> std::io::Result<Option<(u32, RecoveryStats)>> {
-        for index in 0..self.len {
-            if !locks.try_lock(index)? {
-                continue;
+        for _ in 0..CLAIM_PASSES {
+            let mut passing_by = false;
+            for index in 0..self.len {
+                if !locks.try_lock(index)? {
+                    passing_by |= self.is_free(index);
+                    continue;
+                }
+                // A dead owner may have appeared since the sweep: reap it before taking its
+                // place.
+                let stats = self.reap(index, recover);
+                let state = self.state(index);
+                let gen = (state.load(Ordering::Acquire) >> 8).wrapping_add(1) & ((1 << 56) - 1);
+                state.store(gen << 8 | role as u64, Ordering::Release);
+                self.region
+                    .u32_at(self.entry(index) + PID)
+                    .store(pid, Ordering::Relaxed);
+                return Ok(Some((index, stats)));
             }
-            // A dead owner may have appeared since the sweep: reap it before taking its place.
-            let stats = self.reap(index, recover);
-            let state = self.state(index);
-            let gen = (state.load(Ordering::Acquire) >> 8).wrapping_add(1) & ((1 << 56) - 1);
-            state.store(gen << 8 | role as u64, Ordering::Release);
-            self.region
-                .u32_at(self.entry(index) + PID)
-                .store(pid, Ordering::Relaxed);
-            return Ok(Some((index, stats)));
+            if !passing_by {
+                break;
+            }
+            #[cfg(loom)]
+            loom::thread::yield_now();
+            #[cfg(not(loom))]
+            std::thread::yield_now();
         }
         Ok(None)
     }
@@ -599,5 +619,216 @@ pub(crate) trait Recoverable {
     /// What recovery has done on this file over its life.
     fn stats(&self) -> RecoveryStats {
         Counters::of(&self.mapping().region()).read()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! The table's protocol, model-checked over a model of the kernel's locks: one holder per
+    //! entry (an open file description: a number), tried without blocking, and all of a
+    //! process's locks released when it dies. Claims in the rings are modelled as words
+    //! holding the id of the participant that claimed them; recovery undoes a claim with a CAS
+    //! from that id, as the rings do.
+    use super::*;
+    use loom::sync::atomic::AtomicU32;
+    use loom::thread;
+    use std::sync::Arc;
+
+    struct ModelLocks {
+        holders: Vec<AtomicU32>,
+    }
+
+    /// One open file description's view of the locks.
+    struct Description<'a> {
+        locks: &'a ModelLocks,
+        id: u32,
+    }
+
+    impl EntryLocks for Description<'_> {
+        fn try_lock(&self, index: u32) -> std::io::Result<bool> {
+            let holder = &self.locks.holders[index as usize];
+            Ok(holder
+                .compare_exchange(0, self.id, Ordering::AcqRel, Ordering::Acquire)
+                .map_or_else(|held| held == self.id, |_| true))
+        }
+
+        fn unlock(&self, index: u32) {
+            let _ = self.locks.holders[index as usize].compare_exchange(
+                self.id,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Two entries, two claim words, the record of who undid what.
+    struct World {
+        region: Region,
+        locks: ModelLocks,
+        /// Claim words: the owner id that claimed each, 0 when undone.
+        claims: Vec<AtomicU64>,
+    }
+
+    const ENTRIES: u32 = 2;
+
+    impl World {
+        fn new() -> Arc<Self> {
+            Arc::new(World {
+                region: Region::heap(ENTRIES as usize * PARTICIPANT_SIZE),
+                locks: ModelLocks {
+                    holders: (0..ENTRIES).map(|_| AtomicU32::new(0)).collect(),
+                },
+                claims: (0..2).map(|_| AtomicU64::new(0)).collect(),
+            })
+        }
+
+        fn table(&self) -> Table<'_> {
+            Table::new(&self.region, 0, ENTRIES)
+        }
+
+        fn description(&self, id: u32) -> Description<'_> {
+            Description {
+                locks: &self.locks,
+                id,
+            }
+        }
+
+        /// Recovery of `owner`: undoes its claims; `undone` counts the claims it undid.
+        fn recover(&self, owner: u16, undone: &AtomicU32) -> RecoveryStats {
+            for claim in &self.claims {
+                if claim
+                    .compare_exchange(u64::from(owner), 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    undone.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            RecoveryStats::default()
+        }
+    }
+
+    /// Attach racing a sweep (with `repair`'s reclaim of free entries' ids) that reaps a dead
+    /// entry: the dead owner's claim is undone exactly once; the attacher always gets an entry
+    /// (there is room), keeps it marked as its own, and the sweep never undoes its claim or
+    /// reaps it. Five preemptions: the attacher must lose both entries to the passing sweep in
+    /// one pass to be wrongly told the table is full (as it was before `CLAIM_PASSES`), and
+    /// that takes three; the model is small enough to check deeper than the default.
+    #[test]
+    fn attach_racing_a_sweep_that_reaps_a_dead_entry() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(5);
+        builder.check(|| {
+            let world = World::new();
+            // Entry 0 belongs to a process that died holding claim 0; its lock is gone.
+            world
+                .table()
+                .state(0)
+                .store(1 << 8 | Role::Consumer as u64, Ordering::Relaxed);
+            world.claims[0].store(1, Ordering::Relaxed);
+            let by_sweep = Arc::new(AtomicU32::new(0));
+            let sweeper = {
+                let (world, by_sweep) = (world.clone(), by_sweep.clone());
+                thread::spawn(move || {
+                    world
+                        .table()
+                        .sweep(
+                            &world.description(20),
+                            &|o| world.recover(o, &by_sweep),
+                            true,
+                        )
+                        .unwrap()
+                })
+            };
+            let by_attach = AtomicU32::new(0);
+            let attacher = world.description(10);
+            let (index, reaped_on_attach) = world
+                .table()
+                .claim(&attacher, Role::Producer, 7, &|o| {
+                    world.recover(o, &by_attach)
+                })
+                .unwrap()
+                .expect("a table with room never reports itself full");
+            let me = (index + 1) as u64;
+            world.claims[1].store(me, Ordering::Release);
+            let swept = sweeper.join().unwrap();
+
+            assert_eq!(
+                world.claims[0].load(Ordering::Acquire),
+                0,
+                "the dead claim stays"
+            );
+            assert_eq!(
+                by_sweep.load(Ordering::Relaxed) + by_attach.load(Ordering::Relaxed),
+                1,
+                "the dead claim is undone exactly once"
+            );
+            assert_eq!(
+                swept.reaped + reaped_on_attach.reaped,
+                1,
+                "one death, one reaping"
+            );
+            assert_eq!(
+                world.claims[1].load(Ordering::Acquire),
+                me,
+                "a live claim was undone"
+            );
+            assert_eq!(
+                world.table().state(index).load(Ordering::Acquire) & 0xff,
+                Role::Producer as u64,
+                "the attacher's entry was reaped under it"
+            );
+            assert_eq!(
+                world.locks.holders[index as usize].load(Ordering::Acquire),
+                10
+            );
+        });
+    }
+
+    /// Detach racing a sweep: the detaching participant undoes its own claim, marks its entry
+    /// free and only then unlocks; the sweep never reaps it and never undoes its claim.
+    #[test]
+    fn detach_racing_a_sweep() {
+        loom::model(|| {
+            let world = World::new();
+            let owner = world.description(10);
+            let by_owner = AtomicU32::new(0);
+            let (index, _) = world
+                .table()
+                .claim(&owner, Role::Consumer, 7, &|o| world.recover(o, &by_owner))
+                .unwrap()
+                .unwrap();
+            let me = (index + 1) as u16;
+            world.claims[0].store(u64::from(me), Ordering::Release);
+            let by_sweep = Arc::new(AtomicU32::new(0));
+            let sweeper = {
+                let (world, by_sweep) = (world.clone(), by_sweep.clone());
+                thread::spawn(move || {
+                    world
+                        .table()
+                        .sweep(
+                            &world.description(20),
+                            &|o| world.recover(o, &by_sweep),
+                            true,
+                        )
+                        .unwrap()
+                })
+            };
+            // Detach, as `Recoverable::detach` and `Participant::drop` do it.
+            world.recover(me, &by_owner);
+            world.table().release(index);
+            owner.unlock(index);
+            let swept = sweeper.join().unwrap();
+
+            assert_eq!(swept.reaped, 0, "a live participant was reaped");
+            assert_eq!(
+                by_sweep.load(Ordering::Relaxed),
+                0,
+                "a sweep undid a live claim"
+            );
+            assert_eq!(by_owner.load(Ordering::Relaxed), 1);
+            assert_eq!(world.claims[0].load(Ordering::Acquire), 0);
+            assert!(world.table().is_free(index));
+        });
     }
 }
