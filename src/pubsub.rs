@@ -283,6 +283,8 @@ impl PubSub {
     /// was writing is skipped, a dead subscriber stops holding publishers back. This also
     /// happens on attach and whenever a blocking call has waited
     /// [`STALL_CHECK`](crate::STALL_CHECK) without progress. Never touches a live participant.
+    /// Also undoes what is recorded under the id of a free participant entry (see
+    /// [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.

@@ -358,7 +358,8 @@ impl Service {
     /// took is delivered again to another server (flagged [`Request::redelivered`]); a dead
     /// client's entry returns to the pool and replies to it are dropped. This also happens on
     /// attach and whenever a blocking call has waited [`STALL_CHECK`](crate::STALL_CHECK)
-    /// without progress. Never touches a live participant.
+    /// without progress. Never touches a live participant. Also undoes what is recorded under
+    /// the id of a free participant entry (see [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.

@@ -170,6 +170,11 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
         drop(loan);
         drop(producer);
         drop(consumer);
+        // A child that wants to take part attaches its own handles.
+        let own = q.producer().unwrap();
+        assert!(![p_id, c_id].contains(&participant_id(&own)));
+        own.send(b"child").unwrap();
+        drop(own);
         drop(q);
         leave_child(0)
     };
@@ -199,6 +204,9 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
     assert_eq!(&*m, b"loan!");
     assert!(!m.redelivered());
     drop(m);
+    if !exit_normally {
+        assert_eq!(&*newcomer.try_recv().unwrap(), b"child");
+    }
     assert!(matches!(newcomer.try_recv(), Err(RecvError::Empty)));
     assert_eq!(&*held, b"held");
     drop(held);
