@@ -708,6 +708,22 @@ mod loom_models {
         }
     }
 
+    /// A thread running `repair`'s sweep (dead entries and free entries' ids) on a probe
+    /// description of its own; `undone` counts the claims it undoes.
+    fn spawn_repair(
+        world: &Arc<World>,
+        undone: &Arc<AtomicU32>,
+    ) -> thread::JoinHandle<RecoveryStats> {
+        let (world, undone) = (world.clone(), undone.clone());
+        thread::spawn(move || {
+            let probe = world.description(20);
+            world
+                .table()
+                .sweep(&probe, &|o| world.recover(o, &undone), true)
+                .unwrap()
+        })
+    }
+
     /// Attach racing a sweep (with `repair`'s reclaim of free entries' ids) that reaps a dead
     /// entry: the dead owner's claim is undone exactly once; the attacher always gets an entry
     /// (there is room), keeps it marked as its own, and the sweep never undoes its claim or
@@ -727,19 +743,7 @@ mod loom_models {
                 .store(1 << 8 | Role::Consumer as u64, Ordering::Relaxed);
             world.claims[0].store(1, Ordering::Relaxed);
             let by_sweep = Arc::new(AtomicU32::new(0));
-            let sweeper = {
-                let (world, by_sweep) = (world.clone(), by_sweep.clone());
-                thread::spawn(move || {
-                    world
-                        .table()
-                        .sweep(
-                            &world.description(20),
-                            &|o| world.recover(o, &by_sweep),
-                            true,
-                        )
-                        .unwrap()
-                })
-            };
+            let sweeper = spawn_repair(&world, &by_sweep);
             let by_attach = AtomicU32::new(0);
             let attacher = world.description(10);
             let (index, reaped_on_attach) = world
@@ -801,19 +805,7 @@ mod loom_models {
             let me = (index + 1) as u16;
             world.claims[0].store(u64::from(me), Ordering::Release);
             let by_sweep = Arc::new(AtomicU32::new(0));
-            let sweeper = {
-                let (world, by_sweep) = (world.clone(), by_sweep.clone());
-                thread::spawn(move || {
-                    world
-                        .table()
-                        .sweep(
-                            &world.description(20),
-                            &|o| world.recover(o, &by_sweep),
-                            true,
-                        )
-                        .unwrap()
-                })
-            };
+            let sweeper = spawn_repair(&world, &by_sweep);
             // Detach, as `Recoverable::detach` and `Participant::drop` do it.
             world.recover(me, &by_owner);
             world.table().release(index);
