@@ -36,10 +36,13 @@
 //! ([`Process`]); in any other process, dropping a handle touches nothing shared (no undo, no
 //! mark, no unlock: the entry, its lock and its claims stay the parent's), and using one fails
 //! with `WrongProcess`. A child that wants to take part attaches handles of its own (the
-//! recovery probe, too, is reopened in each process). What remains: while a fork child that has
-//! not exec'd keeps the inherited descriptor open, it keeps the parent's locks alive, so a
-//! parent that dies meanwhile is found dead only once that child has exited or exec'd (the
-//! descriptors are close-on-exec).
+//! recovery probe, too, is reopened in each process). And the child must not keep the parent's
+//! locks alive either (a parent that died would look alive while the child lives): a fork
+//! handler points the child's copies of the lock descriptors at `/dev/null` before `fork()`
+//! returns there ([`LockFile`]). Not covered: a descriptor being opened in one thread while
+//! another forks, more than `LOCK_FILES` lock descriptors in one process, and children made
+//! without `fork()`'s handlers (a raw `clone`); such a child keeps the parent looking alive
+//! until it exits or execs (the descriptors are close-on-exec).
 //!
 //! # The recovery lock
 //!
@@ -61,6 +64,8 @@ use crate::layout::{Geometry, COUNTERS_OFFSET};
 use crate::shm::file::Mapping;
 use crate::shm::Region;
 use crate::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+use crate::sync::process::LockFile;
 #[cfg(not(loom))]
 pub(crate) use crate::sync::process::Process;
 #[cfg(not(loom))]
@@ -304,7 +309,7 @@ impl<'a> Table<'a> {
 pub(crate) struct Participant {
     index: u32,
     /// Holds the OFD lock on this entry's byte for as long as the participant lives.
-    lock_fd: File,
+    lock_fd: LockFile,
     region: Region,
     table: usize,
     max: u32,
@@ -461,12 +466,13 @@ impl Drop for RecoveryShare<'_> {
 /// A new open file description of the mapped file. OFD locks of one description never
 /// conflict with each other, so every lock holder needs its own.
 #[cfg(not(loom))]
-fn reopen(mapping: &Mapping) -> Result<File, Error> {
+fn reopen(mapping: &Mapping, process: Process) -> Result<LockFile, Error> {
     let proc_path = format!("/proc/self/fd/{}", mapping.file().as_raw_fd());
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&proc_path)
+        .map(|file| LockFile::new(file, process))
         .map_err(|e| Error::io(mapping.path(), "reopen for locking", e))
 }
 
@@ -532,7 +538,7 @@ pub(crate) trait Recoverable {
         let process =
             Process::current().map_err(|e| Error::io(path, "register the fork handler for", e))?;
         self.sweep(process, false)?;
-        let lock_fd = reopen(mapping)?;
+        let lock_fd = reopen(mapping, process)?;
         let region = mapping.region();
         let geometry = self.geometry();
         let table_offset = geometry.participants_offset as usize;
@@ -599,7 +605,7 @@ pub(crate) trait Recoverable {
     fn sweep(&self, process: Process, free_too: bool) -> Result<RecoveryStats, Error> {
         let mapping = self.mapping();
         let path = mapping.path();
-        let probe = mapping.recovery_probe(process, || reopen(mapping))?;
+        let probe = mapping.recovery_probe(process, || reopen(mapping, process))?;
         let region = mapping.region();
         let geometry = self.geometry();
         let share = RecoveryShare::take(&probe)

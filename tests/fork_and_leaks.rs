@@ -38,6 +38,7 @@ fn child_entry() {
         "fork_pipeline_drop" => pipeline_survives_a_fork_child(&args[0], false),
         "fork_pipeline_exit" => pipeline_survives_a_fork_child(&args[0], true),
         "fork_pubsub_service" => pubsub_and_service_survive_a_fork_child(&args[0]),
+        "hold_then_fork" => hold_then_fork(args),
         other => panic!("unknown role {other:?}"),
     });
 }
@@ -311,6 +312,48 @@ fn pubsub_and_service_survive_a_fork_child(dir: &str) {
     assert_eq!(client.wait(again).unwrap().payload(), b"ok");
     assert_eq!(svc.recovery_stats(), RecoveryStats::default());
     assert_eq!(channel.recovery_stats(), RecoveryStats::default());
+}
+
+/// args: path, ready file. Receives one message and holds it, forks a child that sleeps (30 s at
+/// most) holding copies of every descriptor, writes the child's pid to the ready file, then
+/// waits to be killed.
+fn hold_then_fork(args: &[String]) {
+    let q = Pipeline::open(&args[0]).unwrap();
+    let consumer = q.consumer().unwrap();
+    let _held = consumer.recv_timeout(HANG).unwrap();
+    let Some(forked) = fork() else {
+        std::thread::sleep(Duration::from_secs(30));
+        leave_child(0)
+    };
+    std::fs::write(&args[1], forked.as_raw().to_string()).unwrap();
+    sleep_forever();
+}
+
+/// A participant whose process dies while a child it forked (and that has not exec'd) still
+/// lives is found dead all the same: the child's copies of its lock descriptors were pointed
+/// away from the parent's descriptions at the fork.
+#[test]
+fn participant_dying_while_its_fork_child_lives_is_found_dead() {
+    let dir = TempDir::new("fork-then-die");
+    let path = dir.join("q");
+    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let producer = q.producer().unwrap();
+    producer.send(b"M").unwrap();
+    let ready = dir.join("forked");
+    let mut holder = child("hold_then_fork", &[s(&path), s(&ready)]);
+    wait_ready(&mut holder, &ready);
+    let grandchild: i32 = std::fs::read_to_string(&ready).unwrap().parse().unwrap();
+    let grandchild = nix::unistd::Pid::from_raw(grandchild);
+    kill_now(&mut holder);
+    let consumer = q.consumer().unwrap();
+    let m = consumer.recv_timeout(Duration::from_secs(10));
+    // The fork child must still be alive for the check to mean anything.
+    let alive = nix::sys::signal::kill(grandchild, None).is_ok();
+    let _ = nix::sys::signal::kill(grandchild, nix::sys::signal::Signal::SIGKILL);
+    assert!(alive, "the fork child exited too early");
+    let m = m.expect("the dead holder's message is delivered again while its fork child lives");
+    assert!(m.redelivered() && &*m == b"M");
+    assert_eq!(q.recovery_stats().reaped, 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use crate::error::{Corruption, Error};
 use crate::layout::{self, field, FileHeader, Geometry, MAX_FILE_SIZE};
 use crate::shm::Region;
 use crate::sync::atomic::Ordering;
-use crate::sync::process::Process;
+use crate::sync::process::{LockFile, Process};
 use memmap2::{MmapOptions, MmapRaw};
 use nix::libc;
 use std::fs::{File, OpenOptions};
@@ -40,11 +40,11 @@ pub(crate) struct Mapping {
     /// recovery; the mutex serialises recovery within the process (locks of one description
     /// never conflict with each other, so they cannot do it). Tagged with the process that
     /// opened it: a fork child shares the description, so it opens one of its own.
-    probe: Mutex<Option<(Process, File)>>,
+    probe: Mutex<Option<(Process, LockFile)>>,
 }
 
 /// The recovery probe, held exclusively within the process.
-pub(crate) struct Probe<'a>(MutexGuard<'a, Option<(Process, File)>>);
+pub(crate) struct Probe<'a>(MutexGuard<'a, Option<(Process, LockFile)>>);
 
 impl std::ops::Deref for Probe<'_> {
     type Target = File;
@@ -80,7 +80,7 @@ impl Mapping {
     pub(crate) fn recovery_probe<E>(
         &self,
         process: Process,
-        open: impl FnOnce() -> Result<File, E>,
+        open: impl FnOnce() -> Result<LockFile, E>,
     ) -> Result<Probe<'_>, E> {
         let mut guard = self
             .probe
