@@ -53,7 +53,9 @@
 //! without blocking, and only then recounts: with nobody else recovering, nothing is half-way
 //! except what the dead left. A process that dies holding it, either way, loses it.
 //!
-//! Each entry is 64 bytes: the state word (generation << 8 | role) and the PID (for humans).
+//! Each entry is 128 bytes: the state word (generation << 8 | role), the PID (for humans), the
+//! parked-on word, and from byte 64 the participant's own statistics (see `stats`), which
+//! detach and reaping move into the file-wide totals.
 
 #[cfg(not(loom))]
 use crate::error::{Error, RecvError, SendError};
@@ -63,11 +65,15 @@ use crate::layout::{Geometry, COUNTERS_OFFSET};
 #[cfg(not(loom))]
 use crate::shm::file::Mapping;
 use crate::shm::Region;
+#[cfg(not(loom))]
+use crate::stats::OwnStats;
 use crate::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
 use crate::sync::process::LockFile;
 #[cfg(not(loom))]
 pub(crate) use crate::sync::process::Process;
+#[cfg(not(loom))]
+use crate::sync::WaitCell;
 #[cfg(not(loom))]
 use nix::fcntl::{fcntl, FcntlArg};
 #[cfg(not(loom))]
@@ -79,16 +85,12 @@ use std::os::fd::AsRawFd;
 #[cfg(not(loom))]
 use std::sync::Arc;
 
-/// Within an entry: the "parked on" word, `offset + 1` of the wait cell whose waiter count
-/// includes this participant, or 0.
-const PARKED_ON: usize = 16;
-
 /// Within an entry: the PID of the process that attached it (for humans).
 const PID: usize = 8;
 
 /// Byte offset of the lock guarding entry 0 (far beyond any file: locks need no data there).
 #[cfg(not(loom))]
-const LOCK_BASE: i64 = 1 << 40;
+pub(crate) const LOCK_BASE: i64 = 1 << 40;
 
 /// Byte offset of the recovery lock (see the module docs).
 #[cfg(not(loom))]
@@ -96,6 +98,7 @@ const RECOVERY_LOCK: i64 = LOCK_BASE - 1;
 
 /// What a participant does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 #[repr(u8)]
 pub enum Role {
     /// Sends into a pipeline.
@@ -132,6 +135,12 @@ pub struct RecoveryStats {
     /// Other things a dead participant held, let go: subscriptions (so they stop holding
     /// publishers back), client entries and the replies they held.
     pub released: u64,
+    /// Commits and acknowledgements refused because the claim had been taken away meanwhile (a
+    /// participant judged dead while alive, or the file rewritten by another process): each one
+    /// a message not sent, or delivered again. Counted by the participant that was refused,
+    /// whether it was told (an `Err` from `commit`, `ack`, `reply`, `send`) or not (a message
+    /// or request dropped).
+    pub refused: u64,
 }
 
 impl std::ops::AddAssign for RecoveryStats {
@@ -140,6 +149,7 @@ impl std::ops::AddAssign for RecoveryStats {
         self.skipped += o.skipped;
         self.redelivered += o.redelivered;
         self.released += o.released;
+        self.refused += o.refused;
     }
 }
 
@@ -275,25 +285,10 @@ impl<'a> Table<'a> {
         if old & 0xff == ROLE_FREE {
             return RecoveryStats::default();
         }
-        // It died parked: take it off the count of the cell it was counted in (only if the
-        // recorded offset is a plausible cell inside the file; the file is untrusted).
-        let parked = self.region.u64_at(self.entry(index) + PARKED_ON);
-        let cell = parked.swap(0, Ordering::AcqRel);
-        if let Some(off) = (cell as usize).checked_sub(1) {
-            if off % 8 == 0
-                && off
-                    .checked_add(8)
-                    .is_some_and(|end| end <= self.region.len())
-            {
-                let _ = self.region.u32_at(off + 4).fetch_update(
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                    |n| n.checked_sub(1),
-                );
-            }
-        }
         let mut stats = recover((index + 1) as u16);
         stats.reaped += 1;
+        #[cfg(not(loom))]
+        OwnStats::at(self.region, self.entry(index)).depart();
         state.store(old & !0xff, Ordering::Release);
         stats
     }
@@ -328,10 +323,20 @@ impl Participant {
         Table::new(&self.region, self.table, self.max)
     }
 
-    /// This participant's "parked on" word (see `WaitCell::parked_as`).
-    pub(crate) fn parked(&self) -> &AtomicU64 {
-        self.region
-            .u64_at(self.table + self.index as usize * PARTICIPANT_SIZE + PARKED_ON)
+    /// `cell`, waited on by this participant: its waits are counted in its statistics, as
+    /// `blocked` (`counter::FULL` or `counter::EMPTY`).
+    #[inline]
+    pub(crate) fn waiting_on<'a>(&'a self, cell: WaitCell<'a>, blocked: usize) -> WaitCell<'a> {
+        cell.tallied(self.stats().tally(blocked))
+    }
+
+    /// This participant's own statistics counters (see `stats`).
+    #[inline]
+    pub(crate) fn stats(&self) -> OwnStats<'_> {
+        OwnStats::at(
+            &self.region,
+            self.table + self.index as usize * PARTICIPANT_SIZE,
+        )
     }
 
     /// The process that attached this participant.
@@ -381,6 +386,7 @@ impl Drop for Participant {
         if !self.process.is_current_exactly() {
             return;
         }
+        self.stats().depart();
         self.table().release(self.index);
         // Unlock explicitly: closing `lock_fd` alone would not release the lock while a child
         // forked by this process (sharing the description until it execs) is alive.
@@ -411,19 +417,35 @@ impl EntryLocks for FileLocks<'_> {
 /// can be had.
 #[cfg(not(loom))]
 fn set_lock(fd: &File, at: i64, kind: libc::c_int, wait: bool) -> nix::Result<()> {
-    let fl = libc::flock {
-        l_type: kind as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: at,
-        l_len: 1,
-        l_pid: 0,
-    };
+    let fl = lock_at(at, kind);
     let arg = if wait {
         FcntlArg::F_OFD_SETLKW(&fl)
     } else {
         FcntlArg::F_OFD_SETLK(&fl)
     };
     fcntl(fd.as_raw_fd(), arg).map(drop)
+}
+
+/// A lock of `kind` on byte `at`.
+#[cfg(not(loom))]
+fn lock_at(at: i64, kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: at,
+        l_len: 1,
+        l_pid: 0,
+    }
+}
+
+/// Whether some open file description (of any process) holds the lock guarding entry `index`:
+/// the liveness test of a sweep, asked without taking anything (`F_OFD_GETLK`), so it works
+/// on a descriptor opened read-only and changes nothing.
+#[cfg(not(loom))]
+pub(crate) fn is_locked(fd: &File, index: u32) -> nix::Result<bool> {
+    let mut fl = lock_at(LOCK_BASE + i64::from(index), libc::F_WRLCK);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_OFD_GETLK(&mut fl))?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// The recovery lock held shared on a description, for one recovery pass; released on drop.
@@ -496,6 +518,7 @@ impl<'a> Counters<'a> {
             stats.skipped,
             stats.redelivered,
             stats.released,
+            stats.refused,
         ]
         .into_iter()
         .enumerate()
@@ -512,6 +535,7 @@ impl<'a> Counters<'a> {
             skipped: self.word(1).load(Ordering::Relaxed),
             redelivered: self.word(2).load(Ordering::Relaxed),
             released: self.word(3).load(Ordering::Relaxed),
+            refused: self.word(4).load(Ordering::Relaxed),
         }
     }
 }
@@ -610,6 +634,7 @@ pub(crate) trait Recoverable {
         let geometry = self.geometry();
         let share = RecoveryShare::take(&probe)
             .map_err(|e| Error::io(path, "take the recovery lock of", e.into()))?;
+        crate::stats::count_sweep(&region);
         let total = Table::new(
             &region,
             geometry.participants_offset as usize,
@@ -620,6 +645,14 @@ pub(crate) trait Recoverable {
         share.recount_alone(|| self.recount());
         Counters::of(&region).add(&total);
         Ok(total)
+    }
+
+    /// Counts a commit or acknowledgement refused because its claim was taken away.
+    fn count_refused(&self) {
+        Counters::of(&self.mapping().region()).add(&RecoveryStats {
+            refused: 1,
+            ..RecoveryStats::default()
+        });
     }
 
     /// What recovery has done on this file over its life.

@@ -8,14 +8,24 @@
 //! * **Exactly one consumer** receives each message; messages from one producer are received in
 //!   the order they were sent (by consumers taken together; with several consumers, two of them
 //!   may *process* neighbouring messages in any order).
-//! * **Zero copy on receive.** A [`Message`] borrows its slot; dropping it acknowledges the
-//!   message and frees the slot. A held message keeps its slot: when producers come round the
-//!   ring to it they wait, so hold few messages at a time and not for long.
+//! * **Zero copy on receive.** A [`Message`] borrows its slot; [`Message::ack`] or dropping it
+//!   acknowledges the message and frees the slot. A held message keeps its slot: when producers
+//!   come round the ring to it they wait, so hold few messages at a time and not for long.
+//! * **Zero copy on send, in order.** A [`Loan`] is a claimed slot written in place. Messages
+//!   are delivered in the order their slots were claimed, so a loan not yet committed at the
+//!   head of the ring holds up every consumer, even when later messages are ready: loan late
+//!   and commit promptly (see [`Producer::loan`]).
+//! * **Refusals are reported.** A commit or acknowledgement whose slot was taken away
+//!   meanwhile (recovery judged the participant dead, or another process rewrote the file)
+//!   fails with [`SendError::ClaimLost`] / [`RecvError::ClaimLost`] and is counted in
+//!   [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message's
+//!   acknowledgement is refused.
 //! * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
 //!   after every process exited finds them, in order.
 //! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
 //! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
-//!   system call when no receiver is parked (see [`WaitStrategy`]).
+//!   system call when no receiver is parked or about to park, but for one call after a
+//!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
 //!
 //! # Example
 //!
@@ -37,7 +47,7 @@
 //! ```
 
 use crate::error::{Error, RecvError, SendError};
-use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
+use crate::layout::{counter, Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
@@ -72,6 +82,19 @@ impl Options {
     /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The layout a queue created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        Geometry::pipeline(
+            self.capacity,
+            self.max_message as u64,
+            self.max_participants,
+        )
+        .map_err(Error::InvalidOptions)
     }
 
     /// Number of message slots (any number from 1 to 2^32).
@@ -165,12 +188,7 @@ impl Pipeline {
     /// directory is not writable, or there is no room for the file (space is reserved now).
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
-        let g = Geometry::pipeline(
-            options.capacity,
-            options.max_message as u64,
-            options.max_participants,
-        )
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path, &g, options.mode, |region| {
             let ring = MpmcRing::new(
                 region.clone(),
@@ -311,6 +329,7 @@ pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -346,12 +365,12 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
@@ -361,12 +380,18 @@ impl Producer {
     fn write_and_commit(&self, claim: WriteClaim, msg: &[u8]) -> Result<(), SendError> {
         let ring = self.ring();
         ring.write(&claim, 0, msg);
-        if ring.commit(claim, msg.len()) {
+        self.committed(ring.commit(claim, msg.len()))
+    }
+
+    /// The outcome of a commit: refused if a recovery pass had taken the slot away.
+    #[inline]
+    fn committed(&self, committed: bool) -> Result<(), SendError> {
+        if committed {
+            self.me.stats().add(counter::SENT, 1);
             Ok(())
         } else {
-            Err(SendError::Corrupt(crate::error::Corruption::BadState(
-                "a claimed slot changed under its producer",
-            )))
+            self.shared.count_refused();
+            Err(SendError::ClaimLost)
         }
     }
 
@@ -384,7 +409,9 @@ impl Producer {
     ///
     /// # Errors
     /// [`SendError::TooLarge`] if `msg` exceeds the maximum message size (nothing is written);
-    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`SendError::ClaimLost`] if the claimed slot was taken away before the commit (nothing
+    /// is delivered; see [`Loan::commit`]); [`SendError::Corrupt`] if the shared memory breaks
+    /// the protocol.
     #[inline]
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
         self.send_with(msg, Deadline::Never)
@@ -441,6 +468,13 @@ impl Producer {
     /// and [`commit`](Loan::commit)ted. Waits while the queue is full. Dropping the loan without
     /// committing abandons it: nothing is delivered.
     ///
+    /// **A loan holds up every consumer while it is the oldest slot.** Messages are delivered
+    /// in the order their slots were claimed, so while the loaned slot is at the head of the
+    /// ring, consumers find nothing to receive, even when messages committed after it are
+    /// ready (and so wait, or get [`RecvError::Empty`]). Prepare the data first, then loan,
+    /// fill and commit without doing anything slow in between; if producing a message takes
+    /// long, build it in a buffer of your own and [`send`](Self::send) a copy.
+    ///
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-loan-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
@@ -448,7 +482,7 @@ impl Producer {
     /// let producer = q.producer()?;
     /// let mut loan = producer.loan(5)?;
     /// loan.copy_from_slice(b"hello");
-    /// loan.commit();
+    /// loan.commit()?;
     /// assert_eq!(&*q.consumer()?.recv()?, b"hello");
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// # Ok::<(), shmq::Error>(())
@@ -516,16 +550,22 @@ pub struct Loan<'a> {
 
 impl Loan<'_> {
     /// Publishes the message. Consumers see all of it or none of it.
-    pub fn commit(mut self) {
-        if !self.producer.me.in_own_process() {
-            return;
-        }
-        if let Some(claim) = self.claim.take() {
-            let ring = self.producer.ring();
-            // A `false` here means a recovery pass took the slot away; nothing is published.
-            let _ = ring.commit(claim, self.len);
-            ring.not_empty().notify();
-        }
+    ///
+    /// # Errors
+    /// [`SendError::ClaimLost`] if the slot was taken away before the commit (a recovery pass
+    /// judged this producer dead, or another process rewrote the file): nothing is delivered,
+    /// and the refusal is counted in [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    /// [`SendError::WrongProcess`] in a fork child: nothing is done, the loan stays the
+    /// parent's.
+    pub fn commit(mut self) -> Result<(), SendError> {
+        self.producer.me.check_send()?;
+        let Some(claim) = self.claim.take() else {
+            return Ok(());
+        };
+        let ring = self.producer.ring();
+        let committed = ring.commit(claim, self.len);
+        ring.not_empty().notify();
+        self.producer.committed(committed)
     }
 }
 
@@ -562,6 +602,7 @@ impl Drop for Loan<'_> {
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
+            self.producer.me.stats().add(counter::ABANDONED, 1);
             ring.not_empty().notify();
         }
     }
@@ -584,6 +625,7 @@ pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -611,12 +653,15 @@ impl Consumer {
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         self.me.check_recv()?;
         let ring = self.ring();
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
@@ -659,7 +704,9 @@ impl Consumer {
 
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
-    /// Returns how many were handled.
+    /// Returns how many were handled. An acknowledgement refused (see [`Message::ack`]) is
+    /// not reported here, only counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
     ///
     /// # Errors
     /// As for [`recv`](Self::recv).
@@ -694,11 +741,18 @@ impl Consumer {
     }
 }
 
-/// A received message. It borrows its slot (zero copy); dropping it acknowledges the message
-/// and frees the slot for producers.
+/// A received message. It borrows its slot (zero copy); [`ack`](Self::ack) or dropping it
+/// acknowledges the message and frees the slot for producers.
 ///
-/// In a fork child (a copy inherited from the process that received it) it reads as empty and
-/// dropping it acknowledges nothing: the message stays the parent's.
+/// **A held message holds up producers, not consumers**: other consumers (and this one)
+/// receive the messages after it meanwhile, but producers that come round the ring to its
+/// slot wait until it is acknowledged. Hold few messages at a time and not for long; to work
+/// on one for long, copy it out (`msg.to_vec()`) and acknowledge it, accepting that a crash
+/// during the work then loses it.
+///
+/// In a fork child (a copy inherited from the process that received it) it reads as empty,
+/// [`ack`](Self::ack) fails with [`RecvError::WrongProcess`] and dropping it acknowledges
+/// nothing: the message stays the parent's.
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.
@@ -732,14 +786,49 @@ impl Message<'_> {
         bytemuck::try_from_bytes(self.bytes()).ok()
     }
 
+    /// Acknowledges the message: frees its slot for producers. Dropping the message does the
+    /// same, without telling whether it worked.
+    ///
+    /// # Errors
+    /// [`RecvError::ClaimLost`] if the message had been taken back before this (a recovery
+    /// pass judged this consumer dead, or another process rewrote the file): it may be
+    /// delivered again, flagged [`redelivered`](Self::redelivered). The refusal is counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message
+    /// is refused.
+    /// [`RecvError::WrongProcess`] in a fork child: nothing is done.
+    pub fn ack(mut self) -> Result<(), RecvError> {
+        self.consumer.me.check_recv()?;
+        let acked = self.release();
+        self.consumer.ring().not_full().notify();
+        if acked {
+            Ok(())
+        } else {
+            Err(RecvError::ClaimLost)
+        }
+    }
+
     /// Acknowledges without waking producers (the caller wakes them once for a batch).
     fn ack_quietly(mut self) {
+        self.release();
+    }
+
+    /// Frees the slot; `false` (and counted) if the claim had been taken away. Nothing in a
+    /// fork child (the claim is the parent's).
+    #[inline]
+    fn release(&mut self) -> bool {
         if !self.consumer.me.in_own_process() {
-            return;
+            return true;
         }
-        if let Some(claim) = self.claim.take() {
-            self.consumer.ring().release(claim);
+        let Some(claim) = self.claim.take() else {
+            return true;
+        };
+        let released = self.consumer.ring().release(claim);
+        if released {
+            self.consumer.me.stats().add(counter::RECEIVED, 1);
+        } else {
+            self.consumer.shared.count_refused();
         }
+        released
     }
 }
 
@@ -761,13 +850,9 @@ impl AsRef<[u8]> for Message<'_> {
 impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
-        if !self.consumer.me.in_own_process() {
-            return;
-        }
-        if let Some(claim) = self.claim.take() {
-            let ring = self.consumer.ring();
-            ring.release(claim);
-            ring.not_full().notify();
+        if self.claim.is_some() && self.consumer.me.in_own_process() {
+            self.release();
+            self.consumer.ring().not_full().notify();
         }
     }
 }

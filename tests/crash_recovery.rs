@@ -259,7 +259,7 @@ fn slow_producer(args: &[String]) {
     common::signal_ready(&args[1]);
     std::thread::sleep(SLOW);
     loan[half..].copy_from_slice(&msg[half..]);
-    loan.commit();
+    loan.commit().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -992,7 +992,7 @@ fn chaos_producer(args: &[String]) {
                         std::thread::sleep(Duration::from_micros(rng.below(3000)));
                     }
                     loan[..CHAOS_HDR].copy_from_slice(&buf[..CHAOS_HDR]);
-                    loan.commit();
+                    loan.commit().unwrap();
                     log.line(&format!("sent {id} {inc} {seq}\n"));
                     seq += 1;
                 }
@@ -1495,34 +1495,41 @@ fn chaos_killed_and_restarted_servers_answer_every_request_once() {
     );
 }
 
-/// How many waiters the queue's "not empty" wait cell counts, read through the file.
+/// How many waiters are registered on the queue's "not empty" wait cell, read through the
+/// file.
 fn not_empty_waiters(path: &Path) -> u32 {
-    use std::os::unix::fs::FileExt;
-    let off = shmq::layout::RING_CONTROL_OFFSET + shmq::layout::CTL_NOT_EMPTY + 4;
-    let mut b = [0u8; 4];
-    File::open(path)
-        .unwrap()
-        .read_exact_at(&mut b, off as u64)
-        .unwrap();
-    u32::from_le_bytes(b)
+    let cell = shmq::layout::RING_CONTROL_OFFSET + shmq::layout::CTL_NOT_EMPTY;
+    common::registered_waiters(path, cell as u64)
 }
 
-/// A consumer killed while parked in `recv` is taken off the wait cell's waiter count when it
-/// is reaped, so senders go back to paying no wake-up system call.
+/// A consumer killed while parked in `recv` stays registered on the wait cell; the next send
+/// pays one wake-up system call (which wakes nobody) and clears the registration, and the
+/// sends after it pay none. Recovery has nothing to do for it.
 #[test]
-fn killed_parked_consumer_is_taken_off_the_waiter_count() {
+fn killed_parked_consumer_costs_senders_one_wake_up_call_and_no_more() {
     let dir = TempDir::new("parked-death");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &Options::new().capacity(8).max_message(MAX)).unwrap();
     let mut c = child("recv_one", &[s(&path)]);
     let parked = common::wait_until(HANG, || not_empty_waiters(&path) == 1);
     assert!(parked, "the child never parked");
     c.kill();
-    let stats = q.repair().unwrap();
-    assert_eq!(stats.reaped, 1);
+    let calls = shmq::test_hooks::wake_calls();
+    assert_eq!(q.repair().unwrap().reaped, 1);
     assert_eq!(
         not_empty_waiters(&path),
-        0,
-        "a dead waiter is still counted"
+        1,
+        "the dead waiter's registration"
+    );
+    let producer = q.producer().unwrap();
+    producer.send(&sealed("first")).unwrap();
+    assert_eq!(not_empty_waiters(&path), 0, "the send cleared it");
+    for i in 0..4 {
+        producer.send(&sealed(&format!("after {i}"))).unwrap();
+    }
+    assert_eq!(
+        shmq::test_hooks::wake_calls() - calls,
+        1,
+        "wake-up system calls after a parked consumer died"
     );
 }

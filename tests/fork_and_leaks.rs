@@ -198,7 +198,7 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
         "the newcomer got a live participant's id {n_id}"
     );
     // The loan still commits and is received; the held message is still the parent's.
-    loan.commit();
+    loan.commit().expect("the parent's loan commits");
     let m = newcomer
         .try_recv()
         .expect("the parent's loan was delivered");

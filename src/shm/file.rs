@@ -167,6 +167,16 @@ fn read_header(region: &Region) -> FileHeader {
 
 /// Opens and validates an existing queue file of `kind`.
 pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), Error> {
+    open_allowing(path, kind, 0)
+}
+
+/// [`open`] for an opener that serves the pipeline flags `pipeline_flags` (see
+/// [`Geometry::validate_allowing`]).
+pub(crate) fn open_allowing(
+    path: &Path,
+    kind: u32,
+    pipeline_flags: u32,
+) -> Result<(Arc<Mapping>, Geometry), Error> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -219,7 +229,7 @@ pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), E
                 probe: Mutex::new(None),
             });
             let header = read_header(&mapping.region());
-            match Geometry::validate(&header, kind, len) {
+            match Geometry::validate_allowing(&header, kind, len, pipeline_flags) {
                 Ok(g) => return Ok((mapping, g)),
                 Err(Corruption::Uninitialized) if started.elapsed() < CREATION_GRACE => {}
                 Err(problem) => return Err(Error::corrupt(path, problem)),

@@ -7,4 +7,4 @@ pub(crate) mod futex;
 pub(crate) mod process;
 pub(crate) mod wait;
 
-pub(crate) use wait::{Deadline, WaitCell, WaitStrategy};
+pub(crate) use wait::{Deadline, Tally, WaitCell, WaitStrategy};
