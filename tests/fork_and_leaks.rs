@@ -82,6 +82,20 @@ fn entry_locked(path: &Path, id: u16) -> bool {
     fl.l_type != libc::F_UNLCK as libc::c_short
 }
 
+/// Asserts that the participant table of the file at `path` lists exactly `ids`, in use by
+/// this process and alive.
+fn table_holds_exactly(path: &Path, ids: &[u16]) {
+    let report = shmq::inspect::inspect(path).unwrap();
+    let mut found: Vec<u16> = report.participants.iter().map(|p| p.id).collect();
+    found.sort_unstable();
+    let mut want = ids.to_vec();
+    want.sort_unstable();
+    assert_eq!(found, want, "participant entries in use");
+    for p in &report.participants {
+        assert!(p.alive && p.pid == std::process::id(), "{p:?}");
+    }
+}
+
 /// Forks. `None` in the child (where a panic ends the process at once with status 2, never
 /// unwinding into the test harness), the child's id in the parent. Only from a child process of
 /// the test (see `fork_scenario`), which runs no other test's threads.
@@ -181,6 +195,7 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
     };
     expect_child_ok(forked);
 
+    table_holds_exactly(&path, &[p_id, c_id]);
     assert!(
         entry_locked(&path, p_id),
         "the parent's producer entry lost its lock"
@@ -295,6 +310,9 @@ fn pubsub_and_service_survive_a_fork_child(dir: &str) {
     };
     expect_child_ok(forked);
 
+    // Attached in order into a fresh table: publisher 1, subscriber 2; server 1, client 2.
+    table_holds_exactly(&ch_path, &[1, 2]);
+    table_holds_exactly(&svc_path, &[1, 2]);
     assert_eq!(channel.repair().unwrap(), RecoveryStats::default());
     assert_eq!(svc.repair().unwrap(), RecoveryStats::default());
     // The subscription still holds Block-mode publishers back (it was not detached) and still
