@@ -57,33 +57,26 @@
 //! parked-on word, and from byte 64 the participant's own statistics (see `stats`), which
 //! detach and reaping move into the file-wide totals.
 
-#[cfg(not(loom))]
-use crate::error::{Error, RecvError, SendError};
 use crate::layout::PARTICIPANT_SIZE;
-#[cfg(not(loom))]
-use crate::layout::{Geometry, COUNTERS_OFFSET};
-#[cfg(not(loom))]
-use crate::shm::file::Mapping;
 use crate::shm::Region;
-#[cfg(not(loom))]
-use crate::stats::OwnStats;
 use crate::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
-use crate::sync::process::LockFile;
-#[cfg(not(loom))]
 pub(crate) use crate::sync::process::Process;
+// The file-backed half: OFD locks, the mapping, the handles' errors and statistics.
 #[cfg(not(loom))]
-use crate::sync::WaitCell;
-#[cfg(not(loom))]
-use nix::fcntl::{fcntl, FcntlArg};
-#[cfg(not(loom))]
-use nix::libc;
-#[cfg(not(loom))]
-use std::fs::File;
-#[cfg(not(loom))]
-use std::os::fd::AsRawFd;
-#[cfg(not(loom))]
-use std::sync::Arc;
+use {
+    crate::error::{Error, RecvError, SendError},
+    crate::layout::{Geometry, COUNTERS_OFFSET},
+    crate::shm::file::Mapping,
+    crate::stats::OwnStats,
+    crate::sync::process::LockFile,
+    crate::sync::WaitCell,
+    nix::fcntl::{fcntl, FcntlArg},
+    nix::libc,
+    std::fs::File,
+    std::os::fd::AsRawFd,
+    std::sync::Arc,
+};
 
 /// Within an entry: the PID of the process that attached it (for humans).
 const PID: usize = 8;
