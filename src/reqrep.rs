@@ -82,7 +82,7 @@ use crate::layout::{
     counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
     RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
-use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
+use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -270,6 +270,10 @@ impl Recoverable for Shared {
         }
         stats
     }
+
+    fn recount(&self) {
+        self.requests.recount_redeliveries();
+    }
 }
 
 impl Shared {
@@ -399,7 +403,8 @@ impl Service {
     /// took is delivered again to another server (flagged [`Request::redelivered`]); a dead
     /// client's entry returns to the pool and replies to it are dropped. This also happens on
     /// attach and whenever a blocking call has waited [`STALL_CHECK`](crate::STALL_CHECK)
-    /// without progress. Never touches a live participant.
+    /// without progress. Never touches a live participant. Also undoes what is recorded under
+    /// the id of a free participant entry (see [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
@@ -480,6 +485,12 @@ impl Service {
 }
 
 /// Serves a service's requests. `Send + Sync`.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the service (the parent's
+/// participant entry, lock and requests stay the parent's); a child attaches its own. Dropping
+/// it in its own process detaches it, first delivering again (to another server) any
+/// [`Request`] it leaked (`mem::forget`), flagged [`Request::redelivered`].
 pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
@@ -505,6 +516,7 @@ impl Server {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = &self.shared.requests;
         let waited = self
             .me
@@ -565,6 +577,10 @@ impl Server {
 /// A request taken by a server. Its payload borrows the request's slot. Reply with
 /// [`reply`](Self::reply); dropping it without replying acknowledges it and sends the client a
 /// "no reply" notice (its wait ends with [`RecvError::NoReply`]).
+///
+/// In a fork child (a copy inherited from the process that took it) its payload reads as
+/// empty, replying fails with [`SendError::WrongProcess`] and dropping it does nothing: the
+/// request stays the parent's.
 pub struct Request<'a> {
     server: &'a Server,
     /// Always `Some` until the request is acknowledged.
@@ -597,8 +613,10 @@ impl Request<'_> {
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..],
-            None => &[],
+            Some(claim) if self.server.me.in_own_process() => {
+                &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..]
+            }
+            _ => &[],
         }
     }
 
@@ -620,6 +638,7 @@ impl Request<'_> {
     /// [`RecoveryStats::refused`].
     #[inline]
     pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
+        self.server.me.check_send()?;
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
         let outcome = self.deliver(payload, 0);
@@ -691,7 +710,7 @@ impl Drop for Request<'_> {
     /// Dropped without a reply: tell the client there will be none (so it neither waits for
     /// ever nor keeps counting the request as outstanding), then acknowledge.
     fn drop(&mut self) {
-        if self.claim.is_some() {
+        if self.claim.is_some() && self.server.me.in_own_process() {
             let _ = self.deliver(&[], FLAG_NO_REPLY);
             self.acknowledge();
         }
@@ -801,6 +820,12 @@ impl DroppedTickets {
 /// at most `reply_capacity` replies are ever owed to the client, and servers never find its
 /// reply ring full. A request given up — its wait timed out or failed, or its [`Pending`] was
 /// dropped — keeps its place until its late reply arrives, which is then discarded.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] / [`RecvError::WrongProcess`] and dropping it does nothing to
+/// the service (the parent's client entry, participant entry and lock stay the parent's); a
+/// child attaches its own. Dropping it in its own process detaches it, freeing any [`Reply`]
+/// slot it leaked (`mem::forget`).
 pub struct Client {
     shared: Arc<Shared>,
     index: u32,
@@ -866,6 +891,9 @@ struct Ledger {
 
 /// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
 /// from the client's buffer if it arrived while the client waited for another.
+///
+/// In a fork child (a copy inherited from the process that received it) a reply still in its
+/// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
 pub struct Reply<'a> {
     source: ReplySource<'a>,
 }
@@ -876,6 +904,8 @@ enum ReplySource<'a> {
         ring: &'a MpmcRing,
         /// Always `Some` until dropped.
         claim: Option<ReadClaim>,
+        /// The client's process: the only one that may read or free the slot.
+        process: Process,
     },
     Kept(&'a [u8]),
 }
@@ -888,9 +918,10 @@ impl Reply<'_> {
             ReplySource::Slot {
                 ring,
                 claim: Some(claim),
+                process,
                 ..
-            } => &ring.payload(claim)[ENVELOPE_SIZE..],
-            ReplySource::Slot { claim: None, .. } => &[],
+            } if process.is_current() => &ring.payload(claim)[ENVELOPE_SIZE..],
+            ReplySource::Slot { .. } => &[],
             ReplySource::Kept(bytes) => bytes,
         }
     }
@@ -910,8 +941,12 @@ impl Drop for Reply<'_> {
             shared,
             ring,
             claim,
+            process,
         } = &mut self.source
         {
+            if !process.is_current() {
+                return;
+            }
             if let Some(claim) = claim.take() {
                 shared.release(ring, claim);
             }
@@ -1093,6 +1128,7 @@ impl Client {
 
     #[inline]
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+        self.me.check_send()?;
         self.shared.check_len(payload.len())?;
         let id = match self.ledger.take() {
             Some(id) => id,
@@ -1202,6 +1238,7 @@ impl Client {
         mut pending: Pending,
         deadline: Deadline,
     ) -> Result<Reply<'_>, RecvError> {
+        self.me.check_recv()?;
         let want = pending.id;
         let ours = pending
             .dropped
@@ -1254,6 +1291,7 @@ impl Client {
                     shared: &self.shared,
                     ring: self.reply_ring(),
                     claim: Some(claim),
+                    process: self.me.process(),
                 },
             }),
             Ok(Some(None)) => Err(RecvError::NoReply),
@@ -1329,14 +1367,25 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Detach: replies still in flight for this generation are dropped by servers, or by
-        // the entry's next owner, whose generation differs.
-        let state = self.shared.client_state(self.index);
-        let old = state.load(Ordering::Acquire);
-        state.store(
-            old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
-            Ordering::Release,
-        );
+        if self.me.in_own_process() {
+            // Detach: replies still in flight for this generation are dropped by servers, or
+            // by the entry's next owner, whose generation differs.
+            let state = self.shared.client_state(self.index);
+            let old = state.load(Ordering::Acquire);
+            state.store(
+                old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
+                Ordering::Release,
+            );
+        }
+        // Then free the reply slots it leaked, and its participant entry.
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Server {
+    /// Detaches: delivers again the requests this server leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 
