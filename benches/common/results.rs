@@ -52,11 +52,19 @@ impl Run {
             .unwrap_or_default();
         let (date, time) = utc(now);
         let dir = out_dir();
-        let path = dir.join(format!(
-            "{bench}-{}T{}Z.json",
+        let stem = format!(
+            "{bench}-{}T{}Z",
             date.replace('-', ""),
             time.replace(':', "")
-        ));
+        );
+        // Two runs started in one second (smoke runs) get `-2`, `-3`, ...
+        let path = (1..)
+            .map(|n| match n {
+                1 => dir.join(format!("{stem}.json")),
+                n => dir.join(format!("{stem}-{n}.json")),
+            })
+            .find(|path| !path.exists())
+            .expect("a free name");
         let (commit, dirty) = git_commit();
         let mut doc = Map::new();
         doc.insert("format".into(), json!("shmq-bench/1"));
