@@ -104,8 +104,8 @@ struct Run {
     machine: String,
     round_trips: Vec<RoundTrip>,
     throughput: Vec<Rate>,
-    targets: Vec<Target>,
-    reported: Vec<Reported>,
+    /// The targets, then the figures reported without one.
+    figures: Vec<Figure>,
 }
 
 struct RoundTrip {
@@ -124,17 +124,32 @@ struct Rate {
     ratio: Option<f64>,
 }
 
-struct Target {
+/// A row of a bench's targets table.
+struct Figure {
     figure: String,
     measured: Option<f64>,
-    comparison: String,
-    target: f64,
+    goal: Goal,
 }
 
-struct Reported {
-    figure: String,
-    measured: Option<f64>,
-    aim: Option<String>,
+enum Goal {
+    /// A target the figure must not exceed.
+    Ceiling(f64),
+    /// A target the figure must reach.
+    Floor(f64),
+    /// Reported without a target; what it should come close to, if anything.
+    Aim(Option<String>),
+}
+
+impl Goal {
+    /// The target column, and whether `measured` meets it (`None`: no target, or no figure).
+    fn judge(&self, measured: Option<f64>) -> (String, Option<bool>) {
+        match self {
+            Goal::Ceiling(t) => (format!("≤ {t}"), measured.map(|m| m <= *t)),
+            Goal::Floor(t) => (format!("≥ {t}"), measured.map(|m| m >= *t)),
+            Goal::Aim(None) => ("reported".to_owned(), None),
+            Goal::Aim(Some(aim)) => (format!("reported (aim {aim})"), None),
+        }
+    }
 }
 
 fn text(v: &Value) -> String {
@@ -211,19 +226,23 @@ impl Run {
                     ratio: row["ratio"].as_f64(),
                 })
                 .collect(),
-            targets: list(&doc, "targets")
-                .map(|row| Target {
-                    figure: text(&row["figure"]),
-                    measured: row["measured"].as_f64(),
-                    comparison: text(&row["comparison"]),
-                    target: row["target"].as_f64().unwrap_or(f64::NAN),
+            figures: list(&doc, "targets")
+                .map(|row| {
+                    let target = row["target"].as_f64().unwrap_or(f64::NAN);
+                    let goal = match row["comparison"].as_str() {
+                        Some("<=") => Goal::Ceiling(target),
+                        _ => Goal::Floor(target),
+                    };
+                    (row, goal)
                 })
-                .collect(),
-            reported: list(&doc, "reported")
-                .map(|row| Reported {
+                .chain(
+                    list(&doc, "reported")
+                        .map(|row| (row, Goal::Aim(row["aim"].as_str().map(str::to_owned)))),
+                )
+                .map(|(row, goal)| Figure {
                     figure: text(&row["figure"]),
                     measured: row["measured"].as_f64(),
-                    aim: row["aim"].as_str().map(str::to_owned),
+                    goal,
                 })
                 .collect(),
         })
@@ -403,9 +422,8 @@ fn markdown(runs: &[Run], benches: &[Bench]) -> String {
                 ));
             }
         }
-        let figures = bench.names(|r| &r.targets, |t| &t.figure);
-        let reported = bench.names(|r| &r.reported, |t| &t.figure);
-        if figures.is_empty() && reported.is_empty() {
+        let figures = bench.names(|r| &r.figures, |t| &t.figure);
+        if figures.is_empty() {
             continue;
         }
         line(format!(
@@ -416,52 +434,28 @@ fn markdown(runs: &[Run], benches: &[Bench]) -> String {
         line(format!("| figure |{run_cols} median | target | |"));
         line(format!("|---|{}---:|---:|---|", "---:|".repeat(n)));
         for figure in &figures {
-            let each: Vec<Option<&Target>> = bench
+            let each: Vec<Option<&Figure>> = bench
                 .runs
                 .iter()
-                .map(|run| run.targets.iter().find(|t| &t.figure == figure))
+                .map(|run| run.figures.iter().find(|t| &t.figure == figure))
                 .collect();
-            let cells: String = each
-                .iter()
-                .map(|t| format!(" {} |", fmt_ratio(t.and_then(|t| t.measured))))
-                .collect();
-            let med = median(each.iter().filter_map(|t| t.and_then(|t| t.measured)));
             let Some(first) = each.iter().flatten().next() else {
                 continue;
             };
-            let (cmp, met) = match first.comparison.as_str() {
-                "<=" => ("≤", med.map(|m| m <= first.target)),
-                _ => ("≥", med.map(|m| m >= first.target)),
-            };
-            let verdict = match met {
-                Some(true) => "met",
-                Some(false) => "**not met**",
-                None => "n/a",
-            };
-            line(format!(
-                "| {figure} |{cells} {} | {cmp} {} | {verdict} |",
-                fmt_ratio(med),
-                first.target
-            ));
-        }
-        for figure in &reported {
-            let each: Vec<Option<&Reported>> = bench
-                .runs
-                .iter()
-                .map(|run| run.reported.iter().find(|t| &t.figure == figure))
-                .collect();
             let cells: String = each
                 .iter()
                 .map(|t| format!(" {} |", fmt_ratio(t.and_then(|t| t.measured))))
                 .collect();
             let med = median(each.iter().filter_map(|t| t.and_then(|t| t.measured)));
-            let aim = each
-                .iter()
-                .flatten()
-                .find_map(|t| t.aim.as_deref())
-                .map_or_else(String::new, |aim| format!(" (aim {aim})"));
+            let (target, met) = first.goal.judge(med);
+            let verdict = match (met, &first.goal) {
+                (_, Goal::Aim(_)) => "",
+                (Some(true), _) => "met",
+                (Some(false), _) => "**not met**",
+                (None, _) => "n/a",
+            };
             line(format!(
-                "| {figure} |{cells} {} | reported{aim} | |",
+                "| {figure} |{cells} {} | {target} | {verdict} |",
                 fmt_ratio(med)
             ));
         }
