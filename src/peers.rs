@@ -53,8 +53,8 @@
 //! without blocking, and only then recounts: with nobody else recovering, nothing is half-way
 //! except what the dead left. A process that dies holding it, either way, loses it.
 //!
-//! Each entry is 128 bytes: the state word (generation << 8 | role), the PID (for humans), the
-//! parked-on word, and from byte 64 the participant's own statistics (see `stats`), which
+//! Each entry is 128 bytes: the state word (generation << 8 | role), the PID (for humans),
+//! and from byte 64 the participant's own statistics (see `stats`), which
 //! detach and reaping move into the file-wide totals.
 
 use crate::layout::PARTICIPANT_SIZE;
