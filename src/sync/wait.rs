@@ -299,7 +299,14 @@ impl<'a> WaitCell<'a> {
                 return; // woken: the notifier took this waiter off the count
             }
             // Timed out, interrupted, or woken for nothing (under loom, by another cell).
-            let time_left = until.and_then(|u| u.checked_duration_since(Instant::now()));
+            // Loom's futex has no timeout and a model must not depend on the wall clock (a slow
+            // execution would take another branch and break loom's replay), so there time
+            // never runs out.
+            let time_left = if cfg!(loom) {
+                Some(left)
+            } else {
+                until.and_then(|u| u.checked_duration_since(Instant::now()))
+            };
             match time_left {
                 Some(t) if now != expected && !t.is_zero() => {
                     (expected, left) = (now, t);
