@@ -37,9 +37,13 @@ impl<'a> OwnStats<'a> {
     }
 
     #[inline]
+    fn offset(&self, which: usize) -> usize {
+        self.entry + PARTICIPANT_STATS + 8 * which
+    }
+
+    #[inline]
     fn word(&self, which: usize) -> &'a AtomicU64 {
-        self.region
-            .u64_at(self.entry + PARTICIPANT_STATS + 8 * which)
+        self.region.u64_at(self.offset(which))
     }
 
     /// Adds `n` to counter `which` (one of the `counter::*` participant constants).
@@ -53,8 +57,9 @@ impl<'a> OwnStats<'a> {
     #[inline]
     pub(crate) fn tally(&self, blocked: usize) -> Tally<'a> {
         Tally {
-            blocked: self.word(blocked),
-            parked: self.word(counter::PARKED),
+            region: self.region,
+            blocked: self.offset(blocked),
+            parked: self.offset(counter::PARKED),
         }
     }
 

@@ -67,7 +67,7 @@
 //! gives up on a CAS that a join or leave raced) and the ring models of `ring::mpmc` and
 //! `ring::broadcast`, whose blocked senders and receivers deadlock on any lost wake-up.
 
-use super::atomic::{bump, fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use super::atomic::{bump, fence, spin_hint, AtomicU32, Ordering};
 use super::futex;
 use crate::layout::{WAIT_EPOCH_ONE, WAIT_WAITERS_MASK};
 use crate::shm::Region;
@@ -171,10 +171,21 @@ pub(crate) struct WaitCell<'a> {
 /// Where a waiter counts its waits (in its own participant entry, written only by it): calls
 /// whose first attempt failed (`blocked`: the queue was full, or empty), and of those the ones
 /// that went to sleep on the futex (`parked`, once per call however often it slept).
+///
+/// Only offsets: the words are looked up (and bounds-checked) when a wait first fails, never
+/// on the fast path where the condition already holds.
 #[derive(Clone, Copy)]
 pub(crate) struct Tally<'a> {
-    pub(crate) blocked: &'a AtomicU64,
-    pub(crate) parked: &'a AtomicU64,
+    pub(crate) region: &'a Region,
+    pub(crate) blocked: usize,
+    pub(crate) parked: usize,
+}
+
+impl Tally<'_> {
+    #[inline]
+    fn count(&self, offset: usize) {
+        bump(self.region.u64_at(offset), 1);
+    }
 }
 
 /// The epoch part of a futex word.
@@ -354,7 +365,7 @@ impl<'a> WaitCell<'a> {
             return Ok(Some(v));
         }
         if let Some(tally) = &self.tally {
-            bump(tally.blocked, 1);
+            tally.count(tally.blocked);
         }
         if let Deadline::Now = deadline {
             return Ok(None);
@@ -420,7 +431,7 @@ impl<'a> WaitCell<'a> {
                 return outcome;
             }
             if let Some(tally) = self.tally.filter(|_| !parked_before) {
-                bump(tally.parked, 1);
+                tally.count(tally.parked);
             }
             parked_before = true;
             self.sleep(joined, left.min(max_park()));
