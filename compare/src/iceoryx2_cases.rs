@@ -31,7 +31,9 @@ use iceoryx2::prelude::*;
 use iceoryx2::service::port_factory::publish_subscribe::PortFactory as PubSubService;
 
 use crate::common::{check_stamp, RoundTrip, STREAM_MESSAGE};
-use crate::peer::{produce_on_command, wait_for_command, CommandedThroughput, Inbox, WatchedPeer};
+use crate::peer::{
+    produce_on_command, wait_for_command, CommandedPeer, CommandedThroughput, Inbox,
+};
 
 pub const ICEORYX2_ECHO: &str = "iceoryx2-echo";
 pub const ICEORYX2_PRODUCER: &str = "iceoryx2-producer";
@@ -129,7 +131,7 @@ fn wait_for(what: &str, ready: impl Fn() -> bool) {
 
 /// Busy-poll ping-pong over two publish-subscribe services (see the module docs).
 pub struct Iceoryx2PingPong {
-    peer: WatchedPeer, // Fields drop in order: the peer first, our node last.
+    peer: CommandedPeer, // Fields drop in order: the peer first, our node last.
     parked: bool,
     ping: Pub,
     pong: Sub,
@@ -148,7 +150,7 @@ impl Iceoryx2PingPong {
         ];
         let ping = publisher(&services[0], MAX_MESSAGE);
         let pong = subscriber(&services[1]);
-        let peer = WatchedPeer::spawn(ICEORYX2_ECHO, &names);
+        let peer = CommandedPeer::spawn(ICEORYX2_ECHO, &names);
         wait_for("subscriber on ping", || {
             services[0].dynamic_config().number_of_subscribers() == 1
         });

@@ -29,7 +29,7 @@ use std::env;
 use std::process;
 use std::time::Duration;
 
-use common::{OneWayCase, Percentiles, Role, RoundTripCase};
+use common::{OneWayCase, Role, RoundTripCase};
 
 /// Round-trip message sizes.
 const SIZES: [usize; 2] = [64, 1024];
@@ -109,44 +109,6 @@ fn one_way_cases() -> Vec<OneWayCase> {
     ]
 }
 
-/// Round trips of `size` bytes (other than 64, which `common::round_trip_report` takes and
-/// records), each case between raw atomic medians of the same size; printed like the harness's
-/// tables, and recorded in the raw results as notes (the harness records only 64-byte rows).
-fn round_trip_table(size: usize, round_trips: usize) {
-    let round_trips = common::sample_count(round_trips);
-    let mut raw = common::ShmPingPong::raw_atomic();
-    let mut rows = Vec::new();
-    for (name, spawn) in round_trip_cases() {
-        let mut case = spawn();
-        let bracketed =
-            common::bracket_with_raw(&mut raw, size, || case.percentiles(size, round_trips));
-        drop(case); // Its peers stop before the next case starts.
-        rows.push((name.to_owned(), bracketed));
-    }
-    let plain: Vec<(String, Percentiles)> = rows
-        .iter()
-        .map(|(name, b)| (name.clone(), b.case))
-        .collect();
-    println!("\n## {size}-byte round trips, {round_trips} each\n");
-    common::print_table(&plain, "raw atomic");
-    println!("\nThe same, each beside raw atomic medians of {size} bytes taken just before and after it:\n");
-    common::print_bracketed(&rows);
-    for (name, b) in &rows {
-        let ns = |d: Duration| d.as_nanos();
-        common::record_note(&format!(
-            "{size}-byte round trips, {round_trips}: {name}: median {} ns, p99 {} ns, p99.9 {} ns, \
-             max {} ns; raw atomic before {} ns, after {} ns; median / raw {:.3}",
-            ns(b.case.median),
-            ns(b.case.p99),
-            ns(b.case.p999),
-            ns(b.case.max),
-            ns(b.raw_before),
-            ns(b.raw_after),
-            b.ratio()
-        ));
-    }
-}
-
 struct Args {
     smoke: bool,
     round_trips: usize,
@@ -214,10 +176,8 @@ fn run(args: &Args) {
         "parent on the parent CPU, every peer on the peer CPU (ZeroMQ's I/O thread on its \
          process's CPU)",
     );
-    let rows = common::round_trip_report(round_trip_cases(), args.round_trips);
-    drop(rows);
-    for size in SIZES.into_iter().filter(|&size| size != 64) {
-        round_trip_table(size, args.round_trips);
+    for size in SIZES {
+        common::round_trip_report_sized(round_trip_cases(), size, args.round_trips, |_, m| m());
     }
     common::throughput_report(
         one_way_cases(),

@@ -9,80 +9,36 @@
 //! measured. A run of `n` asks for `n + 1` messages and starts the clock after the first has
 //! arrived: waking the peer is not timed ([`CommandedThroughput`]).
 //!
-//! # Watched peers
-//! The parent blocks inside the transports' own receive calls, which cannot notice a dead peer; a
-//! watchdog thread sleeps in `waitid(WNOWAIT)` and ends the parent if the peer exits before it is
-//! dropped. This is the harness's `WatchedPeer` (benches/common/peers.rs), repeated here because
-//! that one cannot give the peer a piped stdin.
+//! # Peers with a command pipe
+//! A [`CommandedPeer`] is the harness's `WatchedPeer` (its early exit ends the parent, which may
+//! be blocked in a transport's receive call) with a piped stdin.
 
 use std::io::{Read, Write};
-use std::process::{self, ChildStdin, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::process::{ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use nix::unistd::Pid;
+use crate::common::{stamp, Cpu, OneWay, WatchedPeer, STREAM_MESSAGE};
 
-use crate::common::{self, stamp, OneWay, Peer, STREAM_MESSAGE};
-
-/// A peer process (pinned to the peer CPU) with a piped stdin, whose early exit ends this
-/// process. Dropping it kills and reaps the peer.
-pub struct WatchedPeer {
+/// A watched peer process on the peer CPU whose stdin is a pipe from us. Dropping it kills and
+/// reaps the peer (before closing the pipe: a peer that saw EOF would exit "early").
+pub struct CommandedPeer {
+    _peer: WatchedPeer,
     stdin: ChildStdin,
-    peer: Option<Peer>,
-    stopping: Arc<AtomicBool>,
-    watchdog: Option<JoinHandle<()>>,
 }
 
-impl WatchedPeer {
+impl CommandedPeer {
     /// Spawn this binary as `role` with `args`.
     pub fn spawn(role: &str, args: &[String]) -> Self {
-        let mut peer = common::spawn_peer_with(role, args, |cmd| {
+        let mut peer = WatchedPeer::spawn_with(role, args, Cpu::Peer, |cmd| {
             cmd.stdin(Stdio::piped());
         });
         let stdin = peer.child().stdin.take().expect("piped stdin");
-        let pid = Pid::from_raw(peer.child().id() as i32);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let role = role.to_owned();
-        let watchdog = thread::spawn({
-            let stopping = stopping.clone();
-            move || {
-                // WNOWAIT: the child stays waitable, for `Peer`'s drop to reap.
-                let status = loop {
-                    match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        status => break status,
-                    }
-                };
-                if !stopping.load(Ordering::Acquire) {
-                    eprintln!("shmq-compare: peer `{role}` exited early: {status:?}");
-                    process::exit(1);
-                }
-            }
-        });
-        Self {
-            stdin,
-            peer: Some(peer),
-            stopping,
-            watchdog: Some(watchdog),
-        }
+        Self { _peer: peer, stdin }
     }
 
     /// Write a command to the peer's stdin.
     pub fn command(&mut self, bytes: &[u8]) {
         self.stdin.write_all(bytes).expect("write to peer's stdin");
-    }
-}
-
-impl Drop for WatchedPeer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
-        drop(self.peer.take()); // Kills and reaps it, which ends the watchdog's wait.
-        if let Some(watchdog) = self.watchdog.take() {
-            let _ = watchdog.join();
-        }
     }
 }
 
@@ -100,7 +56,7 @@ pub trait Inbox {
 
 /// One-way throughput from a commanded producer peer (see the module docs) into `inbox`.
 pub struct CommandedThroughput<I: Inbox> {
-    peer: WatchedPeer, // First: the peer goes before the inbox's resources.
+    peer: CommandedPeer, // First: the peer goes before the inbox's resources.
     inbox: I,
     received: u64,
 }
@@ -110,7 +66,7 @@ impl<I: Inbox> CommandedThroughput<I> {
     /// `role` with `args` and wait until its first message has arrived.
     pub fn spawn(inbox: I, role: &str, args: &[String]) -> Self {
         let mut this = Self {
-            peer: WatchedPeer::spawn(role, args),
+            peer: CommandedPeer::spawn(role, args),
             inbox,
             received: 0,
         };

@@ -15,7 +15,7 @@ use std::process;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::common::{check_stamp, RoundTrip, STREAM_MESSAGE};
-use crate::peer::{produce_on_command, CommandedThroughput, Inbox, WatchedPeer};
+use crate::peer::{produce_on_command, CommandedPeer, CommandedThroughput, Inbox};
 
 pub const ZMQ_ECHO: &str = "zmq-echo";
 pub const ZMQ_PRODUCER: &str = "zmq-producer";
@@ -71,7 +71,7 @@ fn connected(ctx: &zmq::Context, kind: zmq::SocketType, url: &str) -> zmq::Socke
 
 /// Ping-pong over a `PAIR` socket (see the module docs).
 pub struct ZmqPingPong {
-    _peer: WatchedPeer, // Dropped first.
+    _peer: CommandedPeer, // Dropped first.
     socket: zmq::Socket,
     _ctx: zmq::Context,
     _endpoint: Endpoint,
@@ -83,7 +83,7 @@ impl ZmqPingPong {
         let ctx = zmq::Context::new();
         let endpoint = Endpoint::new("pair");
         let socket = bound(&ctx, zmq::PAIR, &endpoint);
-        let peer = WatchedPeer::spawn(ZMQ_ECHO, &[endpoint.url()]);
+        let peer = CommandedPeer::spawn(ZMQ_ECHO, &[endpoint.url()]);
         let mut this = Self {
             _peer: peer,
             socket,
