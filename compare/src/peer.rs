@@ -42,7 +42,7 @@ impl CommandedPeer {
     }
 }
 
-/// Read one byte from stdin (a command the parent wrote), blocking; `false` at EOF.
+/// Read a command the parent wrote to our stdin into `buf` (all of it), blocking; `false` at EOF.
 pub fn wait_for_command(buf: &mut [u8]) -> bool {
     std::io::stdin().lock().read_exact(buf).is_ok()
 }
