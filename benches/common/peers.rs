@@ -185,10 +185,21 @@ pub enum Cpu {
 
 /// [`spawn_peer`] pinned to `cpu`.
 pub fn spawn_peer_on(role: &str, args: &[String], cpu: Cpu) -> Peer {
+    spawn_peer_on_with(role, args, cpu, |_| {})
+}
+
+/// [`spawn_peer_on`], letting `configure` adjust the command first (as [`spawn_peer_with`]).
+fn spawn_peer_on_with(
+    role: &str,
+    args: &[String],
+    cpu: Cpu,
+    configure: impl FnOnce(&mut Command),
+) -> Peer {
     spawn_peer_with(role, args, |cmd| {
         if let (Cpu::Parent, Some((parent, _))) = (cpu, bench_cpus()) {
             cmd.env(CPU_ENV, parent.to_string());
         }
+        configure(cmd);
     })
 }
 
@@ -204,7 +215,18 @@ pub struct WatchedPeer {
 impl WatchedPeer {
     /// [`spawn_peer_on`], watched.
     pub fn spawn(role: &str, args: &[String], cpu: Cpu) -> Self {
-        let mut peer = spawn_peer_on(role, args, cpu);
+        Self::spawn_with(role, args, cpu, |_| {})
+    }
+
+    /// [`WatchedPeer::spawn`], letting `configure` adjust the command first (as
+    /// [`spawn_peer_with`]), e.g. to pipe the peer's stdin; take it with [`WatchedPeer::child`].
+    pub fn spawn_with(
+        role: &str,
+        args: &[String],
+        cpu: Cpu,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut peer = spawn_peer_on_with(role, args, cpu, configure);
         let pid = Pid::from_raw(peer.child().id() as i32);
         let stopping = Arc::new(AtomicBool::new(false));
         let role = role.to_owned();
@@ -229,6 +251,11 @@ impl WatchedPeer {
             stopping,
             watchdog: Some(watchdog),
         }
+    }
+
+    /// The process, e.g. to take its piped stdin.
+    pub fn child(&mut self) -> &mut Child {
+        self.peer.as_mut().expect("a live peer").child()
     }
 }
 

@@ -214,6 +214,17 @@ pub fn round_trip_report(
 pub fn round_trip_report_with(
     cases: Vec<RoundTripCase>,
     round_trips: usize,
+    inner: impl FnMut(&str, &mut dyn FnMut() -> Percentiles) -> Percentiles,
+) -> Vec<(String, Bracketed)> {
+    round_trip_report_sized(cases, 64, round_trips, inner)
+}
+
+/// [`round_trip_report_with`] for messages of `msg_size` bytes, bracketed by raw atomic medians
+/// of the same size.
+pub fn round_trip_report_sized(
+    cases: Vec<RoundTripCase>,
+    msg_size: usize,
+    round_trips: usize,
     mut inner: impl FnMut(&str, &mut dyn FnMut() -> Percentiles) -> Percentiles,
 ) -> Vec<(String, Bracketed)> {
     let round_trips = sample_count(round_trips);
@@ -221,8 +232,8 @@ pub fn round_trip_report_with(
     let mut rows = Vec::new();
     for (name, spawn) in cases {
         let mut case = spawn();
-        let bracketed = bracket_with_raw(&mut raw, 64, || {
-            inner(name, &mut || case.percentiles(64, round_trips))
+        let bracketed = bracket_with_raw(&mut raw, msg_size, || {
+            inner(name, &mut || case.percentiles(msg_size, round_trips))
         });
         drop(case); // Its peers stop before the next case starts.
         rows.push((name.to_owned(), bracketed));
@@ -231,13 +242,13 @@ pub fn round_trip_report_with(
         .iter()
         .map(|(name, b)| (name.clone(), b.case))
         .collect();
-    println!("\n## 64-byte round trips, {round_trips} each\n");
+    println!("\n## {msg_size}-byte round trips, {round_trips} each\n");
     print_table(&plain, RAW_ATOMIC);
     println!("\nThe same, each beside raw atomic medians taken just before and after it:\n");
     print_bracketed(&rows);
     let overhead = fmt_duration(timer_overhead());
     println!("\nEach sample includes the clock read: {overhead} (median, empty closure).");
-    results::record_round_trips(&rows, 64, round_trips);
+    results::record_round_trips(&rows, msg_size, round_trips);
     rows
 }
 
