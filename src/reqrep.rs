@@ -87,7 +87,8 @@ use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Deadline, WaitStrategy};
+use crate::sync::reactor::KeepAlive;
+use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -1337,6 +1338,21 @@ impl Drop for Client {
             old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
             Ordering::Release,
         );
+    }
+}
+
+/// What the futures of [`crate::asynchronous`] need: the cell a server waits on for
+/// requests, what keeps it mapped, and the stall sweep.
+impl Server {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (
+            self.shared.requests.not_empty(),
+            self.shared.mapping.clone(),
+        )
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
     }
 }
 
