@@ -1,7 +1,8 @@
 //! Async waiting: futures for every blocking call, woken by sends from any process.
 //!
 //! [`Consumer::recv_async`], [`Subscriber::recv_async`], [`Server::recv_async`],
-//! [`Producer::send_async`] and [`Publisher::publish_async`] return futures that resolve to
+//! [`Client::wait_async`], [`Producer::send_async`] and [`Publisher::publish_async`] return
+//! futures that resolve to
 //! what the blocking calls return (never [`RecvError::Empty`] / [`SendError::Full`]: they wait
 //! instead). They need no particular runtime — only [`std::task::Waker`] — and work under
 //! tokio, async-std, smol or a hand-written executor alike.
@@ -27,7 +28,8 @@
 //! Every future here is cancellation-safe. Dropping one that has not resolved (a `select!`
 //! branch that lost, a timeout) loses nothing: a message is only taken by the attempt that
 //! resolves the future, so an unresolved future holds no claim and the next receive gets the
-//! message. Dropping it also takes it off the wait cell's count at once, so senders stop
+//! message. [`Client::wait_async`] borrows its ticket rather than taking it, so a dropped wait
+//! leaves the request outstanding and the ticket as good as before. Dropping it also takes it off the wait cell's count at once, so senders stop
 //! paying wake-up calls for it.
 //!
 //! # The reactor thread
@@ -72,7 +74,7 @@
 use crate::error::{RecvError, SendError};
 use crate::pipeline::{Consumer, Message, Producer};
 use crate::pubsub::{Publisher, Subscriber, TopicMessage};
-use crate::reqrep::{Request, Server};
+use crate::reqrep::{Client, Found, Pending, Reply, Request, Server};
 use crate::sync::reactor::{AsyncSource, AsyncWait, KeepAlive};
 use crate::sync::WaitCell;
 use std::future::Future;
@@ -356,6 +358,84 @@ impl Server {
     pub fn recv_async(&self) -> RecvRequest<'_> {
         RecvRequest {
             server: self,
+            wait: AsyncWait::default(),
+        }
+    }
+}
+
+/// The future of [`Client::wait_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WaitReply<'a> {
+    /// `None` once resolved.
+    client: Option<&'a mut Client>,
+    pending: &'a mut Pending,
+    wait: AsyncWait,
+}
+
+impl std::fmt::Debug for WaitReply<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitReply")
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client looking for the reply to a ticket without redeeming it yet.
+struct Awaiting<'c, 'p> {
+    client: &'c mut Client,
+    pending: &'p Pending,
+}
+
+impl AsyncSource for Awaiting<'_, '_> {
+    type Ready = Found;
+    type Error = RecvError;
+    fn attempt(&mut self) -> Result<Option<Found>, RecvError> {
+        self.client.async_look(self.pending)
+    }
+    fn cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        self.client.async_cell()
+    }
+    fn repair(&self) {
+        self.client.async_repair();
+    }
+}
+
+impl<'a> Future for WaitReply<'a> {
+    type Output = Result<Reply<'a>, RecvError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let client = this
+            .client
+            .take()
+            .expect("WaitReply polled after it resolved");
+        let mut awaiting = Awaiting {
+            client: &mut *client,
+            pending: this.pending,
+        };
+        match this.wait.poll(cx, &mut awaiting) {
+            Poll::Ready(Ok(found)) => Poll::Ready(client.async_reply(this.pending, found)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.client = Some(client);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Awaits the reply to `pending`, as [`wait`](Self::wait) does. It borrows the ticket
+    /// rather than taking it, so that the wait is cancellation-safe: dropped before it
+    /// resolves, it leaves the request outstanding and the ticket valid for another wait
+    /// (replies to other requests it took meanwhile are kept for their own waits). Once it has
+    /// resolved, the ticket is spent: waiting on it again reports "no such request".
+    ///
+    /// # Errors
+    /// As for [`wait`](Self::wait); on [`RecvError::Corrupt`] the request is given up.
+    pub fn wait_async<'a>(&'a mut self, pending: &'a mut Pending) -> WaitReply<'a> {
+        WaitReply {
+            client: Some(self),
+            pending,
             wait: AsyncWait::default(),
         }
     }

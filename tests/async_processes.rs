@@ -37,6 +37,7 @@ fn child_entry() {
         "await_consumer" => await_consumer(args),
         "await_subscriber" => await_subscriber(args),
         "await_server" => await_server(args),
+        "await_client" => await_client(args),
         "await_send" => await_send(args),
         "await_publish" => await_publish(args),
         "await_select" => await_select(args),
@@ -109,6 +110,28 @@ fn await_server(args: &[String]) {
         let reply = [b"re:", req.payload()].concat();
         req.reply(&reply).unwrap();
     });
+}
+
+/// Sends a request; a first wait for its reply is cancelled by a timeout (the parent replies
+/// only after it), then a second wait gets the reply: the ticket survived the cancelled wait.
+fn await_client(args: &[String]) {
+    let svc = Service::open(&args[0]).unwrap();
+    let mut client = svc.client().unwrap();
+    let mut pending = client.send(b"ping").unwrap();
+    let rt = runtime();
+    let first = rt.block_on(async {
+        tokio::time::timeout(Duration::from_millis(100), client.wait_async(&mut pending))
+            .await
+            .is_err()
+    });
+    assert!(first, "a reply came before the parent sent one");
+    assert_eq!(client.outstanding(), 1);
+    signal_ready(&args[1]);
+    rt.block_on(async {
+        let reply = client.wait_async(&mut pending).await.unwrap();
+        assert_eq!(reply.payload(), b"pong");
+    });
+    assert_eq!(client.outstanding(), 0);
 }
 
 /// Fills a pipeline (capacity in the second argument), then awaits room for one more.
@@ -312,6 +335,25 @@ fn a_task_awaiting_a_server_is_woken_by_a_request_from_another_process() {
     let reply = client.request_timeout(b"ping", HANG).unwrap();
     assert_eq!(reply.payload(), b"re:ping");
     drop(reply);
+    c.expect_success(HANG);
+}
+
+#[test]
+fn a_task_awaiting_a_reply_is_woken_by_a_server_in_another_process_after_a_cancelled_wait() {
+    let dir = TempDir::new("async-client");
+    let path = dir.join("svc");
+    let options = ServiceOptions::new().max_message(64);
+    let svc = Service::create(&path, &options).unwrap();
+    let server = svc.server().unwrap();
+    let ready = dir.join("ready");
+    let mut c = child_with_env("await_client", &[s(&path), s(&ready)], &uncapped_park());
+    let request = server.recv_timeout(HANG).unwrap();
+    assert_eq!(request.payload(), b"ping");
+    wait_ready(&mut c, &ready);
+    // The only client has entry 0.
+    let reply_ring = options.geometry().unwrap().reply_block(0) as usize - RING_CONTROL_OFFSET;
+    wait_registered(&path, reply_ring + CTL_NOT_EMPTY, 1, &mut c);
+    request.reply(b"pong").unwrap();
     c.expect_success(HANG);
 }
 
