@@ -624,7 +624,7 @@ impl Drop for Subscriber {
 fn next_wanted(
     ring: &BroadcastRing,
     cursor: &mut u64,
-    buf: &mut Vec<u8>,
+    buf: &mut [u8],
     prefixes: &[Vec<u8>],
     entry: u32,
     stats: OwnStats<'_>,

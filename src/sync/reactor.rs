@@ -40,12 +40,14 @@
 //! stay for the life of the process). The control word is process-private: only this
 //! process's futures change a reactor's registrations.
 //!
-//! **Old kernels.** Without `futex_waitv` (Linux < 5.16: `ENOSYS`), a reactor falls back to
+//! **Old kernels.** Without `futex_waitv` (Linux < 5.16: `ENOSYS`; or any other error than a
+//! wake-up's, such as a seccomp filter's refusal), a reactor falls back to
 //! a timed re-poll: it sleeps on its control word for at most [`REPOLL`] and looks at every
 //! armed word again. Correct, at the price of up to a millisecond of latency and a thousand
 //! wake-ups a second while futures are pending.
 
 use super::wait::{epoch, max_park, WaitCell};
+use nix::errno::Errno;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
@@ -84,7 +86,9 @@ struct FutexWaitv {
 
 const _: () = assert!(std::mem::size_of::<FutexWaitv>() == 24);
 
-/// A futex word in a mapping that `keep` holds mapped.
+/// A futex word in a mapping that `keep` holds mapped. Cloning it clones the `Arc`, so a
+/// registration needs no allocation of its own.
+#[derive(Clone)]
 struct Word {
     ptr: NonNull<AtomicU32>,
     #[allow(dead_code)] // held, not read: keeps the word mapped
@@ -115,7 +119,7 @@ impl Word {
 
 /// A future's registration, as its reactor sees it.
 struct Entry {
-    word: Arc<Word>,
+    word: Word,
     /// The word as the future's join left it: the epoch it is counted in.
     joined: u32,
     /// Some while armed: whom to wake when the epoch moves (or the wait stalls).
@@ -233,7 +237,7 @@ fn start(reactor: &'static Reactor) {
 }
 
 /// A free registration on some reactor, starting a new one when all are full.
-fn register(word: Arc<Word>) -> (&'static Reactor, usize) {
+fn register(word: &Word) -> (&'static Reactor, usize) {
     let mut reactors = REACTORS.lock().unwrap_or_else(|e| e.into_inner());
     let entry = || Entry {
         word: word.clone(),
@@ -285,7 +289,7 @@ pub(crate) struct AsyncWait {
 struct Registration {
     reactor: &'static Reactor,
     slot: usize,
-    word: Arc<Word>,
+    word: Word,
     /// What the future's last join returned (it is counted while the word's epoch is that).
     joined: Option<u32>,
     /// When the future runs the stall sweep next.
@@ -321,8 +325,8 @@ impl AsyncWait {
         }
         let reg = self.registered.get_or_insert_with(|| {
             let (cell, keep) = src.cell();
-            let word = Arc::new(Word::new(cell, keep));
-            let (reactor, slot) = register(word.clone());
+            let word = Word::new(cell, keep);
+            let (reactor, slot) = register(&word);
             Registration {
                 reactor,
                 slot,
@@ -417,7 +421,7 @@ fn repoll_forced() -> bool {
 /// The reactor thread's loop.
 fn run(reactor: &'static Reactor) -> ! {
     let mut waitv: Vec<FutexWaitv> = Vec::with_capacity(WAITV_MAX);
-    let mut keep: Vec<Arc<Word>> = Vec::with_capacity(PER_REACTOR);
+    let mut keep: Vec<Word> = Vec::with_capacity(PER_REACTOR);
     let mut fire: Vec<Waker> = Vec::with_capacity(PER_REACTOR);
     let mut repoll = repoll_forced();
     loop {
@@ -462,8 +466,13 @@ fn run(reactor: &'static Reactor) -> ! {
         }
         let timeout = next_stall.map(|t| t.saturating_duration_since(Instant::now()));
         if !repoll {
-            if let Err(nix::errno::Errno::ENOSYS) = futex_waitv(&waitv, timeout) {
-                repoll = true;
+            match futex_waitv(&waitv, timeout) {
+                Ok(()) => {}
+                // Woken by a mismatch, a signal or the timeout: look again.
+                Err(Errno::EAGAIN | Errno::EINTR | Errno::ETIMEDOUT) => {}
+                // ENOSYS (Linux < 5.16), or refused (a seccomp filter): re-poll from now on,
+                // rather than call it again at once for ever.
+                Err(_) => repoll = true,
             }
         }
         if repoll {
@@ -475,8 +484,8 @@ fn run(reactor: &'static Reactor) -> ! {
 }
 
 /// `futex_waitv` on `waitv` (each element's word compared with its value) until a wake, a
-/// mismatch, a signal or `timeout`; only `ENOSYS` matters to the caller.
-fn futex_waitv(waitv: &[FutexWaitv], timeout: Option<Duration>) -> Result<(), nix::errno::Errno> {
+/// mismatch, a signal or `timeout`.
+fn futex_waitv(waitv: &[FutexWaitv], timeout: Option<Duration>) -> Result<(), Errno> {
     let deadline = timeout.map(|t| {
         let mut now = nix::libc::timespec {
             tv_sec: 0,
@@ -499,7 +508,7 @@ fn futex_waitv(waitv: &[FutexWaitv], timeout: Option<Duration>) -> Result<(), ni
         .map_or(std::ptr::null(), |ts| ts as *const nix::libc::timespec);
     // SAFETY: `waitv` is a live array of `waitv.len()` (at most 128) `struct futex_waitv`s
     // whose addresses are aligned u32s kept mapped for the call (the control word is static;
-    // every other word is held by an `Arc<Word>` in the caller's `keep` list); `ts_ptr` is
+    // every other word is kept mapped by its `Word` in the caller's `keep` list); `ts_ptr` is
     // null or points at `deadline`, alive for the call; flags 0 and CLOCK_MONOTONIC as the
     // syscall requires. The kernel only reads this memory.
     let r = unsafe {
@@ -513,7 +522,7 @@ fn futex_waitv(waitv: &[FutexWaitv], timeout: Option<Duration>) -> Result<(), ni
         )
     };
     if r < 0 {
-        Err(nix::errno::Errno::last())
+        Err(Errno::last())
     } else {
         Ok(())
     }
