@@ -46,6 +46,7 @@
 //! armed word again. Correct, at the price of up to a millisecond of latency and a thousand
 //! wake-ups a second while futures are pending.
 
+use super::futex;
 use super::wait::{epoch, max_park, WaitCell};
 use nix::errno::Errno;
 use std::fmt;
@@ -144,12 +145,34 @@ impl Reactor {
     /// Tells the reactor thread to look at its registrations again.
     fn kick(&self) {
         self.control.fetch_add(1, Ordering::SeqCst);
-        wake_private(&self.control);
+        futex::wake_private(&self.control);
     }
 }
 
-/// Every reactor started so far (leaked: they serve for the life of the process).
-static REACTORS: Mutex<Vec<&'static Reactor>> = Mutex::new(Vec::new());
+/// Every reactor this process started (leaked: they serve for the life of the process), and
+/// which process that is: a child made by `fork` has none of its parent's threads, so it
+/// starts reactors of its own.
+static REACTORS: Mutex<Reactors> = Mutex::new(Reactors {
+    pid: 0,
+    started: Vec::new(),
+});
+
+struct Reactors {
+    pid: u32,
+    started: Vec<&'static Reactor>,
+}
+
+impl Reactors {
+    /// The reactors running in this process.
+    fn here(&mut self) -> &mut Vec<&'static Reactor> {
+        let pid = std::process::id();
+        if self.pid != pid {
+            self.pid = pid;
+            self.started.clear();
+        }
+        &mut self.started
+    }
+}
 
 /// How reactor threads are started; set at most once, before the first one starts.
 type Spawner = Box<dyn Fn(ReactorLoop) + Send + Sync>;
@@ -215,8 +238,8 @@ impl std::error::Error for ReactorStarted {}
 pub fn set_reactor_spawner(
     spawn: impl Fn(ReactorLoop) + Send + Sync + 'static,
 ) -> Result<(), ReactorStarted> {
-    let reactors = REACTORS.lock().unwrap_or_else(|e| e.into_inner());
-    if STARTED.load(Ordering::SeqCst) || !reactors.is_empty() {
+    let mut reactors = REACTORS.lock().unwrap_or_else(|e| e.into_inner());
+    if STARTED.load(Ordering::SeqCst) || !reactors.here().is_empty() {
         return Err(ReactorStarted);
     }
     SPAWNER.set(Box::new(spawn)).map_err(|_| ReactorStarted)
@@ -238,7 +261,8 @@ fn start(reactor: &'static Reactor) {
 
 /// A free registration on some reactor, starting a new one when all are full.
 fn register(word: &Word) -> (&'static Reactor, usize) {
-    let mut reactors = REACTORS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = REACTORS.lock().unwrap_or_else(|e| e.into_inner());
+    let reactors = all.here();
     let entry = || Entry {
         word: word.clone(),
         joined: 0,
@@ -259,7 +283,7 @@ fn register(word: &Word) -> (&'static Reactor, usize) {
         control: AtomicU32::new(0),
     }));
     reactors.push(reactor);
-    drop(reactors);
+    drop(all);
     start(reactor);
     (reactor, 0)
 }
@@ -478,7 +502,7 @@ fn run(reactor: &'static Reactor) -> ! {
         if repoll {
             let left = timeout.map_or(REPOLL, |t| t.min(REPOLL));
             let left = if waitv.len() > 1 { left } else { stall };
-            wait_private(&reactor.control, control, left);
+            futex::wait_private(&reactor.control, control, left);
         }
     }
 }
@@ -525,42 +549,5 @@ fn futex_waitv(waitv: &[FutexWaitv], timeout: Option<Duration>) -> Result<(), Er
         Err(Errno::last())
     } else {
         Ok(())
-    }
-}
-
-/// Wakes every thread sleeping on the process-private `word`.
-fn wake_private(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE_PRIVATE only uses the address as a key; `word` is valid.
-    unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_futex,
-            word.as_ptr(),
-            nix::libc::FUTEX_WAKE | nix::libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-            std::ptr::null::<nix::libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
-}
-
-/// Sleeps while the process-private `word` is `expected`, for at most `timeout`.
-fn wait_private(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = nix::libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as nix::libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
-    };
-    // SAFETY: FUTEX_WAIT_PRIVATE reads the aligned u32 behind `word`, valid for the call
-    // (borrowed); `ts` outlives the call; the other arguments are ignored.
-    unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_futex,
-            word.as_ptr(),
-            nix::libc::FUTEX_WAIT | nix::libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const nix::libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
     }
 }
