@@ -203,6 +203,21 @@ pub enum SendError {
     ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// The handle was attached by another process: this is a fork child using a copy it
+    /// inherited. A child that wants to take part attaches handles of its own.
+    WrongProcess {
+        /// The process that attached the handle.
+        attached_by: u32,
+    },
+}
+
+/// The text of both `WrongProcess` errors.
+fn wrong_process(f: &mut fmt::Formatter<'_>, attached_by: u32) -> fmt::Result {
+    write!(
+        f,
+        "this handle belongs to process {attached_by}, which attached it; a forked child \
+         must attach handles of its own"
+    )
 }
 
 impl fmt::Display for SendError {
@@ -225,6 +240,7 @@ impl fmt::Display for SendError {
                  send it again"
             ),
             SendError::Corrupt(c) => write!(f, "queue file {c}"),
+            SendError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
 }
@@ -252,6 +268,11 @@ pub enum RecvError {
     ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// The handle was attached by another process (see [`SendError::WrongProcess`]).
+    WrongProcess {
+        /// The process that attached the handle.
+        attached_by: u32,
+    },
 }
 
 impl fmt::Display for RecvError {
@@ -268,6 +289,7 @@ impl fmt::Display for RecvError {
                  may be delivered again"
             ),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+            RecvError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
 }

@@ -117,7 +117,7 @@ pub const PARTICIPANTS_OFFSET: usize = COUNTERS_OFFSET + PAD;
 /// entry (its counters, on every message) never share a line pair with another's.
 pub const PARTICIPANT_SIZE: usize = PAD;
 /// Within a participant entry: where its statistics start (the first 64 bytes are the
-/// participant table's own words: state, PID, parked-on). Eight 64-bit counters, indexed by
+/// participant table's own words: state, PID). Eight 64-bit counters, indexed by
 /// the `counter::*` participant constants, written only by the participant itself with plain
 /// (relaxed load, relaxed store) increments; folded into the file-wide totals when it detaches
 /// or is reaped.

@@ -52,12 +52,10 @@ pub(crate) mod shm;
 #[cfg(not(loom))]
 pub(crate) mod stats;
 pub(crate) mod sync;
-#[cfg(not(loom))]
 pub(crate) mod testhook;
 
 #[cfg(not(loom))]
 pub mod inspect;
-#[cfg(not(loom))]
 pub(crate) mod peers;
 #[cfg(not(loom))]
 pub mod pipeline;

@@ -148,6 +148,10 @@ impl Recoverable for Shared {
             ..RecoveryStats::default()
         }
     }
+
+    fn recount(&self) {
+        self.ring.recount_redeliveries();
+    }
 }
 
 /// A pipeline queue file, mapped. Cheap to clone; attach producers and consumers from it.
@@ -283,6 +287,10 @@ impl Pipeline {
     /// call has waited [`STALL_CHECK`](crate::STALL_CHECK) without progress; call it to recover
     /// sooner or when nobody waits. Never touches a live participant, however slow.
     ///
+    /// Unlike those automatic sweeps, `repair` also undoes the claims recorded under the id of
+    /// a *free* participant entry (nobody alive has that id): what a handle leaked in a file
+    /// written by an older version of shmq, which did not undo leaks on detach.
+    ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
     pub fn repair(&self) -> Result<RecoveryStats, Error> {
@@ -292,6 +300,14 @@ impl Pipeline {
     /// What recovery has done on this queue over its life, in all processes.
     pub fn recovery_stats(&self) -> RecoveryStats {
         self.shared.stats()
+    }
+
+    /// The file's count of messages awaiting redelivery (while it is not zero, every receive
+    /// scans the slots for them). Test-only: exists with the `test-hooks` feature alone.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn redelivery_pending(&self) -> u64 {
+        self.shared.ring.redelivery_pending()
     }
 
     /// Removes the queue file's name. Processes that have it mapped keep using it.
@@ -305,6 +321,11 @@ impl Pipeline {
 }
 
 /// Sends messages into a pipeline. `Send + Sync`: share it between threads or make one each.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] and dropping it does nothing to the queue (the parent's
+/// participant entry, lock and loans stay the parent's); a child attaches its own. Dropping it
+/// in its own process detaches it, first skipping any [`Loan`] it leaked (`mem::forget`).
 pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
@@ -377,6 +398,7 @@ impl Producer {
 
     #[inline]
     fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
+        self.me.check_send()?;
         self.check_len(msg.len())?;
         let claim = self.claim(deadline)?;
         let result = self.write_and_commit(claim, msg);
@@ -420,6 +442,7 @@ impl Producer {
     /// As for [`send`](Self::send); messages before the failing one were sent. A message that
     /// is too large is refused before anything is sent.
     pub fn send_batch(&self, msgs: &[&[u8]]) -> Result<(), SendError> {
+        self.me.check_send()?;
         if let Some(big) = msgs.iter().find(|m| m.len() > self.ring().max_message()) {
             return self.check_len(big.len());
         }
@@ -481,6 +504,7 @@ impl Producer {
     }
 
     fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+        self.me.check_send()?;
         self.check_len(len)?;
         let claim = self.claim(deadline)?;
         Ok(Loan {
@@ -515,6 +539,9 @@ impl Producer {
 }
 
 /// A slot loaned by [`Producer::loan`]: write the message into it, then commit.
+///
+/// In a fork child (a copy inherited from the process that took the loan) it reads and writes
+/// as empty, and committing or dropping it does nothing: the slot stays the parent's.
 pub struct Loan<'a> {
     producer: &'a Producer,
     /// Always `Some` until `commit` or `drop` takes it.
@@ -529,7 +556,10 @@ impl Loan<'_> {
     /// [`SendError::ClaimLost`] if the slot was taken away before the commit (a recovery pass
     /// judged this producer dead, or another process rewrote the file): nothing is delivered,
     /// and the refusal is counted in [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    /// [`SendError::WrongProcess`] in a fork child: nothing is done, the loan stays the
+    /// parent's.
     pub fn commit(mut self) -> Result<(), SendError> {
+        self.producer.me.check_send()?;
         let Some(claim) = self.claim.take() else {
             return Ok(());
         };
@@ -545,8 +575,10 @@ impl Deref for Loan<'_> {
     #[inline]
     fn deref(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => self.producer.ring().written(claim, self.len),
-            None => &[],
+            Some(claim) if self.producer.me.in_own_process() => {
+                self.producer.ring().written(claim, self.len)
+            }
+            _ => &[],
         }
     }
 }
@@ -554,8 +586,10 @@ impl Deref for Loan<'_> {
 impl DerefMut for Loan<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.claim {
-            Some(claim) => self.producer.ring().payload_mut(claim, self.len),
-            None => &mut [],
+            Some(claim) if self.producer.me.in_own_process() => {
+                self.producer.ring().payload_mut(claim, self.len)
+            }
+            _ => &mut [],
         }
     }
 }
@@ -563,6 +597,9 @@ impl DerefMut for Loan<'_> {
 impl Drop for Loan<'_> {
     #[inline]
     fn drop(&mut self) {
+        if !self.producer.me.in_own_process() {
+            return;
+        }
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
@@ -579,6 +616,12 @@ impl fmt::Debug for Loan<'_> {
 }
 
 /// Receives messages from a pipeline. `Send + Sync`; may hold several messages at once.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the queue (the parent's
+/// participant entry, lock and held messages stay the parent's); a child attaches its own.
+/// Dropping it in its own process detaches it, first making any [`Message`] it leaked
+/// (`mem::forget`) deliverable again, flagged [`Message::redelivered`].
 pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
@@ -609,6 +652,7 @@ impl Consumer {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = self.ring();
         let waited = self
             .me
@@ -668,6 +712,7 @@ impl Consumer {
     /// # Errors
     /// As for [`recv`](Self::recv).
     pub fn recv_batch(&self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        self.me.check_recv()?;
         if max == 0 {
             return Ok(0);
         }
@@ -705,6 +750,10 @@ impl Consumer {
 /// slot wait until it is acknowledged. Hold few messages at a time and not for long; to work
 /// on one for long, copy it out (`msg.to_vec()`) and acknowledge it, accepting that a crash
 /// during the work then loses it.
+///
+/// In a fork child (a copy inherited from the process that received it) it reads as empty,
+/// [`ack`](Self::ack) fails with [`RecvError::WrongProcess`] and dropping it acknowledges
+/// nothing: the message stays the parent's.
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.
@@ -715,8 +764,8 @@ impl Message<'_> {
     #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => self.consumer.ring().payload(claim),
-            None => &[],
+            Some(claim) if self.consumer.me.in_own_process() => self.consumer.ring().payload(claim),
+            _ => &[],
         }
     }
 
@@ -747,7 +796,9 @@ impl Message<'_> {
     /// delivered again, flagged [`redelivered`](Self::redelivered). The refusal is counted in
     /// [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message
     /// is refused.
+    /// [`RecvError::WrongProcess`] in a fork child: nothing is done.
     pub fn ack(mut self) -> Result<(), RecvError> {
+        self.consumer.me.check_recv()?;
         let acked = self.release();
         self.consumer.ring().not_full().notify();
         if acked {
@@ -762,9 +813,13 @@ impl Message<'_> {
         self.release();
     }
 
-    /// Frees the slot; `false` (and counted) if the claim had been taken away.
+    /// Frees the slot; `false` (and counted) if the claim had been taken away. Nothing in a
+    /// fork child (the claim is the parent's).
     #[inline]
     fn release(&mut self) -> bool {
+        if !self.consumer.me.in_own_process() {
+            return true;
+        }
         let Some(claim) = self.claim.take() else {
             return true;
         };
@@ -796,7 +851,7 @@ impl AsRef<[u8]> for Message<'_> {
 impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.claim.is_some() {
+        if self.claim.is_some() && self.consumer.me.in_own_process() {
             self.release();
             self.consumer.ring().not_full().notify();
         }
@@ -809,6 +864,20 @@ impl fmt::Debug for Message<'_> {
             .field("len", &self.bytes().len())
             .field("redelivered", &self.redelivered())
             .finish()
+    }
+}
+
+impl Drop for Producer {
+    /// Detaches: skips the loans this producer leaked, then frees its participant entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Consumer {
+    /// Detaches: delivers again the messages this consumer leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 
@@ -839,5 +908,46 @@ impl Consumer {
 
     pub(crate) fn async_repair(&self) {
         self.shared.repair_quietly();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file left with claims recorded under the id of a free participant entry (by an older
+    /// version of shmq, which did not undo leaked claims on detach): `repair()` undoes them.
+    #[test]
+    fn repair_undoes_claims_recorded_under_a_free_entrys_id() {
+        let dir = std::env::temp_dir().join(format!("shmq-free-claims-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let q =
+            Pipeline::create(dir.join("q"), &Options::new().capacity(4).max_message(8)).unwrap();
+        let producer = q.producer().unwrap();
+        let consumer = q.consumer().unwrap();
+        producer.send(b"held").unwrap();
+        // Entry 9 (id 10) was never attached: claims under its id belong to nobody alive.
+        let ring = &q.shared.ring;
+        // (Claims have no `Drop`: letting them go is leaking them.)
+        let _leaked = ring.try_claim_read(10).unwrap().unwrap();
+        let _leaked_too = ring.try_claim_write(10).unwrap().unwrap();
+        producer.send(b"behind").unwrap();
+        assert!(
+            matches!(consumer.try_recv(), Err(RecvError::Empty)),
+            "wedged"
+        );
+        // Attach and stall sweeps look at entries in use only; repair looks at free ones too.
+        let stats = q.repair().unwrap();
+        assert_eq!((stats.redelivered, stats.skipped, stats.reaped), (1, 1, 0));
+        let m = consumer.try_recv().unwrap();
+        assert!(m.redelivered() && &*m == b"held");
+        drop(m);
+        let m = consumer.try_recv().unwrap();
+        assert!(!m.redelivered() && &*m == b"behind");
+        drop(m);
+        assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+        assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

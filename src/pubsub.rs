@@ -294,6 +294,8 @@ impl PubSub {
     /// was writing is skipped, a dead subscriber stops holding publishers back. This also
     /// happens on attach and whenever a blocking call has waited
     /// [`STALL_CHECK`](crate::STALL_CHECK) without progress. Never touches a live participant.
+    /// Also undoes what is recorded under the id of a free participant entry (see
+    /// [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
@@ -391,6 +393,10 @@ impl<'a> Subscribe<'a> {
 }
 
 /// Publishes on a channel. `Send + Sync`.
+///
+/// Belongs to the process that attached it: in a fork child, publishing fails with
+/// [`SendError::WrongProcess`] and dropping it does nothing to the channel (the parent's
+/// participant entry and lock stay the parent's); a child attaches its own.
 pub struct Publisher {
     shared: Arc<Shared>,
     owner: u16,
@@ -422,6 +428,7 @@ impl Publisher {
         payload: &[u8],
         deadline: Deadline,
     ) -> Result<(), SendError> {
+        self.me.check_send()?;
         let ring = &self.shared.ring;
         if topic.len() > ring.max_topic() {
             return Err(SendError::TopicTooLarge {
@@ -496,6 +503,10 @@ impl Publisher {
 }
 
 /// Receives a channel's messages. Dropping it detaches it (it stops holding publishers back).
+///
+/// Belongs to the process that attached it: in a fork child, receiving fails with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the channel (the parent's
+/// subscription, participant entry and lock stay the parent's); a child attaches its own.
 pub struct Subscriber {
     shared: Arc<Shared>,
     entry: u32,
@@ -551,6 +562,7 @@ impl Subscriber {
 
     #[inline]
     fn recv_with(&mut self, deadline: Deadline) -> Result<TopicMessage<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = &self.shared.ring;
         let (cursor, buf, prefixes, entry) =
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
@@ -613,8 +625,20 @@ impl Subscriber {
 }
 
 impl Drop for Subscriber {
+    /// Detaches: the subscription stops holding publishers back, then the participant entry is
+    /// freed. Nothing in a fork child.
     fn drop(&mut self) {
-        self.shared.ring.detach(self.entry);
+        if self.me.in_own_process() {
+            self.shared.ring.detach(self.entry);
+        }
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Publisher {
+    /// Detaches: a slot this publisher left half-written is skipped, then its entry is freed.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 
@@ -677,6 +701,7 @@ impl Subscriber {
 
     /// One non-blocking look; the message found is then `found`.
     pub(crate) fn async_look(&mut self) -> Result<Option<(usize, usize)>, RecvError> {
+        self.me.check_recv()?;
         let stats = self.me.stats();
         let ring = &self.shared.ring;
         next_wanted(

@@ -82,7 +82,7 @@ use crate::layout::{
     counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
     RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
-use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
+use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -272,6 +272,10 @@ impl Recoverable for Shared {
         }
         stats
     }
+
+    fn recount(&self) {
+        self.requests.recount_redeliveries();
+    }
 }
 
 impl Shared {
@@ -401,7 +405,8 @@ impl Service {
     /// took is delivered again to another server (flagged [`Request::redelivered`]); a dead
     /// client's entry returns to the pool and replies to it are dropped. This also happens on
     /// attach and whenever a blocking call has waited [`STALL_CHECK`](crate::STALL_CHECK)
-    /// without progress. Never touches a live participant.
+    /// without progress. Never touches a live participant. Also undoes what is recorded under
+    /// the id of a free participant entry (see [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
@@ -482,6 +487,12 @@ impl Service {
 }
 
 /// Serves a service's requests. `Send + Sync`.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the service (the parent's
+/// participant entry, lock and requests stay the parent's); a child attaches its own. Dropping
+/// it in its own process detaches it, first delivering again (to another server) any
+/// [`Request`] it leaked (`mem::forget`), flagged [`Request::redelivered`].
 pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
@@ -507,6 +518,7 @@ impl Server {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = &self.shared.requests;
         let waited = self
             .me
@@ -567,6 +579,10 @@ impl Server {
 /// A request taken by a server. Its payload borrows the request's slot. Reply with
 /// [`reply`](Self::reply); dropping it without replying acknowledges it and sends the client a
 /// "no reply" notice (its wait ends with [`RecvError::NoReply`]).
+///
+/// In a fork child (a copy inherited from the process that took it) its payload reads as
+/// empty, replying fails with [`SendError::WrongProcess`] and dropping it does nothing: the
+/// request stays the parent's.
 pub struct Request<'a> {
     server: &'a Server,
     /// Always `Some` until the request is acknowledged.
@@ -599,8 +615,10 @@ impl Request<'_> {
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..],
-            None => &[],
+            Some(claim) if self.server.me.in_own_process() => {
+                &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..]
+            }
+            _ => &[],
         }
     }
 
@@ -622,6 +640,7 @@ impl Request<'_> {
     /// [`RecoveryStats::refused`].
     #[inline]
     pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
+        self.server.me.check_send()?;
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
         let outcome = self.deliver(payload, 0);
@@ -693,7 +712,7 @@ impl Drop for Request<'_> {
     /// Dropped without a reply: tell the client there will be none (so it neither waits for
     /// ever nor keeps counting the request as outstanding), then acknowledge.
     fn drop(&mut self) {
-        if self.claim.is_some() {
+        if self.claim.is_some() && self.server.me.in_own_process() {
             let _ = self.deliver(&[], FLAG_NO_REPLY);
             self.acknowledge();
         }
@@ -803,6 +822,12 @@ impl DroppedTickets {
 /// at most `reply_capacity` replies are ever owed to the client, and servers never find its
 /// reply ring full. A request given up — its wait timed out or failed, or its [`Pending`] was
 /// dropped — keeps its place until its late reply arrives, which is then discarded.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] / [`RecvError::WrongProcess`] and dropping it does nothing to
+/// the service (the parent's client entry, participant entry and lock stay the parent's); a
+/// child attaches its own. Dropping it in its own process detaches it, freeing any [`Reply`]
+/// slot it leaked (`mem::forget`).
 pub struct Client {
     shared: Arc<Shared>,
     index: u32,
@@ -868,6 +893,9 @@ struct Ledger {
 
 /// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
 /// from the client's buffer if it arrived while the client waited for another.
+///
+/// In a fork child (a copy inherited from the process that received it) a reply still in its
+/// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
 pub struct Reply<'a> {
     source: ReplySource<'a>,
 }
@@ -878,6 +906,8 @@ enum ReplySource<'a> {
         ring: &'a MpmcRing,
         /// Always `Some` until dropped.
         claim: Option<ReadClaim>,
+        /// The client's process: the only one that may read or free the slot.
+        process: Process,
     },
     Kept(&'a [u8]),
 }
@@ -890,9 +920,10 @@ impl Reply<'_> {
             ReplySource::Slot {
                 ring,
                 claim: Some(claim),
+                process,
                 ..
-            } => &ring.payload(claim)[ENVELOPE_SIZE..],
-            ReplySource::Slot { claim: None, .. } => &[],
+            } if process.is_current() => &ring.payload(claim)[ENVELOPE_SIZE..],
+            ReplySource::Slot { .. } => &[],
             ReplySource::Kept(bytes) => bytes,
         }
     }
@@ -912,8 +943,12 @@ impl Drop for Reply<'_> {
             shared,
             ring,
             claim,
+            process,
         } = &mut self.source
         {
+            if !process.is_current() {
+                return;
+            }
             if let Some(claim) = claim.take() {
                 shared.release(ring, claim);
             }
@@ -1095,6 +1130,7 @@ impl Client {
 
     #[inline]
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+        self.me.check_send()?;
         self.shared.check_len(payload.len())?;
         let id = match self.ledger.take() {
             Some(id) => id,
@@ -1233,6 +1269,7 @@ impl Client {
                     shared: &self.shared,
                     ring: self.reply_ring(),
                     claim: Some(claim),
+                    process: self.me.process(),
                 },
             }),
             None => Err(RecvError::NoReply),
@@ -1245,6 +1282,7 @@ impl Client {
         mut pending: Pending,
         deadline: Deadline,
     ) -> Result<Reply<'_>, RecvError> {
+        self.me.check_recv()?;
         let want = pending.id;
         let Some(place) = self.place_of_ticket(&pending) else {
             // Another client's ticket: dropped here, it gives its request up there.
@@ -1342,14 +1380,25 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Detach: replies still in flight for this generation are dropped by servers, or by
-        // the entry's next owner, whose generation differs.
-        let state = self.shared.client_state(self.index);
-        let old = state.load(Ordering::Acquire);
-        state.store(
-            old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
-            Ordering::Release,
-        );
+        if self.me.in_own_process() {
+            // Detach: replies still in flight for this generation are dropped by servers, or
+            // by the entry's next owner, whose generation differs.
+            let state = self.shared.client_state(self.index);
+            let old = state.load(Ordering::Acquire);
+            state.store(
+                old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
+                Ordering::Release,
+            );
+        }
+        // Then free the reply slots it leaked, and its participant entry.
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Server {
+    /// Detaches: delivers again the requests this server leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 
@@ -1414,6 +1463,7 @@ impl Client {
     /// One non-blocking look for the reply to `pending`. On an error the request is given up,
     /// as by a failed [`wait`](Self::wait).
     pub(crate) fn async_look(&mut self, pending: &Pending) -> Result<Option<Found>, RecvError> {
+        self.me.check_recv()?;
         let want = pending.id;
         match self.place_of_ticket(pending) {
             None => return Err(no_such_request()),

@@ -1,16 +1,16 @@
 //! Crash recovery across real processes (DESIGN.md guarantees 1–3): participants SIGKILLed at
 //! chosen points of the protocol — stopped there by the test-only park points of
-//! `src/testhook.rs` (debug builds) — and at random moments in a chaos loop; then the living
-//! must not be blocked for long, nothing acknowledged may be lost or delivered again, what a
-//! dead reader held must come back flagged `redelivered()`, and nothing torn may ever be seen.
+//! `src/testhook.rs` (the `test-hooks` feature, which the crate's tests turn on) — and at random
+//! moments in a chaos loop; then the living must not be blocked for long, nothing acknowledged
+//! may be lost or delivered again, what a dead reader held must come back flagged
+//! `redelivered()`, and nothing torn may ever be seen.
 //! And the other side: recovery never acts against a participant that is alive, however slow.
 //!
 //! Timing is never asserted, except as generous hang guards: recovery is expected within about
 //! two [`shmq::STALL_CHECK`]s, the guards allow seconds.
 //!
 //! The chaos tests run for `SHMQ_CHAOS_SECS` seconds (default 60; the server chaos a sixth of
-//! that) on a schedule from `SHMQ_CHAOS_SEED` (default: the clock; printed, to replay it). The
-//! tests that need park points are ignored in release builds, which have none.
+//! that) on a schedule from `SHMQ_CHAOS_SEED` (default: the clock; printed, to replay it).
 
 mod common;
 
@@ -267,10 +267,6 @@ fn slow_producer(args: &[String]) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
     let dir = TempDir::new("killed-producer");
     let path = dir.join("q");
@@ -339,10 +335,6 @@ fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_consumer_holding_a_message_is_redelivered_flagged() {
     let dir = TempDir::new("killed-consumer");
     let path = dir.join("q");
@@ -496,10 +488,6 @@ fn slow_live_producer_is_never_skipped() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_server_after_taking_a_request_is_served_by_another_and_client_gets_one_reply() {
     let dir = TempDir::new("killed-server");
     let path = dir.join("svc");
@@ -727,10 +715,6 @@ fn killed_subscriber_in_block_mode_stops_holding_publishers_back() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_publisher_mid_write_is_skipped() {
     let dir = TempDir::new("killed-publisher");
     let path = dir.join("ch");
@@ -798,10 +782,6 @@ fn killed_publisher_mid_write_is_skipped() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_publisher_in_block_mode_does_not_wedge_the_ring() {
     let dir = TempDir::new("killed-block-publisher");
     let path = dir.join("ch");
@@ -865,10 +845,6 @@ fn killed_publisher_in_block_mode_does_not_wedge_the_ring() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_participants_free_their_table_entries() {
     let dir = TempDir::new("killed-entries");
     // A pipeline for two participants: a producer here, a consumer in a child that dies

@@ -17,6 +17,7 @@ use crate::error::{Corruption, Error};
 use crate::layout::{self, field, FileHeader, Geometry, MAX_FILE_SIZE};
 use crate::shm::Region;
 use crate::sync::atomic::Ordering;
+use crate::sync::process::{LockFile, Process};
 use memmap2::{MmapOptions, MmapRaw};
 use nix::libc;
 use std::fs::{File, OpenOptions};
@@ -37,19 +38,22 @@ pub(crate) struct Mapping {
     path: PathBuf,
     /// A description of the file of this mapping's own, for probing participants' locks during
     /// recovery; the mutex serialises recovery within the process (locks of one description
-    /// never conflict with each other, so they cannot do it).
-    probe: Mutex<Option<File>>,
+    /// never conflict with each other, so they cannot do it). Tagged with the process that
+    /// opened it: a fork child shares the description, so it opens one of its own.
+    probe: Mutex<Option<(Process, LockFile)>>,
 }
 
 /// The recovery probe, held exclusively within the process.
-pub(crate) struct Probe<'a>(MutexGuard<'a, Option<File>>);
+pub(crate) struct Probe<'a>(MutexGuard<'a, Option<(Process, LockFile)>>);
 
 impl std::ops::Deref for Probe<'_> {
     type Target = File;
     fn deref(&self) -> &File {
-        self.0
+        &self
+            .0
             .as_ref()
             .expect("a Probe is only made once the file is open")
+            .1
     }
 }
 
@@ -71,17 +75,19 @@ impl Mapping {
         &self.file
     }
 
-    /// The recovery probe, opened with `open` the first time.
+    /// The recovery probe, opened with `open` the first time in each process (`process` is the
+    /// caller's).
     pub(crate) fn recovery_probe<E>(
         &self,
-        open: impl FnOnce() -> Result<File, E>,
+        process: Process,
+        open: impl FnOnce() -> Result<LockFile, E>,
     ) -> Result<Probe<'_>, E> {
         let mut guard = self
             .probe
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if guard.is_none() {
-            *guard = Some(open()?);
+        if !matches!(&*guard, Some((opener, _)) if *opener == process) {
+            *guard = Some((process, open()?));
         }
         Ok(Probe(guard))
     }
