@@ -35,6 +35,7 @@ const MANY_QUEUES: usize = 200;
 fn child_entry() {
     common::child_main(|role, args| match role {
         "await_consumer" => await_consumer(args),
+        "await_own_reactor" => await_own_reactor(args),
         "await_subscriber" => await_subscriber(args),
         "await_server" => await_server(args),
         "await_client" => await_client(args),
@@ -89,6 +90,29 @@ fn await_consumer(args: &[String]) {
     let consumer = q.consumer().unwrap();
     let got = runtime().block_on(async { consumer.recv_async().await.unwrap().to_vec() });
     assert_eq!(got, args[2].as_bytes());
+}
+
+/// Runs the reactor on a thread of its own making (through `set_reactor_spawner`), then
+/// awaits one message as `await_consumer` does; checks the spawner ran and was used once.
+fn await_own_reactor(args: &[String]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SPAWNED: AtomicUsize = AtomicUsize::new(0);
+    shmq::asynchronous::set_reactor_spawner(|reactor| {
+        SPAWNED.fetch_add(1, Ordering::SeqCst);
+        std::thread::Builder::new()
+            .name("my-reactor".into())
+            .spawn(move || reactor.run())
+            .unwrap();
+    })
+    .unwrap();
+    assert!(shmq::asynchronous::set_reactor_spawner(|_| {}).is_err());
+    assert_eq!(
+        SPAWNED.load(Ordering::SeqCst),
+        0,
+        "started before the first wait"
+    );
+    await_consumer(args);
+    assert_eq!(SPAWNED.load(Ordering::SeqCst), 1);
 }
 
 /// Awaits one message on a channel and checks topic and payload.
@@ -233,6 +257,19 @@ fn await_many(args: &[String]) {
         .collect();
     want.sort();
     assert_eq!(got, want);
+    // futex_waitv takes 128 words: 1,000 registrations took at least 8 reactor threads.
+    let reactors = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "shmq-reactor")
+        })
+        .count();
+    let needed = (MANY_QUEUES * FUTURES_PER_QUEUE).div_ceil(127);
+    assert!(
+        reactors >= needed,
+        "{reactors} reactor threads, {needed} needed"
+    );
 }
 
 /// A waker that does nothing (the test polls by hand).
@@ -284,7 +321,7 @@ fn pipeline(path: &Path, capacity: u64) -> Pipeline {
 }
 
 /// Starts a child awaiting a pipeline message, sends once it is registered, and checks it got it.
-fn consumer_is_woken(name: &str, mode: &str) {
+fn consumer_is_woken(name: &str, role: &str, mode: &str) {
     let dir = TempDir::new(name);
     let path = dir.join("q");
     let q = pipeline(&path, 8);
@@ -303,13 +340,19 @@ fn consumer_is_woken(name: &str, mode: &str) {
 
 #[test]
 fn a_task_awaiting_a_consumer_is_woken_by_a_send_from_another_process() {
-    consumer_is_woken("async-consumer", "futex_waitv");
+    consumer_is_woken("async-consumer", "await_consumer", "futex_waitv");
+}
+
+/// The reactor run on a thread the program made, through `set_reactor_spawner`.
+#[test]
+fn a_reactor_on_a_thread_of_the_programs_own_wakes_the_task() {
+    consumer_is_woken("async-own-reactor", "await_own_reactor", "futex_waitv");
 }
 
 /// The reactor forced onto its fallback (a timed re-poll, as on kernels without futex_waitv).
 #[test]
 fn the_reactor_fallback_without_futex_waitv_wakes_the_task_too() {
-    consumer_is_woken("async-repoll", "repoll");
+    consumer_is_woken("async-repoll", "await_consumer", "repoll");
 }
 
 #[test]
