@@ -326,11 +326,7 @@ fn consumer_is_woken(name: &str, role: &str, mode: &str) {
     let path = dir.join("q");
     let q = pipeline(&path, 8);
     let producer = q.producer().unwrap();
-    let mut c = child_with_env(
-        "await_consumer",
-        &[s(&path), mode, "wake up"],
-        &uncapped_park(),
-    );
+    let mut c = child_with_env(role, &[s(&path), mode, "wake up"], &uncapped_park());
     wait_registered(&path, CTL_NOT_EMPTY, 1, &mut c);
     std::thread::sleep(Duration::from_millis(100));
     assert!(c.is_running(), "the future resolved with nothing sent");
