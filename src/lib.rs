@@ -27,6 +27,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every blocking wait has an async twin ([`Consumer::recv_async`], [`Subscriber::recv_async`],
+//! [`Server::recv_async`], [`Producer::send_async`], [`Publisher::publish_async`]) that any
+//! executor can await, woken by sends from other processes: see [`asynchronous`].
+//!
 //! [`inspect::inspect`] reads any queue file read-only and reports who is attached, who died
 //! and what it holds, depth, lag and the counters every participant keeps in the file.
 //!
@@ -36,6 +40,8 @@
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+#[cfg(not(loom))]
+pub mod asynchronous;
 pub mod error;
 #[cfg(all(feature = "test-hooks", not(loom)))]
 #[doc(hidden)]
@@ -75,5 +81,6 @@ pub use sync::wait::{WaitStrategy, STALL_CHECK};
 #[doc(hidden)]
 pub mod test_hooks {
     pub use crate::sync::futex::wake_calls;
+    pub use crate::sync::reactor::force_repoll_fallback;
     pub use crate::sync::wait::set_max_park;
 }

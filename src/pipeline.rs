@@ -51,7 +51,8 @@ use crate::layout::{counter, Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
-use crate::sync::{Deadline, WaitStrategy};
+use crate::sync::reactor::KeepAlive;
+use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
@@ -886,6 +887,28 @@ fn _assert_send_sync() {
     is::<Pipeline>();
     is::<Producer>();
     is::<Consumer>();
+}
+
+/// What the futures of [`crate::asynchronous`] need: the cell each end waits on, what keeps it
+/// mapped, and the stall sweep.
+impl Producer {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (self.ring().not_full(), self.shared.mapping.clone())
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
+    }
+}
+
+impl Consumer {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (self.ring().not_empty(), self.shared.mapping.clone())
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
+use crate::stats::OwnStats;
+use crate::sync::reactor::KeepAlive;
 use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::path::Path;
@@ -573,42 +575,24 @@ impl Subscriber {
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || loop {
-                    let before = *cursor;
-                    let polled = ring.poll(cursor, buf);
-                    if *cursor != before {
-                        // Publish progress only: Block-mode publishers gate on it.
-                        ring.store_cursor(entry, *cursor);
-                    }
-                    match polled.map_err(RecvError::Corrupt)? {
-                        Poll::Empty => return Ok(None),
-                        Poll::Lagged(n) => {
-                            stats.add(counter::LAGGED, n);
-                            return Err(RecvError::Lagged(n));
-                        }
-                        Poll::Message { topic_len, len } => {
-                            let topic = &buf[..topic_len];
-                            if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p))
-                            {
-                                stats.add(counter::RECEIVED, 1);
-                                return Ok(Some((topic_len, len)));
-                            }
-                        }
-                    }
-                },
+                || next_wanted(ring, cursor, buf, prefixes, entry, stats),
                 repair,
             );
         match found {
-            Ok(Some((topic_len, len))) => {
-                let body = ring.body_offset();
-                Ok(TopicMessage {
-                    topic: &self.buf[..topic_len],
-                    payload: &self.buf[body..body + len],
-                })
-            }
+            Ok(Some(found)) => Ok(self.found(found)),
             Ok(None) if matches!(deadline, Deadline::Now) => Err(RecvError::Empty),
             Ok(None) => Err(RecvError::Timeout),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The message that [`next_wanted`] left in the buffer (its topic and payload lengths).
+    #[inline]
+    pub(crate) fn found(&self, (topic_len, len): (usize, usize)) -> TopicMessage<'_> {
+        let body = self.shared.ring.body_offset();
+        TopicMessage {
+            topic: &self.buf[..topic_len],
+            payload: &self.buf[body..body + len],
         }
     }
 
@@ -655,6 +639,79 @@ impl Drop for Publisher {
     /// Detaches: a slot this publisher left half-written is skipped, then its entry is freed.
     fn drop(&mut self) {
         self.shared.detach(&self.me);
+    }
+}
+
+/// One non-blocking look for the next message of a subscribed topic: copies it into `buf` and
+/// returns its topic and payload lengths, skipping messages of other topics.
+#[inline]
+fn next_wanted(
+    ring: &BroadcastRing,
+    cursor: &mut u64,
+    buf: &mut [u8],
+    prefixes: &[Vec<u8>],
+    entry: u32,
+    stats: OwnStats<'_>,
+) -> Result<Option<(usize, usize)>, RecvError> {
+    loop {
+        let before = *cursor;
+        let polled = ring.poll(cursor, buf);
+        if *cursor != before {
+            // Publish progress only: Block-mode publishers gate on it.
+            ring.store_cursor(entry, *cursor);
+        }
+        match polled.map_err(RecvError::Corrupt)? {
+            Poll::Empty => return Ok(None),
+            Poll::Lagged(n) => {
+                stats.add(counter::LAGGED, n);
+                return Err(RecvError::Lagged(n));
+            }
+            Poll::Message { topic_len, len } => {
+                let topic = &buf[..topic_len];
+                if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p)) {
+                    stats.add(counter::RECEIVED, 1);
+                    return Ok(Some((topic_len, len)));
+                }
+            }
+        }
+    }
+}
+
+/// What the futures of [`crate::asynchronous`] need: the cell each end waits on, what keeps it
+/// mapped, the stall sweep, and (for a subscriber) a look that leaves the message in the
+/// buffer without borrowing it, so that a pending future can look again.
+impl Publisher {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (self.shared.ring.consumed(), self.shared.mapping.clone())
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
+    }
+}
+
+impl Subscriber {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (self.shared.ring.published(), self.shared.mapping.clone())
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
+    }
+
+    /// One non-blocking look; the message found is then `found`.
+    pub(crate) fn async_look(&mut self) -> Result<Option<(usize, usize)>, RecvError> {
+        self.me.check_recv()?;
+        let stats = self.me.stats();
+        let ring = &self.shared.ring;
+        next_wanted(
+            ring,
+            &mut self.cursor,
+            &mut self.buf,
+            &self.prefixes,
+            self.entry,
+            stats,
+        )
     }
 }
 

@@ -86,8 +86,10 @@ use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
+use crate::stats::OwnStats;
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Deadline, WaitStrategy};
+use crate::sync::reactor::KeepAlive;
+use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -1232,6 +1234,48 @@ impl Client {
         self.send_with(payload, Deadline::Now)
     }
 
+    /// What the place of `pending`'s request holds, if `pending` is this client's and its
+    /// request is outstanding.
+    fn place_of_ticket(&self, pending: &Pending) -> Option<Place> {
+        let ours = pending
+            .dropped
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(d, &self.ledger.dropped));
+        ours.then(|| self.ledger.holding(pending.id)).flatten()
+    }
+
+    /// The reply to request `want`, kept in its place's buffer; frees the place.
+    fn kept_reply(
+        &mut self,
+        want: u64,
+        len: usize,
+        no_reply: bool,
+    ) -> Result<Reply<'_>, RecvError> {
+        self.ledger.free(want);
+        if no_reply {
+            return Err(RecvError::NoReply);
+        }
+        let at = place_of(want) * self.ledger.max;
+        Ok(Reply {
+            source: ReplySource::Kept(&self.ledger.buffers[at..at + len]),
+        })
+    }
+
+    /// The reply to `want` found in its slot, or a "no reply" notice.
+    fn slot_reply(&self, claim: Option<ReadClaim>) -> Result<Reply<'_>, RecvError> {
+        match claim {
+            Some(claim) => Ok(Reply {
+                source: ReplySource::Slot {
+                    shared: &self.shared,
+                    ring: self.reply_ring(),
+                    claim: Some(claim),
+                    process: self.me.process(),
+                },
+            }),
+            None => Err(RecvError::NoReply),
+        }
+    }
+
     #[inline]
     fn wait_with(
         &mut self,
@@ -1240,26 +1284,13 @@ impl Client {
     ) -> Result<Reply<'_>, RecvError> {
         self.me.check_recv()?;
         let want = pending.id;
-        let ours = pending
-            .dropped
-            .as_ref()
-            .is_some_and(|d| Arc::ptr_eq(d, &self.ledger.dropped));
-        let Some(place) = ours.then(|| self.ledger.holding(want)).flatten() else {
+        let Some(place) = self.place_of_ticket(&pending) else {
             // Another client's ticket: dropped here, it gives its request up there.
-            return Err(RecvError::Corrupt(Corruption::BadState(
-                "no such request is outstanding",
-            )));
+            return Err(no_such_request());
         };
         pending.dropped = None; // redeemed
         if let Place::Kept { len, no_reply } = place {
-            self.ledger.free(want);
-            if no_reply {
-                return Err(RecvError::NoReply);
-            }
-            let at = place_of(want) * self.ledger.max;
-            return Ok(Reply {
-                source: ReplySource::Kept(&self.ledger.buffers[at..at + len]),
-            });
+            return self.kept_reply(want, len, no_reply);
         }
         // Split borrows: the ring is read through `shared` while the ledger is updated.
         let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
@@ -1272,29 +1303,11 @@ impl Client {
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || {
-                    while let Some(claim) = ring.try_claim_read(owner)? {
-                        stats.add(counter::RECEIVED, 1);
-                        if let Filed::Wanted(claim) =
-                            ledger.file(shared, ring, me, claim, Some(want))
-                        {
-                            return Ok(Some(claim));
-                        }
-                    }
-                    Ok(None)
-                },
+                || look_for_reply(ledger, shared, ring, me, owner, stats, want),
                 || shared.repair_quietly(),
             );
         match found {
-            Ok(Some(Some(claim))) => Ok(Reply {
-                source: ReplySource::Slot {
-                    shared: &self.shared,
-                    ring: self.reply_ring(),
-                    claim: Some(claim),
-                    process: self.me.process(),
-                },
-            }),
-            Ok(Some(None)) => Err(RecvError::NoReply),
+            Ok(Some(claim)) => self.slot_reply(claim),
             Ok(None) => {
                 // Given up: its place is freed when its late reply comes (and is discarded).
                 self.ledger.give_up(want);
@@ -1386,6 +1399,100 @@ impl Drop for Server {
     /// Detaches: delivers again the requests this server leaked, then frees its entry.
     fn drop(&mut self) {
         self.shared.detach(&self.me);
+    }
+}
+
+/// What the futures of [`crate::asynchronous`] need: the cell a server waits on for
+/// requests, what keeps it mapped, and the stall sweep.
+impl Server {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (
+            self.shared.requests.not_empty(),
+            self.shared.mapping.clone(),
+        )
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
+    }
+}
+
+/// A wait's attempt: takes the replies that have arrived, filing those for other requests,
+/// until the one for `want` (`Some(claim)`, or `Some(None)` for a "no reply" notice).
+fn look_for_reply(
+    ledger: &mut Ledger,
+    shared: &Shared,
+    ring: &MpmcRing,
+    me: (u32, u64),
+    owner: u16,
+    stats: OwnStats<'_>,
+    want: u64,
+) -> Result<Option<Option<ReadClaim>>, Corruption> {
+    while let Some(claim) = ring.try_claim_read(owner)? {
+        stats.add(counter::RECEIVED, 1);
+        if let Filed::Wanted(claim) = ledger.file(shared, ring, me, claim, Some(want)) {
+            return Ok(Some(claim));
+        }
+    }
+    Ok(None)
+}
+
+fn no_such_request() -> RecvError {
+    RecvError::Corrupt(Corruption::BadState("no such request is outstanding"))
+}
+
+/// What `Client::wait_async` found for its ticket (see [`Client::async_look`]).
+pub(crate) enum Found {
+    Kept { len: usize, no_reply: bool },
+    Slot(Option<ReadClaim>),
+}
+
+/// What `Client::wait_async` needs: the cell a client waits on for replies, what keeps it
+/// mapped, the stall sweep, and a look for a reply that neither redeems the ticket nor gives
+/// the request up when the reply has not come (so a pending future can look again, and a
+/// dropped one leaves the ticket as it was).
+impl Client {
+    pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
+        (self.reply_ring().not_empty(), self.shared.mapping.clone())
+    }
+
+    pub(crate) fn async_repair(&self) {
+        self.shared.repair_quietly();
+    }
+
+    /// One non-blocking look for the reply to `pending`. On an error the request is given up,
+    /// as by a failed [`wait`](Self::wait).
+    pub(crate) fn async_look(&mut self, pending: &Pending) -> Result<Option<Found>, RecvError> {
+        self.me.check_recv()?;
+        let want = pending.id;
+        match self.place_of_ticket(pending) {
+            None => return Err(no_such_request()),
+            Some(Place::Kept { len, no_reply }) => return Ok(Some(Found::Kept { len, no_reply })),
+            Some(_) => {}
+        }
+        let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
+        let ring = &shared.replies[self.index as usize];
+        let me = (self.index, self.generation);
+        match look_for_reply(ledger, shared, ring, me, owner, self.me.stats(), want) {
+            Ok(found) => Ok(found.map(Found::Slot)),
+            Err(c) => {
+                self.ledger.give_up(want);
+                Err(RecvError::Corrupt(c))
+            }
+        }
+    }
+
+    /// Redeems `pending` with what [`async_look`](Self::async_look) found.
+    pub(crate) fn async_reply(
+        &mut self,
+        pending: &mut Pending,
+        found: Found,
+    ) -> Result<Reply<'_>, RecvError> {
+        pending.dropped = None; // redeemed
+        match found {
+            Found::Kept { len, no_reply } => self.kept_reply(pending.id, len, no_reply),
+            Found::Slot(claim) => self.slot_reply(claim),
+        }
     }
 }
 

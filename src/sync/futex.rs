@@ -18,19 +18,32 @@ use std::time::Duration;
 /// on a signal or on the timeout; the caller must re-check what it waits for.
 #[cfg(not(loom))]
 pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    // Shared (plain FUTEX_WAIT, not the private variant): `word` may sit in a mapping shared
+    // with other processes.
+    wait_op(word, nix::libc::FUTEX_WAIT, expected, timeout);
+}
+
+/// [`wait`] on a word only this process uses (the async reactor's control word).
+#[cfg(not(loom))]
+pub(crate) fn wait_private(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let op = nix::libc::FUTEX_WAIT | nix::libc::FUTEX_PRIVATE_FLAG;
+    wait_op(word, op, expected, timeout);
+}
+
+#[cfg(not(loom))]
+fn wait_op(word: &AtomicU32, op: nix::libc::c_int, expected: u32, timeout: Duration) {
     let ts = nix::libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as nix::libc::time_t,
         tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
     };
-    // Shared (plain FUTEX_WAIT, not the private variant): `word` may sit in a mapping shared
-    // with other processes. Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
-    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, valid for the call (borrowed);
-    // `ts` outlives the call; FUTEX_WAIT ignores the other arguments.
+    // Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
+    // SAFETY: FUTEX_WAIT (shared or private) reads the aligned u32 behind `word`, valid for
+    // the call (borrowed); `ts` outlives the call; FUTEX_WAIT ignores the other arguments.
     unsafe {
         nix::libc::syscall(
             nix::libc::SYS_futex,
             word.as_ptr(),
-            nix::libc::FUTEX_WAIT,
+            op,
             expected,
             &ts as *const nix::libc::timespec,
             std::ptr::null::<u32>(),
@@ -44,13 +57,29 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 pub(crate) fn wake(word: &AtomicU32, count: u32) {
     #[cfg(feature = "test-hooks")]
     WAKE_CALLS.with(|calls| calls.set(calls.get() + 1));
-    // SAFETY: FUTEX_WAKE only uses the address as a key; it does not dereference user memory
-    // beyond it and `word` is valid. Shared futex, as above.
+    // Shared futex, as above.
+    wake_op(word, nix::libc::FUTEX_WAKE, count);
+}
+
+/// Wakes every waiter sleeping on a word only this process uses (see [`wait_private`]).
+#[cfg(not(loom))]
+pub(crate) fn wake_private(word: &AtomicU32) {
+    wake_op(
+        word,
+        nix::libc::FUTEX_WAKE | nix::libc::FUTEX_PRIVATE_FLAG,
+        u32::MAX,
+    );
+}
+
+#[cfg(not(loom))]
+fn wake_op(word: &AtomicU32, op: nix::libc::c_int, count: u32) {
+    // SAFETY: FUTEX_WAKE (shared or private) only uses the address as a key; it does not
+    // dereference user memory beyond it and `word` is valid.
     unsafe {
         nix::libc::syscall(
             nix::libc::SYS_futex,
             word.as_ptr(),
-            nix::libc::FUTEX_WAKE,
+            op,
             count.min(i32::MAX as u32),
             std::ptr::null::<nix::libc::timespec>(),
             std::ptr::null::<u32>(),

@@ -5,6 +5,8 @@ pub(crate) mod atomic;
 pub(crate) mod futex;
 #[cfg(not(loom))]
 pub(crate) mod process;
+#[cfg(not(loom))]
+pub(crate) mod reactor;
 pub(crate) mod wait;
 
 pub(crate) use wait::{Deadline, Tally, WaitCell, WaitStrategy};

@@ -97,7 +97,7 @@ const MAX_PARK: Duration = Duration::from_millis(50);
 /// The longest single sleep in effect: [`MAX_PARK`], or in test-hooks builds what a test set
 /// with [`set_max_park`] (so that a lost wake-up hangs instead of costing 50 ms).
 #[inline]
-fn max_park() -> Duration {
+pub(crate) fn max_park() -> Duration {
     #[cfg(all(feature = "test-hooks", not(loom)))]
     let cap = Duration::from_millis(TEST_MAX_PARK_MS.load(std::sync::atomic::Ordering::Relaxed));
     #[cfg(not(all(feature = "test-hooks", not(loom))))]
@@ -190,7 +190,7 @@ impl Tally<'_> {
 
 /// The epoch part of a futex word.
 #[inline]
-fn epoch(word: u32) -> u32 {
+pub(crate) fn epoch(word: u32) -> u32 {
     word & !WAIT_WAITERS_MASK
 }
 
@@ -202,6 +202,18 @@ impl<'a> WaitCell<'a> {
             word: region.u32_at(offset),
             tally: None,
         }
+    }
+
+    /// The cell whose futex word is `word` (for the reactor, which keeps words, not regions).
+    #[inline]
+    pub(crate) fn of_word(word: &'a AtomicU32) -> Self {
+        WaitCell { word, tally: None }
+    }
+
+    /// The cell's futex word.
+    #[inline]
+    pub(crate) fn word(&self) -> &'a AtomicU32 {
+        self.word
     }
 
     /// The same cell, with its waits counted in `tally`.
@@ -254,7 +266,7 @@ impl<'a> WaitCell<'a> {
 
     /// Registers a waiter in the current epoch (the count saturates); returns the word as it
     /// left it, which is what the waiter then sleeps on.
-    fn join(&self) -> u32 {
+    pub(crate) fn join(&self) -> u32 {
         let mut seen = self.word.load(Ordering::Relaxed);
         loop {
             let joined = if seen & WAIT_WAITERS_MASK == WAIT_WAITERS_MASK {
@@ -276,7 +288,7 @@ impl<'a> WaitCell<'a> {
     /// count, unless a notifier already did by moving the epoch on, or the count saturated.
     /// The Acquire load pairs with the notifier's CAS: a waiter that finds the epoch moved
     /// sees the condition the notifier made true.
-    fn leave(&self, joined: u32) {
+    pub(crate) fn leave(&self, joined: u32) {
         let mut seen = self.word.load(Ordering::Acquire);
         loop {
             let count = seen & WAIT_WAITERS_MASK;
