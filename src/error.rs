@@ -122,6 +122,22 @@ pub enum Error {
     Send(SendError),
     /// Receiving failed (converted from [`RecvError`]).
     Recv(RecvError),
+    /// The queue file's owner or mode is not one this process trusts: it is writable by others,
+    /// or it belongs to another user and is not a group file of a group this process is in.
+    Untrusted {
+        /// The queue file.
+        path: PathBuf,
+        /// The file's owner (uid).
+        owner: u32,
+        /// The file's group (gid).
+        group: u32,
+        /// The file's permission bits.
+        mode: u32,
+        /// This process's effective uid.
+        euid: u32,
+        /// Which part of the rule the file breaks.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -142,6 +158,21 @@ impl fmt::Display for Error {
             ),
             Error::Send(e) => write!(f, "{e}"),
             Error::Recv(e) => write!(f, "{e}"),
+            Error::Untrusted {
+                path,
+                owner,
+                group,
+                mode,
+                euid,
+                reason,
+            } => write!(
+                f,
+                "refusing queue file {} (owner uid {owner}, group {group}, mode {mode:04o}): \
+                 {reason}; shmq opens only files owned by its effective uid ({euid}), or \
+                 group-writable files of a group it is in, and never files writable by others. \
+                 Remove it, or have its owner create it with `group(gid)`",
+                path.display()
+            ),
         }
     }
 }

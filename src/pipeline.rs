@@ -55,6 +55,7 @@ pub struct Options {
     max_message: usize,
     max_participants: u32,
     mode: u32,
+    group: Option<u32>,
 }
 
 impl Default for Options {
@@ -64,6 +65,7 @@ impl Default for Options {
             max_message: 1024,
             max_participants: 64,
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -92,9 +94,21 @@ impl Options {
         self
     }
 
-    /// File permission bits, e.g. `0o660` to share the queue with a group. Default `0o600`.
+    /// File permission bits (default `0o600`); to share the queue with a group, see
+    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
+    /// file).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
+    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
+    /// is group-writable and the opener is in its group, so members of `gid` can use it and
+    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self.mode = 0o660;
         self
     }
 }
@@ -167,7 +181,7 @@ impl Pipeline {
             options.max_participants,
         )
         .map_err(Error::InvalidOptions)?;
-        let mapping = file::create(path, &g, options.mode, |region| {
+        let mapping = file::create(path, &g, options.mode, options.group, |region| {
             let ring = MpmcRing::new(
                 region.clone(),
                 RING_CONTROL_OFFSET,

@@ -82,6 +82,7 @@ pub struct PubSubOptions {
     max_subscribers: u32,
     overflow: Overflow,
     mode: u32,
+    group: Option<u32>,
 }
 
 impl Default for PubSubOptions {
@@ -94,6 +95,7 @@ impl Default for PubSubOptions {
             max_subscribers: 16,
             overflow: Overflow::DropOldest,
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -141,9 +143,21 @@ impl PubSubOptions {
         self
     }
 
-    /// File permission bits (default `0o600`).
+    /// File permission bits (default `0o600`); to share the file with a group, see
+    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
+    /// file).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
+    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
+    /// is group-writable and the opener is in its group, so members of `gid` can use it and
+    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self.mode = 0o660;
         self
     }
 }
@@ -232,7 +246,7 @@ impl PubSub {
             reply_capacity: 0,
         })
         .map_err(Error::InvalidOptions)?;
-        let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
+        let mapping = file::create(path.as_ref(), &g, options.mode, options.group, |region| {
             ring_of(region.clone(), &g).initialize()
         })?;
         let ring = ring_of(mapping.region(), &g);

@@ -94,6 +94,7 @@ pub struct ServiceOptions {
     max_clients: u32,
     max_servers: u32,
     mode: u32,
+    group: Option<u32>,
 }
 
 impl Default for ServiceOptions {
@@ -105,6 +106,7 @@ impl Default for ServiceOptions {
             max_clients: 64,
             max_servers: 64,
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -146,9 +148,21 @@ impl ServiceOptions {
         self
     }
 
-    /// File permission bits (default `0o600`).
+    /// File permission bits (default `0o600`); to share the file with a group, see
+    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
+    /// file).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
+    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
+    /// is group-writable and the opener is in its group, so members of `gid` can use it and
+    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self.mode = 0o660;
         self
     }
 }
@@ -320,7 +334,7 @@ impl Service {
             reply_capacity: options.reply_capacity,
         })
         .map_err(Error::InvalidOptions)?;
-        let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
+        let mapping = file::create(path.as_ref(), &g, options.mode, options.group, |region| {
             let (requests, replies) = rings(region, &g);
             requests.initialize();
             replies.iter().for_each(MpmcRing::initialize);

@@ -2,6 +2,8 @@
 
 #[cfg(not(loom))]
 pub(crate) mod file;
+#[cfg(not(loom))]
+pub(crate) mod perm;
 pub(crate) mod region;
 
 pub use region::Region;
