@@ -94,20 +94,22 @@ fn child_as(role: &str, args: &[&str], uid: u32, gid: u32, groups: &[u32]) -> Ch
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // SAFETY: the hook only makes async-signal-safe system calls (setgroups, setgid, setuid)
-    // on memory prepared before fork, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let ok = libc::setgroups(groups.len(), groups.as_ptr()) == 0
-                && libc::setgid(gid) == 0
-                && libc::setuid(uid) == 0;
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
+    let switch_user = move || {
+        // SAFETY: `groups` is a live vector of `groups.len()` gids; setgroups only reads it.
+        let ok = unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } == 0
+            // SAFETY: setgid and setuid have no memory preconditions.
+            && unsafe { libc::setgid(gid) } == 0
+            // SAFETY: as above.
+            && unsafe { libc::setuid(uid) } == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     };
+    // SAFETY: the hook only makes async-signal-safe system calls (setgroups, setgid, setuid)
+    // on memory prepared before fork, and allocates nothing unless a call fails.
+    unsafe { cmd.pre_exec(switch_user) };
     ChildProc::from_child(role, cmd.spawn().expect("spawn a child as another user"))
 }
 
