@@ -249,6 +249,14 @@ pub enum RecvError {
     Lagged(u64),
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// A copying receive was given a buffer shorter than the queue's maximum message size
+    /// (checked before anything is received, so no message is taken).
+    BufferTooSmall {
+        /// The buffer's length.
+        len: usize,
+        /// The queue's maximum message size: the buffer must hold at least this many bytes.
+        max: usize,
+    },
 }
 
 impl fmt::Display for RecvError {
@@ -259,6 +267,11 @@ impl fmt::Display for RecvError {
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+            RecvError::BufferTooSmall { len, max } => write!(
+                f,
+                "receive buffer of {len} bytes is shorter than the queue's maximum message of \
+                 {max} bytes; pass a buffer of at least {max} bytes"
+            ),
         }
     }
 }

@@ -17,6 +17,17 @@
 //! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
 //!   system call when no receiver is parked (see [`WaitStrategy`]).
 //!
+//! # Trust
+//!
+//! Every process that can write the queue file is trusted with message *contents*; shmq
+//! defends its own memory safety, indices and lengths against any bytes (a corrupt or hostile
+//! file gives an error, never undefined behaviour in shmq). A [`Message`] and a [`Loan`] are
+//! views into the mapping: a process that ignores the protocol can change those bytes while you
+//! hold the view, so for peers you do not trust copy the message out with
+//! [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
+//! word loads, and validate the copy. Who may open the file at all: see
+//! [`Options::group`] and `docs/DESIGN.md` section 9.
+//!
 //! # Example
 //!
 //! ```
@@ -627,6 +638,50 @@ impl Consumer {
         self.recv_with(Deadline::after(timeout))
     }
 
+    /// Receives the next message by copying it into `buf`, waiting for one, and acknowledges
+    /// it; returns its length. The copy reads the shared bytes with atomic word loads, never
+    /// through a slice over the mapping: use it (and validate what you got) when the queue's
+    /// other writers are not trusted, since a [`Message`] is a view they could change while
+    /// you read it. No allocation.
+    ///
+    /// # Errors
+    /// [`RecvError::BufferTooSmall`] if `buf` is shorter than [`Pipeline::max_message`]
+    /// (nothing is received), and as for [`recv`](Self::recv).
+    pub fn recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.copy_with(buf, Deadline::Never)
+    }
+
+    /// Like [`recv_into`](Self::recv_into), but fails with [`RecvError::Empty`] instead of
+    /// waiting.
+    ///
+    /// # Errors
+    /// As for [`recv_into`](Self::recv_into) and [`try_recv`](Self::try_recv).
+    pub fn try_recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.copy_with(buf, Deadline::Now)
+    }
+
+    /// Like [`recv_into`](Self::recv_into), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As for [`recv_into`](Self::recv_into) and [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize, RecvError> {
+        self.copy_with(buf, Deadline::after(timeout))
+    }
+
+    fn copy_with(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize, RecvError> {
+        let max = self.ring().max_message();
+        if buf.len() < max {
+            return Err(RecvError::BufferTooSmall {
+                len: buf.len(),
+                max,
+            });
+        }
+        let msg = self.recv_with(deadline)?;
+        Ok(msg
+            .copy_to(buf)
+            .expect("the buffer holds max_message bytes"))
+    }
+
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
     /// Returns how many were handled.
@@ -678,6 +733,25 @@ impl Message<'_> {
             Some(claim) => self.consumer.ring().payload(claim),
             None => &[],
         }
+    }
+
+    /// Copies the message into the front of `dst` with atomic word loads (never through a
+    /// slice over the mapping; see [`Consumer::recv_into`]) and returns its length, or `None`
+    /// if `dst` is shorter than the message (nothing copied).
+    pub fn copy_to(&self, dst: &mut [u8]) -> Option<usize> {
+        let Some(claim) = &self.claim else {
+            return Some(0);
+        };
+        let dst = dst.get_mut(..claim.len())?;
+        self.consumer.ring().copy_payload(claim, 0, dst);
+        Some(dst.len())
+    }
+
+    /// The message copied into a new vector with atomic word loads (see [`copy_to`](Self::copy_to)).
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.claim.as_ref().map_or(0, |c| c.len())];
+        self.copy_to(&mut out);
+        out
     }
 
     /// Whether this message was delivered before to a consumer that died without

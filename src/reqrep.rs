@@ -32,6 +32,15 @@
 //! A server that drops a request without replying sends a "no reply" notice instead, so the
 //! client's wait ends with [`RecvError::NoReply`] rather than a timeout.
 //!
+//! # Trust
+//!
+//! Every process that can write the service file is trusted with request and reply
+//! *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
+//! [`Request::payload`] and [`Reply::payload`] are views into the mapping that a process
+//! ignoring the protocol can change while you read them; for peers you do not trust, copy them
+//! out with [`Request::copy_to_vec`] and [`Reply::copy_to_vec`] (atomic word loads, never a
+//! slice over the mapping) and validate the copy. See `docs/DESIGN.md` section 9.
+//!
 //! # Timeouts
 //!
 //! [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
@@ -294,8 +303,21 @@ fn put(
 /// Reads the envelope in front of a held message; `None` if the message is too short to
 /// have one (a corrupt file).
 fn envelope_of(ring: &MpmcRing, claim: &ReadClaim) -> Option<Envelope> {
-    let bytes = ring.payload(claim);
-    (bytes.len() >= ENVELOPE_SIZE).then(|| bytemuck::pod_read_unaligned(&bytes[..ENVELOPE_SIZE]))
+    if claim.len() < ENVELOPE_SIZE {
+        return None;
+    }
+    let mut bytes = [0u8; ENVELOPE_SIZE];
+    ring.copy_payload(claim, 0, &mut bytes);
+    Some(bytemuck::pod_read_unaligned(&bytes))
+}
+
+/// Copies a held message's payload (after its envelope) out with atomic word loads.
+fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
+    let mut out = vec![0; claim.len().saturating_sub(ENVELOPE_SIZE)];
+    if !out.is_empty() {
+        ring.copy_payload(claim, ENVELOPE_SIZE, &mut out);
+    }
+    out
 }
 
 /// A request-reply service file, mapped. Cheap to clone.
@@ -576,6 +598,16 @@ impl Request<'_> {
         }
     }
 
+    /// The request's payload, copied out of the shared file with atomic word loads: for
+    /// servers that do not trust their clients, since [`payload`](Self::payload) is a view that
+    /// a process ignoring the protocol can change while it is read. Allocates.
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        match &self.claim {
+            Some(claim) => copy_after_envelope(&self.server.shared.requests, claim),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether this request was taken before by a server that died without replying.
     pub fn redelivered(&self) -> bool {
         self.claim.as_ref().is_some_and(|c| c.redelivered())
@@ -737,6 +769,20 @@ impl Reply<'_> {
             ReplySource::Kept(bytes) => bytes,
         }
     }
+
+    /// The reply's payload, copied out of the shared file with atomic word loads: for clients
+    /// that do not trust their servers (see [`Request::copy_to_vec`]). Allocates.
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        match &self.source {
+            ReplySource::Slot {
+                ring,
+                claim: Some(claim),
+            } => copy_after_envelope(ring, claim),
+            ReplySource::Slot { claim: None, .. } => Vec::new(),
+            // Copied out of the ring (with atomic loads) when it arrived: private memory now.
+            ReplySource::Kept(bytes) => bytes.to_vec(),
+        }
+    }
 }
 
 impl fmt::Debug for Reply<'_> {
@@ -803,12 +849,12 @@ impl Ledger {
             return Filed::Wanted(Some(claim));
         }
         if wanted {
-            let payload = &ring.payload(&claim)[ENVELOPE_SIZE..];
+            let len = claim.len() - ENVELOPE_SIZE;
             // Never fails: kept + outstanding never exceed the number of buffers.
             if let Some(slot) = self.free.pop() {
-                self.buffers[slot * max..slot * max + payload.len()].copy_from_slice(payload);
-                self.kept
-                    .push((e.correlation, slot, payload.len(), no_reply));
+                let kept = &mut self.buffers[slot * max..slot * max + len];
+                ring.copy_payload(&claim, ENVELOPE_SIZE, kept);
+                self.kept.push((e.correlation, slot, len, no_reply));
             }
         }
         ring.release(claim);
