@@ -29,6 +29,15 @@
 //!   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
 //!   publisher, a whole ring behind, is still copying into the slot.
 //!
+//! # Trust
+//!
+//! Every process that can write the channel file is trusted with message *contents*; shmq
+//! defends its own memory safety, indices and lengths against any bytes. A subscriber copies
+//! every message out of the ring with atomic word loads into its own buffer and re-checks the
+//! slot afterwards, so a [`TopicMessage`] never points into the mapping and cannot change under
+//! you: subscribers are safe against publishers they do not trust (who can still publish
+//! anything, or deny service). See `docs/DESIGN.md` section 9.
+//!
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
