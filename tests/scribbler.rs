@@ -74,6 +74,8 @@ fn producer(path: &Path, ready: &str, until: Instant) -> u64 {
         let _ = bounded("try_send", Duration::ZERO, || p.try_send(&msg));
         if let Ok(mut loan) = bounded("try_loan", Duration::ZERO, || p.try_loan(8)) {
             loan.fill(1);
+            // `let _` stays right when commit returns a Result (issue 8).
+            #[allow(clippy::let_unit_value)]
             let _ = loan.commit();
         }
         n += 3;
