@@ -10,26 +10,32 @@
 //!   `send`/`recv`, and `send_batch`/`recv_batch`; beside them a plain SPSC ring in shared memory
 //!   and a Unix stream socket.
 //!
+//! * Many to many: three producer processes and three consumer processes on one pipeline, beside
+//!   one and one run the same way (`ManyToMany`).
+//!
 //! Criterion measures all of those; then (only under `cargo bench`, not `cargo test --benches`)
 //! a report: percentiles of 100k 64-byte round trips per case, each case bracketed by short raw
-//! atomic ping-pongs, interleaved throughput rounds, and a table of the targets.
+//! atomic ping-pongs, interleaved throughput rounds, and a table of the targets; the raw results
+//! go to `target/shmq-bench/` (see `common::results`).
+//!
+//! # Placement
+//! The machine has two CPUs. The parent is pinned to one and every peer to the other, so each
+//! 1 → 1 case has one process per core. In the many-to-many cases the producers share the peer
+//! CPU and the consumers the parent's (the parent itself sleeps while they run), and every side
+//! waits the default way (spin 20 µs, then park): processes sharing a CPU cannot all busy-poll
+//! (see the pubsub bench's docs), and the 1 → 1 reference of that ratio waits the same way.
 //!
 //! `nice cargo bench --bench pipeline`
 
 mod common;
 
-use std::fs;
-use std::path::PathBuf;
-use std::process;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Bracketed, OneWay, Peer, Percentiles, Role, RoundTrip, STREAM_MESSAGE};
-use criterion::{BenchmarkId, Criterion, Throughput};
-use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use nix::unistd::Pid;
+use common::{check_stamp, stamp, Cpu, JobPeer, OneWay, OneWayCase, QueuePath, Reported, Role};
+use common::{RoundTrip, RoundTripCase, Target, WatchedPeer, STREAM_MESSAGE};
 use shmq::{Consumer, Options, Pipeline, Producer, WaitStrategy};
 
 /// Round-trip message sizes.
@@ -44,110 +50,37 @@ const RING_SLOTS: u64 = 1024;
 const BATCH: usize = 64;
 /// Round trips per case in the percentile report.
 const PERCENTILE_ROUND_TRIPS: usize = 100_000;
-/// Interleaved rounds of each throughput case in the report.
+/// Interleaved rounds of each throughput case in the report, and the length of each run.
 const THROUGHPUT_ROUNDS: usize = 9;
+const RUN_TIME: Duration = Duration::from_millis(100);
+/// Producers and consumers of the many-to-many case.
+const MANY: usize = 3;
+
+const RAW_FUTEX: &str = "raw futex";
+const SPSC_RING: &str = "spsc ring";
+const SEND_RECV: &str = "shmq send/recv";
+const BATCH_CASE: &str = "shmq batch";
+const UNIX_SOCKET: &str = "unix socket";
+const ONE_TO_ONE: &str = "shmq 1→1, default wait, job peers";
+const MANY_TO_MANY: &str = "shmq 3→3, default wait, job peers";
 
 const SHMQ_ECHO: &str = "shmq-echo";
 const SHMQ_PRODUCER: &str = "shmq-producer";
+const MANY_PRODUCER: &str = "shmq-many-producer";
+const MANY_CONSUMER: &str = "shmq-many-consumer";
 const PEER_ROLES: &[(&str, Role)] = &[
     (SHMQ_ECHO, shmq_echo_peer),
     (SHMQ_PRODUCER, shmq_producer_peer),
+    (MANY_PRODUCER, many_producer_peer),
+    (MANY_CONSUMER, many_consumer_peer),
 ];
 
-// ---------------------------------------------------------------------------------------------
-// Queue files and peers
-// ---------------------------------------------------------------------------------------------
-
-/// A queue file name in `/dev/shm`, unique to this process; the file is removed on drop, or
-/// earlier with [`QueueFile::remove`] once every process has it mapped.
-struct QueueFile {
-    path: PathBuf,
-    removed: bool,
-}
-
-impl QueueFile {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = format!("/dev/shm/shmq-pipeline-bench-{}-{n}-{name}", process::id());
-        Self {
-            path: PathBuf::from(path),
-            removed: false,
-        }
-    }
-
-    fn create(&self, options: &Options) -> Pipeline {
-        Pipeline::create(&self.path, options)
-            .unwrap_or_else(|e| panic!("create {}: {e}", self.path.display()))
-    }
-
-    fn arg(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    fn remove(&mut self) {
-        if !std::mem::replace(&mut self.removed, true) {
-            let _ = Pipeline::remove(&self.path);
-        }
-    }
-}
-
-impl Drop for QueueFile {
-    fn drop(&mut self) {
-        self.remove();
-    }
+fn create(path: &QueuePath, options: &Options) -> Pipeline {
+    Pipeline::create(path.path(), options).unwrap_or_else(|e| panic!("create {}: {e}", path.arg()))
 }
 
 fn open(path: &str) -> Pipeline {
     Pipeline::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"))
-}
-
-/// A [`Peer`] whose early death ends this process. The parent blocks in shmq's own `recv`, which
-/// has no way to notice a dead peer; a watchdog thread sleeps in `waitid(WNOWAIT)` (no polling,
-/// so no jitter on the parent's core) and exits the process if the peer goes before we drop it.
-struct WatchedPeer {
-    peer: Option<Peer>,
-    stopping: Arc<AtomicBool>,
-    watchdog: Option<JoinHandle<()>>,
-}
-
-impl WatchedPeer {
-    fn spawn(role: &'static str, args: &[String]) -> Self {
-        let mut peer = common::spawn_peer(role, args);
-        let pid = Pid::from_raw(peer.child().id() as i32);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let watchdog = thread::spawn({
-            let stopping = stopping.clone();
-            move || {
-                // WNOWAIT: the child stays waitable, for `Peer`'s drop to reap.
-                let status = loop {
-                    match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        status => break status,
-                    }
-                };
-                if !stopping.load(Ordering::Acquire) {
-                    eprintln!("shmq bench: peer `{role}` exited early: {status:?}");
-                    process::exit(1);
-                }
-            }
-        });
-        Self {
-            peer: Some(peer),
-            stopping,
-            watchdog: Some(watchdog),
-        }
-    }
-}
-
-impl Drop for WatchedPeer {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
-        drop(self.peer.take()); // Kills and reaps it, which ends the watchdog's wait.
-        if let Some(watchdog) = self.watchdog.take() {
-            let _ = watchdog.join();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,7 +139,7 @@ impl Mode {
 struct ShmqPingPong {
     ping: Producer,
     pong: Consumer,
-    _files: [QueueFile; 2],
+    _paths: [QueuePath; 2],
     _peer: WatchedPeer,
     /// With `Mode::Sweeping`: a thread running recovery sweeps over both queues every
     /// millisecond (what stalled waiters do every 50 ms), stopped on drop.
@@ -227,8 +160,8 @@ impl ShmqPingPong {
         let options = Options::new()
             .capacity(PING_CAPACITY)
             .max_message(PING_MAX_MESSAGE);
-        let files = [QueueFile::new("ping"), QueueFile::new("pong")];
-        let queues = [files[0].create(&options), files[1].create(&options)];
+        let paths = [QueuePath::new("ping"), QueuePath::new("pong")];
+        let queues = [create(&paths[0], &options), create(&paths[1], &options)];
         let mut ping = queues[0].producer().expect("ping producer");
         let mut pong = queues[1].consumer().expect("pong consumer");
         let sweeper = (mode == Mode::Sweeping).then(|| {
@@ -246,17 +179,17 @@ impl ShmqPingPong {
         });
         ping.set_wait_strategy(mode.strategy());
         pong.set_wait_strategy(mode.strategy());
-        let args = [files[0].arg(), files[1].arg(), mode.as_arg().to_owned()];
-        let peer = WatchedPeer::spawn(SHMQ_ECHO, &args);
+        let args = [paths[0].arg(), paths[1].arg(), mode.as_arg().to_owned()];
+        let peer = WatchedPeer::spawn(SHMQ_ECHO, &args, Cpu::Peer);
         let mut this = Self {
             ping,
             pong,
-            _files: files,
+            _paths: paths,
             _peer: peer,
             sweeper,
         };
         this.run(64, 0); // The peer is up and has both queues open.
-        this._files.iter_mut().for_each(QueueFile::remove);
+        this._paths.iter_mut().for_each(QueuePath::remove);
         this
     }
 }
@@ -290,31 +223,26 @@ fn shmq_echo_peer(args: &[String]) {
     }
 }
 
-type Spawn<T> = Box<dyn Fn() -> T>;
-
 /// Every round-trip case, shmq's beside the baselines they are compared with.
-fn round_trip_cases() -> Vec<(&'static str, Spawn<Box<dyn RoundTrip>>)> {
-    let shmq = |mode: Mode| -> (&'static str, Spawn<Box<dyn RoundTrip>>) {
+fn round_trip_cases() -> Vec<RoundTripCase> {
+    let shmq = |mode: Mode| -> RoundTripCase {
         (
             mode.name(),
             Box::new(move || Box::new(ShmqPingPong::spawn(mode))),
         )
     };
     vec![
-        (
-            "raw atomic",
-            Box::new(|| Box::new(common::ShmPingPong::raw_atomic())),
-        ),
+        common::raw_atomic_case(),
         shmq(Mode::BusyPoll),
         shmq(Mode::Sweeping),
         shmq(Mode::Default),
         (
-            "raw futex",
+            RAW_FUTEX,
             Box::new(|| Box::new(common::ShmPingPong::raw_futex())),
         ),
         shmq(Mode::Park),
         (
-            "unix socket",
+            UNIX_SOCKET,
             Box::new(|| Box::new(common::StreamPingPong::unix_socket())),
         ),
         (
@@ -332,17 +260,6 @@ fn round_trip_cases() -> Vec<(&'static str, Spawn<Box<dyn RoundTrip>>)> {
 // One-way throughput
 // ---------------------------------------------------------------------------------------------
 
-/// Each message starts with its sequence number, so the consumer checks order and loss.
-fn stamp(msg: &mut [u8; STREAM_MESSAGE], seq: u64) {
-    msg[..8].copy_from_slice(&seq.to_le_bytes());
-}
-
-fn check_stamp(msg: &[u8], seq: u64) {
-    assert_eq!(msg.len(), STREAM_MESSAGE, "message length");
-    let got = u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"));
-    assert_eq!(got, seq, "message out of order or lost");
-}
-
 /// One-way throughput over a pipeline: a peer process produces 64-byte messages, the parent
 /// consumes them, both busy-polling (as the SPSC ring baseline does). A second pipeline carries
 /// the parent's commands (how many messages to produce); the peer parks on it between runs.
@@ -351,37 +268,38 @@ struct ShmqThroughput {
     control: Producer,
     batch: bool,
     received: u64,
-    _files: [QueueFile; 2],
+    _paths: [QueuePath; 2],
     _peer: WatchedPeer,
 }
 
 impl ShmqThroughput {
     /// `batch`: the peer sends with `send_batch` and we receive with `recv_batch`.
     fn spawn(batch: bool) -> Self {
-        let files = [QueueFile::new("data"), QueueFile::new("control")];
+        let paths = [QueuePath::new("data"), QueuePath::new("control")];
         let data_options = Options::new()
             .capacity(RING_SLOTS)
             .max_message(STREAM_MESSAGE);
         let control_options = Options::new().capacity(4).max_message(8);
-        let mut data = files[0].create(&data_options).consumer().expect("consumer");
+        let mut data = create(&paths[0], &data_options)
+            .consumer()
+            .expect("consumer");
         data.set_wait_strategy(WaitStrategy::BusyPoll);
-        let control = files[1]
-            .create(&control_options)
+        let control = create(&paths[1], &control_options)
             .producer()
             .expect("control producer");
         let mode = if batch { "batch" } else { "single" };
-        let args = [files[0].arg(), files[1].arg(), mode.to_owned()];
-        let peer = WatchedPeer::spawn(SHMQ_PRODUCER, &args);
+        let args = [paths[0].arg(), paths[1].arg(), mode.to_owned()];
+        let peer = WatchedPeer::spawn(SHMQ_PRODUCER, &args, Cpu::Peer);
         let mut this = Self {
             data,
             control,
             batch,
             received: 0,
-            _files: files,
+            _paths: paths,
             _peer: peer,
         };
         this.run(1); // The peer is up and has both queues open.
-        this._files.iter_mut().for_each(QueueFile::remove);
+        this._paths.iter_mut().for_each(QueuePath::remove);
         this
     }
 
@@ -456,160 +374,175 @@ fn shmq_producer_peer(args: &[String]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Many to many
+// ---------------------------------------------------------------------------------------------
+
+/// Byte of a many-to-many message that names its producer (after the 8-byte stamp).
+const PRODUCER_BYTE: usize = 8;
+
+/// Throughput of `producers` producer processes on the peer CPU to `consumers` consumer
+/// processes on the parent CPU over one pipeline, every side waiting the default way; the
+/// parent only commands them ([`JobPeer`]s) and sleeps. A run of `iters` shares the messages out
+/// among the producers; once they have all sent theirs, the parent sends one empty message per
+/// consumer, and each consumer's job ends at the first empty message it takes, returning how
+/// many messages it took before: they must add up to `iters`. Timed from starting the producers
+/// to the last consumer's report.
+struct ManyToMany {
+    stop: Producer,
+    producers: Vec<JobPeer>,
+    consumers: Vec<JobPeer>,
+    _path: QueuePath,
+}
+
+impl ManyToMany {
+    fn spawn(producers: usize, consumers: usize) -> Self {
+        let mut path = QueuePath::new("many");
+        let options = Options::new()
+            .capacity(RING_SLOTS)
+            .max_message(STREAM_MESSAGE);
+        let stop = create(&path, &options).producer().expect("producer");
+        let wait = common::wait_arg(WaitStrategy::default());
+        let producers = (0..producers)
+            .map(|i| {
+                let args = [path.arg(), wait.clone(), i.to_string()];
+                JobPeer::spawn(MANY_PRODUCER, &args, Cpu::Peer)
+            })
+            .collect();
+        let consumers = (0..consumers)
+            .map(|_| JobPeer::spawn(MANY_CONSUMER, &[path.arg(), wait.clone()], Cpu::Parent))
+            .collect();
+        path.remove(); // Everyone has it open: `JobPeer::spawn` ran a first, empty job.
+        Self {
+            stop,
+            producers,
+            consumers,
+            _path: path,
+        }
+    }
+}
+
+impl OneWay for ManyToMany {
+    fn run(&mut self, iters: u64) -> Duration {
+        for consumer in &mut self.consumers {
+            consumer.start(1); // Take messages until an empty one.
+        }
+        let share = iters / self.producers.len() as u64;
+        let first = iters - share * (self.producers.len() as u64 - 1);
+        let start = Instant::now();
+        for (i, producer) in self.producers.iter_mut().enumerate() {
+            producer.start(if i == 0 { first } else { share });
+        }
+        for producer in &mut self.producers {
+            producer.finish();
+        }
+        for _ in &self.consumers {
+            self.stop.send(&[]).expect("send stop");
+        }
+        let taken: u64 = self.consumers.iter_mut().map(JobPeer::finish).sum();
+        let elapsed = start.elapsed();
+        assert_eq!(taken, iters, "messages lost or delivered twice");
+        elapsed
+    }
+}
+
+/// Peer of [`ManyToMany`]; args: pipeline path, wait strategy, producer index, job path. A job
+/// of `n` sends `n` messages stamped with this producer's next sequence numbers and its index.
+fn many_producer_peer(args: &[String]) {
+    let mut producer = open(&args[0]).producer().expect("producer");
+    producer.set_wait_strategy(common::parse_wait(&args[1]));
+    let index: u8 = args[2].parse().expect("producer index");
+    let mut msg = [0u8; STREAM_MESSAGE];
+    msg[PRODUCER_BYTE] = index;
+    let mut next = 0u64;
+    common::serve_jobs(args, |n| {
+        for _ in 0..n {
+            stamp(&mut msg, next);
+            producer.send(&msg).expect("send");
+            next += 1;
+        }
+        0
+    });
+}
+
+/// Peer of [`ManyToMany`]; args: pipeline path, wait strategy, job path. A job of 0 returns at
+/// once (set-up); a job of 1 takes messages until an empty one and returns how many it took,
+/// checking that each producer's messages arrive in the order it sent them.
+fn many_consumer_peer(args: &[String]) {
+    let mut consumer = open(&args[0]).consumer().expect("consumer");
+    consumer.set_wait_strategy(common::parse_wait(&args[1]));
+    // The next sequence number each producer may send (each consumer sees a subsequence).
+    let mut next = [0u64; 256];
+    common::serve_jobs(args, |job| {
+        if job == 0 {
+            return 0;
+        }
+        let mut taken = 0;
+        loop {
+            let msg = consumer.recv().expect("receive");
+            if msg.is_empty() {
+                break;
+            }
+            assert_eq!(msg.len(), STREAM_MESSAGE, "message length");
+            let seq = u64::from_le_bytes(msg[..8].try_into().expect("8 bytes"));
+            let producer = &mut next[usize::from(msg[PRODUCER_BYTE])];
+            assert!(seq >= *producer, "a producer's messages out of order");
+            *producer = seq + 1;
+            taken += 1;
+        }
+        taken
+    });
+}
+
 /// Every one-way case, shmq's beside the baselines.
-fn one_way_cases() -> Vec<(&'static str, Spawn<Box<dyn OneWay>>)> {
+fn one_way_cases() -> Vec<OneWayCase> {
+    let many =
+        |name, n| -> OneWayCase { (name, Box::new(move || Box::new(ManyToMany::spawn(n, n)))) };
     vec![
         (
-            "spsc ring",
+            SPSC_RING,
             Box::new(|| Box::new(common::SpscRingThroughput::spawn(RING_SLOTS))),
         ),
         (
-            "shmq send/recv",
+            SEND_RECV,
             Box::new(|| Box::new(ShmqThroughput::spawn(false))),
         ),
         (
-            "shmq batch",
+            BATCH_CASE,
             Box::new(|| Box::new(ShmqThroughput::spawn(true))),
         ),
         (
-            "unix socket",
+            UNIX_SOCKET,
             Box::new(|| Box::new(common::UnixStreamThroughput::spawn())),
         ),
+        many(ONE_TO_ONE, 1),
+        many(MANY_TO_MANY, MANY),
     ]
-}
-
-// ---------------------------------------------------------------------------------------------
-// Criterion
-// ---------------------------------------------------------------------------------------------
-
-fn round_trips(c: &mut Criterion) {
-    let mut group = c.benchmark_group("round_trip");
-    for (name, spawn) in round_trip_cases() {
-        let mut case = spawn(); // One peer for both sizes.
-        for size in SIZES {
-            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
-                b.iter_custom(|iters| case.run(size, iters));
-            });
-        }
-    }
-    group.finish();
-}
-
-fn one_way(c: &mut Criterion) {
-    let mut group = c.benchmark_group("one_way_64B");
-    group.throughput(Throughput::Elements(1));
-    for (name, spawn) in one_way_cases() {
-        let mut case = spawn();
-        group.bench_function(name, |b| b.iter_custom(|iters| case.run(iters)));
-    }
-    group.finish();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------------
 
-fn print_machine() {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("model name"))
-        .and_then(|rest| rest.split_once(':'))
-        .map_or("unknown", |(_, model)| model.trim());
-    let field = |name: &str| {
-        cpuinfo
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(key, _)| key.trim() == name)
-            .map_or("?", |(_, value)| value.trim())
-    };
-    let (family, model_number) = (field("cpu family"), field("model"));
-    // Not `available_parallelism`: this thread is pinned to one CPU already.
-    let nproc = cpuinfo
-        .lines()
-        .filter(|line| line.starts_with("processor"))
-        .count();
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let pinned = match common::bench_cpus() {
-        Some((parent, peer)) => format!("parent on CPU {parent}, peer on CPU {peer}"),
-        None => "unpinned".to_owned(),
-    };
-    println!(
-        "machine: {model} (family {family}, model {model_number}), nproc {nproc}, Linux {}; \
-         {pinned}; load average {}",
-        kernel.trim(),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-}
-
-/// What the percentile report found, for the targets table.
-#[derive(Default)]
-struct Figures {
-    busy_poll: Option<f64>,
-    /// Busy-poll round trip with sweeps running, over the same without, both bracketed.
-    sweeping: Option<f64>,
-    default: Option<f64>,
-    park_vs_futex: Option<f64>,
-    /// Msg/s of each one-way case, round by round.
-    rates: Vec<(&'static str, Vec<f64>)>,
-}
-
-impl Figures {
-    /// The median over rounds of `ours`'s rate over `theirs`'s in the same round.
-    fn ratio(&self, ours: &str, theirs: &str) -> Option<f64> {
-        let rates = |name: &str| self.rates.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
-        let (ours, theirs) = (rates(ours)?, rates(theirs)?);
-        let mut ratios: Vec<f64> = ours.iter().zip(theirs).map(|(a, b)| a / b).collect();
-        ratios.sort_by(f64::total_cmp);
-        (!ratios.is_empty()).then(|| median(&ratios))
-    }
-}
-
-fn percentile_report(figures: &mut Figures) {
-    let mut raw_atomic = common::ShmPingPong::raw_atomic();
+fn report() {
     let mut raw_futex = common::ShmPingPong::raw_futex();
-    let mut rows: Vec<(String, Bracketed)> = Vec::new();
     let mut park_bracket = None;
-    for (name, spawn) in round_trip_cases() {
-        let mut case = spawn();
-        let bracketed = if name == Mode::Park.name() {
+    let rows = common::round_trip_report_with(
+        round_trip_cases(),
+        PERCENTILE_ROUND_TRIPS,
+        |name, measure| {
+            if name != Mode::Park.name() {
+                return measure();
+            }
             // Also between raw futex medians: the figure it is judged against.
-            common::bracket_with_raw(&mut raw_atomic, 64, || {
-                let inner = common::bracket_with_raw(&mut raw_futex, 64, || {
-                    case.percentiles(64, PERCENTILE_ROUND_TRIPS)
-                });
-                park_bracket = Some(inner);
-                inner.case
-            })
-        } else {
-            common::bracket_with_raw(&mut raw_atomic, 64, || {
-                case.percentiles(64, PERCENTILE_ROUND_TRIPS)
-            })
-        };
-        drop(case); // Its peer stops before the next case starts.
-        if name == Mode::Sweeping.name() {
-            figures.sweeping = figures.busy_poll.map(|plain| bracketed.ratio() / plain);
-        } else if name == Mode::BusyPoll.name() {
-            figures.busy_poll = Some(bracketed.ratio());
-        } else if name == Mode::Default.name() {
-            figures.default = Some(bracketed.ratio());
-        }
-        rows.push((name.to_owned(), bracketed));
-    }
-    let plain: Vec<(String, Percentiles)> = rows
-        .iter()
-        .map(|(name, b)| (name.clone(), b.case))
-        .collect();
-    println!("\n## 64-byte round trips, {PERCENTILE_ROUND_TRIPS} each\n");
-    common::print_table(&plain, "raw atomic");
-    println!("\nThe same, each beside raw atomic medians taken just before and after it:\n");
-    common::print_bracketed(&rows);
+            let inner = common::bracket_with_raw(&mut raw_futex, 64, measure);
+            park_bracket = Some(inner);
+            inner.case
+        },
+    );
+    drop(raw_futex);
     if let Some(b) = park_bracket {
-        figures.park_vs_futex = Some(b.ratio());
+        common::record_bracket(Mode::Park.name(), RAW_FUTEX, &b);
         let mark = if b.unstable() { " (unstable)" } else { "" };
         println!(
             "\n{}: median {} against raw futex medians {} before and {} after: {:.2}{mark}",
@@ -620,155 +553,107 @@ fn percentile_report(figures: &mut Figures) {
             b.ratio()
         );
     }
-    let overhead = common::fmt_duration(common::timer_overhead());
-    println!("\nEach sample includes the clock read: {overhead} (median, empty closure).");
-}
-
-/// Messages per timed run of a one-way case in the report.
-fn report_messages(name: &str) -> u64 {
-    if name == "unix socket" {
-        100_000
-    } else {
-        1_000_000
-    }
-}
-
-fn throughput_report(figures: &mut Figures) {
-    let mut cases: Vec<(&'static str, Box<dyn OneWay>, Vec<f64>)> = one_way_cases()
-        .into_iter()
-        .map(|(name, spawn)| (name, spawn(), Vec::new()))
-        .collect();
-    // Rounds interleave the cases, so a busy neighbour (or the host moving our virtual CPUs)
-    // hurts neighbouring measurements alike; ratios are taken round by round.
-    for _ in 0..THROUGHPUT_ROUNDS {
-        for (name, case, rates) in &mut cases {
-            let n = report_messages(name);
-            rates.push(n as f64 / case.run(n).as_secs_f64());
-        }
-    }
-    figures.rates = cases
-        .into_iter()
-        .map(|(name, _, rates)| (name, rates))
-        .collect(); // The peers are gone.
-    println!("\n## One-way throughput, 64-byte messages, {THROUGHPUT_ROUNDS} interleaved rounds\n");
-    println!(
-        "| case | median M msg/s | best | worst | ns/msg (median) | / spsc ring (median of per-round ratios) |"
+    let rates = common::throughput_report(
+        one_way_cases(),
+        THROUGHPUT_ROUNDS,
+        RUN_TIME,
+        "msg",
+        SPSC_RING,
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, rates) in &figures.rates {
-        let mut sorted = rates.clone();
-        sorted.sort_by(f64::total_cmp);
-        let med = median(&sorted);
-        let vs_ring = figures
-            .ratio(name, "spsc ring")
-            .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
-        println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {vs_ring} |",
-            med / 1e6,
-            sorted[sorted.len() - 1] / 1e6,
-            sorted[0] / 1e6,
-            1e9 / med,
-        );
-    }
-}
-
-/// The median of sorted `values`.
-fn median(sorted: &[f64]) -> f64 {
-    sorted[sorted.len() / 2]
-}
-
-fn targets_table(figures: &Figures) {
-    let over = |ours: &str, theirs: &str| figures.ratio(ours, theirs);
-    // (figure, measured, target, whether lower is better)
-    let rows = [
-        (
-            "busy-poll round trip / raw atomic",
-            figures.busy_poll,
-            1.25,
-            true,
-        ),
-        (
-            "default blocking round trip / raw atomic",
-            figures.default,
-            1.5,
-            true,
-        ),
-        (
-            "parked-every-time round trip / raw futex",
-            figures.park_vs_futex,
-            1.2,
-            true,
-        ),
-        (
-            "throughput send/recv / SPSC ring",
-            over("shmq send/recv", "spsc ring"),
-            0.7,
-            false,
-        ),
-        (
-            "throughput send/recv / Unix socket",
-            over("shmq send/recv", "unix socket"),
-            10.0,
-            false,
-        ),
-        (
-            "throughput batch / SPSC ring",
-            over("shmq batch", "spsc ring"),
-            0.7,
-            false,
-        ),
-        (
-            "throughput batch / Unix socket",
-            over("shmq batch", "unix socket"),
-            10.0,
-            false,
-        ),
-    ];
-    println!("\n## Targets (round trips: bracketed 64-byte medians; throughput: median of per-round ratios)\n");
-    println!("| figure | measured | target | |");
-    println!("|---|---:|---:|---|");
-    for (figure, measured, target, lower_is_better) in rows {
-        let (cmp, met) = match (measured, lower_is_better) {
-            (Some(m), true) => ("≤", Some(m <= target)),
-            (Some(m), false) => ("≥", Some(m >= target)),
-            (None, lower) => (if lower { "≤" } else { "≥" }, None),
-        };
-        let measured = measured.map_or_else(|| "n/a".to_owned(), |m| format!("{m:.2}"));
-        let verdict = match met {
-            Some(true) => "met",
-            Some(false) => "**not met**",
-            None => "n/a",
-        };
-        println!("| {figure} | {measured} | {cmp} {target} | {verdict} |");
-    }
-}
-
-fn report() {
-    let mut figures = Figures::default();
-    percentile_report(&mut figures);
-    throughput_report(&mut figures);
-    targets_table(&figures);
-    if let Some(r) = figures.sweeping {
-        println!(
-            "\nParticipant table: busy-poll round trip with a recovery sweep of both queues every \
-             millisecond, over the same without (each bracketed by raw atomic): {r:.2}"
-        );
-    }
+    let round_trip = |figure, mode: Mode, target| Target {
+        figure,
+        measured: common::bracketed_ratio(&rows, mode.name()),
+        target,
+        ceiling: true,
+    };
+    let throughput = |figure, ours, theirs, target| Target {
+        figure,
+        measured: rates.ratio(ours, theirs),
+        target,
+        ceiling: false,
+    };
+    let sweeping = common::bracketed_ratio(&rows, Mode::Sweeping.name())
+        .zip(common::bracketed_ratio(&rows, Mode::BusyPoll.name()))
+        .map(|(with, without)| with / without);
+    common::print_targets_and_figures(
+        "round trips: bracketed 64-byte medians, p99.9 over raw atomic's in the same table; \
+         throughput: median of per-round ratios",
+        &[
+            round_trip(
+                "1→1 round trip, busy-poll / raw atomic",
+                Mode::BusyPoll,
+                1.5,
+            ),
+            round_trip(
+                "1→1 round trip, default wait / raw atomic",
+                Mode::Default,
+                1.6,
+            ),
+            Target {
+                figure: "1→1 round trip, parked every time / raw futex",
+                measured: park_bracket.map(|b| b.ratio()),
+                target: 1.2,
+                ceiling: true,
+            },
+            Target {
+                figure: "1→1 busy-poll round trip p99.9 / raw atomic p99.9",
+                measured: common::p999_ratio(&rows, Mode::BusyPoll.name()),
+                target: 2.0,
+                ceiling: true,
+            },
+            throughput(
+                "1→1 throughput send/recv, 64 B / SPSC ring",
+                SEND_RECV,
+                SPSC_RING,
+                0.7,
+            ),
+            throughput(
+                "1→1 throughput send/recv / Unix socket",
+                SEND_RECV,
+                UNIX_SOCKET,
+                10.0,
+            ),
+            throughput(
+                "1→1 throughput batch / SPSC ring",
+                BATCH_CASE,
+                SPSC_RING,
+                0.7,
+            ),
+            throughput(
+                "1→1 throughput batch / Unix socket",
+                BATCH_CASE,
+                UNIX_SOCKET,
+                10.0,
+            ),
+        ],
+        &[
+            Reported {
+                figure: "3→3 throughput / 1→1 (both default wait, job peers)",
+                measured: rates.ratio(MANY_TO_MANY, ONE_TO_ONE),
+                aim: Some("≥ 0.5"),
+            },
+            Reported {
+                figure:
+                    "busy-poll round trip with a recovery sweep of both queues every ms / without",
+                measured: sweeping,
+                aim: None,
+            },
+        ],
+    );
 }
 
 fn main() {
     common::run_peer_if_requested(PEER_ROLES);
     let benchmarking = common::benchmark_mode();
     if benchmarking {
-        print_machine();
+        common::print_machine(
+            "parent on the parent CPU, every peer on the peer CPU; in the job-peer cases \
+             the producers on the peer CPU and the consumers on the parent CPU",
+        );
     }
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20)
-        .configure_from_args();
-    round_trips(&mut c);
-    one_way(&mut c);
+    let mut c = common::criterion();
+    common::bench_round_trips(&mut c, "round_trip", round_trip_cases(), &SIZES);
+    common::bench_one_way(&mut c, "one_way_64B", one_way_cases());
     c.final_summary();
     if benchmarking {
         report();

@@ -38,7 +38,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Cpu, JobPeer, OneWay, OneWayCase, QueuePath, Role, RoundTrip, RoundTripCase};
-use common::{Target, WatchedPeer, STREAM_MESSAGE};
+use common::{Reported, Target, WatchedPeer, STREAM_MESSAGE};
 use shmq::{Options, Overflow, Pipeline, Producer, PubSub, PubSubOptions, Publisher, RecvError};
 use shmq::{Subscriber, WaitStrategy};
 
@@ -158,6 +158,10 @@ fn echo_peer(args: &[String]) {
     }
 }
 
+const BUSY_POLL: &str = "pubsub busy-poll";
+const DEFAULT: &str = "pubsub default";
+const SPSC_RING: &str = "spsc ring";
+
 fn round_trip_cases() -> Vec<RoundTripCase> {
     let pubsub = |name, wait| -> RoundTripCase {
         (
@@ -167,8 +171,8 @@ fn round_trip_cases() -> Vec<RoundTripCase> {
     };
     vec![
         common::raw_atomic_case(),
-        pubsub("pubsub busy-poll", WaitStrategy::BusyPoll),
-        pubsub("pubsub default", WaitStrategy::default()),
+        pubsub(BUSY_POLL, WaitStrategy::BusyPoll),
+        pubsub(DEFAULT, WaitStrategy::default()),
     ]
 }
 
@@ -334,7 +338,7 @@ fn one_way_cases() -> Vec<OneWayCase> {
     };
     vec![
         (
-            "spsc ring",
+            SPSC_RING,
             Box::new(|| Box::new(common::SpscRingThroughput::spawn(CAPACITY))),
         ),
         (PIPELINE, Box::new(|| Box::new(FanOut::pipeline()))),
@@ -350,7 +354,7 @@ fn one_way_cases() -> Vec<OneWayCase> {
 // ---------------------------------------------------------------------------------------------
 
 fn report() {
-    common::round_trip_report(round_trip_cases(), PERCENTILE_ROUND_TRIPS);
+    let rows = common::round_trip_report(round_trip_cases(), PERCENTILE_ROUND_TRIPS);
     let rates = common::throughput_report(
         one_way_cases(),
         THROUGHPUT_ROUNDS,
@@ -358,18 +362,51 @@ fn report() {
         "msg",
         PIPELINE,
     );
-    println!(
-        "\nRates are per receiver (every subscriber gets every message), except for \
-         drop-oldest: messages published; what its subscribers received is in the note."
-    );
-    common::print_targets(
-        "per-subscriber rate over the pipeline's, median of per-round ratios",
-        &[Target {
-            figure: "each of 2 subscribers (Block) / pipeline 1→1",
-            measured: rates.ratio(TWO_SUBSCRIBERS, PIPELINE),
-            target: 0.5,
-            ceiling: false,
-        }],
+    let note = "Rates are per receiver (every subscriber gets every message), except for \
+                drop-oldest: messages published; what its subscribers received is in the note.";
+    println!("\n{note}");
+    common::record_note(note);
+    common::print_targets_and_figures(
+        "round trips: bracketed 64-byte medians, p99.9 over raw atomic's in the same table; \
+         throughput: per-subscriber rate over the baseline's, median of per-round ratios",
+        &[
+            Target {
+                figure: "round trip, busy-poll / raw atomic",
+                measured: common::bracketed_ratio(&rows, BUSY_POLL),
+                target: 1.6,
+                ceiling: true,
+            },
+            Target {
+                figure: "busy-poll round trip p99.9 / raw atomic p99.9",
+                measured: common::p999_ratio(&rows, BUSY_POLL),
+                target: 2.0,
+                ceiling: true,
+            },
+            Target {
+                figure: "each of 2 subscribers (Block) / SPSC ring",
+                measured: rates.ratio(TWO_SUBSCRIBERS, SPSC_RING),
+                target: 0.4,
+                ceiling: false,
+            },
+            Target {
+                figure: "each of 2 subscribers (Block) / pipeline 1→1",
+                measured: rates.ratio(TWO_SUBSCRIBERS, PIPELINE),
+                target: 0.5,
+                ceiling: false,
+            },
+        ],
+        &[
+            Reported {
+                figure: "round trip, default wait / raw atomic",
+                measured: common::bracketed_ratio(&rows, DEFAULT),
+                aim: None,
+            },
+            Reported {
+                figure: "1 subscriber (Block) / pipeline 1→1",
+                measured: rates.ratio(ONE_SUBSCRIBER, PIPELINE),
+                aim: None,
+            },
+        ],
     );
 }
 

@@ -2,7 +2,7 @@
 //! something up to the queue flowing again, median over 20 kills.
 //!
 //! ```text
-//! cargo run --example recovery_time      # a debug build: the test-only park points exist only there
+//! cargo run --example recovery_time   # the park points come with the test-hooks feature (dev-dependency)
 //! ```
 //!
 //! * A consumer is killed while holding a message: time until another consumer, already
@@ -20,10 +20,8 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + 
 const KILLS: usize = 20;
 
 fn main() -> Result {
-    if !cfg!(debug_assertions) {
-        return Err(
-            "run without --release: the park points used here exist only in debug builds".into(),
-        );
+    if !cfg!(feature = "test-hooks") {
+        return Err("the park points used here need shmq's `test-hooks` feature".into());
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {

@@ -184,6 +184,8 @@ fn worker(jobs: &Path, reports: &Path, id: u64) -> Result {
         digest = job.iter().fold(digest, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
+        // Done: acknowledge (dropping the job would too, without saying whether it worked).
+        job.ack()?;
         done += 1;
     }
     let report = format!("worker {id} did {done} jobs (digest {digest:016x})");

@@ -111,6 +111,15 @@ pub enum Error {
     },
     /// The options given to `create` are out of range.
     InvalidOptions(String),
+    /// Inspecting a queue file found a value the protocol never writes (see `shmq::inspect`).
+    BadField {
+        /// The queue file.
+        path: PathBuf,
+        /// Which word: e.g. "participant entry 3 role".
+        field: String,
+        /// What is wrong with its value.
+        problem: String,
+    },
     /// Every participant slot of the queue is taken.
     TooManyParticipants {
         /// The queue file.
@@ -150,6 +159,15 @@ impl fmt::Display for Error {
                 write!(f, "queue file {} {problem}", path.display())
             }
             Error::InvalidOptions(why) => write!(f, "invalid queue options: {why}"),
+            Error::BadField {
+                path,
+                field,
+                problem,
+            } => write!(
+                f,
+                "queue file {} is corrupt: {field} {problem}",
+                path.display()
+            ),
             Error::TooManyParticipants { path, max } => write!(
                 f,
                 "queue file {} already has its maximum of {max} participants attached; \
@@ -210,8 +228,27 @@ pub enum SendError {
         /// The channel's maximum topic size, fixed at creation.
         max: usize,
     },
+    /// The slot this send had claimed was taken away before it was committed: a recovery pass
+    /// judged this participant dead, or another process rewrote the queue file. Nothing was
+    /// sent. Counted in [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// The handle was attached by another process: this is a fork child using a copy it
+    /// inherited. A child that wants to take part attaches handles of its own.
+    WrongProcess {
+        /// The process that attached the handle.
+        attached_by: u32,
+    },
+}
+
+/// The text of both `WrongProcess` errors.
+fn wrong_process(f: &mut fmt::Formatter<'_>, attached_by: u32) -> fmt::Result {
+    write!(
+        f,
+        "this handle belongs to process {attached_by}, which attached it; a forked child \
+         must attach handles of its own"
+    )
 }
 
 impl fmt::Display for SendError {
@@ -227,7 +264,14 @@ impl fmt::Display for SendError {
                 f,
                 "topic of {len} bytes is longer than the channel's maximum of {max} bytes"
             ),
+            SendError::ClaimLost => write!(
+                f,
+                "the slot being written was taken away before the commit (this participant was \
+                 judged dead, or another process rewrote the queue file): nothing was sent; \
+                 send it again"
+            ),
             SendError::Corrupt(c) => write!(f, "queue file {c}"),
+            SendError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
 }
@@ -247,6 +291,12 @@ pub enum RecvError {
     /// A publish-subscribe subscriber fell more than a ring behind and missed this many
     /// messages; it continues from the oldest message still retained.
     Lagged(u64),
+    /// An acknowledgement was refused: the message (or request) had been taken back before it
+    /// was acknowledged, because a recovery pass judged this participant dead or another
+    /// process rewrote the queue file. It may be delivered again (flagged `redelivered()`), so
+    /// its work may be done twice. Counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
     /// A copying receive was given a buffer shorter than the queue's maximum message size
@@ -257,6 +307,11 @@ pub enum RecvError {
         /// The queue's maximum message size: the buffer must hold at least this many bytes.
         max: usize,
     },
+    /// The handle was attached by another process (see [`SendError::WrongProcess`]).
+    WrongProcess {
+        /// The process that attached the handle.
+        attached_by: u32,
+    },
 }
 
 impl fmt::Display for RecvError {
@@ -266,12 +321,19 @@ impl fmt::Display for RecvError {
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
+            RecvError::ClaimLost => write!(
+                f,
+                "the acknowledgement was refused: the message had been taken back (this \
+                 participant was judged dead, or another process rewrote the queue file) and \
+                 may be delivered again"
+            ),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
             RecvError::BufferTooSmall { len, max } => write!(
                 f,
                 "receive buffer of {len} bytes is shorter than the queue's maximum message of \
                  {max} bytes; pass a buffer of at least {max} bytes"
             ),
+            RecvError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! ```text
 //! offset 0     FileHeader        128 B   magic, format version, kind, geometry (read-mostly)
 //! offset 128   RingControl       512 B   tail, head, two wait cells, each on its own 128 B line
-//! offset 640   Counters          128 B   statistics (recovery counters live here)
-//! offset 768   participant table max_participants × 64 B
+//! offset 640   Counters          128 B   file-wide statistics (see `counter`)
+//! offset 768   participant table max_participants × 128 B (see `PARTICIPANT_STATS`)
 //! slots_offset slots             capacity × slot_stride, each slot: SlotHeader (16 B) + payload
 //! ```
 //!
@@ -18,7 +18,12 @@ use core::mem::{offset_of, size_of};
 /// The first eight bytes of every shmq file: `"SHMQ"` then `"RING"` in ASCII, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// The on-file format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 (this one) added the statistics: each participant entry grew from 64 to 128 bytes,
+/// its second half holding that participant's own counters, and the counters block gained the
+/// totals of participants that have left. A version-1 file is refused with an error naming
+/// both versions.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The kind of a queue file: which pattern it serves.
 pub const KIND_PIPELINE: u32 = 1;
@@ -66,7 +71,8 @@ pub struct FileHeader {
     pub participants_offset: u64,
     /// Number of entries in the participant table.
     pub max_participants: u32,
-    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Zero otherwise.
+    /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Pipeline: its exclusive
+    /// ends ([`PIPELINE_SINGLE_PRODUCER`], [`PIPELINE_SINGLE_CONSUMER`]). Zero otherwise.
     pub flags: u32,
     /// Publish-subscribe: largest topic in bytes. Zero otherwise.
     pub max_topic: u32,
@@ -93,6 +99,12 @@ pub const CTL_HEAD: usize = PAD;
 /// Within a control block: messages waiting to be delivered again (beside `head`, which every
 /// consumer touches anyway).
 pub const CTL_REDELIVER_PENDING: usize = PAD + 8;
+/// Within a control block of a ring with exclusive ends: who holds the producer's end (beside
+/// the tail, which that producer writes anyway). Zero when nobody does.
+pub const CTL_PRODUCER_HOLDER: usize = CTL_TAIL + 8;
+/// Within a control block of a ring with exclusive ends: who holds the consumer's end (beside
+/// the head; past the word the shared ring's redelivery count uses).
+pub const CTL_CONSUMER_HOLDER: usize = PAD + 16;
 /// Within a control block: consumers wait here for messages.
 pub const CTL_NOT_EMPTY: usize = 2 * PAD;
 /// Within a control block: producers wait here for room.
@@ -101,8 +113,53 @@ pub const CTL_NOT_FULL: usize = 3 * PAD;
 pub const COUNTERS_OFFSET: usize = RING_CONTROL_OFFSET + RING_CONTROL_SIZE;
 /// Where the participant table starts in a pipeline file.
 pub const PARTICIPANTS_OFFSET: usize = COUNTERS_OFFSET + PAD;
-/// Bytes per participant entry.
-pub const PARTICIPANT_SIZE: usize = 64;
+/// Bytes per participant entry: two cache lines, so that one participant's writes to its own
+/// entry (its counters, on every message) never share a line pair with another's.
+pub const PARTICIPANT_SIZE: usize = PAD;
+/// Within a participant entry: where its statistics start (the first 64 bytes are the
+/// participant table's own words: state, PID). Eight 64-bit counters, indexed by
+/// the `counter::*` participant constants, written only by the participant itself with plain
+/// (relaxed load, relaxed store) increments; folded into the file-wide totals when it detaches
+/// or is reaped.
+pub const PARTICIPANT_STATS: usize = 64;
+
+/// The 64-bit statistics words: where each lives in the counters block (file-wide) and in a
+/// participant entry's statistics (per participant).
+pub mod counter {
+    /// Counters block: participants found dead and reaped.
+    pub const REAPED: usize = 0;
+    /// Counters block: slots a dead writer had claimed, passed over.
+    pub const SKIPPED: usize = 1;
+    /// Counters block: messages a dead reader held, made deliverable again.
+    pub const REDELIVERED: usize = 2;
+    /// Counters block: other things a dead participant held, let go.
+    pub const RELEASED: usize = 3;
+    /// Counters block: commits and acknowledgements refused because their claim had been taken
+    /// away (`RecoveryStats::refused`).
+    pub const REFUSED: usize = 4;
+    /// Counters block: recovery passes run (on attach, by stalled waiters, by `repair`).
+    pub const SWEEPS: usize = 5;
+    /// Counters block: where the totals of departed participants' counters start (the
+    /// participant counters below, at this offset).
+    pub const DEPARTED: usize = 8;
+
+    /// Participant: messages (requests, replies) it committed into a ring.
+    pub const SENT: usize = 0;
+    /// Participant: messages (requests, replies) it took from a ring and acknowledged.
+    pub const RECEIVED: usize = 1;
+    /// Participant: sends that found no room (whether they then waited, timed out or failed).
+    pub const FULL: usize = 2;
+    /// Participant: receives that found nothing ready (whether they then waited or not).
+    pub const EMPTY: usize = 3;
+    /// Participant: waits that went to sleep on a futex (once per wait, however long).
+    pub const PARKED: usize = 4;
+    /// Participant (subscriber, drop-oldest): messages it missed because it fell behind.
+    pub const LAGGED: usize = 5;
+    /// Participant (producer): loans dropped without committing (skipped by consumers).
+    pub const ABANDONED: usize = 6;
+    /// Number of participant counters.
+    pub const PARTICIPANT_COUNTERS: usize = 8;
+}
 
 /// A slot's header: the state word, then the message length. The payload follows.
 #[repr(C)]
@@ -137,15 +194,22 @@ pub const ENVELOPE_SIZE: usize = size_of::<Envelope>();
 /// Size of [`SlotHeader`]; the payload starts this far into the slot (16-byte aligned).
 pub const SLOT_HEADER_SIZE: usize = size_of::<SlotHeader>();
 
-/// A wait cell: a futex word bumped on every notification, and a count of parked waiters.
+/// A wait cell (the protocol is in `sync::wait`): one futex word, then 4 reserved bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct WaitCellLayout {
-    /// The futex word.
-    pub seq: u32,
-    /// How many waiters are parked or about to park.
-    pub waiters: u32,
+    /// The futex word: an epoch in the upper 24 bits (moved on by every notify that wakes),
+    /// and in the lower 8 ([`WAIT_WAITERS_MASK`]) how many waiters are registered in that
+    /// epoch, parked or about to park (saturating at 255).
+    pub word: u32,
+    /// Unused; zero in files this version creates.
+    pub reserved: u32,
 }
+
+/// The part of a wait cell's [`word`](WaitCellLayout::word) that counts registered waiters.
+pub const WAIT_WAITERS_MASK: u32 = 0xff;
+/// One step of a wait cell's epoch (the bits above [`WAIT_WAITERS_MASK`]).
+pub const WAIT_EPOCH_ONE: u32 = WAIT_WAITERS_MASK + 1;
 
 const _: () = {
     assert!(size_of::<FileHeader>() == 128);
@@ -172,10 +236,13 @@ const _: () = {
     assert!(offset_of!(SlotHeader, len) == 8);
     assert!(offset_of!(SlotHeader, topic_len) == 12);
     assert!(size_of::<WaitCellLayout>() == 8);
-    assert!(offset_of!(WaitCellLayout, seq) == 0);
-    assert!(offset_of!(WaitCellLayout, waiters) == 4);
+    assert!(offset_of!(WaitCellLayout, word) == 0);
+    assert!(offset_of!(WaitCellLayout, reserved) == 4);
     assert!(RING_CONTROL_OFFSET == size_of::<FileHeader>());
     assert!(PARTICIPANTS_OFFSET == 768);
+    assert!(PARTICIPANT_SIZE == 128);
+    assert!(PARTICIPANT_STATS + 8 * counter::PARTICIPANT_COUNTERS == PARTICIPANT_SIZE);
+    assert!(8 * (counter::DEPARTED + counter::PARTICIPANT_COUNTERS) <= PAD);
 };
 
 /// Offsets of the header's fields, for reading them atomically from the mapping.
@@ -233,6 +300,14 @@ pub const MAX_FILE_SIZE: u64 = 1 << 46;
 /// Bytes per subscriber entry (publish-subscribe) or client entry (service): one 128-byte
 /// line each, because each is written by its owner on every message.
 pub const TABLE_ENTRY_SIZE: usize = 128;
+
+/// Pipeline flag, in [`FileHeader::flags`]: at most one producer is attached at a time (checked
+/// at attach), so sending needs no read-modify-write (see `ring::exclusive`).
+pub const PIPELINE_SINGLE_PRODUCER: u32 = 1;
+/// Pipeline flag: at most one consumer is attached at a time.
+pub const PIPELINE_SINGLE_CONSUMER: u32 = 2;
+/// Every pipeline flag this build knows; a file with any other bit set is refused.
+pub const PIPELINE_FLAGS: u32 = PIPELINE_SINGLE_PRODUCER | PIPELINE_SINGLE_CONSUMER;
 
 /// Publish-subscribe overflow modes, as stored in [`FileHeader::flags`].
 pub const OVERFLOW_DROP_OLDEST: u32 = 1;
@@ -337,12 +412,22 @@ impl Geometry {
         max_message: u64,
         max_participants: u32,
     ) -> Result<Self, String> {
+        Geometry::pipeline_with_flags(capacity, max_message, max_participants, 0)
+    }
+
+    /// [`Geometry::pipeline`] with `flags`, a combination of the `PIPELINE_SINGLE_*` flags.
+    pub fn pipeline_with_flags(
+        capacity: u64,
+        max_message: u64,
+        max_participants: u32,
+        flags: u32,
+    ) -> Result<Self, String> {
         Geometry::compute(Shape {
             kind: KIND_PIPELINE,
             capacity,
             max_message,
             max_participants,
-            flags: 0,
+            flags,
             max_topic: 0,
             table_entries: 0,
             reply_capacity: 0,
@@ -372,7 +457,10 @@ impl Geometry {
         let mut payload = max_message;
         match kind {
             KIND_PIPELINE => {
-                if flags != 0 || max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
+                if flags & !PIPELINE_FLAGS != 0 {
+                    return Err(format!("unknown pipeline flags {flags:#x}"));
+                }
+                if max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
                     return Err("a pipeline has no topic, table or reply options".into());
                 }
             }
@@ -488,8 +576,21 @@ impl Geometry {
     /// Everything the rest of the crate relies on is checked here: magic, version, kind, that
     /// the primary options are in range, that every derived field (offsets, strides, size) is
     /// exactly what `create` computes from them (so no section overlaps another or runs past
-    /// the end), and that the file is long enough.
+    /// the end), and that the file is long enough. A pipeline's exclusive-end flags are refused:
+    /// see [`Geometry::validate_allowing`].
     pub fn validate(h: &FileHeader, kind: u32, actual_len: u64) -> Result<Self, Corruption> {
+        Geometry::validate_allowing(h, kind, actual_len, 0)
+    }
+
+    /// [`Geometry::validate`] for an opener that serves the pipeline flags in `pipeline_flags`
+    /// (a subset of [`PIPELINE_FLAGS`]); a pipeline file with any other flag is refused, so a
+    /// file made for exclusive ends is never driven by code that does not know them.
+    pub fn validate_allowing(
+        h: &FileHeader,
+        kind: u32,
+        actual_len: u64,
+        pipeline_flags: u32,
+    ) -> Result<Self, Corruption> {
         if h.magic == 0 {
             return Err(Corruption::Uninitialized);
         }
@@ -507,6 +608,11 @@ impl Geometry {
                 found: h.kind,
                 expected: kind,
             });
+        }
+        if kind == KIND_PIPELINE && h.flags & !pipeline_flags != 0 {
+            return Err(Corruption::BadGeometry(
+                "the pipeline has single-producer or single-consumer flags this opener does not serve",
+            ));
         }
         let expected = Geometry::compute(Shape::of(h)).map_err(|_| {
             Corruption::BadGeometry(
@@ -606,8 +712,14 @@ mod tests {
         check(FileHeader { magic: 42, ..h }, |c| {
             matches!(c, Corruption::BadMagic { found: 42 })
         });
-        check(FileHeader { version: 2, ..h }, |c| {
-            matches!(c, Corruption::UnsupportedVersion { found: 2, .. })
+        check(FileHeader { version: 1, ..h }, |c| {
+            matches!(
+                c,
+                Corruption::UnsupportedVersion {
+                    found: 1,
+                    expected: 2
+                }
+            )
         });
         check(
             FileHeader {
@@ -716,6 +828,39 @@ mod tests {
             },
             |c| matches!(c, Corruption::BadGeometry(_)),
         );
+    }
+
+    #[test]
+    fn pipeline_flags_round_trip_and_unknown_ones_are_refused() {
+        for flags in [
+            0,
+            PIPELINE_SINGLE_PRODUCER,
+            PIPELINE_SINGLE_CONSUMER,
+            PIPELINE_FLAGS,
+        ] {
+            let g = Geometry::pipeline_with_flags(8, 64, 4, flags).unwrap();
+            assert_eq!(g.flags, flags);
+            assert_eq!(
+                Geometry::validate_allowing(&g.header(), KIND_PIPELINE, g.file_size, flags),
+                Ok(g)
+            );
+            assert_eq!(
+                Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size).is_ok(),
+                flags == 0,
+                "an opener that does not serve exclusive ends refuses them"
+            );
+        }
+        let g = Geometry::pipeline(8, 64, 4).unwrap();
+        let unknown = FileHeader {
+            flags: 4,
+            ..g.header()
+        };
+        assert!(
+            Geometry::validate_allowing(&unknown, KIND_PIPELINE, g.file_size, PIPELINE_FLAGS)
+                .is_err()
+        );
+        assert!(Geometry::pipeline_with_flags(8, 64, 4, 4).is_err());
+        assert!(Geometry::pipeline_with_flags(8, 64, 4, u32::MAX).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! are atomic — a receiver gets a message whole and intact, or not at all — and are placed in
 //! fixed-size slots of a lock-free ring, so sending and receiving copy the message at most once
 //! and never allocate. Blocking calls park on shared futexes, and a sender pays no system call
-//! when nobody is parked.
+//! when nobody is parked or about to park (see the README's guarantees for the two exceptions,
+//! which cost one wake-up call each).
 //!
 //! Patterns:
 //! * [`Pipeline`] — a work queue: [`Producer`]s send, each message goes to exactly one
@@ -26,6 +27,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`inspect::inspect`] reads any queue file read-only and reports who is attached, who died
+//! and what it holds, depth, lag and the counters every participant keeps in the file.
+//!
 //! See `docs/DESIGN.md` in the repository (and in the published package) for the layers, the
 //! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
 //! the module docs of each pattern for its exact semantics.
@@ -33,14 +37,19 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 pub mod error;
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod exclusive_ring;
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
-pub(crate) mod sync;
 #[cfg(not(loom))]
+pub(crate) mod stats;
+pub(crate) mod sync;
 pub(crate) mod testhook;
 
 #[cfg(not(loom))]
+pub mod inspect;
 pub(crate) mod peers;
 #[cfg(not(loom))]
 pub mod pipeline;
@@ -63,3 +72,12 @@ pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, Ser
 #[cfg(not(loom))]
 pub use salvage::Salvaged;
 pub use sync::wait::{WaitStrategy, STALL_CHECK};
+
+/// Instrumentation for shmq's own tests, compiled only with the `test-hooks` feature (which
+/// only the crate's own tests enable); not part of the API.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[doc(hidden)]
+pub mod test_hooks {
+    pub use crate::sync::futex::wake_calls;
+    pub use crate::sync::wait::set_max_park;
+}

@@ -8,14 +8,24 @@
 //! * **Exactly one consumer** receives each message; messages from one producer are received in
 //!   the order they were sent (by consumers taken together; with several consumers, two of them
 //!   may *process* neighbouring messages in any order).
-//! * **Zero copy on receive.** A [`Message`] borrows its slot; dropping it acknowledges the
-//!   message and frees the slot. A held message keeps its slot: when producers come round the
-//!   ring to it they wait, so hold few messages at a time and not for long.
+//! * **Zero copy on receive.** A [`Message`] borrows its slot; [`Message::ack`] or dropping it
+//!   acknowledges the message and frees the slot. A held message keeps its slot: when producers
+//!   come round the ring to it they wait, so hold few messages at a time and not for long.
+//! * **Zero copy on send, in order.** A [`Loan`] is a claimed slot written in place. Messages
+//!   are delivered in the order their slots were claimed, so a loan not yet committed at the
+//!   head of the ring holds up every consumer, even when later messages are ready: loan late
+//!   and commit promptly (see [`Producer::loan`]).
+//! * **Refusals are reported.** A commit or acknowledgement whose slot was taken away
+//!   meanwhile (recovery judged the participant dead, or another process rewrote the file)
+//!   fails with [`SendError::ClaimLost`] / [`RecvError::ClaimLost`] and is counted in
+//!   [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message's
+//!   acknowledgement is refused.
 //! * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
 //!   after every process exited finds them, in order.
 //! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
 //! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
-//!   system call when no receiver is parked (see [`WaitStrategy`]).
+//!   system call when no receiver is parked or about to park, but for one call after a
+//!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
 //!
 //! # Trust
 //!
@@ -48,7 +58,7 @@
 //! ```
 
 use crate::error::{Error, RecvError, SendError};
-use crate::layout::{Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
+use crate::layout::{counter, Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
@@ -85,6 +95,19 @@ impl Options {
     /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The layout a queue created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        Geometry::pipeline(
+            self.capacity,
+            self.max_message as u64,
+            self.max_participants,
+        )
+        .map_err(Error::InvalidOptions)
     }
 
     /// Number of message slots (any number from 1 to 2^32).
@@ -149,6 +172,10 @@ impl Recoverable for Shared {
             ..RecoveryStats::default()
         }
     }
+
+    fn recount(&self) {
+        self.ring.recount_redeliveries();
+    }
 }
 
 /// A pipeline queue file, mapped. Cheap to clone; attach producers and consumers from it.
@@ -186,12 +213,7 @@ impl Pipeline {
     /// directory is not writable, or there is no room for the file (space is reserved now).
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
-        let g = Geometry::pipeline(
-            options.capacity,
-            options.max_message as u64,
-            options.max_participants,
-        )
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path, &g, options.mode, options.group, |region| {
             let ring = MpmcRing::new(
                 region.clone(),
@@ -289,6 +311,10 @@ impl Pipeline {
     /// call has waited [`STALL_CHECK`](crate::STALL_CHECK) without progress; call it to recover
     /// sooner or when nobody waits. Never touches a live participant, however slow.
     ///
+    /// Unlike those automatic sweeps, `repair` also undoes the claims recorded under the id of
+    /// a *free* participant entry (nobody alive has that id): what a handle leaked in a file
+    /// written by an older version of shmq, which did not undo leaks on detach.
+    ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
     pub fn repair(&self) -> Result<RecoveryStats, Error> {
@@ -298,6 +324,14 @@ impl Pipeline {
     /// What recovery has done on this queue over its life, in all processes.
     pub fn recovery_stats(&self) -> RecoveryStats {
         self.shared.stats()
+    }
+
+    /// The file's count of messages awaiting redelivery (while it is not zero, every receive
+    /// scans the slots for them). Test-only: exists with the `test-hooks` feature alone.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn redelivery_pending(&self) -> u64 {
+        self.shared.ring.redelivery_pending()
     }
 
     /// Removes the queue file's name. Processes that have it mapped keep using it.
@@ -311,10 +345,16 @@ impl Pipeline {
 }
 
 /// Sends messages into a pipeline. `Send + Sync`: share it between threads or make one each.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] and dropping it does nothing to the queue (the parent's
+/// participant entry, lock and loans stay the parent's); a child attaches its own. Dropping it
+/// in its own process detaches it, first skipping any [`Loan`] it leaked (`mem::forget`).
 pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -350,12 +390,12 @@ impl Producer {
     #[inline]
     fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
         let ring = self.ring();
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
@@ -365,17 +405,24 @@ impl Producer {
     fn write_and_commit(&self, claim: WriteClaim, msg: &[u8]) -> Result<(), SendError> {
         let ring = self.ring();
         ring.write(&claim, 0, msg);
-        if ring.commit(claim, msg.len()) {
+        self.committed(ring.commit(claim, msg.len()))
+    }
+
+    /// The outcome of a commit: refused if a recovery pass had taken the slot away.
+    #[inline]
+    fn committed(&self, committed: bool) -> Result<(), SendError> {
+        if committed {
+            self.me.stats().add(counter::SENT, 1);
             Ok(())
         } else {
-            Err(SendError::Corrupt(crate::error::Corruption::BadState(
-                "a claimed slot changed under its producer",
-            )))
+            self.shared.count_refused();
+            Err(SendError::ClaimLost)
         }
     }
 
     #[inline]
     fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
+        self.me.check_send()?;
         self.check_len(msg.len())?;
         let claim = self.claim(deadline)?;
         let result = self.write_and_commit(claim, msg);
@@ -387,7 +434,9 @@ impl Producer {
     ///
     /// # Errors
     /// [`SendError::TooLarge`] if `msg` exceeds the maximum message size (nothing is written);
-    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`SendError::ClaimLost`] if the claimed slot was taken away before the commit (nothing
+    /// is delivered; see [`Loan::commit`]); [`SendError::Corrupt`] if the shared memory breaks
+    /// the protocol.
     #[inline]
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
         self.send_with(msg, Deadline::Never)
@@ -417,6 +466,7 @@ impl Producer {
     /// As for [`send`](Self::send); messages before the failing one were sent. A message that
     /// is too large is refused before anything is sent.
     pub fn send_batch(&self, msgs: &[&[u8]]) -> Result<(), SendError> {
+        self.me.check_send()?;
         if let Some(big) = msgs.iter().find(|m| m.len() > self.ring().max_message()) {
             return self.check_len(big.len());
         }
@@ -443,6 +493,13 @@ impl Producer {
     /// and [`commit`](Loan::commit)ted. Waits while the queue is full. Dropping the loan without
     /// committing abandons it: nothing is delivered.
     ///
+    /// **A loan holds up every consumer while it is the oldest slot.** Messages are delivered
+    /// in the order their slots were claimed, so while the loaned slot is at the head of the
+    /// ring, consumers find nothing to receive, even when messages committed after it are
+    /// ready (and so wait, or get [`RecvError::Empty`]). Prepare the data first, then loan,
+    /// fill and commit without doing anything slow in between; if producing a message takes
+    /// long, build it in a buffer of your own and [`send`](Self::send) a copy.
+    ///
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-loan-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
@@ -450,7 +507,7 @@ impl Producer {
     /// let producer = q.producer()?;
     /// let mut loan = producer.loan(5)?;
     /// loan.copy_from_slice(b"hello");
-    /// loan.commit();
+    /// loan.commit()?;
     /// assert_eq!(&*q.consumer()?.recv()?, b"hello");
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// # Ok::<(), shmq::Error>(())
@@ -471,6 +528,7 @@ impl Producer {
     }
 
     fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+        self.me.check_send()?;
         self.check_len(len)?;
         let claim = self.claim(deadline)?;
         Ok(Loan {
@@ -505,6 +563,9 @@ impl Producer {
 }
 
 /// A slot loaned by [`Producer::loan`]: write the message into it, then commit.
+///
+/// In a fork child (a copy inherited from the process that took the loan) it reads and writes
+/// as empty, and committing or dropping it does nothing: the slot stays the parent's.
 pub struct Loan<'a> {
     producer: &'a Producer,
     /// Always `Some` until `commit` or `drop` takes it.
@@ -514,13 +575,22 @@ pub struct Loan<'a> {
 
 impl Loan<'_> {
     /// Publishes the message. Consumers see all of it or none of it.
-    pub fn commit(mut self) {
-        if let Some(claim) = self.claim.take() {
-            let ring = self.producer.ring();
-            // A `false` here means a recovery pass took the slot away; nothing is published.
-            let _ = ring.commit(claim, self.len);
-            ring.not_empty().notify();
-        }
+    ///
+    /// # Errors
+    /// [`SendError::ClaimLost`] if the slot was taken away before the commit (a recovery pass
+    /// judged this producer dead, or another process rewrote the file): nothing is delivered,
+    /// and the refusal is counted in [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    /// [`SendError::WrongProcess`] in a fork child: nothing is done, the loan stays the
+    /// parent's.
+    pub fn commit(mut self) -> Result<(), SendError> {
+        self.producer.me.check_send()?;
+        let Some(claim) = self.claim.take() else {
+            return Ok(());
+        };
+        let ring = self.producer.ring();
+        let committed = ring.commit(claim, self.len);
+        ring.not_empty().notify();
+        self.producer.committed(committed)
     }
 }
 
@@ -529,8 +599,10 @@ impl Deref for Loan<'_> {
     #[inline]
     fn deref(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => self.producer.ring().written(claim, self.len),
-            None => &[],
+            Some(claim) if self.producer.me.in_own_process() => {
+                self.producer.ring().written(claim, self.len)
+            }
+            _ => &[],
         }
     }
 }
@@ -538,8 +610,10 @@ impl Deref for Loan<'_> {
 impl DerefMut for Loan<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.claim {
-            Some(claim) => self.producer.ring().payload_mut(claim, self.len),
-            None => &mut [],
+            Some(claim) if self.producer.me.in_own_process() => {
+                self.producer.ring().payload_mut(claim, self.len)
+            }
+            _ => &mut [],
         }
     }
 }
@@ -547,9 +621,13 @@ impl DerefMut for Loan<'_> {
 impl Drop for Loan<'_> {
     #[inline]
     fn drop(&mut self) {
+        if !self.producer.me.in_own_process() {
+            return;
+        }
         if let Some(claim) = self.claim.take() {
             let ring = self.producer.ring();
             ring.abandon(claim);
+            self.producer.me.stats().add(counter::ABANDONED, 1);
             ring.not_empty().notify();
         }
     }
@@ -562,10 +640,17 @@ impl fmt::Debug for Loan<'_> {
 }
 
 /// Receives messages from a pipeline. `Send + Sync`; may hold several messages at once.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the queue (the parent's
+/// participant entry, lock and held messages stay the parent's); a child attaches its own.
+/// Dropping it in its own process detaches it, first making any [`Message`] it leaked
+/// (`mem::forget`) deliverable again, flagged [`Message::redelivered`].
 pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -591,13 +676,17 @@ impl Consumer {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = self.ring();
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
@@ -684,11 +773,14 @@ impl Consumer {
 
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
-    /// Returns how many were handled.
+    /// Returns how many were handled. An acknowledgement refused (see [`Message::ack`]) is
+    /// not reported here, only counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
     ///
     /// # Errors
     /// As for [`recv`](Self::recv).
     pub fn recv_batch(&self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        self.me.check_recv()?;
         if max == 0 {
             return Ok(0);
         }
@@ -718,8 +810,18 @@ impl Consumer {
     }
 }
 
-/// A received message. It borrows its slot (zero copy); dropping it acknowledges the message
-/// and frees the slot for producers.
+/// A received message. It borrows its slot (zero copy); [`ack`](Self::ack) or dropping it
+/// acknowledges the message and frees the slot for producers.
+///
+/// **A held message holds up producers, not consumers**: other consumers (and this one)
+/// receive the messages after it meanwhile, but producers that come round the ring to its
+/// slot wait until it is acknowledged. Hold few messages at a time and not for long; to work
+/// on one for long, copy it out (`msg.to_vec()`) and acknowledge it, accepting that a crash
+/// during the work then loses it.
+///
+/// In a fork child (a copy inherited from the process that received it) it reads as empty,
+/// [`ack`](Self::ack) fails with [`RecvError::WrongProcess`] and dropping it acknowledges
+/// nothing: the message stays the parent's.
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.
@@ -730,8 +832,8 @@ impl Message<'_> {
     #[inline]
     fn bytes(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => self.consumer.ring().payload(claim),
-            None => &[],
+            Some(claim) if self.consumer.me.in_own_process() => self.consumer.ring().payload(claim),
+            _ => &[],
         }
     }
 
@@ -739,7 +841,12 @@ impl Message<'_> {
     /// slice over the mapping; see [`Consumer::recv_into`]) and returns its length, or `None`
     /// if `dst` is shorter than the message (nothing copied).
     pub fn copy_to(&self, dst: &mut [u8]) -> Option<usize> {
-        let Some(claim) = &self.claim else {
+        // Like the view, empty in a process other than the one that received it (a fork child).
+        let Some(claim) = self
+            .claim
+            .as_ref()
+            .filter(|_| self.consumer.me.in_own_process())
+        else {
             return Some(0);
         };
         let dst = dst.get_mut(..claim.len())?;
@@ -749,7 +856,11 @@ impl Message<'_> {
 
     /// The message copied into a new vector with atomic word loads (see [`copy_to`](Self::copy_to)).
     pub fn copy_to_vec(&self) -> Vec<u8> {
-        let mut out = vec![0; self.claim.as_ref().map_or(0, |c| c.len())];
+        let len = match &self.claim {
+            Some(claim) if self.consumer.me.in_own_process() => claim.len(),
+            _ => 0,
+        };
+        let mut out = vec![0; len];
         self.copy_to(&mut out);
         out
     }
@@ -772,11 +883,49 @@ impl Message<'_> {
         bytemuck::try_from_bytes(self.bytes()).ok()
     }
 
+    /// Acknowledges the message: frees its slot for producers. Dropping the message does the
+    /// same, without telling whether it worked.
+    ///
+    /// # Errors
+    /// [`RecvError::ClaimLost`] if the message had been taken back before this (a recovery
+    /// pass judged this consumer dead, or another process rewrote the file): it may be
+    /// delivered again, flagged [`redelivered`](Self::redelivered). The refusal is counted in
+    /// [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message
+    /// is refused.
+    /// [`RecvError::WrongProcess`] in a fork child: nothing is done.
+    pub fn ack(mut self) -> Result<(), RecvError> {
+        self.consumer.me.check_recv()?;
+        let acked = self.release();
+        self.consumer.ring().not_full().notify();
+        if acked {
+            Ok(())
+        } else {
+            Err(RecvError::ClaimLost)
+        }
+    }
+
     /// Acknowledges without waking producers (the caller wakes them once for a batch).
     fn ack_quietly(mut self) {
-        if let Some(claim) = self.claim.take() {
-            self.consumer.ring().release(claim);
+        self.release();
+    }
+
+    /// Frees the slot; `false` (and counted) if the claim had been taken away. Nothing in a
+    /// fork child (the claim is the parent's).
+    #[inline]
+    fn release(&mut self) -> bool {
+        if !self.consumer.me.in_own_process() {
+            return true;
         }
+        let Some(claim) = self.claim.take() else {
+            return true;
+        };
+        let released = self.consumer.ring().release(claim);
+        if released {
+            self.consumer.me.stats().add(counter::RECEIVED, 1);
+        } else {
+            self.consumer.shared.count_refused();
+        }
+        released
     }
 }
 
@@ -798,10 +947,9 @@ impl AsRef<[u8]> for Message<'_> {
 impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            let ring = self.consumer.ring();
-            ring.release(claim);
-            ring.not_full().notify();
+        if self.claim.is_some() && self.consumer.me.in_own_process() {
+            self.release();
+            self.consumer.ring().not_full().notify();
         }
     }
 }
@@ -815,10 +963,65 @@ impl fmt::Debug for Message<'_> {
     }
 }
 
+impl Drop for Producer {
+    /// Detaches: skips the loans this producer leaked, then frees its participant entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Consumer {
+    /// Detaches: delivers again the messages this consumer leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
+    }
+}
+
 #[allow(dead_code)]
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Pipeline>();
     is::<Producer>();
     is::<Consumer>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file left with claims recorded under the id of a free participant entry (by an older
+    /// version of shmq, which did not undo leaked claims on detach): `repair()` undoes them.
+    #[test]
+    fn repair_undoes_claims_recorded_under_a_free_entrys_id() {
+        let dir = std::env::temp_dir().join(format!("shmq-free-claims-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let q =
+            Pipeline::create(dir.join("q"), &Options::new().capacity(4).max_message(8)).unwrap();
+        let producer = q.producer().unwrap();
+        let consumer = q.consumer().unwrap();
+        producer.send(b"held").unwrap();
+        // Entry 9 (id 10) was never attached: claims under its id belong to nobody alive.
+        let ring = &q.shared.ring;
+        // (Claims have no `Drop`: letting them go is leaking them.)
+        let _leaked = ring.try_claim_read(10).unwrap().unwrap();
+        let _leaked_too = ring.try_claim_write(10).unwrap().unwrap();
+        producer.send(b"behind").unwrap();
+        assert!(
+            matches!(consumer.try_recv(), Err(RecvError::Empty)),
+            "wedged"
+        );
+        // Attach and stall sweeps look at entries in use only; repair looks at free ones too.
+        let stats = q.repair().unwrap();
+        assert_eq!((stats.redelivered, stats.skipped, stats.reaped), (1, 1, 0));
+        let m = consumer.try_recv().unwrap();
+        assert!(m.redelivered() && &*m == b"held");
+        drop(m);
+        let m = consumer.try_recv().unwrap();
+        assert!(!m.redelivered() && &*m == b"behind");
+        drop(m);
+        assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+        assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -60,7 +60,8 @@
 
 use crate::error::{Error, RecvError, SendError};
 use crate::layout::{
-    Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST, RING_CONTROL_OFFSET,
+    counter, Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST,
+    RING_CONTROL_OFFSET,
 };
 use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::broadcast::{BroadcastRing, GateCache, Poll};
@@ -114,6 +115,31 @@ impl PubSubOptions {
     /// subscribers, [`Overflow::DropOldest`], mode `0600`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The layout a channel created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        let max_participants = self
+            .max_publishers
+            .checked_add(self.max_subscribers)
+            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
+        Geometry::compute(Shape {
+            kind: KIND_PUBSUB,
+            capacity: self.capacity,
+            max_message: self.max_message as u64,
+            max_participants,
+            flags: match self.overflow {
+                Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
+                Overflow::Block => OVERFLOW_BLOCK,
+            },
+            max_topic: self.max_topic,
+            table_entries: self.max_subscribers,
+            reply_capacity: 0,
+        })
+        .map_err(Error::InvalidOptions)
     }
 
     /// Number of messages the ring retains (1 to 2^32).
@@ -237,24 +263,7 @@ impl PubSub {
     /// # Errors
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &PubSubOptions) -> Result<Self, Error> {
-        let max_participants = options
-            .max_publishers
-            .checked_add(options.max_subscribers)
-            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
-        let g = Geometry::compute(Shape {
-            kind: KIND_PUBSUB,
-            capacity: options.capacity,
-            max_message: options.max_message as u64,
-            max_participants,
-            flags: match options.overflow {
-                Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
-                Overflow::Block => OVERFLOW_BLOCK,
-            },
-            max_topic: options.max_topic,
-            table_entries: options.max_subscribers,
-            reply_capacity: 0,
-        })
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path.as_ref(), &g, options.mode, options.group, |region| {
             ring_of(region.clone(), &g).initialize()
         })?;
@@ -306,6 +315,8 @@ impl PubSub {
     /// was writing is skipped, a dead subscriber stops holding publishers back. This also
     /// happens on attach and whenever a blocking call has waited
     /// [`STALL_CHECK`](crate::STALL_CHECK) without progress. Never touches a live participant.
+    /// Also undoes what is recorded under the id of a free participant entry (see
+    /// [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
@@ -403,11 +414,16 @@ impl<'a> Subscribe<'a> {
 }
 
 /// Publishes on a channel. `Send + Sync`.
+///
+/// Belongs to the process that attached it: in a fork child, publishing fails with
+/// [`SendError::WrongProcess`] and dropping it does nothing to the channel (the parent's
+/// participant entry and lock stay the parent's); a child attaches its own.
 pub struct Publisher {
     shared: Arc<Shared>,
     owner: u16,
     gate: GateCache,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -433,6 +449,7 @@ impl Publisher {
         payload: &[u8],
         deadline: Deadline,
     ) -> Result<(), SendError> {
+        self.me.check_send()?;
         let ring = &self.shared.ring;
         if topic.len() > ring.max_topic() {
             return Err(SendError::TopicTooLarge {
@@ -446,12 +463,15 @@ impl Publisher {
                 max: ring.max_message(),
             });
         }
-        let waited = ring.consumed().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim(self.owner, &self.gate),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.consumed(), counter::FULL)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim(self.owner, &self.gate),
+                || self.shared.repair_quietly(),
+            );
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("publisher-claimed");
         let committed = ring.write_and_commit(claim, topic, payload);
@@ -459,11 +479,12 @@ impl Publisher {
         // this slot to be finished. One fence serves both.
         WaitCell::notify_both(&ring.published(), &ring.consumed());
         if committed {
+            self.me.stats().add(counter::SENT, 1);
             Ok(())
         } else {
-            Err(SendError::Corrupt(crate::error::Corruption::BadState(
-                "a claimed slot changed under its publisher",
-            )))
+            // A recovery pass (or another process writing the file) took the slot away.
+            self.shared.count_refused();
+            Err(SendError::ClaimLost)
         }
     }
 
@@ -471,7 +492,8 @@ impl Publisher {
     ///
     /// # Errors
     /// [`SendError::TooLarge`] / [`SendError::TopicTooLarge`] (nothing is published);
-    /// [`SendError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`SendError::ClaimLost`] if the claimed slot was taken away before the commit (nothing
+    /// is published); [`SendError::Corrupt`] if the shared memory breaks the protocol.
     #[inline]
     pub fn publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.publish_with(topic, payload, Deadline::Never)
@@ -502,6 +524,10 @@ impl Publisher {
 }
 
 /// Receives a channel's messages. Dropping it detaches it (it stops holding publishers back).
+///
+/// Belongs to the process that attached it: in a fork child, receiving fails with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the channel (the parent's
+/// subscription, participant entry and lock stay the parent's); a child attaches its own.
 pub struct Subscriber {
     shared: Arc<Shared>,
     entry: u32,
@@ -509,6 +535,7 @@ pub struct Subscriber {
     prefixes: Vec<Vec<u8>>,
     buf: Vec<u8>,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -556,34 +583,44 @@ impl Subscriber {
 
     #[inline]
     fn recv_with(&mut self, deadline: Deadline) -> Result<TopicMessage<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = &self.shared.ring;
         let (cursor, buf, prefixes, entry) =
             (&mut self.cursor, &mut self.buf, &self.prefixes, self.entry);
         let shared = &self.shared;
         let repair = || shared.repair_quietly();
-        let found = ring.published().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || loop {
-                let before = *cursor;
-                let polled = ring.poll(cursor, buf);
-                if *cursor != before {
-                    // Publish progress only: Block-mode publishers gate on it.
-                    ring.store_cursor(entry, *cursor);
-                }
-                match polled.map_err(RecvError::Corrupt)? {
-                    Poll::Empty => return Ok(None),
-                    Poll::Lagged(n) => return Err(RecvError::Lagged(n)),
-                    Poll::Message { topic_len, len } => {
-                        let topic = &buf[..topic_len];
-                        if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p)) {
-                            return Ok(Some((topic_len, len)));
+        let stats = self.me.stats();
+        let found = self
+            .me
+            .waiting_on(ring.published(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || loop {
+                    let before = *cursor;
+                    let polled = ring.poll(cursor, buf);
+                    if *cursor != before {
+                        // Publish progress only: Block-mode publishers gate on it.
+                        ring.store_cursor(entry, *cursor);
+                    }
+                    match polled.map_err(RecvError::Corrupt)? {
+                        Poll::Empty => return Ok(None),
+                        Poll::Lagged(n) => {
+                            stats.add(counter::LAGGED, n);
+                            return Err(RecvError::Lagged(n));
+                        }
+                        Poll::Message { topic_len, len } => {
+                            let topic = &buf[..topic_len];
+                            if prefixes.is_empty() || prefixes.iter().any(|p| topic.starts_with(p))
+                            {
+                                stats.add(counter::RECEIVED, 1);
+                                return Ok(Some((topic_len, len)));
+                            }
                         }
                     }
-                }
-            },
-            repair,
-        );
+                },
+                repair,
+            );
         match found {
             Ok(Some((topic_len, len))) => {
                 let body = ring.body_offset();
@@ -627,8 +664,20 @@ impl Subscriber {
 }
 
 impl Drop for Subscriber {
+    /// Detaches: the subscription stops holding publishers back, then the participant entry is
+    /// freed. Nothing in a fork child.
     fn drop(&mut self) {
-        self.shared.ring.detach(self.entry);
+        if self.me.in_own_process() {
+            self.shared.ring.detach(self.entry);
+        }
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Publisher {
+    /// Detaches: a slot this publisher left half-written is skipped, then its entry is freed.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 

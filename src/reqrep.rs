@@ -25,9 +25,18 @@
 //! ticket's reply. Replies may arrive in any order: a reply to another outstanding request
 //! that arrives while waiting is copied into a buffer the client allocated when it attached
 //! (`reply_capacity × max_message` bytes) and its slot is freed at once, so it never holds up
-//! the reply ring; the reply waited for is returned in its slot, without copying. A client may
-//! have at most `reply_capacity` requests outstanding or kept, so servers never find a reply
-//! ring full; one more is [`SendError::Full`].
+//! the reply ring; the reply waited for is returned in its slot, without copying.
+//!
+//! A client has `reply_capacity` **places**. Sending takes one; the place is freed when the
+//! request's reply (or "no reply" notice) has been taken from the reply ring and its slot freed,
+//! or, for a reply kept in a buffer, when its wait returns it. So at most `reply_capacity`
+//! requests are outstanding or kept, replies owed to a client never outnumber the free slots
+//! of its reply ring, and **servers never find a reply ring full**. With every place taken,
+//! `send` first takes the replies that have arrived; if every place is still held by a request
+//! waited for or a reply kept, it is [`SendError::Full`] at once (only waiting for them, or
+//! dropping their tickets, frees one); if some are held only by requests given up (below),
+//! `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
+//! deadline, then [`SendError::Timeout`]).
 //!
 //! A server that drops a request without replying sends a "no reply" notice instead, so the
 //! client's wait ends with [`RecvError::NoReply`] rather than a timeout.
@@ -41,11 +50,24 @@
 //! out with [`Request::copy_to_vec`] and [`Reply::copy_to_vec`] (atomic word loads, never a
 //! slice over the mapping) and validate the copy. See `docs/DESIGN.md` section 9.
 //!
-//! # Timeouts
+//! # Giving up: timeouts, dropped tickets, errors
 //!
 //! [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
-//! [`RecvError::Timeout`]. The request stays counted as outstanding until its reply arrives,
-//! which is then discarded: a late reply is never handed to a later request.
+//! [`RecvError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
+//! and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
+//! small board shared with it, so it can be dropped anywhere). A request given up keeps its
+//! place until its late reply arrives, which is then discarded — never handed to a later
+//! request — and frees the place; a reply already kept for a dropped ticket frees its place at
+//! once. What a timeout leaves behind is therefore one place, and the request itself, which a
+//! server will still answer. So a client that keeps retrying through a server outage gets
+//! timeouts (never a `Full` for good) and works again, without re-attaching, once a server
+//! answers. A place stays taken for as long as its reply can still come: for ever only if the
+//! reply is lost, to a corrupt file or to a server that gave up delivering it (after
+//! [`Request::reply`] found the reply ring full for a second, which takes replies the client
+//! owes no place to — forged ones, a late reply to the entry's previous owner that raced past
+//! the server's check, or the second reply to a request delivered again after a server died
+//! between replying and acknowledging — while the client did not read its ring);
+//! re-attaching starts afresh.
 //!
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
@@ -66,10 +88,10 @@
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{
-    Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE,
-    TABLE_ENTRY_SIZE,
+    counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
+    RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
-use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
+use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -82,9 +104,9 @@ use std::time::Duration;
 
 /// Client entry state: bits 0..12 the owner's participant id, bit 12 attached, bits 16.. the
 /// generation.
-const CLIENT_ATTACHED: u64 = 1 << 12;
-const CLIENT_OWNER_MASK: u64 = 0xfff;
-const CLIENT_GEN_SHIFT: u32 = 16;
+pub(crate) const CLIENT_ATTACHED: u64 = 1 << 12;
+pub(crate) const CLIENT_OWNER_MASK: u64 = 0xfff;
+pub(crate) const CLIENT_GEN_SHIFT: u32 = 16;
 
 /// Envelope flag of a reply: the server dropped the request without replying.
 const FLAG_NO_REPLY: u32 = 1;
@@ -127,13 +149,37 @@ impl ServiceOptions {
         Self::default()
     }
 
+    /// The layout a service created with these options has (its `file_size` is the file's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn geometry(&self) -> Result<Geometry, Error> {
+        let max_participants = self
+            .max_clients
+            .checked_add(self.max_servers)
+            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
+        Geometry::compute(Shape {
+            kind: KIND_SERVICE,
+            capacity: self.request_capacity,
+            max_message: self.max_message as u64,
+            max_participants,
+            flags: 0,
+            max_topic: 0,
+            table_entries: self.max_clients,
+            reply_capacity: self.reply_capacity,
+        })
+        .map_err(Error::InvalidOptions)
+    }
+
     /// Slots in the shared request ring.
     pub fn request_capacity(mut self, slots: u64) -> Self {
         self.request_capacity = slots;
         self
     }
 
-    /// Slots in each client's reply ring: the most requests a client may have outstanding.
+    /// Slots in each client's reply ring: the most requests a client may have outstanding
+    /// (waited for, given up with the reply still to come, or with the reply kept for a later
+    /// wait), see "Many requests in flight" in the [module docs](crate::reqrep).
     pub fn reply_capacity(mut self, slots: u64) -> Self {
         self.reply_capacity = slots;
         self
@@ -247,6 +293,10 @@ impl Recoverable for Shared {
         }
         stats
     }
+
+    fn recount(&self) {
+        self.requests.recount_redeliveries();
+    }
 }
 
 impl Shared {
@@ -271,6 +321,18 @@ impl Shared {
         self.geometry.max_message as usize
     }
 
+    /// Frees a held slot of `ring` (one of this service's) and wakes its writers; `false`,
+    /// and counted, if the claim had been taken away.
+    #[inline]
+    fn release(&self, ring: &MpmcRing, claim: ReadClaim) -> bool {
+        let released = ring.release(claim);
+        ring.not_full().notify();
+        if !released {
+            self.count_refused();
+        }
+        released
+    }
+
     fn check_len(&self, len: usize) -> Result<(), SendError> {
         if len > self.max_message() {
             return Err(SendError::TooLarge {
@@ -282,8 +344,10 @@ impl Shared {
     }
 }
 
-/// Writes `envelope` and `payload` into a claimed slot of `ring` and commits it.
+/// Writes `envelope` and `payload` into a claimed slot of `ring` (of `shared`) and commits it.
+/// A commit refused because the slot was taken away is counted.
 fn put(
+    shared: &Shared,
     ring: &MpmcRing,
     claim: WriteClaim,
     envelope: &Envelope,
@@ -294,9 +358,8 @@ fn put(
     if ring.commit(claim, ENVELOPE_SIZE + payload.len()) {
         Ok(())
     } else {
-        Err(SendError::Corrupt(Corruption::BadState(
-            "a claimed slot changed under its writer",
-        )))
+        shared.count_refused();
+        Err(SendError::ClaimLost)
     }
 }
 
@@ -341,21 +404,7 @@ impl Service {
     /// # Errors
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &ServiceOptions) -> Result<Self, Error> {
-        let max_participants = options
-            .max_clients
-            .checked_add(options.max_servers)
-            .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
-        let g = Geometry::compute(Shape {
-            kind: KIND_SERVICE,
-            capacity: options.request_capacity,
-            max_message: options.max_message as u64,
-            max_participants,
-            flags: 0,
-            max_topic: 0,
-            table_entries: options.max_clients,
-            reply_capacity: options.reply_capacity,
-        })
-        .map_err(Error::InvalidOptions)?;
+        let g = options.geometry()?;
         let mapping = file::create(path.as_ref(), &g, options.mode, options.group, |region| {
             let (requests, replies) = rings(region, &g);
             requests.initialize();
@@ -390,7 +439,8 @@ impl Service {
     /// took is delivered again to another server (flagged [`Request::redelivered`]); a dead
     /// client's entry returns to the pool and replies to it are dropped. This also happens on
     /// attach and whenever a blocking call has waited [`STALL_CHECK`](crate::STALL_CHECK)
-    /// without progress. Never touches a live participant.
+    /// without progress. Never touches a live participant. Also undoes what is recorded under
+    /// the id of a free participant entry (see [`Pipeline::repair`](crate::Pipeline::repair)).
     ///
     /// # Errors
     /// [`Error::Io`] if the liveness locks cannot be probed.
@@ -450,23 +500,15 @@ impl Service {
             // than let them take room from this client's replies.
             let ring = &shared.replies[index as usize];
             while let Ok(Some(stale)) = ring.try_claim_read(owner) {
-                ring.release(stale);
-                ring.not_full().notify();
+                shared.release(ring, stale);
             }
-            let outstanding = shared.geometry.reply_capacity as usize;
+            let places = shared.geometry.reply_capacity as usize;
             return Ok(Client {
                 shared: shared.clone(),
                 index,
                 generation,
                 owner,
-                next_id: 0,
-                ledger: Ledger {
-                    outstanding: Vec::with_capacity(outstanding),
-                    kept: Vec::with_capacity(outstanding),
-                    buffers: vec![0; outstanding * shared.max_message()],
-                    free: (0..outstanding).rev().collect(),
-                    lent: None,
-                },
+                ledger: Ledger::new(places, shared.max_message()),
                 wait: WaitStrategy::default(),
                 me,
             });
@@ -479,10 +521,17 @@ impl Service {
 }
 
 /// Serves a service's requests. `Send + Sync`.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`RecvError::WrongProcess`] and dropping it does nothing to the service (the parent's
+/// participant entry, lock and requests stay the parent's); a child attaches its own. Dropping
+/// it in its own process detaches it, first delivering again (to another server) any
+/// [`Request`] it leaked (`mem::forget`), flagged [`Request::redelivered`].
 pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -503,13 +552,17 @@ impl Server {
 
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
+        self.me.check_recv()?;
         let ring = &self.shared.requests;
-        let waited = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || ring.try_claim_read(self.owner),
-            || self.shared.repair_quietly(),
-        );
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || ring.try_claim_read(self.owner),
+                || self.shared.repair_quietly(),
+            );
         let claim = RecvError::from_wait(waited, deadline)?;
         match envelope_of(ring, &claim) {
             Some(envelope) if envelope.client < self.shared.geometry.table_entries => {
@@ -522,8 +575,7 @@ impl Server {
             }
             _ => {
                 // Not a request anyone could be waiting for: acknowledge it and report it.
-                ring.release(claim);
-                ring.not_full().notify();
+                self.shared.release(ring, claim);
                 Err(RecvError::Corrupt(Corruption::BadState(
                     "a request names no valid client",
                 )))
@@ -559,8 +611,12 @@ impl Server {
 }
 
 /// A request taken by a server. Its payload borrows the request's slot. Reply with
-/// [`reply`](Self::reply); dropping it without replying acknowledges it with no reply (the
-/// client's wait then times out).
+/// [`reply`](Self::reply); dropping it without replying acknowledges it and sends the client a
+/// "no reply" notice (its wait ends with [`RecvError::NoReply`]).
+///
+/// In a fork child (a copy inherited from the process that took it) its payload reads as
+/// empty, replying fails with [`SendError::WrongProcess`] and dropping it does nothing: the
+/// request stays the parent's.
 pub struct Request<'a> {
     server: &'a Server,
     /// Always `Some` until the request is acknowledged.
@@ -593,8 +649,10 @@ impl Request<'_> {
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
-            Some(claim) => &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..],
-            None => &[],
+            Some(claim) if self.server.me.in_own_process() => {
+                &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..]
+            }
+            _ => &[],
         }
     }
 
@@ -603,8 +661,10 @@ impl Request<'_> {
     /// a process ignoring the protocol can change while it is read. Allocates.
     pub fn copy_to_vec(&self) -> Vec<u8> {
         match &self.claim {
-            Some(claim) => copy_after_envelope(&self.server.shared.requests, claim),
-            None => Vec::new(),
+            Some(claim) if self.server.me.in_own_process() => {
+                copy_after_envelope(&self.server.shared.requests, claim)
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -619,21 +679,36 @@ impl Request<'_> {
     /// [`SendError::TooLarge`]: nothing is sent, the request is acknowledged, and the client's
     /// wait ends with [`RecvError::NoReply`]. [`SendError::Timeout`] if the client's reply ring
     /// stayed full for a second (the client is misbehaving): the reply is dropped.
+    /// [`SendError::ClaimLost`] if the reply's slot, or the request itself, had been taken
+    /// away (a recovery pass judged this server dead, or another process rewrote the file):
+    /// the request is delivered again to a server, whose reply the client keeps if this one
+    /// did not reach it (a client keeps only the first reply to a request). Counted in
+    /// [`RecoveryStats::refused`].
     #[inline]
     pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
+        self.server.me.check_send()?;
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
         let outcome = self.deliver(payload, 0);
-        self.acknowledge();
-        outcome
+        match (outcome, self.acknowledge()) {
+            (Ok(_), false) => Err(SendError::ClaimLost),
+            (outcome, _) => outcome,
+        }
     }
 
+    /// Acknowledges the request; `false` (and counted) if it had been taken back.
     #[inline]
-    fn acknowledge(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            let requests = &self.server.shared.requests;
-            requests.release(claim);
-            requests.not_full().notify();
+    fn acknowledge(&mut self) -> bool {
+        match self.claim.take() {
+            Some(claim) => {
+                let shared = &self.server.shared;
+                let acked = shared.release(&shared.requests, claim);
+                if acked {
+                    self.server.me.stats().add(counter::RECEIVED, 1);
+                }
+                acked
+            }
+            None => true,
         }
     }
 
@@ -660,9 +735,10 @@ impl Request<'_> {
             claimer().map(|c| c.map(Some))
         };
         let repair = || shared.repair_quietly();
-        let claim = match ring
-            .not_full()
-            .parked_as(self.server.me.parked())
+        let claim = match self
+            .server
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
             .wait_or_repair(self.server.wait, deadline, attempt, repair)
         {
             Ok(Some(Some(claim))) => claim,
@@ -670,9 +746,11 @@ impl Request<'_> {
             Ok(None) => return Err(SendError::Timeout),
             Err(c) => return Err(SendError::Corrupt(c)),
         };
-        let result = put(ring, claim, &env, payload);
+        let result = put(shared, ring, claim, &env, payload);
         ring.not_empty().notify();
-        result.map(|()| Delivery::Delivered)
+        result?;
+        self.server.me.stats().add(counter::SENT, 1);
+        Ok(Delivery::Delivered)
     }
 }
 
@@ -680,7 +758,7 @@ impl Drop for Request<'_> {
     /// Dropped without a reply: tell the client there will be none (so it neither waits for
     /// ever nor keeps counting the request as outstanding), then acknowledge.
     fn drop(&mut self) {
-        if self.claim.is_some() {
+        if self.claim.is_some() && self.server.me.in_own_process() {
             let _ = self.deliver(&[], FLAG_NO_REPLY);
             self.acknowledge();
         }
@@ -688,29 +766,122 @@ impl Drop for Request<'_> {
 }
 
 /// A ticket for a request sent with [`Client::send`], redeemed with [`Client::wait`].
-#[derive(Debug, PartialEq, Eq, Hash)]
+///
+/// Dropping it without waiting gives the request up: its reply, when it comes, is discarded,
+/// and the request's place (see [`Client`]) is free again from then on. A ticket may be
+/// dropped anywhere, also in another thread or after its client is gone.
 #[must_use = "a pending request's reply is only received by waiting for it"]
 pub struct Pending {
     id: u64,
+    /// Where dropping the ticket tells its client; `None` once redeemed.
+    dropped: Option<Arc<DroppedTickets>>,
 }
 
 impl Pending {
-    /// The request's correlation id.
+    /// The request's correlation id, unique among this client's requests.
     pub fn id(&self) -> u64 {
         self.id
     }
 }
 
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending").field("id", &self.id).finish()
+    }
+}
+
+/// Tickets are equal when they are for the same request of the same client.
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && match (&self.dropped, &other.dropped) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
+impl Eq for Pending {}
+
+impl std::hash::Hash for Pending {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.dropped.take() {
+            dropped.record(self.id);
+        }
+    }
+}
+
+/// The place of a request: the low 32 bits of its id (`reply_capacity` is at most 2^32).
+#[inline]
+fn place_of(id: u64) -> usize {
+    (id & 0xffff_ffff) as usize
+}
+
+/// What a new request in a place adds to the id of the place's previous one.
+const LAP: u64 = 1 << 32;
+
+/// No ticket of this place was dropped.
+const NO_TICKET: u64 = u64::MAX;
+
+/// The ids of a client's tickets dropped without waiting, one word per place. A ticket may be
+/// dropped anywhere (another thread, after its client is gone), so it cannot borrow its
+/// client; it tells it through this board instead, which the client allocates once when it
+/// attaches and shares with its tickets by reference count. The client reads a place's word
+/// when that place's reply arrives and when it runs out of places. A place's ids only grow, so
+/// an id left from an earlier request in the same place never matches a later one.
+struct DroppedTickets(Box<[std::sync::atomic::AtomicU64]>);
+
+impl DroppedTickets {
+    fn new(places: usize) -> Self {
+        DroppedTickets(
+            (0..places)
+                .map(|_| std::sync::atomic::AtomicU64::new(NO_TICKET))
+                .collect(),
+        )
+    }
+
+    fn record(&self, id: u64) {
+        if let Some(word) = self.0.get(place_of(id)) {
+            word.store(id, Ordering::Release);
+        }
+    }
+
+    fn has(&self, id: u64) -> bool {
+        self.0
+            .get(place_of(id))
+            .is_some_and(|word| word.load(Ordering::Acquire) == id)
+    }
+}
+
 /// Sends requests and receives their replies. Holds a client entry (and its reply ring) until
 /// dropped.
+///
+/// A client has `reply_capacity` *places*, one per request that may be in flight: a place is
+/// taken when a request is sent and freed when its reply has been taken from the reply ring
+/// and its slot freed (or, for a reply kept for a later wait, when that wait returns it). So
+/// at most `reply_capacity` replies are ever owed to the client, and servers never find its
+/// reply ring full. A request given up — its wait timed out or failed, or its [`Pending`] was
+/// dropped — keeps its place until its late reply arrives, which is then discarded.
+///
+/// Belongs to the process that attached it: in a fork child, its methods fail with
+/// [`SendError::WrongProcess`] / [`RecvError::WrongProcess`] and dropping it does nothing to
+/// the service (the parent's client entry, participant entry and lock stay the parent's); a
+/// child attaches its own. Dropping it in its own process detaches it, freeing any [`Reply`]
+/// slot it leaked (`mem::forget`).
 pub struct Client {
     shared: Arc<Shared>,
     index: u32,
     generation: u64,
     owner: u16,
-    next_id: u64,
     ledger: Ledger,
     wait: WaitStrategy,
+    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -719,39 +890,70 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("path", &self.shared.mapping.path())
             .field("entry", &self.index)
-            .field("outstanding", &self.ledger.outstanding.len())
-            .field("kept", &self.ledger.kept.len())
+            .field("outstanding", &self.ledger.count(Place::is_waiting))
+            .field("kept", &self.ledger.count(Place::is_kept))
             .finish()
     }
 }
 
-/// A client's bookkeeping of its requests and replies, kept apart from the handle so that a
-/// wait can update it while it reads the reply ring through the handle's shared state.
+/// What one of a client's places holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Free,
+    /// A request whose reply has not been taken from the reply ring yet; `given_up` once its
+    /// wait timed out or failed (its reply will be discarded).
+    Waiting {
+        given_up: bool,
+    },
+    /// Its reply, taken from the ring while the client waited for another and copied into the
+    /// place's buffer: `len` bytes, or a "no reply" notice.
+    Kept {
+        len: usize,
+        no_reply: bool,
+    },
+}
+
+impl Place {
+    fn is_waiting(&self) -> bool {
+        matches!(self, Place::Waiting { .. })
+    }
+
+    fn is_kept(&self) -> bool {
+        matches!(self, Place::Kept { .. })
+    }
+}
+
+/// A client's bookkeeping of its places, kept apart from the handle so that a wait can update
+/// it while it reads the reply ring through the handle's shared state. Everything is allocated
+/// when the client attaches.
 struct Ledger {
-    /// Requests sent whose reply has not been taken from the ring: (id, still wanted).
-    outstanding: Vec<(u64, bool)>,
-    /// Replies that arrived while waiting for another, copied out of the ring (so they never
-    /// hold up the ring, which servers fill in order): (id, buffer slot, length, no-reply).
-    kept: Vec<(u64, usize, usize, bool)>,
-    /// `reply_capacity` buffers of `max_message` bytes for kept replies, allocated at attach.
+    /// Per place: the id of its latest request, and what the place holds.
+    places: Vec<(u64, Place)>,
+    /// Free places; the most recently freed is taken first.
+    free: Vec<u32>,
+    /// One buffer of `max` bytes per place, for a kept reply.
     buffers: Vec<u8>,
-    /// Free buffer slots.
-    free: Vec<usize>,
-    /// The buffer slot lent to the last `Reply` returned; free again at the next call.
-    lent: Option<usize>,
+    max: usize,
+    dropped: Arc<DroppedTickets>,
 }
 
 /// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
 /// from the client's buffer if it arrived while the client waited for another.
+///
+/// In a fork child (a copy inherited from the process that received it) a reply still in its
+/// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
 pub struct Reply<'a> {
     source: ReplySource<'a>,
 }
 
 enum ReplySource<'a> {
     Slot {
+        shared: &'a Shared,
         ring: &'a MpmcRing,
         /// Always `Some` until dropped.
         claim: Option<ReadClaim>,
+        /// The client's process: the only one that may read or free the slot.
+        process: Process,
     },
     Kept(&'a [u8]),
 }
@@ -764,8 +966,10 @@ impl Reply<'_> {
             ReplySource::Slot {
                 ring,
                 claim: Some(claim),
-            } => &ring.payload(claim)[ENVELOPE_SIZE..],
-            ReplySource::Slot { claim: None, .. } => &[],
+                process,
+                ..
+            } if process.is_current() => &ring.payload(claim)[ENVELOPE_SIZE..],
+            ReplySource::Slot { .. } => &[],
             ReplySource::Kept(bytes) => bytes,
         }
     }
@@ -777,8 +981,10 @@ impl Reply<'_> {
             ReplySource::Slot {
                 ring,
                 claim: Some(claim),
-            } => copy_after_envelope(ring, claim),
-            ReplySource::Slot { claim: None, .. } => Vec::new(),
+                process,
+                ..
+            } if process.is_current() => copy_after_envelope(ring, claim),
+            ReplySource::Slot { .. } => Vec::new(),
             // Copied out of the ring (with atomic loads) when it arrived: private memory now.
             ReplySource::Kept(bytes) => bytes.to_vec(),
         }
@@ -795,10 +1001,18 @@ impl fmt::Debug for Reply<'_> {
 
 impl Drop for Reply<'_> {
     fn drop(&mut self) {
-        if let ReplySource::Slot { ring, claim } = &mut self.source {
+        if let ReplySource::Slot {
+            shared,
+            ring,
+            claim,
+            process,
+        } = &mut self.source
+        {
+            if !process.is_current() {
+                return;
+            }
             if let Some(claim) = claim.take() {
-                ring.release(claim);
-                ring.not_full().notify();
+                shared.release(ring, claim);
             }
         }
     }
@@ -813,53 +1027,145 @@ enum Filed {
 }
 
 impl Ledger {
+    fn new(places: usize, max: usize) -> Self {
+        Ledger {
+            places: (0..places)
+                .map(|p| ((p as u64).wrapping_sub(LAP), Place::Free))
+                .collect(),
+            free: (0..places).rev().map(|p| p as u32).collect(),
+            buffers: vec![0; places * max],
+            max,
+            dropped: Arc::new(DroppedTickets::new(places)),
+        }
+    }
+
+    fn count(&self, what: impl Fn(&Place) -> bool) -> usize {
+        self.places.iter().filter(|(_, place)| what(place)).count()
+    }
+
+    /// Takes a free place for a new request; returns the request's id.
+    #[inline]
+    fn take(&mut self) -> Option<u64> {
+        let entry = &mut self.places[self.free.pop()? as usize];
+        entry.0 = entry.0.wrapping_add(LAP);
+        entry.1 = Place::Waiting { given_up: false };
+        Some(entry.0)
+    }
+
+    /// Frees the place of request `id`, which holds it.
+    #[inline]
+    fn free(&mut self, id: u64) {
+        let p = place_of(id);
+        self.places[p].1 = Place::Free;
+        self.free.push(p as u32);
+    }
+
+    /// What the place of request `id` holds, if it holds that request.
+    #[inline]
+    fn holding(&self, id: u64) -> Option<Place> {
+        self.places
+            .get(place_of(id))
+            .filter(|&&(at, place)| at == id && place != Place::Free)
+            .map(|&(_, place)| place)
+    }
+
+    /// Request `id` is given up: its reply is to be discarded when it comes.
+    fn give_up(&mut self, id: u64) {
+        if let Some(Place::Waiting { given_up }) = self
+            .places
+            .get_mut(place_of(id))
+            .filter(|(at, _)| *at == id)
+            .map(|(_, place)| place)
+        {
+            *given_up = true;
+        }
+    }
+
+    /// Acts on dropped tickets: a kept reply's place is freed, a request still waiting is
+    /// given up. Returns whether some place now waits only for the late reply of a request
+    /// given up (so waiting for replies can free a place).
+    fn reclaim_dropped(&mut self) -> bool {
+        let mut late = false;
+        for p in 0..self.places.len() {
+            let (id, place) = self.places[p];
+            let dropped = self.dropped.has(id);
+            match place {
+                Place::Kept { .. } if dropped => self.free(id),
+                Place::Waiting { given_up } => {
+                    if dropped {
+                        self.places[p].1 = Place::Waiting { given_up: true };
+                    }
+                    late |= given_up || dropped;
+                }
+                _ => {}
+            }
+        }
+        late
+    }
+
     /// Files one reply taken from `ring`: the one waited for (`want`) is handed back in its
-    /// slot; one for another outstanding request is copied into a buffer and its slot freed;
-    /// stale (another client or generation), duplicate, corrupt or timed-out ones are dropped.
+    /// slot; one for a request still wanted is copied into its place's buffer and its slot
+    /// freed; one for a request given up is dropped and frees its place; stale (another client
+    /// or generation), duplicate and corrupt ones are dropped.
     #[inline]
     fn file(
         &mut self,
+        shared: &Shared,
         ring: &MpmcRing,
         me: (u32, u64),
-        max: usize,
         claim: ReadClaim,
-        want: u64,
+        want: Option<u64>,
     ) -> Filed {
         let (index, generation) = me;
-        let env = envelope_of(ring, &claim);
-        let ours = env.filter(|e| e.generation == generation && e.client == index);
-        let at = ours.and_then(|e| {
-            self.outstanding
-                .iter()
-                .position(|&(id, _)| id == e.correlation)
-        });
-        let (Some(e), Some(at)) = (ours, at) else {
-            ring.release(claim);
-            ring.not_full().notify();
+        let ours = envelope_of(ring, &claim)
+            .filter(|e| e.generation == generation && e.client == index)
+            .and_then(|e| self.holding(e.correlation).map(|place| (e, place)));
+        let Some((e, Place::Waiting { given_up })) = ours else {
+            shared.release(ring, claim);
             return Filed::Other;
         };
-        let (_, wanted) = self.outstanding.swap_remove(at);
+        let id = e.correlation;
         let no_reply = e.flags & FLAG_NO_REPLY != 0;
-        if e.correlation == want {
+        if want == Some(id) {
+            // Freed now, yet the slot stays held by the `Reply` returned; that borrows the
+            // client, so no request can take the place before the slot is free.
+            self.free(id);
             if no_reply {
-                ring.release(claim);
-                ring.not_full().notify();
+                shared.release(ring, claim);
                 return Filed::Wanted(None);
             }
             return Filed::Wanted(Some(claim));
         }
-        if wanted {
+        let discard = given_up || self.dropped.has(id);
+        if !discard {
             let len = claim.len() - ENVELOPE_SIZE;
-            // Never fails: kept + outstanding never exceed the number of buffers.
-            if let Some(slot) = self.free.pop() {
-                let kept = &mut self.buffers[slot * max..slot * max + len];
-                ring.copy_payload(&claim, ENVELOPE_SIZE, kept);
-                self.kept.push((e.correlation, slot, len, no_reply));
-            }
+            let at = place_of(id) * self.max;
+            // In bounds: a payload is at most `max` bytes (the ring checked the length).
+            ring.copy_payload(&claim, ENVELOPE_SIZE, &mut self.buffers[at..at + len]);
+            self.places[place_of(id)].1 = Place::Kept { len, no_reply };
         }
-        ring.release(claim);
-        ring.not_full().notify();
+        shared.release(ring, claim);
+        if discard {
+            // Only now, with its slot free: a server may then be owed one reply more.
+            self.free(id);
+        }
         Filed::Other
+    }
+
+    /// Files every reply that has arrived (none is waited for); returns how many.
+    fn drain(
+        &mut self,
+        shared: &Shared,
+        ring: &MpmcRing,
+        me: (u32, u64),
+        owner: u16,
+    ) -> Result<u64, Corruption> {
+        let mut taken = 0;
+        while let Some(claim) = ring.try_claim_read(owner)? {
+            self.file(shared, ring, me, claim, None);
+            taken += 1;
+        }
+        Ok(taken)
     }
 }
 
@@ -869,62 +1175,111 @@ impl Client {
         self.wait = wait;
     }
 
-    /// Requests sent whose replies have not been received yet: waiting for a reply, or
-    /// timed out with the reply still to come (it is discarded when it comes).
+    /// Requests whose replies have not been taken from the reply ring yet: being waited for,
+    /// or given up (timed out, failed, ticket dropped) with the reply still to come. Replies
+    /// that have arrived are taken by the next wait, or by the next send that finds every
+    /// place taken, so a late reply may still be counted here until then.
     pub fn outstanding(&self) -> usize {
-        self.ledger.outstanding.len()
+        self.ledger.count(Place::is_waiting)
     }
 
     fn reply_ring(&self) -> &MpmcRing {
         &self.shared.replies[self.index as usize]
     }
 
-    /// Frees the buffer slot of the last kept reply returned (its `Reply` is gone: it borrowed
-    /// `self` mutably).
-    #[inline]
-    fn reclaim_lent(&mut self) {
-        if let Some(slot) = self.ledger.lent.take() {
-            self.ledger.free.push(slot);
-        }
-    }
-
     #[inline]
     fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
-        self.reclaim_lent();
+        self.me.check_send()?;
         self.shared.check_len(payload.len())?;
-        if self.ledger.outstanding.len() + self.ledger.kept.len()
-            >= self.shared.geometry.reply_capacity as usize
-        {
-            return Err(SendError::Full);
-        }
+        let id = match self.ledger.take() {
+            Some(id) => id,
+            None => self.make_room(deadline)?,
+        };
         let ring = &self.shared.requests;
-        let waited = ring.not_full().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            ring.write_claimer(self.owner),
-            || self.shared.repair_quietly(),
-        );
-        let claim = SendError::from_wait(waited, deadline)?;
-        let id = self.next_id;
-        self.next_id += 1;
+        let waited = self
+            .me
+            .waiting_on(ring.not_full(), counter::FULL)
+            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
+                self.shared.repair_quietly()
+            });
+        let claim = match SendError::from_wait(waited, deadline) {
+            Ok(claim) => claim,
+            Err(e) => {
+                self.ledger.free(id);
+                return Err(e);
+            }
+        };
         let envelope = Envelope {
             correlation: id,
             generation: self.generation,
             client: self.index,
             flags: 0,
         };
-        let result = put(ring, claim, &envelope, payload);
+        let result = put(&self.shared, ring, claim, &envelope, payload);
         ring.not_empty().notify();
-        result?;
-        self.ledger.outstanding.push((id, true));
-        Ok(Pending { id })
+        if let Err(e) = result {
+            self.ledger.free(id);
+            return Err(e);
+        }
+        self.me.stats().add(counter::SENT, 1);
+        Ok(Pending {
+            id,
+            dropped: Some(self.ledger.dropped.clone()),
+        })
     }
 
-    /// Sends a request without waiting for its reply (waiting while the request ring is full).
+    /// Every place is taken: frees the places of dropped tickets whose replies were kept,
+    /// takes the replies that have arrived (those of requests given up free their places),
+    /// and if some places are held only for late replies, waits for them until `deadline`.
+    #[cold]
+    fn make_room(&mut self, deadline: Deadline) -> Result<u64, SendError> {
+        let (shared, ledger) = (&self.shared, &mut self.ledger);
+        let ring = &shared.replies[self.index as usize];
+        let (me, owner) = ((self.index, self.generation), self.owner);
+        let stats = self.me.stats();
+        ledger.reclaim_dropped();
+        let taken = ledger
+            .drain(shared, ring, me, owner)
+            .map_err(SendError::Corrupt)?;
+        stats.add(counter::RECEIVED, taken);
+        if let Some(id) = ledger.take() {
+            return Ok(id);
+        }
+        if deadline.is_now() || !ledger.reclaim_dropped() {
+            // Every place is held for a request still wanted or a reply kept: only waiting
+            // for those (or dropping their tickets) frees one.
+            stats.add(counter::FULL, 1);
+            return Err(SendError::Full);
+        }
+        // Waiting for a late reply to free a place: counted as a send that found no room.
+        let waited = self
+            .me
+            .waiting_on(ring.not_empty(), counter::FULL)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || {
+                    ledger.reclaim_dropped();
+                    stats.add(counter::RECEIVED, ledger.drain(shared, ring, me, owner)?);
+                    Ok(ledger.take())
+                },
+                || shared.repair_quietly(),
+            );
+        match waited {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(SendError::Timeout),
+            Err(c) => Err(SendError::Corrupt(c)),
+        }
+    }
+
+    /// Sends a request without waiting for its reply. Waits while the request ring is full,
+    /// and while every place is taken but some only by requests given up (until their late
+    /// replies come).
     ///
     /// # Errors
-    /// [`SendError::Full`] if `reply_capacity` requests are outstanding or kept already;
-    /// [`SendError::TooLarge`]; [`SendError::Corrupt`].
+    /// [`SendError::Full`] if every one of the `reply_capacity` places is held by a request
+    /// still wanted or a reply kept for a later wait; [`SendError::TooLarge`];
+    /// [`SendError::ClaimLost`] (nothing was sent); [`SendError::Corrupt`].
     #[inline]
     pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Never)
@@ -939,69 +1294,81 @@ impl Client {
     }
 
     #[inline]
-    fn wait_with(&mut self, pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
-        self.reclaim_lent();
+    fn wait_with(
+        &mut self,
+        mut pending: Pending,
+        deadline: Deadline,
+    ) -> Result<Reply<'_>, RecvError> {
+        self.me.check_recv()?;
         let want = pending.id;
-        if let Some(at) = self.ledger.kept.iter().position(|&(id, ..)| id == want) {
-            let (_, slot, len, no_reply) = self.ledger.kept.swap_remove(at);
-            if no_reply {
-                self.ledger.free.push(slot);
-                return Err(RecvError::NoReply);
-            }
-            self.ledger.lent = Some(slot);
-            let max = self.shared.max_message();
-            return Ok(Reply {
-                source: ReplySource::Kept(&self.ledger.buffers[slot * max..slot * max + len]),
-            });
-        }
-        if !self.ledger.outstanding.iter().any(|&(id, _)| id == want) {
+        let ours = pending
+            .dropped
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(d, &self.ledger.dropped));
+        let Some(place) = ours.then(|| self.ledger.holding(want)).flatten() else {
+            // Another client's ticket: dropped here, it gives its request up there.
             return Err(RecvError::Corrupt(Corruption::BadState(
                 "no such request is outstanding",
             )));
+        };
+        pending.dropped = None; // redeemed
+        if let Place::Kept { len, no_reply } = place {
+            self.ledger.free(want);
+            if no_reply {
+                return Err(RecvError::NoReply);
+            }
+            let at = place_of(want) * self.ledger.max;
+            return Ok(Reply {
+                source: ReplySource::Kept(&self.ledger.buffers[at..at + len]),
+            });
         }
         // Split borrows: the ring is read through `shared` while the ledger is updated.
         let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
         let ring = &shared.replies[self.index as usize];
         let me = (self.index, self.generation);
-        let max = shared.max_message();
-        let found = ring.not_empty().parked_as(self.me.parked()).wait_or_repair(
-            self.wait,
-            deadline,
-            || {
-                while let Some(claim) = ring.try_claim_read(owner)? {
-                    if let Filed::Wanted(claim) = ledger.file(ring, me, max, claim, want) {
-                        return Ok(Some(claim));
+        let stats = self.me.stats();
+        let found = self
+            .me
+            .waiting_on(ring.not_empty(), counter::EMPTY)
+            .wait_or_repair(
+                self.wait,
+                deadline,
+                || {
+                    while let Some(claim) = ring.try_claim_read(owner)? {
+                        stats.add(counter::RECEIVED, 1);
+                        if let Filed::Wanted(claim) =
+                            ledger.file(shared, ring, me, claim, Some(want))
+                        {
+                            return Ok(Some(claim));
+                        }
                     }
-                }
-                Ok(None)
-            },
-            || shared.repair_quietly(),
-        );
+                    Ok(None)
+                },
+                || shared.repair_quietly(),
+            );
         match found {
             Ok(Some(Some(claim))) => Ok(Reply {
                 source: ReplySource::Slot {
+                    shared: &self.shared,
                     ring: self.reply_ring(),
                     claim: Some(claim),
+                    process: self.me.process(),
                 },
             }),
             Ok(Some(None)) => Err(RecvError::NoReply),
             Ok(None) => {
-                // Keep counting it as outstanding; its late reply will be discarded.
-                if let Some(entry) = self
-                    .ledger
-                    .outstanding
-                    .iter_mut()
-                    .find(|(id, _)| *id == want)
-                {
-                    entry.1 = false;
-                }
-                Err(if matches!(deadline, Deadline::Now) {
+                // Given up: its place is freed when its late reply comes (and is discarded).
+                self.ledger.give_up(want);
+                Err(if deadline.is_now() {
                     RecvError::Empty
                 } else {
                     RecvError::Timeout
                 })
             }
-            Err(c) => Err(RecvError::Corrupt(c)),
+            Err(c) => {
+                self.ledger.give_up(want);
+                Err(RecvError::Corrupt(c))
+            }
         }
     }
 
@@ -1010,14 +1377,15 @@ impl Client {
     ///
     /// # Errors
     /// [`RecvError::NoReply`] if the server dropped the request without replying;
-    /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    /// [`RecvError::Corrupt`] if shared memory breaks the protocol (the request is then given
+    /// up, as after a timeout).
     #[inline]
     pub fn wait(&mut self, pending: Pending) -> Result<Reply<'_>, RecvError> {
         self.wait_with(pending, Deadline::Never)
     }
 
     /// Waits at most `timeout` for the reply to `pending`. On timeout the request is given up:
-    /// its reply, if it ever comes, is discarded.
+    /// its reply, if it ever comes, is discarded, and only then is its place free again.
     ///
     /// # Errors
     /// [`RecvError::Timeout`], and as for [`wait`](Self::wait).
@@ -1043,7 +1411,10 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Recv`]`(`[`RecvError::Timeout`]`)` if no reply came in time (a late reply is
-    /// discarded, never handed to a later request), and as for [`request`](Self::request).
+    /// discarded, never handed to a later request); [`Error::Send`]`(`[`SendError::Timeout`]`)`
+    /// if no place came free in time (every place held by requests given up, whose late
+    /// replies have not come: typically while no server is attached); and as for
+    /// [`request`](Self::request).
     pub fn request_timeout(
         &mut self,
         payload: &[u8],
@@ -1057,14 +1428,25 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Detach: replies still in flight for this generation are dropped by servers, or by
-        // the entry's next owner, whose generation differs.
-        let state = self.shared.client_state(self.index);
-        let old = state.load(Ordering::Acquire);
-        state.store(
-            old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
-            Ordering::Release,
-        );
+        if self.me.in_own_process() {
+            // Detach: replies still in flight for this generation are dropped by servers, or
+            // by the entry's next owner, whose generation differs.
+            let state = self.shared.client_state(self.index);
+            let old = state.load(Ordering::Acquire);
+            state.store(
+                old & !(CLIENT_ATTACHED | CLIENT_OWNER_MASK),
+                Ordering::Release,
+            );
+        }
+        // Then free the reply slots it leaked, and its participant entry.
+        self.shared.detach(&self.me);
+    }
+}
+
+impl Drop for Server {
+    /// Detaches: delivers again the requests this server leaked, then frees its entry.
+    fn drop(&mut self) {
+        self.shared.detach(&self.me);
     }
 }
 

@@ -3,7 +3,7 @@
 //! A counting global allocator counts the allocations made by threads that have armed it, so
 //! the test harness's own threads do not disturb the count. This binary holds a single test.
 
-use shmq::{Options, Pipeline, WaitStrategy};
+use shmq::{Options, Pipeline, RecvError, Service, ServiceOptions, WaitStrategy};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,7 +102,7 @@ fn send_and_receive_allocate_nothing() {
 
         let mut loan = producer.loan(32).unwrap();
         loan.fill(i as u8);
-        loan.commit();
+        loan.commit().unwrap();
         drop(producer.try_loan(16).unwrap()); // abandoned
         assert_eq!(consumer.recv().unwrap()[0], i as u8);
 
@@ -167,4 +167,54 @@ fn send_and_receive_allocate_nothing() {
         (0, 0),
         "allocations while blocking (send, receive)"
     );
+
+    // Request-reply, in one thread: replies waited for in order and out of order (one kept),
+    // a dropped ticket, a timed-out wait, and a send that finds every place taken and takes
+    // the late reply to make room.
+    let svc = Service::create(
+        dir.join("svc"),
+        &ServiceOptions::new().reply_capacity(2).max_message(64),
+    )
+    .unwrap();
+    let server = svc.server().unwrap();
+    let mut client = svc.client().unwrap();
+    let answer = |n: usize| {
+        for _ in 0..n {
+            let request = server.try_recv().unwrap();
+            let reply = [request.payload()[0]; 8];
+            request.reply(&reply).unwrap();
+        }
+    };
+    let mut reqrep_round = || {
+        let a = client.send(b"a").unwrap();
+        let b = client.send(b"b").unwrap();
+        answer(2);
+        assert_eq!(client.wait(b).unwrap().payload()[0], b'b');
+        assert_eq!(client.wait(a).unwrap().payload()[0], b'a'); // kept
+        drop(client.send(b"c").unwrap()); // given up
+        let d = client.send(b"d").unwrap();
+        answer(2);
+        assert_eq!(client.wait(d).unwrap().payload()[0], b'd');
+        let e = client.send(b"e").unwrap();
+        assert_eq!(
+            client.wait_timeout(e, Duration::ZERO).unwrap_err(),
+            RecvError::Timeout
+        );
+        answer(1);
+        let f = client.send(b"f").unwrap();
+        let g = client.try_send(b"g").unwrap(); // every place taken: takes e's late reply
+        answer(2);
+        assert_eq!(client.wait(g).unwrap().payload()[0], b'g');
+        assert_eq!(client.wait(f).unwrap().payload()[0], b'f');
+        assert_eq!(client.outstanding(), 0);
+    };
+    for _ in 0..100 {
+        reqrep_round();
+    }
+    let n = allocations_in(|| {
+        for _ in 0..ROUNDS / 10 {
+            reqrep_round();
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in request-reply rounds");
 }

@@ -1,16 +1,16 @@
 //! Crash recovery across real processes (DESIGN.md guarantees 1–3): participants SIGKILLed at
 //! chosen points of the protocol — stopped there by the test-only park points of
-//! `src/testhook.rs` (debug builds) — and at random moments in a chaos loop; then the living
-//! must not be blocked for long, nothing acknowledged may be lost or delivered again, what a
-//! dead reader held must come back flagged `redelivered()`, and nothing torn may ever be seen.
+//! `src/testhook.rs` (the `test-hooks` feature, which the crate's tests turn on) — and at random
+//! moments in a chaos loop; then the living must not be blocked for long, nothing acknowledged
+//! may be lost or delivered again, what a dead reader held must come back flagged
+//! `redelivered()`, and nothing torn may ever be seen.
 //! And the other side: recovery never acts against a participant that is alive, however slow.
 //!
 //! Timing is never asserted, except as generous hang guards: recovery is expected within about
 //! two [`shmq::STALL_CHECK`]s, the guards allow seconds.
 //!
 //! The chaos tests run for `SHMQ_CHAOS_SECS` seconds (default 60; the server chaos a sixth of
-//! that) on a schedule from `SHMQ_CHAOS_SEED` (default: the clock; printed, to replay it). The
-//! tests that need park points are ignored in release builds, which have none.
+//! that) on a schedule from `SHMQ_CHAOS_SEED` (default: the clock; printed, to replay it).
 
 mod common;
 
@@ -259,7 +259,7 @@ fn slow_producer(args: &[String]) {
     common::signal_ready(&args[1]);
     std::thread::sleep(SLOW);
     loan[half..].copy_from_slice(&msg[half..]);
-    loan.commit();
+    loan.commit().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,10 +267,6 @@ fn slow_producer(args: &[String]) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
     let dir = TempDir::new("killed-producer");
     let path = dir.join("q");
@@ -339,10 +335,6 @@ fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_consumer_holding_a_message_is_redelivered_flagged() {
     let dir = TempDir::new("killed-consumer");
     let path = dir.join("q");
@@ -496,10 +488,6 @@ fn slow_live_producer_is_never_skipped() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_server_after_taking_a_request_is_served_by_another_and_client_gets_one_reply() {
     let dir = TempDir::new("killed-server");
     let path = dir.join("svc");
@@ -727,10 +715,6 @@ fn killed_subscriber_in_block_mode_stops_holding_publishers_back() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_publisher_mid_write_is_skipped() {
     let dir = TempDir::new("killed-publisher");
     let path = dir.join("ch");
@@ -798,10 +782,6 @@ fn killed_publisher_mid_write_is_skipped() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_publisher_in_block_mode_does_not_wedge_the_ring() {
     let dir = TempDir::new("killed-block-publisher");
     let path = dir.join("ch");
@@ -865,10 +845,6 @@ fn killed_publisher_in_block_mode_does_not_wedge_the_ring() {
 }
 
 #[test]
-#[cfg_attr(
-    not(debug_assertions),
-    ignore = "park points exist in debug builds only"
-)]
 fn killed_participants_free_their_table_entries() {
     let dir = TempDir::new("killed-entries");
     // A pipeline for two participants: a producer here, a consumer in a child that dies
@@ -1016,7 +992,7 @@ fn chaos_producer(args: &[String]) {
                         std::thread::sleep(Duration::from_micros(rng.below(3000)));
                     }
                     loan[..CHAOS_HDR].copy_from_slice(&buf[..CHAOS_HDR]);
-                    loan.commit();
+                    loan.commit().unwrap();
                     log.line(&format!("sent {id} {inc} {seq}\n"));
                     seq += 1;
                 }
@@ -1519,34 +1495,41 @@ fn chaos_killed_and_restarted_servers_answer_every_request_once() {
     );
 }
 
-/// How many waiters the queue's "not empty" wait cell counts, read through the file.
+/// How many waiters are registered on the queue's "not empty" wait cell, read through the
+/// file.
 fn not_empty_waiters(path: &Path) -> u32 {
-    use std::os::unix::fs::FileExt;
-    let off = shmq::layout::RING_CONTROL_OFFSET + shmq::layout::CTL_NOT_EMPTY + 4;
-    let mut b = [0u8; 4];
-    File::open(path)
-        .unwrap()
-        .read_exact_at(&mut b, off as u64)
-        .unwrap();
-    u32::from_le_bytes(b)
+    let cell = shmq::layout::RING_CONTROL_OFFSET + shmq::layout::CTL_NOT_EMPTY;
+    common::registered_waiters(path, cell as u64)
 }
 
-/// A consumer killed while parked in `recv` is taken off the wait cell's waiter count when it
-/// is reaped, so senders go back to paying no wake-up system call.
+/// A consumer killed while parked in `recv` stays registered on the wait cell; the next send
+/// pays one wake-up system call (which wakes nobody) and clears the registration, and the
+/// sends after it pay none. Recovery has nothing to do for it.
 #[test]
-fn killed_parked_consumer_is_taken_off_the_waiter_count() {
+fn killed_parked_consumer_costs_senders_one_wake_up_call_and_no_more() {
     let dir = TempDir::new("parked-death");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &Options::new().capacity(8).max_message(MAX)).unwrap();
     let mut c = child("recv_one", &[s(&path)]);
     let parked = common::wait_until(HANG, || not_empty_waiters(&path) == 1);
     assert!(parked, "the child never parked");
     c.kill();
-    let stats = q.repair().unwrap();
-    assert_eq!(stats.reaped, 1);
+    let calls = shmq::test_hooks::wake_calls();
+    assert_eq!(q.repair().unwrap().reaped, 1);
     assert_eq!(
         not_empty_waiters(&path),
-        0,
-        "a dead waiter is still counted"
+        1,
+        "the dead waiter's registration"
+    );
+    let producer = q.producer().unwrap();
+    producer.send(&sealed("first")).unwrap();
+    assert_eq!(not_empty_waiters(&path), 0, "the send cleared it");
+    for i in 0..4 {
+        producer.send(&sealed(&format!("after {i}"))).unwrap();
+    }
+    assert_eq!(
+        shmq::test_hooks::wake_calls() - calls,
+        1,
+        "wake-up system calls after a parked consumer died"
     );
 }

@@ -698,7 +698,7 @@ fn exercise(path: PathBuf, seed: u64) -> (usize, usize) {
                 Ok(mut loan) => {
                     loan.fill(1);
                     if rng.below(2) == 0 {
-                        loan.commit();
+                        loan.commit().unwrap();
                     }
                     tally(true);
                 }

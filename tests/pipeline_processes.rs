@@ -3,12 +3,14 @@
 
 mod common;
 
-use common::{child, expect_all_succeed, fnv1a, s, ChildProc, Rng, TempDir, HANG};
-use shmq::layout::{WaitCellLayout, CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
+use common::{
+    child, child_with_env, expect_all_succeed, fnv1a, s, uncapped_park, ChildProc, Rng, TempDir,
+    HANG,
+};
+use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
+use shmq::test_hooks::wake_calls;
 use shmq::{Consumer, Message, Options, Pipeline, RecvError, SendError, WaitStrategy};
 use std::collections::BTreeMap;
-use std::mem::offset_of;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ fn child_entry() {
         "send_n" => send_n(args),
         "recv_n" => recv_n(args),
         "echo" => echo(args),
+        "time_out_once" => time_out_once(args),
         other => panic!("unknown role {other:?}"),
     });
 }
@@ -136,7 +139,7 @@ fn stress_producer(args: &[String]) {
                 }
                 let mut loan = producer.loan(len).unwrap();
                 fill_stress(id, seq, &mut loan);
-                loan.commit();
+                loan.commit().unwrap();
             }
         }
         _ => {
@@ -217,6 +220,26 @@ fn recv_one(args: &[String]) {
     assert_eq!(&*m, args[1].as_bytes());
 }
 
+/// args: path, ready file, exit file. Parks in `recv_timeout` on an empty queue until it times
+/// out, says so, and stays attached (without waiting on the queue) until the exit file appears.
+fn time_out_once(args: &[String]) {
+    let q = Pipeline::open(&args[0]).unwrap();
+    let mut consumer = q.consumer().unwrap();
+    consumer.set_wait_strategy(WaitStrategy::Park);
+    assert_eq!(
+        consumer
+            .recv_timeout(Duration::from_millis(200))
+            .unwrap_err(),
+        RecvError::Timeout
+    );
+    common::signal_ready(&args[1]);
+    let exit = Path::new(&args[2]);
+    assert!(
+        common::wait_until(HANG, || exit.exists()),
+        "never told to exit"
+    );
+}
+
 /// args: path, message. Parks in `send` while the queue is full.
 fn send_one(args: &[String]) {
     let q = Pipeline::open(&args[0]).unwrap();
@@ -274,14 +297,10 @@ fn echo(args: &[String]) {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// How many waiters are parked (or about to park) on the wait cell at `cell` of the ring's
-/// control block, read through the file rather than the mapping.
+/// How many waiters are registered (parked or about to park) on the wait cell at `cell` of
+/// the ring's control block, read through the file rather than the mapping.
 fn waiters(path: &Path, cell: usize) -> u32 {
-    let f = std::fs::File::open(path).unwrap();
-    let mut b = [0u8; 4];
-    let off = RING_CONTROL_OFFSET + cell + offset_of!(WaitCellLayout, waiters);
-    f.read_exact_at(&mut b, off as u64).unwrap();
-    u32::from_le_bytes(b)
+    common::registered_waiters(path, (RING_CONTROL_OFFSET + cell) as u64)
 }
 
 /// Waits until a process parks on the wait cell at `cell`; panics if `child` exits first.
@@ -434,22 +453,36 @@ fn three_producers_three_consumers_every_message_exactly_once_intact_in_order() 
     assert_eq!(per_consumer.iter().sum::<usize>(), 100_000);
 }
 
+/// How long a wake-up across processes may take in the tests that check one: generous for a
+/// loaded machine, and far below the deadlines of the children those tests start with an
+/// uncapped park (see `common::UNCAPPED_PARK_VAR`), where a lost wake-up hangs instead.
+const WAKE: Duration = Duration::from_secs(10);
+
+/// The child parks with no cap on its sleep (a lost wake-up hangs it); the send wakes it with
+/// one wake-up system call, and a send after it (nobody registered any more) makes none.
 #[test]
 fn blocked_consumer_is_woken_by_send_from_another_process() {
     let dir = TempDir::new("wake-consumer");
     let path = dir.join("q");
     let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(64)).unwrap();
     let producer = q.producer().unwrap();
-    let mut c = child("recv_one", &[s(&path), "wake up"]);
+    let mut c = child_with_env("recv_one", &[s(&path), "wake up"], &uncapped_park());
     wait_parked(&path, CTL_NOT_EMPTY, &mut c);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         c.is_running(),
         "the consumer returned from recv on an empty queue"
     );
+    let calls = wake_calls();
     producer.send(b"wake up").unwrap();
-    c.expect_success(Duration::from_secs(10));
+    c.expect_success(WAKE);
     assert!(q.is_empty());
+    producer.send(b"nobody waits").unwrap();
+    assert_eq!(
+        wake_calls() - calls,
+        1,
+        "wake-up system calls for one parked consumer, then nobody"
+    );
 }
 
 #[test]
@@ -463,27 +496,62 @@ fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process() {
     producer.send(b"second").unwrap();
     assert_eq!(producer.try_send(b"x"), Err(SendError::Full));
 
-    let mut p = child("send_one", &[s(&path), "third"]);
+    let mut p = child_with_env("send_one", &[s(&path), "third"], &uncapped_park());
     wait_parked(&path, CTL_NOT_FULL, &mut p);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         p.is_running(),
         "the producer returned from send on a full queue"
     );
+    let calls = wake_calls();
     assert_eq!(&*consumer.recv().unwrap(), b"first");
-    p.expect_success(Duration::from_secs(10));
+    p.expect_success(WAKE);
+    assert_eq!(wake_calls() - calls, 1, "wake-up system calls");
 
     assert_eq!(&*consumer.try_recv().unwrap(), b"second");
     assert_eq!(&*consumer.try_recv().unwrap(), b"third");
     assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(wake_calls() - calls, 1, "wake-up calls with nobody parked");
 }
 
-/// A parked waiter re-checks its condition every 100 ms even if nobody wakes it, so a lost
-/// wake-up shows up as delay, not as a hang. Each round trip here needs three cross-process
-/// wake-ups (a consumer on an empty queue, twice, and a producer on a full one), and must take a
-/// small fraction of that re-check period: 200 round trips with one wake-up lost each take at
-/// least 20 s; the bound below is 25 ms per round trip, ten and more times what a loaded
-/// machine needs.
+/// A waiter that gives up (its timeout passes while it is parked) takes itself off the wait
+/// cell: the sends after it, with nobody parked, make no wake-up system call.
+#[test]
+fn sends_after_a_receive_timed_out_in_another_process_make_no_wake_up_call() {
+    let dir = TempDir::new("timed-out-waiter");
+    let path = dir.join("q");
+    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(64)).unwrap();
+    let producer = q.producer().unwrap();
+    let ready = dir.join("timed-out");
+    let exit = dir.join("exit");
+    let mut c = child("time_out_once", &[s(&path), s(&ready), s(&exit)]);
+    common::wait_ready(&mut c, &ready);
+    assert_eq!(
+        waiters(&path, CTL_NOT_EMPTY),
+        0,
+        "a waiter that left is counted"
+    );
+    let calls = wake_calls();
+    for _ in 0..3 {
+        producer.send(b"nobody waits").unwrap();
+    }
+    assert_eq!(
+        wake_calls() - calls,
+        0,
+        "wake-up system calls with nobody parked"
+    );
+    common::signal_ready(s(&exit));
+    c.expect_success(HANG);
+    assert_eq!(q.len(), 3);
+}
+
+/// A parked waiter re-checks its condition every 50 ms even if nobody wakes it, so in a
+/// process with that cap a lost wake-up shows up as delay, not as a hang. Each round trip here
+/// needs three cross-process wake-ups (a consumer on an empty queue, twice, and a producer on a
+/// full one). The echo child parks with no cap, so a wake-up lost there hangs it; this process
+/// keeps the cap, and its round trips must take a small fraction of it: 200 round trips with
+/// one wake-up lost each take at least 10 s; the bound below is 25 ms per round trip (5 s),
+/// ten and more times what a loaded machine needs.
 #[test]
 fn parked_processes_wake_each_other_without_waiting_for_the_recheck() {
     const ROUND_TRIPS: u64 = 200;
@@ -497,7 +565,11 @@ fn parked_processes_wake_each_other_without_waiting_for_the_recheck() {
     producer.set_wait_strategy(WaitStrategy::Park);
     consumer.set_wait_strategy(WaitStrategy::Park);
     let n = (ROUND_TRIPS + 1).to_string();
-    let mut echo = child("echo", &[s(&ping_path), s(&pong_path), &n]);
+    let mut echo = child_with_env(
+        "echo",
+        &[s(&ping_path), s(&pong_path), &n],
+        &uncapped_park(),
+    );
 
     // The first round trip includes the child's start-up: not timed.
     producer.send_value(&0u64).unwrap();
@@ -732,10 +804,10 @@ fn zero_length_and_max_length_messages_arrive_intact() {
     let full: Vec<u8> = (0..100u8).collect();
     producer.send(b"").unwrap();
     producer.send(&full).unwrap();
-    producer.loan(0).unwrap().commit();
+    producer.loan(0).unwrap().commit().unwrap();
     let mut loan = producer.loan(100).unwrap();
     loan.copy_from_slice(&full);
-    loan.commit();
+    loan.commit().unwrap();
     producer.send_batch(&[b"", &full, b""]).unwrap();
     for want in [&b""[..], &full, b"", &full, b"", &full, b""] {
         let m = consumer.try_recv().unwrap();
@@ -810,7 +882,7 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
     let mut loan = producer.loan(5).unwrap();
     assert_eq!(loan.len(), 5);
     loan.copy_from_slice(b"hello");
-    loan.commit();
+    loan.commit().unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), b"hello");
 
     let mut loan = producer.try_loan(3).unwrap();
@@ -851,6 +923,36 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
         assert_eq!(waiter.join().unwrap().unwrap(), b"kept");
     });
     assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+}
+
+/// `Producer::loan` docs: a loan not yet committed at the head of the ring holds up every
+/// consumer, even when later messages are ready; a held message does not (consumers receive
+/// past it; only producers coming round to its slot wait).
+#[test]
+fn a_loan_at_the_head_holds_up_consumers_and_a_held_message_does_not() {
+    let dir = TempDir::new("head-of-line");
+    let q = queue(&dir, 4, 64);
+    let producer = q.producer().unwrap();
+    let consumer = q.consumer().unwrap();
+    let mut loan = producer.loan(4).unwrap();
+    producer.send(b"later").unwrap();
+    assert_eq!(
+        consumer.try_recv().unwrap_err(),
+        RecvError::Empty,
+        "the message after the loan is ready, but the loan is at the head"
+    );
+    loan.copy_from_slice(b"loan");
+    loan.commit().unwrap();
+    let first = consumer.try_recv().unwrap();
+    assert_eq!(&*first, b"loan");
+    producer.send(b"next").unwrap();
+    assert_eq!(
+        &*consumer.try_recv().unwrap(),
+        b"later",
+        "received past a held message"
+    );
+    assert_eq!(&*consumer.try_recv().unwrap(), b"next");
+    first.ack().unwrap();
 }
 
 #[test]

@@ -6,15 +6,13 @@
 mod common;
 
 use common::{
-    child, expect_all_succeed, fnv1a, s, signal_ready, wait_ready, wait_until, ChildProc, Rng,
-    TempDir, HANG,
+    child, child_with_env, expect_all_succeed, fnv1a, s, signal_ready, uncapped_park, wait_ready,
+    wait_until, ChildProc, Rng, TempDir, HANG,
 };
-use shmq::layout::{WaitCellLayout, CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
+use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::{
     Error, Overflow, PubSub, PubSubOptions, RecvError, SendError, Subscriber, WaitStrategy,
 };
-use std::mem::offset_of;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -316,11 +314,7 @@ fn wait_file(path: &Path) {
 /// control block (`CTL_NOT_EMPTY`: subscribers waiting for messages; `CTL_NOT_FULL`:
 /// publishers waiting for room), read through the file rather than the mapping.
 fn waiters(path: &Path, cell: usize) -> u32 {
-    let f = std::fs::File::open(path).unwrap();
-    let mut b = [0u8; 4];
-    let off = RING_CONTROL_OFFSET + cell + offset_of!(WaitCellLayout, waiters);
-    f.read_exact_at(&mut b, off as u64).unwrap();
-    u32::from_le_bytes(b)
+    common::registered_waiters(path, (RING_CONTROL_OFFSET + cell) as u64)
 }
 
 /// Waits until at least `n` waiters are parked on `cell`; panics if a child fails first.
@@ -790,9 +784,9 @@ fn block_mode_publisher_waits_for_slowest_and_resumes_when_it_reads_or_detaches(
     assert_eq!(channel.published(), 4 * CAPACITY + 2);
 }
 
-/// Two subscriber processes park in `recv` (`Park` strategy) on prefix `wake/`. A message on
-/// another topic must not end their wait; one publish on `wake/up` from this process wakes
-/// both.
+/// Two subscriber processes park in `recv` (`Park` strategy, no cap on the sleep, so a lost
+/// wake-up hangs them) on prefix `wake/`. A message on another topic must not end their wait;
+/// one publish on `wake/up` from this process wakes both.
 #[test]
 fn blocked_subscriber_is_woken_by_publish_from_another_process() {
     let dir = TempDir::new("ps-wake");
@@ -801,9 +795,10 @@ fn blocked_subscriber_is_woken_by_publish_from_another_process() {
     let mut subs: Vec<ChildProc> = (0..2)
         .map(|i| {
             let ready = dir.join(&format!("ready-{i}"));
-            let mut c = child(
+            let mut c = child_with_env(
                 "park_sub",
                 &[s(&path), s(&ready), "wake/", "wake/up", "good morning"],
+                &uncapped_park(),
             );
             wait_ready(&mut c, &ready);
             c
@@ -821,7 +816,8 @@ fn blocked_subscriber_is_woken_by_publish_from_another_process() {
         assert!(!c.check_not_failed(), "a subscriber returned early");
     }
     publisher.publish(b"wake/up", b"good morning").unwrap();
-    expect_all_succeed(&mut subs, HANG);
+    // Generous for a wake-up, and far from the hang a lost one causes.
+    expect_all_succeed(&mut subs, Duration::from_secs(10));
 }
 
 /// Messages live in the file: a publisher process publishes and exits while nobody else has

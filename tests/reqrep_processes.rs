@@ -5,10 +5,13 @@
 
 mod common;
 
-use common::{child, fnv1a, s, wait_ready, wait_until, ChildProc, Rng, TempDir, HANG};
+use common::{
+    child, child_with_env, fnv1a, s, uncapped_park, wait_ready, wait_until, ChildProc, Rng,
+    TempDir, HANG,
+};
 use shmq::layout::{
-    Envelope, Geometry, Shape, WaitCellLayout, CTL_HEAD, CTL_NOT_EMPTY, ENVELOPE_SIZE,
-    KIND_SERVICE, RING_CONTROL_OFFSET, RING_CONTROL_SIZE, SLOT_HEADER_SIZE,
+    Envelope, Geometry, Shape, CTL_HEAD, CTL_NOT_EMPTY, ENVELOPE_SIZE, KIND_SERVICE,
+    RING_CONTROL_OFFSET, RING_CONTROL_SIZE, SLOT_HEADER_SIZE,
 };
 use shmq::{Delivery, Error, Pending, RecvError, SendError, Service, ServiceOptions, WaitStrategy};
 use std::io::Write;
@@ -411,13 +414,6 @@ impl Spec {
     }
 }
 
-fn read_u32(path: &Path, offset: u64) -> u32 {
-    let f = std::fs::File::open(path).unwrap();
-    let mut b = [0u8; 4];
-    f.read_exact_at(&mut b, offset).unwrap();
-    u32::from_le_bytes(b)
-}
-
 fn read_u64(path: &Path, offset: u64) -> u64 {
     let f = std::fs::File::open(path).unwrap();
     let mut b = [0u8; 8];
@@ -470,12 +466,11 @@ fn envelope(client: u32, generation: u64, correlation: u64) -> Vec<u8> {
 /// Waits until a process parks (or is about to park) on the wait cell at `cell` (a file
 /// offset); panics if `child` exits first.
 fn wait_parked(path: &Path, cell: u64, child: &mut ChildProc) {
-    let at = cell + offset_of!(WaitCellLayout, waiters) as u64;
     let parked = wait_until(HANG, || {
         if let Some(st) = child.try_wait() {
             panic!("child {:?} exited ({st}) instead of blocking", child.role());
         }
-        read_u32(path, at) > 0
+        common::registered_waiters(path, cell) > 0
     });
     assert!(parked, "child {:?} never parked", child.role());
 }
@@ -871,6 +866,192 @@ fn timeout_without_server_then_late_server_processes_and_late_reply_does_not_con
     server.expect_success(HANG);
 }
 
+/// The regression of issue 8 (item 0): with `reply_capacity(4)`, four requests time out while
+/// no server is attached; a server process then answers all four. The late replies free their
+/// places: the client's next requests are accepted (not `Full` for ever) and each gets its
+/// own reply, and nothing stays counted as outstanding.
+#[test]
+fn timed_out_requests_free_their_places_once_their_late_replies_arrive() {
+    let dir = TempDir::new("late-frees");
+    let path = dir.join("svc");
+    let spec = Spec {
+        clients: 1,
+        servers: 1,
+        requests: 16,
+        replies: 4,
+        max_message: 64,
+    };
+    let service = spec.create(&path);
+    let mut client = service.client().unwrap();
+    for i in 0..4u8 {
+        match client.request_timeout(&[b'a', i], Duration::from_millis(20)) {
+            Err(Error::Recv(RecvError::Timeout)) => {}
+            other => panic!("request {i}: expected a timeout, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        client.outstanding(),
+        4,
+        "given up, their replies still to come"
+    );
+
+    let log = dir.join("log");
+    let mut server = child("serve", &[s(&path), "7", s(&log), "default"]);
+    assert!(
+        wait_until(HANG, || log_lines(&log).len() == 4),
+        "the server did not answer the queued requests"
+    );
+    assert_eq!(log_lines(&log), ["Ok(Delivered)"; 4]);
+    // The four late replies sit in the reply ring; the client has not read them yet.
+    let pending = client
+        .try_send(b"next")
+        .expect("the late replies free their places: the client is not wedged");
+    assert_eq!(
+        client.wait_timeout(pending, HANG).unwrap().payload(),
+        b"re:next"
+    );
+    for payload in [&b"then"[..], b"again"] {
+        let reply = client.request_timeout(payload, HANG).unwrap();
+        assert_eq!(reply.payload(), [&b"re:"[..], payload].concat());
+    }
+    assert_eq!(client.outstanding(), 0);
+    server.expect_success(HANG);
+}
+
+/// A server outage longer than `reply_capacity` timeouts: a server process answers, then
+/// exits; the client retries with short timeouts ten times while no server is attached (each
+/// attempt times out: never `Full`, which would tell a retrying client to stop), then a new
+/// server process attaches and the same client, without re-attaching, gets its replies again.
+#[test]
+fn client_works_again_after_a_server_outage_longer_than_reply_capacity_timeouts() {
+    let dir = TempDir::new("outage");
+    let path = dir.join("svc");
+    let spec = Spec {
+        clients: 1,
+        servers: 1,
+        requests: 32,
+        replies: 4,
+        max_message: 64,
+    };
+    let service = spec.create(&path);
+    let mut client = service.client().unwrap();
+    let mut before = child("serve", &[s(&path), "1", "-", "default"]);
+    let reply = client.request_timeout(b"before", HANG).unwrap();
+    assert_eq!(reply.payload(), b"re:before");
+    drop(reply);
+    before.expect_success(HANG);
+
+    for i in 0..10u8 {
+        match client.request_timeout(&[b'o', i], Duration::from_millis(20)) {
+            Err(Error::Recv(RecvError::Timeout) | Error::Send(SendError::Timeout)) => {}
+            other => panic!("attempt {i} during the outage: expected a timeout, got {other:?}"),
+        }
+    }
+    assert!(client.outstanding() <= 4, "never more than reply_capacity");
+
+    // The server comes back: it answers the queued requests (at most four were accepted)
+    // and then the client's next one.
+    let queued = service.queued_requests();
+    assert!(queued <= 4, "{queued} requests queued");
+    let log = dir.join("log");
+    let mut after = child(
+        "serve",
+        &[s(&path), &(queued + 2).to_string(), s(&log), "default"],
+    );
+    for payload in [&b"after"[..], b"after too"] {
+        let reply = client
+            .request_timeout(payload, HANG)
+            .expect("the client works again without re-attaching");
+        assert_eq!(reply.payload(), [&b"re:"[..], payload].concat());
+    }
+    assert_eq!(client.outstanding(), 0);
+    after.expect_success(HANG);
+    assert!(log_lines(&log).iter().all(|l| l == "Ok(Delivered)"));
+}
+
+/// Dropping a `Pending` without waiting gives its request up: its place is freed when its
+/// reply comes, or at once if the reply had already been kept for it. With
+/// `reply_capacity(2)`: the reply to `a` is kept while waiting for `b`, then `a`'s ticket is
+/// dropped, so two more requests fit; their tickets are dropped too, and once a server
+/// process has answered them the client sends again.
+#[test]
+fn dropped_pendings_free_their_places() {
+    let dir = TempDir::new("dropped");
+    let path = dir.join("svc");
+    let spec = Spec {
+        clients: 1,
+        servers: 1,
+        requests: 16,
+        replies: 2,
+        max_message: 64,
+    };
+    let service = spec.create(&path);
+    let mut client = service.client().unwrap();
+    let log = dir.join("log");
+    let mut server = child("serve", &[s(&path), "5", s(&log), "default"]);
+    let a = client.send(b"a").unwrap();
+    let b = client.send(b"b").unwrap();
+    assert!(wait_until(HANG, || log_lines(&log).len() == 2));
+    assert_eq!(client.wait_timeout(b, HANG).unwrap().payload(), b"re:b");
+    drop(a); // its reply was kept while waiting for b
+    let c = client
+        .try_send(b"c")
+        .expect("b's reply was taken: one place is free");
+    let d = client
+        .try_send(b"d")
+        .expect("a's ticket was dropped: the place of its kept reply is free");
+    drop(c);
+    drop(d);
+    assert!(wait_until(HANG, || log_lines(&log).len() == 4));
+    let e = client
+        .try_send(b"e")
+        .expect("the replies to the dropped tickets have come: their places are free");
+    assert_eq!(client.wait_timeout(e, HANG).unwrap().payload(), b"re:e");
+    assert_eq!(client.outstanding(), 0);
+    server.expect_success(HANG);
+    assert_eq!(log_lines(&log), ["Ok(Delivered)"; 5]);
+}
+
+/// A corrupt reply ring makes a wait fail with `Corrupt`: the request is given up like a timed
+/// out one, so its late reply frees its place. With `reply_capacity(1)`: another process
+/// forges a reply slot with an impossible length at the head of the client's reply ring, the
+/// wait reports it, a server process then answers the request, and the client's next request
+/// is accepted and answered.
+#[test]
+fn corrupt_error_during_a_wait_does_not_cost_the_client_its_place() {
+    let dir = TempDir::new("corrupt-wait");
+    let path = dir.join("svc");
+    let spec = Spec {
+        clients: 1,
+        servers: 1,
+        requests: 8,
+        replies: 1,
+        max_message: 64,
+    };
+    let g = spec.geometry();
+    let service = spec.create(&path);
+    let mut client = service.client().unwrap();
+    let pending = client.send(b"x").unwrap();
+    // Position 0 of the only client's reply ring: committed, with a length beyond the maximum.
+    let slot = reply_slot(&g, 0, 0);
+    write_at(&path, slot + 8, &u32::MAX.to_le_bytes());
+    write_at(&path, slot, &state_word(0, 2, 0).to_le_bytes());
+    match client.wait_timeout(pending, HANG) {
+        Err(RecvError::Corrupt(_)) => {}
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    let log = dir.join("log");
+    let mut server = child("serve", &[s(&path), "2", s(&log), "default"]);
+    let reply = client
+        .request_timeout(b"y", HANG)
+        .expect("the request given up at the error frees its place when its reply comes");
+    assert_eq!(reply.payload(), b"re:y");
+    drop(reply);
+    assert_eq!(client.outstanding(), 0);
+    server.expect_success(HANG);
+    assert_eq!(log_lines(&log), ["Ok(Delivered)"; 2]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Limits
 // ---------------------------------------------------------------------------------------------
@@ -1169,6 +1350,13 @@ fn replies_kept_for_a_later_wait_do_not_block_the_reply_ring() {
 // Wake-ups across processes
 // ---------------------------------------------------------------------------------------------
 
+/// How long a wake-up across processes may take in the tests that check one: generous for a
+/// loaded machine, and far below the deadlines of the children those tests start with an
+/// uncapped park (see `common::UNCAPPED_PARK_VAR`), where a lost wake-up hangs instead.
+const WAKE: Duration = Duration::from_secs(10);
+
+/// The server parks with no cap on its sleep (its own deadline is `HANG`, three times `WAKE`):
+/// a lost wake-up fails the request's `WAKE` timeout.
 #[test]
 fn blocked_server_is_woken_by_a_request_from_another_process() {
     let dir = TempDir::new("wake-server");
@@ -1182,7 +1370,7 @@ fn blocked_server_is_woken_by_a_request_from_another_process() {
     };
     let service = spec.create(&path);
     let mut client = service.client().unwrap();
-    let mut server = child("serve", &[s(&path), "1", "-", "park"]);
+    let mut server = child_with_env("serve", &[s(&path), "1", "-", "park"], &uncapped_park());
     wait_parked(
         &path,
         (RING_CONTROL_OFFSET + CTL_NOT_EMPTY) as u64,
@@ -1193,12 +1381,13 @@ fn blocked_server_is_woken_by_a_request_from_another_process() {
         server.is_running(),
         "the server returned from recv with no request"
     );
-    let reply = client.request_timeout(b"wake up", HANG).unwrap();
+    let reply = client.request_timeout(b"wake up", WAKE).unwrap();
     assert_eq!(reply.payload(), b"re:wake up");
     drop(reply);
     server.expect_success(HANG);
 }
 
+/// The client parks with no cap on its sleep (a lost wake-up hangs it).
 #[test]
 fn client_waiting_is_woken_by_a_reply_from_another_process() {
     let dir = TempDir::new("wake-client");
@@ -1213,7 +1402,7 @@ fn client_waiting_is_woken_by_a_reply_from_another_process() {
     let g = spec.geometry();
     let service = spec.create(&path);
     let server = service.server().unwrap();
-    let mut c = child("park_client", &[s(&path), "ping", "pong"]);
+    let mut c = child_with_env("park_client", &[s(&path), "ping", "pong"], &uncapped_park());
     let request = loop {
         match server.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => break r,
@@ -1232,7 +1421,7 @@ fn client_waiting_is_woken_by_a_reply_from_another_process() {
         "the client returned from wait with no reply"
     );
     assert_eq!(request.reply(b"pong"), Ok(Delivery::Delivered));
-    c.expect_success(HANG);
+    c.expect_success(WAKE);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -505,7 +505,7 @@ impl MpmcRing {
                                 Ordering::Relaxed,
                             );
                             if w.state == SlotState::Redeliver {
-                                self.pending().fetch_sub(1, Ordering::Relaxed);
+                                self.took_redelivery();
                             }
                             return self.held(h, index, taken.redelivered, owner).map(Some);
                         }
@@ -571,6 +571,13 @@ impl MpmcRing {
         }
     }
 
+    /// The count of messages awaiting redelivery: while it is not zero, every receive first
+    /// scans the slots for them (test-only observation).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn redelivery_pending(&self) -> u64 {
+        self.pending().load(Ordering::Relaxed)
+    }
+
     /// Messages made deliverable again by recovery and not yet taken.
     #[inline]
     fn pending(&self) -> &AtomicU64 {
@@ -606,6 +613,38 @@ impl MpmcRing {
         Ok(claim)
     }
 
+    /// One message awaiting redelivery was taken (or a recovery pass's count was not needed):
+    /// count it off, never below zero (a [`recount`](Self::recount_redeliveries) may have set
+    /// the count to zero while this message was being taken).
+    #[inline]
+    fn took_redelivery(&self) {
+        let _ = self
+            .pending()
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Repairs the count of messages awaiting redelivery, which is only ever too high (a
+    /// recovery pass counts a message before making it deliverable, and one that died between
+    /// the two steps leaves the count one too high for good, so that every receive would scan
+    /// the slots): if no slot awaits redelivery, the count is set to zero.
+    ///
+    /// Only while the caller holds the recovery lock exclusively (see `peers`): then no live
+    /// recovery pass is between its two steps, so a count with no slot behind it is garbage.
+    /// A consumer that is taking a redelivered message meanwhile counts it off with a
+    /// saturating decrement, so the count never goes below the slots it stands for.
+    pub(crate) fn recount_redeliveries(&self) {
+        if self.pending().load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let awaiting = (0..self.capacity as usize).any(|index| {
+            Word::decode(self.state(index).load(Ordering::Acquire))
+                .is_ok_and(|w| w.state == SlotState::Redeliver)
+        });
+        if !awaiting {
+            self.pending().store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Takes a message that recovery made deliverable again, if any (a scan of the slots:
     /// only done while the pending count says there is one).
     fn claim_redelivery(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
@@ -622,7 +661,7 @@ impl MpmcRing {
                 .compare_exchange(raw, taken.encode(), Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                self.pending().fetch_sub(1, Ordering::Relaxed);
+                self.took_redelivery();
                 return self.held(w.seq, index, true, owner).map(Some);
             }
         }
@@ -648,8 +687,9 @@ impl MpmcRing {
                 SlotState::Reading if redeliver => {
                     let mut again = Word::new(w.seq, SlotState::Redeliver, 0);
                     again.redelivered = true;
-                    // Count it pending before it can be taken, so the count never goes negative.
+                    // Count it pending before it can be taken, so the count is never too low.
                     self.pending().fetch_add(1, Ordering::Relaxed);
+                    crate::testhook::park_at("redelivery-counted");
                     (again, &mut redelivered)
                 }
                 SlotState::Reading => (
@@ -665,7 +705,7 @@ impl MpmcRing {
             {
                 *count += 1;
             } else if to.state == SlotState::Redeliver {
-                self.pending().fetch_sub(1, Ordering::Relaxed);
+                self.took_redelivery();
             }
         }
         if skipped + redelivered + freed > 0 {

@@ -19,6 +19,7 @@ use crate::error::{Corruption, Error};
 use crate::layout::{self, field, FileHeader, Geometry, MAX_FILE_SIZE};
 use crate::shm::{perm, Region};
 use crate::sync::atomic::Ordering;
+use crate::sync::process::{LockFile, Process};
 use memmap2::{MmapOptions, MmapRaw};
 use nix::libc;
 use std::fs::{File, OpenOptions};
@@ -39,19 +40,22 @@ pub(crate) struct Mapping {
     path: PathBuf,
     /// A description of the file of this mapping's own, for probing participants' locks during
     /// recovery; the mutex serialises recovery within the process (locks of one description
-    /// never conflict with each other, so they cannot do it).
-    probe: Mutex<Option<File>>,
+    /// never conflict with each other, so they cannot do it). Tagged with the process that
+    /// opened it: a fork child shares the description, so it opens one of its own.
+    probe: Mutex<Option<(Process, LockFile)>>,
 }
 
 /// The recovery probe, held exclusively within the process.
-pub(crate) struct Probe<'a>(MutexGuard<'a, Option<File>>);
+pub(crate) struct Probe<'a>(MutexGuard<'a, Option<(Process, LockFile)>>);
 
 impl std::ops::Deref for Probe<'_> {
     type Target = File;
     fn deref(&self) -> &File {
-        self.0
+        &self
+            .0
             .as_ref()
             .expect("a Probe is only made once the file is open")
+            .1
     }
 }
 
@@ -73,17 +77,19 @@ impl Mapping {
         &self.file
     }
 
-    /// The recovery probe, opened with `open` the first time.
+    /// The recovery probe, opened with `open` the first time in each process (`process` is the
+    /// caller's).
     pub(crate) fn recovery_probe<E>(
         &self,
-        open: impl FnOnce() -> Result<File, E>,
+        process: Process,
+        open: impl FnOnce() -> Result<LockFile, E>,
     ) -> Result<Probe<'_>, E> {
         let mut guard = self
             .probe
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if guard.is_none() {
-            *guard = Some(open()?);
+        if !matches!(&*guard, Some((opener, _)) if *opener == process) {
+            *guard = Some((process, open()?));
         }
         Ok(Probe(guard))
     }
@@ -166,6 +172,16 @@ fn read_header(region: &Region) -> FileHeader {
 
 /// Opens and validates an existing queue file of `kind`.
 pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), Error> {
+    open_allowing(path, kind, 0)
+}
+
+/// [`open`] for an opener that serves the pipeline flags `pipeline_flags` (see
+/// [`Geometry::validate_allowing`]).
+pub(crate) fn open_allowing(
+    path: &Path,
+    kind: u32,
+    pipeline_flags: u32,
+) -> Result<(Arc<Mapping>, Geometry), Error> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -219,7 +235,7 @@ pub(crate) fn open(path: &Path, kind: u32) -> Result<(Arc<Mapping>, Geometry), E
                 probe: Mutex::new(None),
             });
             let header = read_header(&mapping.region());
-            match Geometry::validate(&header, kind, len) {
+            match Geometry::validate_allowing(&header, kind, len, pipeline_flags) {
                 Ok(g) => return Ok((mapping, g)),
                 Err(Corruption::Uninitialized) if started.elapsed() < CREATION_GRACE => {}
                 Err(problem) => return Err(Error::corrupt(path, problem)),

@@ -14,3 +14,14 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// Adds `n` to a statistics counter that only the calling participant writes: a relaxed load
+/// and a relaxed store, no read-modify-write (no locked instruction on the hot path). Two
+/// threads sharing one handle may, rarely, lose a count; a count is never torn.
+#[inline]
+pub(crate) fn bump(word: &AtomicU64, n: u64) {
+    word.store(
+        word.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}

@@ -42,6 +42,8 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 /// Wakes up to `count` waiters sleeping on `word`, in any process.
 #[cfg(not(loom))]
 pub(crate) fn wake(word: &AtomicU32, count: u32) {
+    #[cfg(feature = "test-hooks")]
+    WAKE_CALLS.with(|calls| calls.set(calls.get() + 1));
     // SAFETY: FUTEX_WAKE only uses the address as a key; it does not dereference user memory
     // beyond it and `word` is valid. Shared futex, as above.
     unsafe {
@@ -55,6 +57,20 @@ pub(crate) fn wake(word: &AtomicU32, count: u32) {
             0u32,
         );
     }
+}
+
+#[cfg(all(feature = "test-hooks", not(loom)))]
+thread_local! {
+    /// Wake-up system calls this thread has made (test-hooks builds only).
+    static WAKE_CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Test-hooks builds only: how many wake-up system calls (`FUTEX_WAKE`) the calling thread has
+/// made so far. Per thread, so that tests running in parallel in one process do not disturb
+/// each other's counts.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub fn wake_calls() -> u64 {
+    WAKE_CALLS.with(std::cell::Cell::get)
 }
 
 #[cfg(loom)]

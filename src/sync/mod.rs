@@ -3,6 +3,8 @@
 
 pub(crate) mod atomic;
 pub(crate) mod futex;
+#[cfg(not(loom))]
+pub(crate) mod process;
 pub(crate) mod wait;
 
-pub(crate) use wait::{Deadline, WaitCell, WaitStrategy};
+pub(crate) use wait::{Deadline, Tally, WaitCell, WaitStrategy};

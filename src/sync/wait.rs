@@ -1,41 +1,75 @@
 //! The wait cell: how a blocked receiver (or a sender blocked on a full ring) sleeps, and how
 //! the other side wakes it, across processes.
 //!
-//! A cell is two 32-bit words in shared memory: `seq`, the futex word — an epoch in its upper
-//! 31 bits and an *armed* bit at the bottom — and `waiters`, how many are parked or about to
-//! park (for inspection and tests; notifiers do not read it).
+//! A cell is one 32-bit futex word in shared memory (then 4 reserved bytes; see
+//! [`WaitCellLayout`](crate::layout::WaitCellLayout)): an *epoch* in its upper 24 bits and, in
+//! its lower 8, how many waiters are *registered* in that epoch — parked, or about to park.
 //!
 //! ```text
-//! waiter                                   notifier
-//! s = seq.fetch_or(ARMED) | ARMED (SeqCst) make the condition true  (e.g. commit a slot)
-//! fence(SeqCst)                            fence(SeqCst)
-//! if condition: done                       s = seq
-//! futex_wait(seq, s)                       if s is armed and CAS(seq, s -> s + 1):
-//! re-check                                     futex_wake(seq, all)
+//! waiter                                     notifier
+//! s = join: CAS w -> w + 1      (SeqCst)     make the condition true  (e.g. commit a slot)
+//! fence(SeqCst)                              fence(SeqCst)
+//! if condition: leave(s); done               w = word
+//! futex_wait(word, s)                        while count(w) != 0:
+//! w = word (Acquire)                             CAS w -> (epoch(w) + 1, count 0):
+//! epoch(w) != epoch(s): woken                      done: futex_wake(word, all); stop
+//! w != s, time left: futex_wait(word, w) again     failed, found a later epoch: stop
+//! otherwise: leave(s)                              failed, same epoch: w = what it found
+//! re-check (from the top)
+//!
+//! leave(s): while the word is still in epoch(s) with a count in 1..255: CAS w -> w - 1
 //! ```
 //!
-//! **No lost wake-up.** The two fences order "arm ; read condition" against "write condition ;
-//! read seq" (Dekker's pattern): at least one side sees the other's write. If the notifier
-//! found the cell unarmed, the waiter's re-check sees the condition. Otherwise the notifier
-//! moves `seq` to the next epoch (disarmed) and wakes every sleeper: a waiter that had not gone
-//! to sleep yet finds `seq != s` and returns at once; one asleep is woken. If the CAS fails,
-//! another notifier moved the epoch and woke the sleepers, or a waiter re-armed a later epoch
-//! after this notifier's load, and that waiter's re-check sees the condition.
+//! A word changed within the epoch is another waiter joining or leaving: the sleeper is still
+//! counted, so it sleeps on with the new value instead of leaving and joining again (which
+//! would change the word under the others in turn).
 //!
-//! **No system call when nobody waits, and one per sleep.** The notifier's fast path is a
-//! fence and one load. Only the first notify after a waiter armed the cell makes the wake-up
-//! call; later ones, until somebody sleeps again, do not — even while the woken waiters have
-//! not run yet (counting waiters instead cost a call per notify in that window, which a
-//! publisher feeding two subscribers that share a core paid on every message). The price is
-//! that a wake-up wakes every sleeper on the cell; each re-checks and sleeps again if it lost
-//! the race.
+//! Only a notifier moves the epoch, and moving it takes every registered waiter off the count
+//! at once (the count restarts at 0); waiters change only the count of the epoch they joined.
+//! So a leaving waiter that finds the epoch moved on was already taken off, and does nothing.
 //!
-//! A waiter killed while parked leaves the cell armed (one wasted wake-up call later) and the
-//! informational `waiters` count too high; recovery takes it off the count (each participant
-//! marks, in its own participant entry, which cell it is counted in).
+//! **No lost wake-up.** The two fences order "join ; read condition" against "write condition
+//! ; read the word" (Dekker's pattern): either the waiter's read sees the condition, or the
+//! notifier's read sees the waiter's join (or a later value of the word). In the second case
+//! the waiter is counted in what the notifier read, unless another notifier has moved the
+//! epoch since (and woken it), or it has left — and a waiter leaves only to return (its
+//! re-check saw the condition, or its deadline passed) or to re-check and join again, a join
+//! the same argument covers. Seeing a count, the notifier moves the
+//! epoch and wakes every sleeper: a waiter asleep is woken; one not asleep yet passes
+//! `futex_wait` a word of the old epoch, which the kernel finds changed, and returns at once.
+//! If the CAS fails on a later epoch, another notifier moved it after this one's read and woke
+//! everyone registered then; waiters that joined after that joined after this notifier's read,
+//! so they see its condition. If it fails on the same epoch, a waiter joined or left between;
+//! the notifier tries again with what it found, until it wakes or finds nobody registered.
+//! A count saturates at 255 (a file nobody corrupted needs 255 threads parked on one cell):
+//! from there it stays until the next notify moves the epoch, and waiters leaving do not
+//! lower it, so it can be too high (one wasted wake-up call), never too low.
+//!
+//! **No system call unless somebody is registered.** The notifier's fast path is a fence and
+//! one load that finds the count at 0: nobody parked, and nobody about to park. A waiter that
+//! leaves without being woken (its re-check saw the condition, its time ran out, its sleep was
+//! interrupted) takes itself off the count, so the cell does not stay armed for a waiter that
+//! is gone. The wake-up call is paid by the first notify after a waiter registered; later ones
+//! pay nothing until somebody registers again — even while the woken waiters have not run yet
+//! (counting waiters that decrement only when they run would cost a call per notify in that
+//! window, which a publisher feeding two subscribers that share a core paid on every message).
+//! The price is that a wake-up wakes every sleeper on the cell; each re-checks and registers
+//! again if it lost the race. A waiter killed while registered stays counted until the next
+//! notify, which pays one wake-up call that wakes nobody and clears the count: nothing is
+//! needed from recovery.
+//!
+//! The epoch has 2^24 values: a waiter that reads the word, is preempted while 2^24 wake-ups
+//! happen on the cell, and then finds the very same word could sleep through a wake-up; even
+//! then its sleep ends after [`MAX_PARK`] and it re-checks.
+//!
+//! Model-checked: `loom_models::a_leaving_waiter_never_unregisters_another` below (two waiters
+//! on one cell; it deadlocks if a leave clears the count, ignores the epoch, or if a notifier
+//! gives up on a CAS that a join or leave raced) and the ring models of `ring::mpmc` and
+//! `ring::broadcast`, whose blocked senders and receivers deadlock on any lost wake-up.
 
-use super::atomic::{fence, spin_hint, AtomicU32, AtomicU64, Ordering};
+use super::atomic::{bump, fence, spin_hint, AtomicU32, AtomicU64, Ordering};
 use super::futex;
+use crate::layout::{WAIT_EPOCH_ONE, WAIT_WAITERS_MASK};
 use crate::shm::Region;
 use std::time::{Duration, Instant};
 
@@ -56,12 +90,35 @@ impl Default for WaitStrategy {
     }
 }
 
-/// The futex word's low bit: set by a waiter about to sleep, cleared (with the epoch moved on
-/// in the other bits) by the first notify after it.
-const ARMED: u32 = 1;
-
-/// Longest single sleep: waiters wake at least this often to re-check their condition.
+/// Longest single sleep: waiters wake at least this often to re-check their condition (and,
+/// when they make no progress, to look for dead participants: see [`STALL_CHECK`]).
 const MAX_PARK: Duration = Duration::from_millis(50);
+
+/// The longest single sleep in effect: [`MAX_PARK`], or in test-hooks builds what a test set
+/// with [`set_max_park`] (so that a lost wake-up hangs instead of costing 50 ms).
+#[inline]
+fn max_park() -> Duration {
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    let cap = Duration::from_millis(TEST_MAX_PARK_MS.load(std::sync::atomic::Ordering::Relaxed));
+    #[cfg(not(all(feature = "test-hooks", not(loom))))]
+    let cap = MAX_PARK;
+    cap
+}
+
+/// The test setting of the longest sleep, in milliseconds (see [`set_max_park`]).
+#[cfg(all(feature = "test-hooks", not(loom)))]
+static TEST_MAX_PARK_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(MAX_PARK.as_millis() as u64);
+
+/// Test-hooks builds only: sets the longest single sleep of every wait in this process (50 ms
+/// normally). A test that makes it far longer than its own deadline turns a lost wake-up into
+/// a hang it detects, where the normal cap would hide it as a 50 ms delay. It also delays the
+/// stalled waiters' search for dead participants, so only tests where nobody dies set it.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub fn set_max_park(cap: Duration) {
+    let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
+    TEST_MAX_PARK_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// How long a waiter waits without progress before it looks for dead participants, and how
 /// often it looks again while the wait goes on.
@@ -94,7 +151,7 @@ impl Deadline {
     fn remaining(&self) -> Option<Duration> {
         match self {
             Deadline::Now => None,
-            Deadline::Never => Some(MAX_PARK),
+            Deadline::Never => Some(max_park()),
             Deadline::At(at) => at
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero()),
@@ -105,85 +162,160 @@ impl Deadline {
 /// A wait cell in shared memory.
 #[derive(Clone, Copy)]
 pub(crate) struct WaitCell<'a> {
-    seq: &'a AtomicU32,
-    waiters: &'a AtomicU32,
-    /// Where the cell is in its region (recorded while parked, for recovery).
-    offset: usize,
-    /// The waiting participant's "parked on" word: set to `offset + 1` while this waiter is
-    /// counted in `waiters`, so that if it dies parked, recovery can take it off the count
-    /// (else every later notify would pay a wake-up system call for a waiter that is gone).
-    parked: Option<&'a AtomicU64>,
+    /// The futex word: epoch and registered waiters.
+    word: &'a AtomicU32,
+    /// The waiting participant's statistics, if it keeps any.
+    tally: Option<Tally<'a>>,
+}
+
+/// Where a waiter counts its waits (in its own participant entry, written only by it): calls
+/// whose first attempt failed (`blocked`: the queue was full, or empty), and of those the ones
+/// that went to sleep on the futex (`parked`, once per call however often it slept).
+#[derive(Clone, Copy)]
+pub(crate) struct Tally<'a> {
+    pub(crate) blocked: &'a AtomicU64,
+    pub(crate) parked: &'a AtomicU64,
+}
+
+/// The epoch part of a futex word.
+#[inline]
+fn epoch(word: u32) -> u32 {
+    word & !WAIT_WAITERS_MASK
 }
 
 impl<'a> WaitCell<'a> {
-    /// The wait cell at `offset` in `region` (its `seq` word, then its `waiters` word).
+    /// The wait cell at `offset` in `region`.
     #[inline]
     pub(crate) fn at(region: &'a Region, offset: usize) -> Self {
         WaitCell {
-            seq: region.u32_at(offset),
-            waiters: region.u32_at(offset + 4),
-            offset,
-            parked: None,
+            word: region.u32_at(offset),
+            tally: None,
         }
     }
 
-    /// The same cell, waited on by the participant whose "parked on" word is `parked`.
+    /// The same cell, with its waits counted in `tally`.
     #[inline]
-    pub(crate) fn parked_as(self, parked: &'a AtomicU64) -> Self {
+    pub(crate) fn tallied(self, tally: Tally<'a>) -> Self {
         WaitCell {
-            parked: Some(parked),
+            tally: Some(tally),
             ..self
         }
     }
 
-    fn mark_parked(&self, parked: bool) {
-        if let Some(word) = self.parked {
-            word.store(
-                if parked { self.offset as u64 + 1 } else { 0 },
-                Ordering::Release,
-            );
-        }
-    }
-
-    /// Leaves the count: unmarked first, then uncounted (a death in between leaves the count
-    /// one too high, never too low).
-    fn unpark(&self) {
-        self.mark_parked(false);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Wakes the waiters, if any are asleep; costs a fence and a load otherwise. Call after
-    /// making the condition true.
+    /// Wakes the waiters, if any are registered; costs a fence and a load otherwise. Call
+    /// after making the condition true.
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
-        self.wake_if_armed();
+        self.wake_registered();
     }
 
     /// [`notify`](Self::notify) for two cells after one condition change, with one fence.
     #[inline]
     pub(crate) fn notify_both(a: &Self, b: &Self) {
         fence(Ordering::SeqCst);
-        a.wake_if_armed();
-        b.wake_if_armed();
+        a.wake_registered();
+        b.wake_registered();
     }
 
-    /// The notifier's half after its fence: wake the sleepers if a waiter armed the cell.
+    /// The notifier's half after its fence: if waiters are registered, move the epoch on
+    /// (which takes them all off the count) and wake every sleeper.
     #[inline]
-    fn wake_if_armed(&self) {
-        let seq = self.seq.load(Ordering::Relaxed);
-        if seq & ARMED != 0 {
-            // Disarm and move to the next epoch (an odd value plus one is the next even one);
-            // whoever does it wakes every sleeper. A failed CAS means another notifier did.
-            let next = seq.wrapping_add(1);
-            if self
-                .seq
-                .compare_exchange(seq, next, Ordering::SeqCst, Ordering::Relaxed)
-                .is_ok()
+    fn wake_registered(&self) {
+        let mut seen = self.word.load(Ordering::Relaxed);
+        while seen & WAIT_WAITERS_MASK != 0 {
+            let next = epoch(seen).wrapping_add(WAIT_EPOCH_ONE);
+            match self
+                .word
+                .compare_exchange(seen, next, Ordering::SeqCst, Ordering::Relaxed)
             {
-                futex::wake(self.seq, u32::MAX);
+                Ok(_) => {
+                    futex::wake(self.word, u32::MAX);
+                    return;
+                }
+                // Another notifier moved the epoch and woke everyone registered in it.
+                Err(now) if epoch(now) != epoch(seen) => return,
+                // A waiter joined or left meanwhile: try again with what is there now.
+                Err(now) => seen = now,
             }
         }
+    }
+
+    /// Registers a waiter in the current epoch (the count saturates); returns the word as it
+    /// left it, which is what the waiter then sleeps on.
+    fn join(&self) -> u32 {
+        let mut seen = self.word.load(Ordering::Relaxed);
+        loop {
+            let joined = if seen & WAIT_WAITERS_MASK == WAIT_WAITERS_MASK {
+                seen // saturated: written back unchanged, still an RMW for the fences' sake
+            } else {
+                seen + 1
+            };
+            match self
+                .word
+                .compare_exchange(seen, joined, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return joined,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Takes a waiter that joined with [`join`](Self::join) (which returned `joined`) off the
+    /// count, unless a notifier already did by moving the epoch on, or the count saturated.
+    /// The Acquire load pairs with the notifier's CAS: a waiter that finds the epoch moved
+    /// sees the condition the notifier made true.
+    fn leave(&self, joined: u32) {
+        let mut seen = self.word.load(Ordering::Acquire);
+        loop {
+            let count = seen & WAIT_WAITERS_MASK;
+            if epoch(seen) != epoch(joined) || count == 0 || count == WAIT_WAITERS_MASK {
+                return;
+            }
+            match self
+                .word
+                .compare_exchange(seen, seen - 1, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Sleeps, registered in the epoch of `joined` (what [`join`](Self::join) returned),
+    /// until a notifier moves the epoch on or `timeout` passes; returns off the count.
+    ///
+    /// A change of the word within the epoch is another waiter joining or leaving: this one
+    /// is still counted, so it sleeps on with the new value rather than leaving and joining
+    /// again (which would change the word under the others, and so on).
+    fn sleep(&self, joined: u32, timeout: Duration) {
+        let until = Instant::now().checked_add(timeout);
+        let mut expected = joined;
+        let mut left = timeout;
+        loop {
+            futex::wait(self.word, expected, left);
+            let now = self.word.load(Ordering::Acquire);
+            if epoch(now) != epoch(joined) {
+                return; // woken: the notifier took this waiter off the count
+            }
+            // Timed out, interrupted, or woken for nothing (under loom, by another cell).
+            let time_left = until.and_then(|u| u.checked_duration_since(Instant::now()));
+            match time_left {
+                Some(t) if now != expected && !t.is_zero() => {
+                    (expected, left) = (now, t);
+                }
+                _ => {
+                    self.leave(joined);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// How many waiters are registered (for tests).
+    #[cfg(test)]
+    pub(crate) fn registered(&self) -> u32 {
+        self.word.load(Ordering::SeqCst) & WAIT_WAITERS_MASK
     }
 
     /// Calls `attempt` until it returns `Ok(Some(_))` or an error, waiting between attempts
@@ -213,6 +345,9 @@ impl<'a> WaitCell<'a> {
         // The fast path, inlined into the caller: the condition already holds.
         if let Some(v) = attempt()? {
             return Ok(Some(v));
+        }
+        if let Some(tally) = &self.tally {
+            bump(tally.blocked, 1);
         }
         if let Deadline::Now = deadline {
             return Ok(None);
@@ -264,30 +399,212 @@ impl<'a> WaitCell<'a> {
             }
             spin_hint();
         }
-        // Park phase.
+        // Park phase. A wait that parks is counted once, however often it sleeps.
+        let mut parked_before = false;
         loop {
             let Some(left) = deadline.remaining() else {
                 return attempt();
             };
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            // Counted, then marked: a death in between leaves the count one too high, which
-            // costs wake-up calls, never a missed wake-up.
-            self.mark_parked(true);
-            // Arm the cell for this epoch: the next notify will pay for a wake-up call.
-            let seen = self.seq.fetch_or(ARMED, Ordering::SeqCst) | ARMED;
+            let joined = self.join();
             fence(Ordering::SeqCst);
             let outcome = attempt();
             if !matches!(outcome, Ok(None)) {
-                self.unpark();
+                self.leave(joined);
                 return outcome;
             }
-            futex::wait(self.seq, seen, left.min(MAX_PARK));
-            self.unpark();
+            if let Some(tally) = self.tally.filter(|_| !parked_before) {
+                bump(tally.parked, 1);
+            }
+            parked_before = true;
+            self.sleep(joined, left.min(max_park()));
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
             }
             #[cfg(not(loom))]
             stalled(Instant::now());
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::futex::wake_calls;
+    use std::cell::Cell;
+
+    fn cell_region() -> Region {
+        Region::heap(64)
+    }
+
+    /// Waits on `cell` with the `Park` strategy; `attempt` is called with the number of the
+    /// call (0 for the first, the fast path).
+    fn park<T>(
+        cell: &WaitCell<'_>,
+        deadline: Deadline,
+        mut attempt: impl FnMut(u32) -> Option<T>,
+    ) -> Option<T> {
+        let calls = Cell::new(0);
+        cell.wait_for(WaitStrategy::Park, deadline, || {
+            let n = calls.get();
+            calls.set(n + 1);
+            Ok::<_, ()>(attempt(n))
+        })
+        .unwrap()
+    }
+
+    /// Nobody is registered on `cell`, and a notify makes no wake-up call.
+    fn assert_nobody_registered(cell: &WaitCell<'_>) {
+        assert_eq!(cell.registered(), 0);
+        let calls = wake_calls();
+        cell.notify();
+        assert_eq!(wake_calls() - calls, 0, "a wake-up call with nobody parked");
+    }
+
+    #[test]
+    fn a_waiter_whose_recheck_succeeds_leaves_nothing_registered() {
+        let region = cell_region();
+        let cell = WaitCell::at(&region, 0);
+        // The fast path fails, the re-check after joining succeeds.
+        assert_eq!(
+            park(&cell, Deadline::Never, |n| (n == 1).then_some(7)),
+            Some(7)
+        );
+        assert_nobody_registered(&cell);
+    }
+
+    #[test]
+    fn a_waiter_that_times_out_leaves_nothing_registered() {
+        let region = cell_region();
+        let cell = WaitCell::at(&region, 0);
+        let deadline = Deadline::after(Duration::from_millis(20));
+        assert_eq!(park(&cell, deadline, |_| None::<()>), None);
+        assert_nobody_registered(&cell);
+    }
+
+    #[test]
+    fn one_wake_up_call_per_sleep_however_many_notifies() {
+        let region = cell_region();
+        let cell = WaitCell::at(&region, 0);
+        let ready = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                park(&cell, Deadline::Never, |_| {
+                    ready
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                        .then_some(())
+                })
+            });
+            while cell.registered() == 0 {
+                std::thread::yield_now();
+            }
+            let calls = wake_calls();
+            ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            cell.notify();
+            // One call, unless the waiter's sleep timed out (50 ms) just before the notify
+            // and it left, to find the condition on its re-check.
+            let first = wake_calls() - calls;
+            assert!(first <= 1);
+            for _ in 0..2 {
+                cell.notify();
+            }
+            assert_eq!(waiter.join().unwrap(), Some(()));
+            cell.notify();
+            assert_eq!(wake_calls() - calls, first, "wake-up calls after the first");
+        });
+        assert_eq!(cell.registered(), 0);
+    }
+
+    #[test]
+    fn a_saturated_count_stays_until_a_notify_clears_it() {
+        let region = cell_region();
+        let cell = WaitCell::at(&region, 0);
+        let saturated = WAIT_EPOCH_ONE | WAIT_WAITERS_MASK;
+        region.u32_at(0).store(saturated, Ordering::SeqCst);
+        assert_eq!(
+            park(&cell, Deadline::Never, |n| (n == 1).then_some(())),
+            Some(())
+        );
+        assert_eq!(
+            region.u32_at(0).load(Ordering::SeqCst),
+            saturated,
+            "a waiter leaving lowered a saturated count"
+        );
+        let calls = wake_calls();
+        cell.notify();
+        assert_eq!(wake_calls() - calls, 1);
+        assert_eq!(region.u32_at(0).load(Ordering::SeqCst), 2 * WAIT_EPOCH_ONE);
+        cell.notify();
+        assert_eq!(wake_calls() - calls, 1);
+    }
+
+    #[test]
+    fn any_word_in_the_file_is_survived() {
+        for word in [u32::MAX, u32::MAX - 1, WAIT_WAITERS_MASK, 1, 0x8000_0001] {
+            let region = cell_region();
+            let cell = WaitCell::at(&region, 0);
+            region.u32_at(0).store(word, Ordering::SeqCst);
+            let deadline = Deadline::after(Duration::from_millis(2));
+            assert_eq!(park(&cell, deadline, |_| None::<()>), None);
+            cell.notify();
+            assert_eq!(cell.registered(), 0, "after a notify, from {word:#x}");
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Parks on the cell at the start of `region` until `flag` is set.
+    fn wait_until_set(region: &Region, flag: &AtomicBool) {
+        WaitCell::at(region, 0)
+            .wait_for(WaitStrategy::Park, Deadline::Never, || {
+                Ok::<_, ()>(flag.load(Ordering::Relaxed).then_some(()))
+            })
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Two waiters on one cell, each for its own condition, and a notifier that makes them
+    /// true one after the other (plain relaxed flags: only the protocol's fences order them).
+    /// A waiter that leaves — its re-check found its flag, or it was woken for the other's and
+    /// joins again — must never take the other off the count while that one is about to sleep
+    /// or asleep (a loom deadlock), and when all is done nobody is left registered, so the
+    /// next notify would make no system call.
+    ///
+    /// Explored with four preemptions (CI's bound is 2): a waiter whose leave ignored the epoch
+    /// — taking a newer waiter off the count — needs four to show as a deadlock (a notifier
+    /// moving the epoch and the other waiter joining and sleeping, all between one waiter's
+    /// join and its leave), and the model takes a few seconds with them.
+    #[test]
+    fn a_leaving_waiter_never_unregisters_another() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(4);
+        model.check(|| {
+            let region = Region::heap(64);
+            let flags = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+            let waiters: Vec<_> = (0..2)
+                .map(|i| {
+                    let (region, flags) = (region.clone(), flags.clone());
+                    thread::spawn(move || wait_until_set(&region, &flags[i]))
+                })
+                .collect();
+            let cell = WaitCell::at(&region, 0);
+            for flag in flags.iter() {
+                flag.store(true, Ordering::Relaxed);
+                cell.notify();
+            }
+            for w in waiters {
+                w.join().unwrap();
+            }
+            assert_eq!(
+                region.u32_at(0).load(Ordering::SeqCst) & WAIT_WAITERS_MASK,
+                0,
+                "a waiter is still registered after every wait ended"
+            );
+        });
     }
 }

@@ -39,6 +39,18 @@ pub const PARENT_VAR: &str = "SHMQ_TEST_PARENT";
 pub const ARG_SEP: char = '\u{1f}';
 /// A child that is still running after this long exits with status 3 by itself.
 pub const CHILD_WATCHDOG: Duration = Duration::from_secs(180);
+/// Environment variable that, set (to anything) for a child, lifts its cap on a single park
+/// (50 ms normally) to far beyond [`CHILD_WATCHDOG`]: a wake-up lost in that child then hangs
+/// it instead of costing 50 ms, which a test detects. Only for children where nobody dies (it
+/// also delays their search for dead participants). See [`uncapped_park`].
+pub const UNCAPPED_PARK_VAR: &str = "SHMQ_TEST_UNCAPPED_PARK";
+
+/// The environment for [`child_with_env`] that lifts the child's park cap (see
+/// [`UNCAPPED_PARK_VAR`]).
+pub fn uncapped_park() -> [(&'static str, &'static str); 1] {
+    [(UNCAPPED_PARK_VAR, "1")]
+}
+
 /// Generous bound for anything that should happen "soon" (process start-up, a wake-up) on a
 /// loaded two-core machine running debug builds. Only used to detect hangs.
 pub const HANG: Duration = Duration::from_secs(30);
@@ -96,6 +108,9 @@ pub fn child_main(run: impl FnOnce(&str, &[String])) {
         .and_then(|p| p.parse::<i32>().ok());
     if parent.is_some_and(|p| nix::unistd::getppid().as_raw() != p) {
         std::process::exit(4); // the parent died before we could ask to die with it
+    }
+    if std::env::var_os(UNCAPPED_PARK_VAR).is_some() {
+        shmq::test_hooks::set_max_park(4 * CHILD_WATCHDOG);
     }
     std::thread::spawn(|| {
         std::thread::sleep(CHILD_WATCHDOG);
@@ -263,6 +278,19 @@ pub fn wait_ready(child: &mut ChildProc, path: &Path) {
         false
     });
     assert!(ok, "child {:?} not ready after {HANG:?}", child.role());
+}
+
+/// How many waiters are registered (parked or about to park) on the wait cell at file offset
+/// `cell`, read through the file rather than a mapping.
+pub fn registered_waiters(path: &Path, cell: u64) -> u32 {
+    use std::os::unix::fs::FileExt;
+    let at = cell + std::mem::offset_of!(shmq::layout::WaitCellLayout, word) as u64;
+    let mut b = [0u8; 4];
+    std::fs::File::open(path)
+        .expect("open the queue file")
+        .read_exact_at(&mut b, at)
+        .expect("read a wait cell");
+    u32::from_le_bytes(b) & shmq::layout::WAIT_WAITERS_MASK
 }
 
 /// A directory of its own for one test, under `/dev/shm` when it exists; removed on drop.

@@ -1,0 +1,89 @@
+//! The slot array a ring is made of: `capacity` slots of `stride` bytes from offset `slots` of a
+//! region, each starting with its 64-bit state word and its 32-bit message length (the
+//! [`SlotHeader`](crate::layout::SlotHeader)), the payload after them.
+//!
+//! Indices are always computed here from a position, modulo `capacity`, never read from the
+//! region, so a hostile file cannot make a ring reach outside its slots.
+
+use crate::layout::SLOT_HEADER_SIZE;
+use crate::shm::Region;
+use crate::sync::atomic::{AtomicU32, AtomicU64};
+
+/// A ring's slots in a region.
+#[derive(Clone)]
+pub(crate) struct SlotArray {
+    region: Region,
+    slots: usize,
+    capacity: u64,
+    stride: usize,
+}
+
+impl SlotArray {
+    /// The `capacity` slots of `stride` bytes (a multiple of 8, room for the header and
+    /// `max_message`) at `slots` in `region`. The caller has validated the geometry (checked
+    /// again here, once).
+    pub(crate) fn new(
+        region: Region,
+        slots: usize,
+        capacity: u64,
+        stride: usize,
+        max_message: usize,
+    ) -> Self {
+        assert!((1..=crate::layout::MAX_CAPACITY).contains(&capacity));
+        assert!(stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
+        assert!(slots + capacity as usize * stride <= region.len());
+        SlotArray {
+            region,
+            slots,
+            capacity,
+            stride,
+        }
+    }
+
+    /// The region the slots are in.
+    #[inline]
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Number of slots.
+    #[inline]
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The slot serving position `pos`.
+    #[inline]
+    pub(crate) fn index(&self, pos: u64) -> usize {
+        // A mask when the capacity is a power of two: a division costs tens of cycles.
+        if self.capacity.is_power_of_two() {
+            (pos & (self.capacity - 1)) as usize
+        } else {
+            (pos % self.capacity) as usize
+        }
+    }
+
+    /// Offset of slot `index` in the region.
+    #[inline]
+    pub(crate) fn offset(&self, index: usize) -> usize {
+        self.slots + index * self.stride
+    }
+
+    /// Slot `index`'s state word.
+    #[inline]
+    pub(crate) fn state(&self, index: usize) -> &AtomicU64 {
+        self.region.u64_at(self.offset(index))
+    }
+
+    /// Slot `index`'s message length.
+    #[inline]
+    pub(crate) fn len_word(&self, index: usize) -> &AtomicU32 {
+        self.region.u32_at(self.offset(index) + 8)
+    }
+
+    /// Offset of slot `index`'s payload in the region.
+    #[inline]
+    pub(crate) fn payload_offset(&self, index: usize) -> usize {
+        self.offset(index) + SLOT_HEADER_SIZE
+    }
+}
