@@ -131,6 +131,22 @@ pub enum Error {
     Send(SendError),
     /// Receiving failed (converted from [`RecvError`]).
     Recv(RecvError),
+    /// The queue file's owner or mode is not one this process trusts: it is writable by others,
+    /// or it belongs to another user and is not a group file of a group this process is in.
+    Untrusted {
+        /// The queue file.
+        path: PathBuf,
+        /// The file's owner (uid).
+        owner: u32,
+        /// The file's group (gid).
+        group: u32,
+        /// The file's permission bits.
+        mode: u32,
+        /// This process's effective uid.
+        euid: u32,
+        /// Which part of the rule the file breaks.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -160,6 +176,21 @@ impl fmt::Display for Error {
             ),
             Error::Send(e) => write!(f, "{e}"),
             Error::Recv(e) => write!(f, "{e}"),
+            Error::Untrusted {
+                path,
+                owner,
+                group,
+                mode,
+                euid,
+                reason,
+            } => write!(
+                f,
+                "refusing queue file {} (owner uid {owner}, group {group}, mode {mode:04o}): \
+                 {reason}; shmq opens only files owned by its effective uid ({euid}), or \
+                 group-writable files of a group it is in, and never files writable by others. \
+                 Remove it, or have its owner create it with `group(gid)`",
+                path.display()
+            ),
         }
     }
 }
@@ -268,6 +299,14 @@ pub enum RecvError {
     ClaimLost,
     /// The shared memory broke the protocol (another process wrote nonsense into it).
     Corrupt(Corruption),
+    /// A copying receive was given a buffer shorter than the queue's maximum message size
+    /// (checked before anything is received, so no message is taken).
+    BufferTooSmall {
+        /// The buffer's length.
+        len: usize,
+        /// The queue's maximum message size: the buffer must hold at least this many bytes.
+        max: usize,
+    },
     /// The handle was attached by another process (see [`SendError::WrongProcess`]).
     WrongProcess {
         /// The process that attached the handle.
@@ -289,6 +328,11 @@ impl fmt::Display for RecvError {
                  may be delivered again"
             ),
             RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+            RecvError::BufferTooSmall { len, max } => write!(
+                f,
+                "receive buffer of {len} bytes is shorter than the queue's maximum message of \
+                 {max} bytes; pass a buffer of at least {max} bytes"
+            ),
             RecvError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }

@@ -40,7 +40,7 @@ impl ExclusiveRingFile {
     pub fn create(path: &Path, capacity: u64, max_message: usize) -> Result<Self, Error> {
         let g = Geometry::pipeline_with_flags(capacity, max_message as u64, 2, PIPELINE_FLAGS)
             .map_err(Error::InvalidOptions)?;
-        let mapping = file::create(path, &g, 0o600, |region| {
+        let mapping = file::create(path, &g, 0o600, None, |region| {
             ring_of(region.clone(), &g).initialize();
         })?;
         let ring = ring_of(mapping.region(), &g);

@@ -63,6 +63,8 @@ pub mod pipeline;
 pub mod pubsub;
 #[cfg(not(loom))]
 pub mod reqrep;
+#[cfg(not(loom))]
+pub mod salvage;
 
 pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
@@ -73,6 +75,8 @@ pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
 pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, TopicMessage};
 #[cfg(not(loom))]
 pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, ServiceOptions};
+#[cfg(not(loom))]
+pub use salvage::Salvaged;
 pub use sync::wait::{WaitStrategy, STALL_CHECK};
 
 /// Instrumentation for shmq's own tests, compiled only with the `test-hooks` feature (which

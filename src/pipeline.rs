@@ -27,6 +27,17 @@
 //!   system call when no receiver is parked or about to park, but for one call after a
 //!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
 //!
+//! # Trust
+//!
+//! Every process that can write the queue file is trusted with message *contents*; shmq
+//! defends its own memory safety, indices and lengths against any bytes (a corrupt or hostile
+//! file gives an error, never undefined behaviour in shmq). A [`Message`] and a [`Loan`] are
+//! views into the mapping: a process that ignores the protocol can change those bytes while you
+//! hold the view, so for peers you do not trust copy the message out with
+//! [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
+//! word loads, and validate the copy. Who may open the file at all: see
+//! [`Options::group`] and `docs/DESIGN.md` section 9.
+//!
 //! # Example
 //!
 //! ```
@@ -66,6 +77,7 @@ pub struct Options {
     max_message: usize,
     max_participants: u32,
     mode: u32,
+    group: Option<u32>,
 }
 
 impl Default for Options {
@@ -75,6 +87,7 @@ impl Default for Options {
             max_message: 1024,
             max_participants: 64,
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -116,9 +129,21 @@ impl Options {
         self
     }
 
-    /// File permission bits, e.g. `0o660` to share the queue with a group. Default `0o600`.
+    /// File permission bits (default `0o600`); to share the queue with a group, see
+    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
+    /// file).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
+    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
+    /// is group-writable and the opener is in its group, so members of `gid` can use it and
+    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self.mode = 0o660;
         self
     }
 }
@@ -190,7 +215,7 @@ impl Pipeline {
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
         let g = options.geometry()?;
-        let mapping = file::create(path, &g, options.mode, |region| {
+        let mapping = file::create(path, &g, options.mode, options.group, |region| {
             let ring = MpmcRing::new(
                 region.clone(),
                 RING_CONTROL_OFFSET,
@@ -703,6 +728,50 @@ impl Consumer {
         self.recv_with(Deadline::after(timeout))
     }
 
+    /// Receives the next message by copying it into `buf`, waiting for one, and acknowledges
+    /// it; returns its length. The copy reads the shared bytes with atomic word loads, never
+    /// through a slice over the mapping: use it (and validate what you got) when the queue's
+    /// other writers are not trusted, since a [`Message`] is a view they could change while
+    /// you read it. No allocation.
+    ///
+    /// # Errors
+    /// [`RecvError::BufferTooSmall`] if `buf` is shorter than [`Pipeline::max_message`]
+    /// (nothing is received), and as for [`recv`](Self::recv).
+    pub fn recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.copy_with(buf, Deadline::Never)
+    }
+
+    /// Like [`recv_into`](Self::recv_into), but fails with [`RecvError::Empty`] instead of
+    /// waiting.
+    ///
+    /// # Errors
+    /// As for [`recv_into`](Self::recv_into) and [`try_recv`](Self::try_recv).
+    pub fn try_recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.copy_with(buf, Deadline::Now)
+    }
+
+    /// Like [`recv_into`](Self::recv_into), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As for [`recv_into`](Self::recv_into) and [`recv_timeout`](Self::recv_timeout).
+    pub fn recv_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize, RecvError> {
+        self.copy_with(buf, Deadline::after(timeout))
+    }
+
+    fn copy_with(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize, RecvError> {
+        let max = self.ring().max_message();
+        if buf.len() < max {
+            return Err(RecvError::BufferTooSmall {
+                len: buf.len(),
+                max,
+            });
+        }
+        let msg = self.recv_with(deadline)?;
+        Ok(msg
+            .copy_to(buf)
+            .expect("the buffer holds max_message bytes"))
+    }
+
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
     /// Returns how many were handled. An acknowledgement refused (see [`Message::ack`]) is
@@ -767,6 +836,34 @@ impl Message<'_> {
             Some(claim) if self.consumer.me.in_own_process() => self.consumer.ring().payload(claim),
             _ => &[],
         }
+    }
+
+    /// Copies the message into the front of `dst` with atomic word loads (never through a
+    /// slice over the mapping; see [`Consumer::recv_into`]) and returns its length, or `None`
+    /// if `dst` is shorter than the message (nothing copied).
+    pub fn copy_to(&self, dst: &mut [u8]) -> Option<usize> {
+        // Like the view, empty in a process other than the one that received it (a fork child).
+        let Some(claim) = self
+            .claim
+            .as_ref()
+            .filter(|_| self.consumer.me.in_own_process())
+        else {
+            return Some(0);
+        };
+        let dst = dst.get_mut(..claim.len())?;
+        self.consumer.ring().copy_payload(claim, 0, dst);
+        Some(dst.len())
+    }
+
+    /// The message copied into a new vector with atomic word loads (see [`copy_to`](Self::copy_to)).
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        let len = match &self.claim {
+            Some(claim) if self.consumer.me.in_own_process() => claim.len(),
+            _ => 0,
+        };
+        let mut out = vec![0; len];
+        self.copy_to(&mut out);
+        out
     }
 
     /// Whether this message was delivered before to a consumer that died without

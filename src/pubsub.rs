@@ -29,6 +29,15 @@
 //!   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
 //!   publisher, a whole ring behind, is still copying into the slot.
 //!
+//! # Trust
+//!
+//! Every process that can write the channel file is trusted with message *contents*; shmq
+//! defends its own memory safety, indices and lengths against any bytes. A subscriber copies
+//! every message out of the ring with atomic word loads into its own buffer and re-checks the
+//! slot afterwards, so a [`TopicMessage`] never points into the mapping and cannot change under
+//! you: subscribers are safe against publishers they do not trust (who can still publish
+//! anything, or deny service). See `docs/DESIGN.md` section 9.
+//!
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
@@ -85,6 +94,7 @@ pub struct PubSubOptions {
     max_subscribers: u32,
     overflow: Overflow,
     mode: u32,
+    group: Option<u32>,
 }
 
 impl Default for PubSubOptions {
@@ -97,6 +107,7 @@ impl Default for PubSubOptions {
             max_subscribers: 16,
             overflow: Overflow::DropOldest,
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -169,9 +180,21 @@ impl PubSubOptions {
         self
     }
 
-    /// File permission bits (default `0o600`).
+    /// File permission bits (default `0o600`); to share the file with a group, see
+    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
+    /// file).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
+    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
+    /// is group-writable and the opener is in its group, so members of `gid` can use it and
+    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self.mode = 0o660;
         self
     }
 }
@@ -243,7 +266,7 @@ impl PubSub {
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &PubSubOptions) -> Result<Self, Error> {
         let g = options.geometry()?;
-        let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
+        let mapping = file::create(path.as_ref(), &g, options.mode, options.group, |region| {
             ring_of(region.clone(), &g).initialize()
         })?;
         let ring = ring_of(mapping.region(), &g);

@@ -41,6 +41,15 @@
 //! A server that drops a request without replying sends a "no reply" notice instead, so the
 //! client's wait ends with [`RecvError::NoReply`] rather than a timeout.
 //!
+//! # Trust
+//!
+//! Every process that can write the service file is trusted with request and reply
+//! *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
+//! [`Request::payload`] and [`Reply::payload`] are views into the mapping that a process
+//! ignoring the protocol can change while you read them; for peers you do not trust, copy them
+//! out with [`Request::copy_to_vec`] and [`Reply::copy_to_vec`] (atomic word loads, never a
+//! slice over the mapping) and validate the copy. See `docs/DESIGN.md` section 9.
+//!
 //! # Giving up: timeouts, dropped tickets, errors
 //!
 //! [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
@@ -118,6 +127,7 @@ pub struct ServiceOptions {
     max_clients: u32,
     max_servers: u32,
     mode: u32,
+    group: Option<u32>,
 }
 
 impl Default for ServiceOptions {
@@ -129,6 +139,7 @@ impl Default for ServiceOptions {
             max_clients: 64,
             max_servers: 64,
             mode: 0o600,
+            group: None,
         }
     }
 }
@@ -194,9 +205,21 @@ impl ServiceOptions {
         self
     }
 
-    /// File permission bits (default `0o600`).
+    /// File permission bits (default `0o600`); to share the file with a group, see
+    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
+    /// file).
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
+    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
+    /// is group-writable and the opener is in its group, so members of `gid` can use it and
+    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
+        self.mode = 0o660;
         self
     }
 }
@@ -345,8 +368,21 @@ fn put(
 /// Reads the envelope in front of a held message; `None` if the message is too short to
 /// have one (a corrupt file).
 fn envelope_of(ring: &MpmcRing, claim: &ReadClaim) -> Option<Envelope> {
-    let bytes = ring.payload(claim);
-    (bytes.len() >= ENVELOPE_SIZE).then(|| bytemuck::pod_read_unaligned(&bytes[..ENVELOPE_SIZE]))
+    if claim.len() < ENVELOPE_SIZE {
+        return None;
+    }
+    let mut bytes = [0u8; ENVELOPE_SIZE];
+    ring.copy_payload(claim, 0, &mut bytes);
+    Some(bytemuck::pod_read_unaligned(&bytes))
+}
+
+/// Copies a held message's payload (after its envelope) out with atomic word loads.
+fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
+    let mut out = vec![0; claim.len().saturating_sub(ENVELOPE_SIZE)];
+    if !out.is_empty() {
+        ring.copy_payload(claim, ENVELOPE_SIZE, &mut out);
+    }
+    out
 }
 
 /// A request-reply service file, mapped. Cheap to clone.
@@ -371,7 +407,7 @@ impl Service {
     /// As for [`Pipeline::create`](crate::Pipeline::create).
     pub fn create(path: impl AsRef<Path>, options: &ServiceOptions) -> Result<Self, Error> {
         let g = options.geometry()?;
-        let mapping = file::create(path.as_ref(), &g, options.mode, |region| {
+        let mapping = file::create(path.as_ref(), &g, options.mode, options.group, |region| {
             let (requests, replies) = rings(region, &g);
             requests.initialize();
             replies.iter().for_each(MpmcRing::initialize);
@@ -619,6 +655,18 @@ impl Request<'_> {
                 &self.server.shared.requests.payload(claim)[ENVELOPE_SIZE..]
             }
             _ => &[],
+        }
+    }
+
+    /// The request's payload, copied out of the shared file with atomic word loads: for
+    /// servers that do not trust their clients, since [`payload`](Self::payload) is a view that
+    /// a process ignoring the protocol can change while it is read. Allocates.
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        match &self.claim {
+            Some(claim) if self.server.me.in_own_process() => {
+                copy_after_envelope(&self.server.shared.requests, claim)
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -927,6 +975,22 @@ impl Reply<'_> {
             ReplySource::Kept(bytes) => bytes,
         }
     }
+
+    /// The reply's payload, copied out of the shared file with atomic word loads: for clients
+    /// that do not trust their servers (see [`Request::copy_to_vec`]). Allocates.
+    pub fn copy_to_vec(&self) -> Vec<u8> {
+        match &self.source {
+            ReplySource::Slot {
+                ring,
+                claim: Some(claim),
+                process,
+                ..
+            } if process.is_current() => copy_after_envelope(ring, claim),
+            ReplySource::Slot { .. } => Vec::new(),
+            // Copied out of the ring (with atomic loads) when it arrived: private memory now.
+            ReplySource::Kept(bytes) => bytes.to_vec(),
+        }
+    }
 }
 
 impl fmt::Debug for Reply<'_> {
@@ -1076,14 +1140,11 @@ impl Ledger {
         }
         let discard = given_up || self.dropped.has(id);
         if !discard {
-            let payload = &ring.payload(&claim)[ENVELOPE_SIZE..];
+            let len = claim.len() - ENVELOPE_SIZE;
             let at = place_of(id) * self.max;
             // In bounds: a payload is at most `max` bytes (the ring checked the length).
-            self.buffers[at..at + payload.len()].copy_from_slice(payload);
-            self.places[place_of(id)].1 = Place::Kept {
-                len: payload.len(),
-                no_reply,
-            };
+            ring.copy_payload(&claim, ENVELOPE_SIZE, &mut self.buffers[at..at + len]);
+            self.places[place_of(id)].1 = Place::Kept { len, no_reply };
         }
         shared.release(ring, claim);
         if discard {

@@ -397,7 +397,7 @@ impl BroadcastRing {
                         }
                         fence(Ordering::Acquire);
                         if self.state(index).load(Ordering::Relaxed) != raw {
-                            return Ok(self.lagged(cursor));
+                            return self.lagged(cursor);
                         }
                         if !sane {
                             *cursor = c.wrapping_add(1);
@@ -420,7 +420,7 @@ impl BroadcastRing {
             } else if w.seq == self.seq(c.wrapping_sub(self.capacity)) {
                 return Ok(Poll::Empty);
             } else if ahead % self.capacity == 0 && ahead < (1 << 47) {
-                return Ok(self.lagged(cursor));
+                return self.lagged(cursor);
             } else {
                 return Err(Corruption::BadState(
                     "a slot's sequence is out of step with a subscriber",
@@ -432,12 +432,18 @@ impl BroadcastRing {
     /// Moves a subscriber whose position was overwritten to the oldest retained position
     /// (`tail - capacity`), and says how many it skipped. If that one is overwritten too by the
     /// time it is read, the next poll reports a further lag: the sum stays exact.
-    fn lagged(&self, cursor: &mut u64) -> Poll {
+    ///
+    /// Positions count messages from 0 and never wrap in practice (2^64 messages); a cursor at
+    /// the very end of the position space comes from a forged tail, and is `Corruption`.
+    fn lagged(&self, cursor: &mut u64) -> Result<Poll, Corruption> {
         let t = self.tail().load(Ordering::SeqCst);
-        let oldest = t.saturating_sub(self.capacity).max(cursor.wrapping_add(1));
+        let next = cursor.checked_add(1).ok_or(Corruption::BadState(
+            "a subscriber's position is at the end of the position space (a forged tail)",
+        ))?;
+        let oldest = t.saturating_sub(self.capacity).max(next);
         let skipped = oldest - *cursor;
         *cursor = oldest;
-        Poll::Lagged(skipped)
+        Ok(Poll::Lagged(skipped))
     }
 
     /// Records a subscriber's cursor (so Block-mode publishers can move on) and wakes

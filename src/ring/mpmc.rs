@@ -157,6 +157,12 @@ pub(crate) struct ReadClaim {
 }
 
 impl ReadClaim {
+    /// The held message's length (validated against the maximum when claimed).
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Whether the message is being delivered again after its first reader died.
     #[inline]
     pub(crate) fn redelivered(&self) -> bool {
@@ -307,6 +313,23 @@ impl MpmcRing {
             self.region
                 .slice(self.payload_offset(claim.index), claim.len)
         }
+    }
+
+    /// Copies the held message's bytes `from..from + dst.len()` into `dst` with atomic word
+    /// loads: never through a slice over the mapping, so a process that writes the slot while
+    /// it is copied (breaking the protocol) can change what is copied, not make the copy
+    /// undefined behaviour. For readers that do not trust the file's other writers.
+    ///
+    /// # Panics
+    /// If `from` is not 8-aligned or the range exceeds the message (caller bugs).
+    #[cfg(not(loom))]
+    #[inline]
+    pub(crate) fn copy_payload(&self, claim: &ReadClaim, from: usize, dst: &mut [u8]) {
+        assert!(from % 8 == 0 && from + dst.len() <= claim.len);
+        // Slot strides are multiples of 64 and payloads start 16-aligned, so the last word
+        // (read whole, `round_up(len, 8)`) stays inside the slot; the region checks it anyway.
+        self.region
+            .load_words(self.payload_offset(claim.index) + from, dst);
     }
 
     /// Consumers wait here for messages.

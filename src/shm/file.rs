@@ -1,12 +1,14 @@
 //! The queue file: create it safely, open it without trusting it, map it.
 //!
 //! * Create: `O_CREAT | O_EXCL | O_NOFOLLOW`, mode `0600` unless asked otherwise (set with
-//!   `fchmod`, so the umask cannot widen or narrow it), space reserved with `posix_fallocate`
+//!   `fchmod`, so the umask cannot widen or narrow it; never writable by others), the group
+//!   asked for (`fchown`), space reserved with `posix_fallocate`
 //!   (a full `/dev/shm` is an error now, not a `SIGBUS` later), header written with the magic
 //!   number last (Release), so an opener never trusts a half-written header.
 //! * Open: `O_NOFOLLOW`, regular files only, the header read with atomic loads and validated
 //!   against the file's real size before anything else is used; a file still being created
-//!   (length 0 or magic 0) is waited for briefly.
+//!   (length 0 or magic 0) is waited for briefly. Before any byte is read, the owner and mode
+//!   must be ones this process trusts (see [`perm`](crate::shm::perm)).
 //! * Both map the file shared and pre-fault it (`MAP_POPULATE`) so first messages pay no page
 //!   faults.
 //!
@@ -15,7 +17,7 @@
 
 use crate::error::{Corruption, Error};
 use crate::layout::{self, field, FileHeader, Geometry, MAX_FILE_SIZE};
-use crate::shm::Region;
+use crate::shm::{perm, Region};
 use crate::sync::atomic::Ordering;
 use crate::sync::process::{LockFile, Process};
 use memmap2::{MmapOptions, MmapRaw};
@@ -109,8 +111,10 @@ pub(crate) fn create(
     path: &Path,
     geometry: &Geometry,
     mode: u32,
+    group: Option<u32>,
     init: impl FnOnce(&Region),
 ) -> Result<Arc<Mapping>, Error> {
+    perm::check_create_mode(mode)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -122,6 +126,7 @@ pub(crate) fn create(
     let result = (|| {
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io(path, "set permissions on", e))?;
+        perm::set_group(&file, path, group)?;
         let len = i64::try_from(geometry.file_size)
             .map_err(|_| Error::InvalidOptions("file too large".into()))?;
         nix::fcntl::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, len)
@@ -202,6 +207,7 @@ pub(crate) fn open_allowing(
                 Corruption::BadGeometry("not a regular file"),
             ));
         }
+        perm::check_open(path, &meta)?;
         let len = meta.len();
         let header_len = std::mem::size_of::<FileHeader>() as u64;
         let creating = len == 0;

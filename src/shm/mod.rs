@@ -3,6 +3,7 @@
 #[cfg(not(loom))]
 pub(crate) mod file;
 #[cfg(not(loom))]
+pub(crate) mod perm;
 pub(crate) mod readonly;
 pub(crate) mod region;
 

@@ -130,6 +130,15 @@ pub struct ChildProc {
 }
 
 impl ChildProc {
+    /// Wraps a child started some other way (for example as another user) playing `role`.
+    pub fn from_child(role: &str, child: Child) -> ChildProc {
+        ChildProc {
+            role: role.to_string(),
+            child,
+            status: None,
+        }
+    }
+
     /// The child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
