@@ -68,8 +68,8 @@ impl fmt::Display for Corruption {
             Corruption::WrongKind { found, expected } => write!(
                 f,
                 "holds a {} but was opened as a {}",
-                crate::layout::kind_name(*found),
-                crate::layout::kind_name(*expected)
+                crate::kind::kind_name(*found),
+                crate::kind::kind_name(*expected)
             ),
             Corruption::BadGeometry(what) => write!(f, "has an invalid header: {what}"),
             Corruption::Truncated { len, expected } => write!(

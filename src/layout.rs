@@ -25,22 +25,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMQRING");
 /// both versions.
 pub const FORMAT_VERSION: u32 = 2;
 
-/// The kind of a queue file: which pattern it serves.
-pub const KIND_PIPELINE: u32 = 1;
-/// A publish-subscribe channel (reserved for the publish-subscribe pattern).
-pub const KIND_PUBSUB: u32 = 2;
-/// A request-reply service (reserved for the request-reply pattern).
-pub const KIND_SERVICE: u32 = 3;
-
-/// A human name for a kind, for error messages.
-pub fn kind_name(kind: u32) -> &'static str {
-    match kind {
-        KIND_PIPELINE => "pipeline",
-        KIND_PUBSUB => "publish-subscribe channel",
-        KIND_SERVICE => "request-reply service",
-        _ => "queue of unknown kind",
-    }
-}
+pub use crate::kind::{kind_name, KIND_PIPELINE, KIND_PUBSUB, KIND_SERVICE};
 
 /// Hot words are padded to this many bytes: two cache lines, because the adjacent-line
 /// prefetcher of x86 pulls lines in pairs.

@@ -46,6 +46,7 @@ pub mod error;
 #[cfg(all(feature = "test-hooks", not(loom)))]
 #[doc(hidden)]
 pub mod exclusive_ring;
+pub(crate) mod kind;
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use super::peers::{bench_cpus, pin_to_cpu, spawn_peer, spawn_peer_with, Peer, Role};
 use super::shm::{publish, wait_doorbell, wait_until, Doorbell, Mailbox, Padded, SharedHeader};
 use super::shm::{ShmFile, Wait};
-use super::stats::{latency_percentiles, Percentiles};
+use super::stats::{
+    latency_percentiles, sample_count, Bracketed, Percentiles, RAW_BRACKET_ROUND_TRIPS,
+};
 
 const SHM_ECHO: &str = "shm-echo";
 const STDIO_ECHO: &str = "stdio-echo";
@@ -593,4 +595,30 @@ pub fn raw_atomic_case() -> RoundTripCase {
         "raw atomic",
         Box::new(|| Box::new(ShmPingPong::raw_atomic())),
     )
+}
+
+/// Call first thing in a bench's `main`. In a peer (`SHMQ_BENCH_ROLE` set) this runs the role,
+/// looked up in `extra` and then in the built-in baseline roles, and exits the process. In the
+/// parent it pins the calling thread to the parent CPU and returns.
+pub fn run_peer_if_requested(extra: &[(&str, Role)]) {
+    super::peers::run_peer_among(extra, BUILTIN_ROLES);
+}
+
+/// Take a raw round-trip median of `msg_size` bytes ([`RAW_BRACKET_ROUND_TRIPS`] round trips on
+/// `raw`, normally a [`ShmPingPong::raw_atomic`]) immediately before and after `case`. `raw`'s
+/// peer is parked while `case` runs.
+pub fn bracket_with_raw(
+    raw: &mut dyn RoundTrip,
+    msg_size: usize,
+    case: impl FnOnce() -> Percentiles,
+) -> Bracketed {
+    let n = sample_count(RAW_BRACKET_ROUND_TRIPS);
+    let raw_before = raw.percentiles(msg_size, n).median;
+    let case = case();
+    let raw_after = raw.percentiles(msg_size, n).median;
+    Bracketed {
+        case,
+        raw_before,
+        raw_after,
+    }
 }

@@ -32,7 +32,6 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{getppid, Pid};
 use shmq::WaitStrategy;
 
-use super::baselines::BUILTIN_ROLES;
 use super::shm::{publish, wait_until, Mailbox, Padded, SharedHeader, ShmFile, Wait};
 
 /// Environment variable that makes a bench binary run as the named peer role.
@@ -45,10 +44,11 @@ const CPU_ENV: &str = "SHMQ_BENCH_CPU";
 /// A peer role: runs in the re-executed bench binary with the arguments given to [`spawn_peer`].
 pub type Role = fn(&[String]);
 
-/// Call first thing in a bench's `main`. In a peer (`SHMQ_BENCH_ROLE` set) this runs the role,
-/// looked up in `extra` and then in the built-in baseline roles, and exits the process. In the
-/// parent it pins the calling thread to the parent CPU and returns.
-pub fn run_peer_if_requested(extra: &[(&str, Role)]) {
+/// In a peer (`SHMQ_BENCH_ROLE` set) runs the role, looked up in `extra` and then in `builtin`,
+/// and exits the process. In the parent it pins the calling thread to the parent CPU and
+/// returns. Benches call [`run_peer_if_requested`](super::run_peer_if_requested), which passes
+/// the baselines' roles as `builtin`.
+pub fn run_peer_among(extra: &[(&str, Role)], builtin: &[(&str, Role)]) {
     let Some(role) = env::var_os(ROLE_ENV) else {
         if let Some((parent_cpu, _)) = bench_cpus() {
             pin_to_cpu(parent_cpu);
@@ -56,11 +56,7 @@ pub fn run_peer_if_requested(extra: &[(&str, Role)]) {
         return;
     };
     let role = role.to_string_lossy();
-    let Some(&(_, run)) = extra
-        .iter()
-        .chain(BUILTIN_ROLES)
-        .find(|(name, _)| *name == role)
-    else {
+    let Some(&(_, run)) = extra.iter().chain(builtin).find(|(name, _)| *name == role) else {
         eprintln!("shmq bench: unknown peer role `{role}`");
         process::exit(2);
     };

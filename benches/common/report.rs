@@ -16,10 +16,11 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
+use super::baselines::bracket_with_raw;
 use super::baselines::{OneWayCase, RoundTripCase, ShmPingPong};
 use super::peers::bench_cpus;
 use super::results;
-use super::stats::{bracket_with_raw, median, ratio, sample_count, smoke_mode, timer_overhead};
+use super::stats::{median, ratio, sample_count, smoke_mode, timer_overhead};
 use super::stats::{Bracketed, Percentiles};
 
 // ---------------------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::baselines::RoundTrip;
-
 /// Environment variable that turns a bench run into a smoke run (see the module docs).
 pub const SMOKE_ENV: &str = "SHMQ_BENCH_SMOKE";
 
@@ -138,25 +136,6 @@ impl Bracketed {
             self.raw_before.max(self.raw_after),
         );
         ratio(hi, lo) > 1.25
-    }
-}
-
-/// Take a raw round-trip median of `msg_size` bytes ([`RAW_BRACKET_ROUND_TRIPS`] round trips on
-/// `raw`, normally a [`ShmPingPong::raw_atomic`]) immediately before and after `case`. `raw`'s
-/// peer is parked while `case` runs.
-pub fn bracket_with_raw(
-    raw: &mut dyn RoundTrip,
-    msg_size: usize,
-    case: impl FnOnce() -> Percentiles,
-) -> Bracketed {
-    let n = sample_count(RAW_BRACKET_ROUND_TRIPS);
-    let raw_before = raw.percentiles(msg_size, n).median;
-    let case = case();
-    let raw_after = raw.percentiles(msg_size, n).median;
-    Bracketed {
-        case,
-        raw_before,
-        raw_after,
     }
 }
 
