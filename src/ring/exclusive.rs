@@ -205,12 +205,6 @@ impl ReadClaim {
     pub(crate) fn redelivered(&self) -> bool {
         self.redelivered
     }
-
-    /// The message's position in the ring.
-    #[inline]
-    pub(crate) fn position(&self) -> u64 {
-        self.pos
-    }
 }
 
 /// One of the ring's two ends.
@@ -369,6 +363,16 @@ impl ExclusiveRing {
     pub(crate) fn free_end(&self, end: End, holder: u64) -> bool {
         self.holder_word(end)
             .compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes `end` over from `stale`, a holder known to be gone (its token names no participant
+    /// in use), for `me`: a CAS, so of several takers one wins, and it alone recovers what the
+    /// stale holder left before attaching.
+    pub(crate) fn take_end_from(&self, end: End, stale: u64, me: u64) -> bool {
+        assert_ne!(me, 0, "a holder token is nonzero");
+        self.holder_word(end)
+            .compare_exchange(stale, me, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
 
@@ -576,15 +580,10 @@ pub(crate) struct ProducerEnd {
 
 impl ProducerEnd {
     /// The next position this producer writes.
+    #[cfg(test)] // tests check positions; the pipeline needs none
     #[inline]
     pub(crate) fn position(&self) -> u64 {
         self.tail
-    }
-
-    /// Whether a slot is claimed (begun and not committed).
-    #[inline]
-    pub(crate) fn is_writing(&self) -> bool {
-        self.writing
     }
 
     /// Claims the slot at the tail for writing: `Ok(true)` if it is free (or already claimed
@@ -695,6 +694,7 @@ pub(crate) struct ConsumerEnd {
 }
 
 impl ConsumerEnd {
+    #[cfg(test)] // tests check positions; the pipeline needs none
     /// The next position this consumer delivers (everything below it was delivered or
     /// acknowledged).
     #[inline]
@@ -703,6 +703,7 @@ impl ConsumerEnd {
     }
 
     /// The ring this end consumes from (to read and release its claims).
+    #[cfg(test)] // the pipeline reads and releases through the ring it holds
     #[inline]
     pub(crate) fn ring(&self) -> &ExclusiveRing {
         &self.ring
@@ -777,6 +778,7 @@ impl ConsumerEnd {
     /// Detaches: whatever this consumer delivered and did not acknowledge (leaked messages) is
     /// flagged to be delivered again, and the next consumer's start is recorded. No claim of
     /// this end may be alive (the caller's borrows ensure it).
+    #[cfg(test)] // the pipeline detaches through `recover_consumer` (see `Shared::recover`)
     pub(crate) fn detach(self) -> Result<ConsumerRecovery, Corruption> {
         self.ring.recover_consumer(self.head)
     }
