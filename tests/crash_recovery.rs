@@ -521,7 +521,10 @@ fn killed_exclusive_producer_mid_write_leaves_nothing_visible() {
     let claimed = dir.join("claimed");
     let mut dead = child("slow_producer", &[s(&path), s(&claimed), "dead"]);
     wait_ready(&mut dead, &claimed);
-    assert!(is_end_taken(q.producer()), "a second producer while the first lives");
+    assert!(
+        is_end_taken(q.producer()),
+        "a second producer while the first lives"
+    );
     assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
     assert!(matches!(
@@ -529,7 +532,9 @@ fn killed_exclusive_producer_mid_write_leaves_nothing_visible() {
         Err(RecvError::Timeout)
     ));
     kill_now(&mut dead);
-    let producer = q.producer().expect("the dead producer's end is recovered and freed");
+    let producer = q
+        .producer()
+        .expect("the dead producer's end is recovered and freed");
     for lap in 0..3 {
         for i in 0..4 {
             producer
@@ -568,7 +573,10 @@ fn killed_exclusive_consumer_holding_a_message_is_redelivered_flagged() {
     producer.send(&sealed("M")).unwrap();
     let mut dead = parked_child(&dir, "recv_one", &[s(&path)], "consumer-received");
     producer.send(&sealed("after-0")).unwrap();
-    assert!(is_end_taken(q.consumer()), "a second consumer while the first lives");
+    assert!(
+        is_end_taken(q.consumer()),
+        "a second consumer while the first lives"
+    );
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
     assert_eq!(q.recovery_stats(), RecoveryStats::default());
     kill_now(&mut dead);
@@ -576,13 +584,18 @@ fn killed_exclusive_consumer_holding_a_message_is_redelivered_flagged() {
     let mut dead = parked_child(&dir, "recv_one", &[s(&path)], "consumer-received");
     assert_eq!(q.recovery_stats().redelivered, 1);
     kill_now(&mut dead);
-    let consumer = q.consumer().expect("the dead consumer's end is recovered and freed");
+    let consumer = q
+        .consumer()
+        .expect("the dead consumer's end is recovered and freed");
     let m = consumer.try_recv().expect("the dead consumer's message");
     assert!(m.redelivered(), "a redelivered message must be flagged");
     assert_eq!(unseal(&m), "M");
     drop(m);
     let m = consumer.try_recv().unwrap();
-    assert!(!m.redelivered(), "never delivered to the dead, so not flagged");
+    assert!(
+        !m.redelivered(),
+        "never delivered to the dead, so not flagged"
+    );
     assert_eq!(unseal(&m), "after-0");
     drop(m);
     for i in 1..10 {
@@ -615,7 +628,10 @@ fn slow_live_exclusive_consumer_is_never_robbed() {
     wait_ready(&mut slow, &holding);
     let mut refused = 0;
     while !acked.exists() {
-        assert!(is_end_taken(q.consumer()), "a live consumer's end was taken");
+        assert!(
+            is_end_taken(q.consumer()),
+            "a live consumer's end was taken"
+        );
         assert_eq!(q.repair().unwrap(), RecoveryStats::default());
         refused += 1;
         std::thread::sleep(Duration::from_millis(50));
