@@ -27,6 +27,31 @@
 //!   system call when no receiver is parked or about to park, but for one call after a
 //!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
 //!
+//! # Exclusive ends
+//!
+//! A queue created with [`Options::single_producer`] and [`Options::single_consumer`] (both:
+//! one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
+//! consumer at a time, across every process, and runs on the exclusive-ends ring: no
+//! read-modify-write per message, the slot's line written once by each side, a message up to
+//! 48 bytes in the same line as its state. Use it for a 1 → 1 stage of a pipeline where
+//! latency or throughput matters. Every guarantee above holds, and:
+//!
+//! * **Attach is exclusive.** While a producer (consumer) lives, attaching another fails with
+//!   [`Error::EndTaken`]; once it detached or died, the next attaches (a dead one is reaped
+//!   first, its end recovered). The end is held by a token (the participant entry's generation
+//!   and id) in the ring's control block; a token naming no participant in use is taken over
+//!   by the next attacher, which recovers the end first.
+//! * **Recovery is exact.** A producer killed mid-write leaves nothing visible (nothing to
+//!   skip: [`RecoveryStats::skipped`] stays 0); a consumer killed holding messages has them
+//!   delivered again, flagged, to the next consumer, and nothing it acknowledged comes back.
+//!   A message flagged already is counted in [`RecoveryStats::redelivered`] once, however
+//!   often its consumers die.
+//! * **Refusals do not arise** (`ClaimLost`): only recovery of a dead end changes its slots.
+//! * **One send or loan at a time per producer**: a [`Producer`] may be shared between threads,
+//!   which then take turns (an in-process lock); a thread that holds a [`Loan`] must commit or
+//!   drop it before it sends again on the same producer, or it waits for itself forever.
+//!   Several received messages may be held at once, as with shared ends.
+//!
 //! # Example
 //!
 //! ```
@@ -119,7 +144,7 @@ impl Options {
     /// [`single_consumer`](Self::single_consumer) (one without the other is refused with
     /// [`Error::InvalidOptions`] for now): the queue then runs on the *exclusive-ends* ring,
     /// which pays no read-modify-write per message, with every guarantee of the shared one
-    /// (see the [module docs](self#exclusive-ends)).
+    /// (see the [module docs](crate::pipeline#exclusive-ends)).
     pub fn single_producer(mut self) -> Self {
         self.single_producer = true;
         self
