@@ -255,6 +255,7 @@ impl ExclusiveRing {
     }
 
     /// Largest message in bytes.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))] // the pipeline has its geometry
     #[inline]
     pub(crate) fn max_message(&self) -> usize {
         self.max_message
