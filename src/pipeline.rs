@@ -77,7 +77,7 @@ use crate::peers::{Counters, Participant, Recoverable, RecoveryStats, Role, Tabl
 use crate::ring::exclusive::{self, ConsumerEnd, End, ExclusiveRing, ProducerEnd};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
-use crate::sync::{Deadline, WaitStrategy};
+use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
@@ -217,6 +217,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Waits on `cell` for `me` (counted in its statistics as `blocked`) until `attempt`
+    /// succeeds or the deadline passes, sweeping for the dead whenever the wait stalls.
+    #[inline]
+    fn wait<T>(
+        &self,
+        me: &Participant,
+        (cell, blocked): (WaitCell<'_>, usize),
+        (strategy, deadline): (WaitStrategy, Deadline),
+        attempt: impl FnMut() -> Result<Option<T>, Corruption>,
+    ) -> Result<Option<T>, Corruption> {
+        me.waiting_on(cell, blocked)
+            .wait_or_repair(strategy, deadline, attempt, || self.repair_quietly())
+    }
+
     /// The token of the participant now in entry `owner` (1-based), or `None` if the id is out
     /// of the table's range or the entry is free.
     fn token_in_use(&self, owner: u64) -> Option<u64> {
@@ -604,12 +618,12 @@ impl Producer {
 
     #[inline]
     fn claim(&self, ring: &MpmcRing, deadline: Deadline) -> Result<WriteClaim, SendError> {
-        let waited = self
-            .me
-            .waiting_on(ring.not_full(), counter::FULL)
-            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
-                self.shared.repair_quietly()
-            });
+        let waited = self.shared.wait(
+            &self.me,
+            (ring.not_full(), counter::FULL),
+            (self.wait, deadline),
+            ring.write_claimer(self.owner),
+        );
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
@@ -623,15 +637,12 @@ impl Producer {
         end: &mut ProducerEnd,
         deadline: Deadline,
     ) -> Result<(), SendError> {
-        let waited = self
-            .me
-            .waiting_on(ring.not_full(), counter::FULL)
-            .wait_or_repair(
-                self.wait,
-                deadline,
-                || end.try_claim().map(|free| free.then_some(())),
-                || self.shared.repair_quietly(),
-            );
+        let waited = self.shared.wait(
+            &self.me,
+            (ring.not_full(), counter::FULL),
+            (self.wait, deadline),
+            || end.try_claim().map(|free| free.then_some(())),
+        );
         SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(())
@@ -978,28 +989,22 @@ impl Consumer {
         self.me.check_recv()?;
         let claim = match &self.ends {
             Ends::Shared(ring) => {
-                let waited = self
-                    .me
-                    .waiting_on(ring.not_empty(), counter::EMPTY)
-                    .wait_or_repair(
-                        self.wait,
-                        deadline,
-                        || ring.try_claim_read(self.owner),
-                        || self.shared.repair_quietly(),
-                    );
+                let waited = self.shared.wait(
+                    &self.me,
+                    (ring.not_empty(), counter::EMPTY),
+                    (self.wait, deadline),
+                    || ring.try_claim_read(self.owner),
+                );
                 MessageClaim::Shared(ring, RecvError::from_wait(waited, deadline)?)
             }
             Ends::Exclusive(ring, end) => {
                 let mut end = lock(end);
-                let waited = self
-                    .me
-                    .waiting_on(ring.not_empty(), counter::EMPTY)
-                    .wait_or_repair(
-                        self.wait,
-                        deadline,
-                        || end.try_next(),
-                        || self.shared.repair_quietly(),
-                    );
+                let waited = self.shared.wait(
+                    &self.me,
+                    (ring.not_empty(), counter::EMPTY),
+                    (self.wait, deadline),
+                    || end.try_next(),
+                );
                 MessageClaim::Exclusive(ring, RecvError::from_wait(waited, deadline)?)
             }
         };
