@@ -1336,6 +1336,31 @@ mod tests {
         (dir, q)
     }
 
+    /// A file with one exclusive flag alone (which no version creates) is refused at open.
+    #[test]
+    fn a_file_with_one_exclusive_flag_alone_is_refused_at_open() {
+        use crate::layout::{PIPELINE_SINGLE_CONSUMER, PIPELINE_SINGLE_PRODUCER};
+        let dir = std::env::temp_dir().join(format!("shmq-one-flag-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, flags) in [PIPELINE_SINGLE_PRODUCER, PIPELINE_SINGLE_CONSUMER]
+            .into_iter()
+            .enumerate()
+        {
+            let path = dir.join(format!("q{i}"));
+            let g = Geometry::pipeline_with_flags(4, 8, 4, flags).unwrap();
+            drop(file::create(&path, &g, 0o600, |_| {}).unwrap());
+            assert!(matches!(
+                Pipeline::open(&path),
+                Err(Error::Corrupt {
+                    problem: Corruption::BadGeometry(_),
+                    ..
+                })
+            ));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn one_exclusive_flag_without_the_other_is_refused_at_create() {
         for options in [
