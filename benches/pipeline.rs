@@ -12,6 +12,10 @@
 //!
 //! * Many to many: three producer processes and three consumer processes on one pipeline, beside
 //!   one and one run the same way (`ManyToMany`).
+//! * Exclusive ends: the 1 → 1 round trips (busy-poll, default wait, parked) and throughput
+//!   cases again over pipelines created with `single_producer().single_consumer()` ("shmq
+//!   excl ..."). Issue 9's pipeline targets are judged on these; the shared-ends rows are
+//!   reported beside them.
 //!
 //! Criterion measures all of those; then (only under `cargo bench`, not `cargo test --benches`)
 //! a report: percentiles of 100k 64-byte round trips per case, each case bracketed by short raw
@@ -60,6 +64,8 @@ const RAW_FUTEX: &str = "raw futex";
 const SPSC_RING: &str = "spsc ring";
 const SEND_RECV: &str = "shmq send/recv";
 const BATCH_CASE: &str = "shmq batch";
+const EXCL_SEND_RECV: &str = "shmq excl send/recv";
+const EXCL_BATCH: &str = "shmq excl batch";
 const UNIX_SOCKET: &str = "unix socket";
 const ONE_TO_ONE: &str = "shmq 1→1, default wait, job peers";
 const MANY_TO_MANY: &str = "shmq 3→3, default wait, job peers";
@@ -115,6 +121,17 @@ impl Mode {
         }
     }
 
+    /// The case's name over queues with exclusive ends (`Ends::Exclusive`), or shared ones.
+    fn case(self, ends: Ends) -> &'static str {
+        match (ends, self) {
+            (Ends::Shared, _) => self.name(),
+            (Ends::Exclusive, Mode::BusyPoll) => "shmq excl busy-poll",
+            (Ends::Exclusive, Mode::Sweeping) => "shmq excl busy-poll + sweeps",
+            (Ends::Exclusive, Mode::Default) => "shmq excl default",
+            (Ends::Exclusive, Mode::Park) => "shmq excl park",
+        }
+    }
+
     fn as_arg(self) -> &'static str {
         match self {
             Mode::BusyPoll | Mode::Sweeping => "busy-poll",
@@ -129,6 +146,23 @@ impl Mode {
             "default" => Mode::Default,
             "park" => Mode::Park,
             _ => panic!("unknown wait mode `{arg}`"),
+        }
+    }
+}
+
+/// Which ring the bench's queues run on: any number of producers and consumers, or one each
+/// (`Options::single_producer().single_consumer()`). Peers find out from the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ends {
+    Shared,
+    Exclusive,
+}
+
+impl Ends {
+    fn options(self) -> Options {
+        match self {
+            Ends::Shared => Options::new(),
+            Ends::Exclusive => Options::new().single_producer().single_consumer(),
         }
     }
 }
@@ -156,8 +190,9 @@ impl Drop for ShmqPingPong {
 }
 
 impl ShmqPingPong {
-    fn spawn(mode: Mode) -> Self {
-        let options = Options::new()
+    fn spawn(mode: Mode, ends: Ends) -> Self {
+        let options = ends
+            .options()
             .capacity(PING_CAPACITY)
             .max_message(PING_MAX_MESSAGE);
         let paths = [QueuePath::new("ping"), QueuePath::new("pong")];
@@ -225,22 +260,25 @@ fn shmq_echo_peer(args: &[String]) {
 
 /// Every round-trip case, shmq's beside the baselines they are compared with.
 fn round_trip_cases() -> Vec<RoundTripCase> {
-    let shmq = |mode: Mode| -> RoundTripCase {
+    let shmq = |mode: Mode, ends: Ends| -> RoundTripCase {
         (
-            mode.name(),
-            Box::new(move || Box::new(ShmqPingPong::spawn(mode))),
+            mode.case(ends),
+            Box::new(move || Box::new(ShmqPingPong::spawn(mode, ends))),
         )
     };
     vec![
         common::raw_atomic_case(),
-        shmq(Mode::BusyPoll),
-        shmq(Mode::Sweeping),
-        shmq(Mode::Default),
+        shmq(Mode::BusyPoll, Ends::Exclusive),
+        shmq(Mode::BusyPoll, Ends::Shared),
+        shmq(Mode::Sweeping, Ends::Shared),
+        shmq(Mode::Default, Ends::Exclusive),
+        shmq(Mode::Default, Ends::Shared),
         (
             RAW_FUTEX,
             Box::new(|| Box::new(common::ShmPingPong::raw_futex())),
         ),
-        shmq(Mode::Park),
+        shmq(Mode::Park, Ends::Exclusive),
+        shmq(Mode::Park, Ends::Shared),
         (
             UNIX_SOCKET,
             Box::new(|| Box::new(common::StreamPingPong::unix_socket())),
@@ -274,9 +312,10 @@ struct ShmqThroughput {
 
 impl ShmqThroughput {
     /// `batch`: the peer sends with `send_batch` and we receive with `recv_batch`.
-    fn spawn(batch: bool) -> Self {
+    fn spawn(batch: bool, ends: Ends) -> Self {
         let paths = [QueuePath::new("data"), QueuePath::new("control")];
-        let data_options = Options::new()
+        let data_options = ends
+            .options()
             .capacity(RING_SLOTS)
             .max_message(STREAM_MESSAGE);
         let control_options = Options::new().capacity(4).max_message(8);
@@ -504,12 +543,20 @@ fn one_way_cases() -> Vec<OneWayCase> {
             Box::new(|| Box::new(common::SpscRingThroughput::spawn(RING_SLOTS))),
         ),
         (
+            EXCL_SEND_RECV,
+            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Exclusive))),
+        ),
+        (
+            EXCL_BATCH,
+            Box::new(|| Box::new(ShmqThroughput::spawn(true, Ends::Exclusive))),
+        ),
+        (
             SEND_RECV,
-            Box::new(|| Box::new(ShmqThroughput::spawn(false))),
+            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Shared))),
         ),
         (
             BATCH_CASE,
-            Box::new(|| Box::new(ShmqThroughput::spawn(true))),
+            Box::new(|| Box::new(ShmqThroughput::spawn(true, Ends::Shared))),
         ),
         (
             UNIX_SOCKET,
@@ -526,33 +573,35 @@ fn one_way_cases() -> Vec<OneWayCase> {
 
 fn report() {
     let mut raw_futex = common::ShmPingPong::raw_futex();
-    let mut park_bracket = None;
+    let park_cases = [Ends::Exclusive, Ends::Shared].map(|ends| Mode::Park.case(ends));
+    let mut park_brackets = [None; 2];
     let rows = common::round_trip_report_with(
         round_trip_cases(),
         PERCENTILE_ROUND_TRIPS,
         |name, measure| {
-            if name != Mode::Park.name() {
+            let Some(i) = park_cases.iter().position(|&c| c == name) else {
                 return measure();
-            }
+            };
             // Also between raw futex medians: the figure it is judged against.
             let inner = common::bracket_with_raw(&mut raw_futex, 64, measure);
-            park_bracket = Some(inner);
+            park_brackets[i] = Some(inner);
             inner.case
         },
     );
     drop(raw_futex);
-    if let Some(b) = park_bracket {
-        common::record_bracket(Mode::Park.name(), RAW_FUTEX, &b);
+    for (name, bracket) in park_cases.iter().zip(&park_brackets) {
+        let Some(b) = bracket else { continue };
+        common::record_bracket(name, RAW_FUTEX, b);
         let mark = if b.unstable() { " (unstable)" } else { "" };
         println!(
-            "\n{}: median {} against raw futex medians {} before and {} after: {:.2}{mark}",
-            Mode::Park.name(),
+            "\n{name}: median {} against raw futex medians {} before and {} after: {:.2}{mark}",
             common::fmt_duration(b.case.median),
             common::fmt_duration(b.raw_before),
             common::fmt_duration(b.raw_after),
             b.ratio()
         );
     }
+    let [excl_park_bracket, park_bracket] = park_brackets;
     let rates = common::throughput_report(
         one_way_cases(),
         THROUGHPUT_ROUNDS,
@@ -562,7 +611,7 @@ fn report() {
     );
     let round_trip = |figure, mode: Mode, target| Target {
         figure,
-        measured: common::bracketed_ratio(&rows, mode.name()),
+        measured: common::bracketed_ratio(&rows, mode.case(Ends::Exclusive)),
         target,
         ceiling: true,
     };
@@ -572,61 +621,97 @@ fn report() {
         target,
         ceiling: false,
     };
+    let shared = |figure, measured, aim| Reported {
+        figure,
+        measured,
+        aim: Some(aim),
+    };
     let sweeping = common::bracketed_ratio(&rows, Mode::Sweeping.name())
         .zip(common::bracketed_ratio(&rows, Mode::BusyPoll.name()))
         .map(|(with, without)| with / without);
     common::print_targets_and_figures(
         "round trips: bracketed 64-byte medians, p99.9 over raw atomic's in the same table; \
-         throughput: median of per-round ratios",
+         throughput: median of per-round ratios; targets judged with exclusive ends (excl), \
+         shared ends reported",
         &[
             round_trip(
-                "1→1 round trip, busy-poll / raw atomic",
+                "1→1 round trip excl, busy-poll / raw atomic",
                 Mode::BusyPoll,
                 1.5,
             ),
             round_trip(
-                "1→1 round trip, default wait / raw atomic",
+                "1→1 round trip excl, default wait / raw atomic",
                 Mode::Default,
                 1.6,
             ),
             Target {
-                figure: "1→1 round trip, parked every time / raw futex",
-                measured: park_bracket.map(|b| b.ratio()),
+                figure: "1→1 round trip excl, parked every time / raw futex",
+                measured: excl_park_bracket.map(|b| b.ratio()),
                 target: 1.2,
                 ceiling: true,
             },
             Target {
-                figure: "1→1 busy-poll round trip p99.9 / raw atomic p99.9",
-                measured: common::p999_ratio(&rows, Mode::BusyPoll.name()),
+                figure: "1→1 busy-poll round trip excl p99.9 / raw atomic p99.9",
+                measured: common::p999_ratio(&rows, Mode::BusyPoll.case(Ends::Exclusive)),
                 target: 2.0,
                 ceiling: true,
             },
             throughput(
-                "1→1 throughput send/recv, 64 B / SPSC ring",
-                SEND_RECV,
+                "1→1 throughput excl send/recv, 64 B / SPSC ring",
+                EXCL_SEND_RECV,
                 SPSC_RING,
                 0.7,
             ),
             throughput(
-                "1→1 throughput send/recv / Unix socket",
-                SEND_RECV,
+                "1→1 throughput excl send/recv / Unix socket",
+                EXCL_SEND_RECV,
                 UNIX_SOCKET,
                 10.0,
             ),
             throughput(
-                "1→1 throughput batch / SPSC ring",
-                BATCH_CASE,
+                "1→1 throughput excl batch / SPSC ring",
+                EXCL_BATCH,
                 SPSC_RING,
                 0.7,
             ),
             throughput(
-                "1→1 throughput batch / Unix socket",
-                BATCH_CASE,
+                "1→1 throughput excl batch / Unix socket",
+                EXCL_BATCH,
                 UNIX_SOCKET,
                 10.0,
             ),
         ],
         &[
+            shared(
+                "shared ends: 1→1 round trip, busy-poll / raw atomic",
+                common::bracketed_ratio(&rows, Mode::BusyPoll.name()),
+                "≤ 1.5",
+            ),
+            shared(
+                "shared ends: 1→1 round trip, default wait / raw atomic",
+                common::bracketed_ratio(&rows, Mode::Default.name()),
+                "≤ 1.6",
+            ),
+            shared(
+                "shared ends: 1→1 round trip, parked every time / raw futex",
+                park_bracket.map(|b| b.ratio()),
+                "≤ 1.2",
+            ),
+            shared(
+                "shared ends: 1→1 busy-poll round trip p99.9 / raw atomic p99.9",
+                common::p999_ratio(&rows, Mode::BusyPoll.name()),
+                "≤ 2.0",
+            ),
+            shared(
+                "shared ends: 1→1 throughput send/recv, 64 B / SPSC ring",
+                rates.ratio(SEND_RECV, SPSC_RING),
+                "≥ 0.7",
+            ),
+            shared(
+                "shared ends: 1→1 throughput batch / SPSC ring",
+                rates.ratio(BATCH_CASE, SPSC_RING),
+                "≥ 0.7",
+            ),
             Reported {
                 figure: "3→3 throughput / 1→1 (both default wait, job peers)",
                 measured: rates.ratio(MANY_TO_MANY, ONE_TO_ONE),

@@ -127,6 +127,14 @@ pub enum Error {
         /// The table's size, fixed at creation.
         max: u32,
     },
+    /// The queue was created with exclusive ends (`Options::single_producer` and
+    /// `single_consumer`) and a live participant already holds the end asked for.
+    EndTaken {
+        /// The queue file.
+        path: PathBuf,
+        /// Which end: `"producer"` or `"consumer"`.
+        end: &'static str,
+    },
     /// Sending failed (converted from [`SendError`] so that `?` works in one function).
     Send(SendError),
     /// Receiving failed (converted from [`RecvError`]).
@@ -172,6 +180,13 @@ impl fmt::Display for Error {
                 f,
                 "queue file {} already has its maximum of {max} participants attached; \
                  detach one or create the queue with a larger participant limit",
+                path.display()
+            ),
+            Error::EndTaken { path, end } => write!(
+                f,
+                "queue file {} was created for a single {end}, and a live one is attached; \
+                 detach it first, or create the queue without single_producer() and \
+                 single_consumer() to share it",
                 path.display()
             ),
             Error::Send(e) => write!(f, "{e}"),

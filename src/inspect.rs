@@ -318,7 +318,9 @@ fn header(path: &Path, map: &ReadOnlyMapping) -> Result<Geometry, Error> {
             ))
         }
     };
-    Geometry::validate(&h, kind, map.len() as u64).map_err(|c| Error::corrupt(path, c))
+    // Exclusive-ends pipelines too: their slot words read as the shared ring's, owner 0.
+    Geometry::validate_allowing(&h, kind, map.len() as u64, crate::layout::PIPELINE_FLAGS)
+        .map_err(|c| Error::corrupt(path, c))
 }
 
 fn bad(path: &Path, field: String, problem: String) -> Error {
@@ -465,8 +467,16 @@ impl Inspector<'_> {
             return Ok((self.word(ring.ctl + CTL_TAIL, &tail_word)?, None, 0));
         }
         let h1 = self.word(ring.ctl + CTL_HEAD, &head_word)?;
-        let tail = self.word(ring.ctl + CTL_TAIL, &tail_word)?;
+        let mut tail = self.word(ring.ctl + CTL_TAIL, &tail_word)?;
         let h2 = self.word(ring.ctl + CTL_HEAD, &head_word)?;
+        if self.geometry.kind == KIND_PIPELINE
+            && self.geometry.flags != 0
+            && h1 == tail.wrapping_add(1)
+        {
+            // The exclusive producer records its tail just after each commit: a consumer may
+            // have delivered that message already (or the producer died in between).
+            tail = h1;
+        }
         if h1 > tail {
             return Err(bad(
                 self.path,

@@ -323,6 +323,12 @@ impl Participant {
         cell.tallied(self.stats().tally(blocked))
     }
 
+    /// The generation of this participant's entry (bumped each time the entry is claimed), so
+    /// that (generation, owner id) names this participant and no later one.
+    pub(crate) fn generation(&self) -> u64 {
+        self.table().state(self.index).load(Ordering::Relaxed) >> 8
+    }
+
     /// This participant's own statistics counters (see `stats`).
     #[inline]
     pub(crate) fn stats(&self) -> OwnStats<'_> {
@@ -505,7 +511,7 @@ impl<'a> Counters<'a> {
         self.0.u64_at(COUNTERS_OFFSET + 8 * i)
     }
 
-    fn add(&self, stats: &RecoveryStats) {
+    pub(crate) fn add(&self, stats: &RecoveryStats) {
         for (i, n) in [
             stats.reaped,
             stats.skipped,

@@ -38,6 +38,31 @@
 //! word loads, and validate the copy. Who may open the file at all: see
 //! [`Options::group`] and `docs/DESIGN.md` section 9.
 //!
+//! # Exclusive ends
+//!
+//! A queue created with [`Options::single_producer`] and [`Options::single_consumer`] (both:
+//! one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
+//! consumer at a time, across every process, and runs on the exclusive-ends ring: no
+//! read-modify-write per message, the slot's line written once by each side, a message up to
+//! 48 bytes in the same line as its state. Use it for a 1 → 1 stage of a pipeline where
+//! latency or throughput matters. Every guarantee above holds, and:
+//!
+//! * **Attach is exclusive.** While a producer (consumer) lives, attaching another fails with
+//!   [`Error::EndTaken`]; once it detached or died, the next attaches (a dead one is reaped
+//!   first, its end recovered). The end is held by a token (the participant entry's generation
+//!   and id) in the ring's control block; a token naming no participant in use is taken over
+//!   by the next attacher, which recovers the end first.
+//! * **Recovery is exact.** A producer killed mid-write leaves nothing visible (nothing to
+//!   skip: [`RecoveryStats::skipped`] stays 0); a consumer killed holding messages has them
+//!   delivered again, flagged, to the next consumer, and nothing it acknowledged comes back.
+//!   A message flagged already is counted in [`RecoveryStats::redelivered`] once, however
+//!   often its consumers die.
+//! * **Refusals do not arise** (`ClaimLost`): only recovery of a dead end changes its slots.
+//! * **One send or loan at a time per producer**: a [`Producer`] may be shared between threads,
+//!   which then take turns (an in-process lock); a thread that holds a [`Loan`] must commit or
+//!   drop it before it sends again on the same producer, or it waits for itself forever.
+//!   Several received messages may be held at once, as with shared ends.
+//!
 //! # Example
 //!
 //! ```
@@ -57,9 +82,10 @@
 //! # Ok(()) }
 //! ```
 
-use crate::error::{Error, RecvError, SendError};
-use crate::layout::{counter, Geometry, KIND_PIPELINE, RING_CONTROL_OFFSET};
-use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
+use crate::error::{Corruption, Error, RecvError, SendError};
+use crate::layout::{counter, Geometry, KIND_PIPELINE, PIPELINE_FLAGS, RING_CONTROL_OFFSET};
+use crate::peers::{Counters, Participant, Recoverable, RecoveryStats, Role, Table};
+use crate::ring::exclusive::{self, ConsumerEnd, End, ExclusiveRing, ProducerEnd};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::sync::reactor::KeepAlive;
@@ -67,7 +93,7 @@ use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// How to create a queue: its geometry (fixed for the file's life) and its permissions.
@@ -78,6 +104,8 @@ pub struct Options {
     max_participants: u32,
     mode: u32,
     group: Option<u32>,
+    single_producer: bool,
+    single_consumer: bool,
 }
 
 impl Default for Options {
@@ -88,6 +116,8 @@ impl Default for Options {
             max_participants: 64,
             mode: 0o600,
             group: None,
+            single_producer: false,
+            single_consumer: false,
         }
     }
 }
@@ -103,12 +133,42 @@ impl Options {
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
     pub fn geometry(&self) -> Result<Geometry, Error> {
-        Geometry::pipeline(
+        let flags = match (self.single_producer, self.single_consumer) {
+            (false, false) => 0,
+            (true, true) => PIPELINE_FLAGS,
+            _ => {
+                return Err(Error::InvalidOptions(
+                    "single_producer() and single_consumer() go together for now: \
+                     give both (exclusive ends) or neither (shared ends)"
+                        .into(),
+                ))
+            }
+        };
+        Geometry::pipeline_with_flags(
             self.capacity,
             self.max_message as u64,
             self.max_participants,
+            flags,
         )
         .map_err(Error::InvalidOptions)
+    }
+
+    /// At most one producer attached at a time, across every process (enforced at attach:
+    /// another fails with [`Error::EndTaken`] while the first lives). Give it together with
+    /// [`single_consumer`](Self::single_consumer) (one without the other is refused with
+    /// [`Error::InvalidOptions`] for now): the queue then runs on the *exclusive-ends* ring,
+    /// which pays no read-modify-write per message, with every guarantee of the shared one
+    /// (see the [module docs](crate::pipeline#exclusive-ends)).
+    pub fn single_producer(mut self) -> Self {
+        self.single_producer = true;
+        self
+    }
+
+    /// At most one consumer attached at a time, across every process; see
+    /// [`single_producer`](Self::single_producer), which goes with it.
+    pub fn single_consumer(mut self) -> Self {
+        self.single_consumer = true;
+        self
     }
 
     /// Number of message slots (any number from 1 to 2^32).
@@ -148,10 +208,141 @@ impl Options {
     }
 }
 
+/// The ring a pipeline file runs on, chosen once from its header's flags.
+enum Ring {
+    /// Any number of producers and consumers (`ring::mpmc`).
+    Shared(MpmcRing),
+    /// One producer and one consumer at a time (`ring::exclusive`).
+    Exclusive(ExclusiveRing),
+}
+
+impl Ring {
+    fn len(&self) -> u64 {
+        match self {
+            Ring::Shared(r) => r.len(),
+            Ring::Exclusive(r) => r.len(),
+        }
+    }
+
+    /// Producers wait here for room.
+    #[inline]
+    fn not_full(&self) -> WaitCell<'_> {
+        match self {
+            Ring::Shared(r) => r.not_full(),
+            Ring::Exclusive(r) => r.not_full(),
+        }
+    }
+
+    /// Consumers wait here for messages.
+    #[inline]
+    fn not_empty(&self) -> WaitCell<'_> {
+        match self {
+            Ring::Shared(r) => r.not_empty(),
+            Ring::Exclusive(r) => r.not_empty(),
+        }
+    }
+}
+
+/// The low 16 bits of an end's holder token: the holder's owner id.
+const TOKEN_OWNER_BITS: u32 = 16;
+/// The generation bits a token keeps (the entry's generation is 56 bits wide).
+const TOKEN_GENERATION_MASK: u64 = (1 << (64 - TOKEN_OWNER_BITS)) - 1;
+
+/// The holder token of the participant with `owner` id whose entry is at `generation`:
+/// nonzero (ids start at 1), and no later participant of that entry has it.
+fn holder_token(generation: u64, owner: u16) -> u64 {
+    (generation & TOKEN_GENERATION_MASK) << TOKEN_OWNER_BITS | u64::from(owner)
+}
+
 struct Shared {
     mapping: Arc<Mapping>,
-    ring: MpmcRing,
+    ring: Ring,
     geometry: Geometry,
+}
+
+impl Shared {
+    /// Waits on `cell` for `me` (counted in its statistics as `blocked`) until `attempt`
+    /// succeeds or the deadline passes, sweeping for the dead whenever the wait stalls.
+    #[inline]
+    fn wait<T>(
+        &self,
+        me: &Participant,
+        (cell, blocked): (WaitCell<'_>, usize),
+        (strategy, deadline): (WaitStrategy, Deadline),
+        attempt: impl FnMut() -> Result<Option<T>, Corruption>,
+    ) -> Result<Option<T>, Corruption> {
+        me.waiting_on(cell, blocked)
+            .wait_or_repair(strategy, deadline, attempt, || self.repair_quietly())
+    }
+
+    /// The token of the participant now in entry `owner` (1-based), or `None` if the id is out
+    /// of the table's range or the entry is free.
+    fn token_in_use(&self, owner: u64) -> Option<u64> {
+        let max = self.geometry.max_participants;
+        let owner = u16::try_from(owner)
+            .ok()
+            .filter(|&o| o != 0 && u32::from(o) <= max)?;
+        let region = self.mapping.region();
+        let state = Table::new(&region, self.geometry.participants_offset as usize, max)
+            .state(u32::from(owner) - 1)
+            .load(std::sync::atomic::Ordering::Acquire);
+        (state & 0xff != 0).then(|| holder_token(state >> 8, owner))
+    }
+
+    /// Brings `end` of `ring` back to a state the next holder can attach to, after its holder
+    /// died or detached; returns how many messages were flagged for redelivery.
+    fn recover_end(&self, ring: &ExclusiveRing, end: End) -> Result<u64, Corruption> {
+        match end {
+            End::Producer => ring.recover_producer().map(|_| 0),
+            End::Consumer => ring
+                .recover_consumer(ring.delivered_record())
+                .map(|r| r.redelivered),
+        }
+    }
+
+    /// Takes `end` of the exclusive ring for `me` (its entry locked), recovering a holder that
+    /// is gone, then attaches it. A holder token is untrusted: it is only compared with the
+    /// token of the participant now in the entry it names.
+    fn claim_end(&self, ring: &ExclusiveRing, end: End, me: &Participant) -> Result<(), Error> {
+        let mine = holder_token(me.generation(), me.owner_id());
+        let path = self.mapping.path();
+        let mut swept = false;
+        loop {
+            let Err(holder) = ring.take_end(end, mine) else {
+                return Ok(());
+            };
+            if self.token_in_use(holder & 0xffff) == Some(holder) {
+                // Its participant is still in the table: alive, or dead and not reaped yet.
+                // A sweep reaps (and so recovers and frees) a dead one; a live one keeps it.
+                if swept {
+                    return Err(Error::EndTaken {
+                        path: path.to_path_buf(),
+                        end: match end {
+                            End::Producer => "producer",
+                            End::Consumer => "consumer",
+                        },
+                    });
+                }
+                self.sweep(me.process(), false)?;
+                swept = true;
+                continue;
+            }
+            // The token names no participant in use (a free entry, an older generation, or
+            // nothing at all): its holder is gone without having freed the end. Take it over
+            // (one taker wins), then recover what it left, as a reaper would have.
+            if !ring.take_end_from(end, holder, mine) {
+                continue;
+            }
+            let redelivered = self
+                .recover_end(ring, end)
+                .map_err(|c| Error::corrupt(path, c))?;
+            Counters::of(&self.mapping.region()).add(&RecoveryStats {
+                redelivered,
+                ..RecoveryStats::default()
+            });
+            return Ok(());
+        }
+    }
 }
 
 impl Recoverable for Shared {
@@ -163,19 +354,47 @@ impl Recoverable for Shared {
         &self.geometry
     }
 
-    /// Undoes what a dead participant held: its half-written slots are skipped, the messages
-    /// it held unacknowledged are delivered again.
+    /// Undoes what a dead (or detaching) participant held. Shared ring: its half-written slots
+    /// are skipped, the messages it held unacknowledged are delivered again. Exclusive ring:
+    /// the end it holds (its token in the holder word) is recovered, which delivers again what
+    /// it held unacknowledged (a half-written slot is invisible already), then freed.
     fn recover(&self, owner: u16) -> RecoveryStats {
-        let (skipped, redelivered, _) = self.ring.recover(owner, true);
-        RecoveryStats {
-            skipped,
-            redelivered,
-            ..RecoveryStats::default()
+        match &self.ring {
+            Ring::Shared(ring) => {
+                let (skipped, redelivered, _) = ring.recover(owner, true);
+                RecoveryStats {
+                    skipped,
+                    redelivered,
+                    ..RecoveryStats::default()
+                }
+            }
+            Ring::Exclusive(ring) => {
+                let mut stats = RecoveryStats::default();
+                // A free entry's id (repair) names no holder: stale tokens are taken over by
+                // the next attacher (see `claim_end`).
+                let Some(token) = self.token_in_use(u64::from(owner)) else {
+                    return stats;
+                };
+                for end in [End::Producer, End::Consumer] {
+                    if ring.end_holder(end) != token {
+                        continue;
+                    }
+                    // A corrupt ring keeps the end held: the next attacher finds the token
+                    // stale, recovers again and reports the corruption.
+                    if let Ok(redelivered) = self.recover_end(ring, end) {
+                        stats.redelivered += redelivered;
+                        ring.free_end(end, token);
+                    }
+                }
+                stats
+            }
         }
     }
 
     fn recount(&self) {
-        self.ring.recount_redeliveries();
+        if let Ring::Shared(ring) = &self.ring {
+            ring.recount_redeliveries();
+        }
     }
 }
 
@@ -195,15 +414,15 @@ impl fmt::Debug for Pipeline {
     }
 }
 
-fn ring_of(mapping: &Arc<Mapping>, g: &Geometry) -> MpmcRing {
-    MpmcRing::new(
-        mapping.region(),
-        RING_CONTROL_OFFSET,
-        g.slots_offset as usize,
-        g.capacity,
-        g.slot_stride as usize,
-        g.max_message as usize,
-    )
+/// The ring a file with geometry `g` runs on, over `region` (validated by the caller).
+fn ring_of(region: crate::shm::Region, g: &Geometry) -> Ring {
+    let (ctl, slots, cap) = (RING_CONTROL_OFFSET, g.slots_offset as usize, g.capacity);
+    let (stride, max) = (g.slot_stride as usize, g.max_message as usize);
+    if g.flags == PIPELINE_FLAGS {
+        Ring::Exclusive(ExclusiveRing::new(region, ctl, slots, cap, stride, max))
+    } else {
+        Ring::Shared(MpmcRing::new(region, ctl, slots, cap, stride, max))
+    }
 }
 
 impl Pipeline {
@@ -215,70 +434,111 @@ impl Pipeline {
     pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
         let path = path.as_ref();
         let g = options.geometry()?;
-        let mapping = file::create(path, &g, options.mode, options.group, |region| {
-            let ring = MpmcRing::new(
-                region.clone(),
-                RING_CONTROL_OFFSET,
-                g.slots_offset as usize,
-                g.capacity,
-                g.slot_stride as usize,
-                g.max_message as usize,
-            );
-            ring.initialize();
-        })?;
-        let ring = ring_of(&mapping, &g);
-        Ok(Pipeline {
+        let mapping = file::create(
+            path,
+            &g,
+            options.mode,
+            options.group,
+            |region| match ring_of(region.clone(), &g) {
+                Ring::Shared(ring) => ring.initialize(),
+                Ring::Exclusive(ring) => ring.initialize(),
+            },
+        )?;
+        Ok(Self::over(mapping, g))
+    }
+
+    fn over(mapping: Arc<Mapping>, geometry: Geometry) -> Self {
+        let ring = ring_of(mapping.region(), &geometry);
+        Pipeline {
             shared: Arc::new(Shared {
                 mapping,
                 ring,
-                geometry: g,
+                geometry,
             }),
-        })
+        }
     }
 
-    /// Opens an existing queue file, validating everything in its header.
+    /// Opens an existing queue file, validating everything in its header. A file created
+    /// with exclusive ends opens with them.
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be opened (or is a symbolic link); [`Error::Corrupt`] if it is
-    /// not a pipeline of this format version, or its geometry is invalid or does not fit the file.
+    /// not a pipeline of this format version, or its geometry is invalid or does not fit the
+    /// file, or it has only one of the two exclusive-end flags (which no version creates).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let (mapping, g) = file::open(path.as_ref(), KIND_PIPELINE)?;
-        let ring = ring_of(&mapping, &g);
-        Ok(Pipeline {
-            shared: Arc::new(Shared {
-                mapping,
-                ring,
-                geometry: g,
-            }),
-        })
+        let path = path.as_ref();
+        let (mapping, g) = file::open_allowing(path, KIND_PIPELINE, PIPELINE_FLAGS)?;
+        if g.flags != 0 && g.flags != PIPELINE_FLAGS {
+            return Err(Error::corrupt(
+                path,
+                Corruption::BadGeometry(
+                    "has one exclusive end without the other, which this version does not serve",
+                ),
+            ));
+        }
+        Ok(Self::over(mapping, g))
     }
 
     /// Attaches a producer.
     ///
     /// # Errors
-    /// [`Error::TooManyParticipants`] when the participant table is full.
+    /// [`Error::TooManyParticipants`] when the participant table is full;
+    /// [`Error::EndTaken`] if the queue has exclusive ends and a live producer is attached;
+    /// [`Error::Corrupt`] if the exclusive ring's records are inconsistent.
     pub fn producer(&self) -> Result<Producer, Error> {
         let me = self.shared.attach(Role::Producer)?;
+        let ends = match &self.shared.ring {
+            Ring::Shared(ring) => Ends::Shared(ring.clone()),
+            Ring::Exclusive(ring) => {
+                self.shared.claim_end(ring, End::Producer, &me)?;
+                let end = ring
+                    .attach_producer()
+                    .map_err(|c| Error::corrupt(self.path(), c))?;
+                Ends::Exclusive(ring.clone(), Mutex::new(end))
+            }
+        };
         Ok(Producer {
             owner: me.owner_id(),
             shared: self.shared.clone(),
             me,
             wait: WaitStrategy::default(),
+            ends,
         })
     }
 
     /// Attaches a consumer.
     ///
     /// # Errors
-    /// [`Error::TooManyParticipants`] when the participant table is full.
+    /// [`Error::TooManyParticipants`] when the participant table is full;
+    /// [`Error::EndTaken`] if the queue has exclusive ends and a live consumer is attached;
+    /// [`Error::Corrupt`] if the exclusive ring's records are inconsistent.
     pub fn consumer(&self) -> Result<Consumer, Error> {
         let me = self.shared.attach(Role::Consumer)?;
+        let ends = match &self.shared.ring {
+            Ring::Shared(ring) => Ends::Shared(ring.clone()),
+            Ring::Exclusive(ring) => {
+                self.shared.claim_end(ring, End::Consumer, &me)?;
+                // The consumer records its position in the head word: with one consumer at a
+                // time, a word it alone writes, which recovery and the next consumer read.
+                let end = ring
+                    .attach_consumer(ring.head_offset())
+                    .map_err(|c| Error::corrupt(self.path(), c))?;
+                Ends::Exclusive(ring.clone(), Mutex::new(end))
+            }
+        };
         Ok(Consumer {
             owner: me.owner_id(),
             shared: self.shared.clone(),
             me,
             wait: WaitStrategy::default(),
+            ends,
         })
+    }
+
+    /// Whether the queue has exclusive ends (created with [`Options::single_producer`] and
+    /// [`Options::single_consumer`]).
+    pub fn has_exclusive_ends(&self) -> bool {
+        matches!(self.shared.ring, Ring::Exclusive(_))
     }
 
     /// The queue file's path as given to `create` or `open`.
@@ -332,7 +592,11 @@ impl Pipeline {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn redelivery_pending(&self) -> u64 {
-        self.shared.ring.redelivery_pending()
+        match &self.shared.ring {
+            Ring::Shared(ring) => ring.redelivery_pending(),
+            // No count: the exclusive consumer finds flagged messages in order, no scan.
+            Ring::Exclusive(_) => 0,
+        }
     }
 
     /// Removes the queue file's name. Processes that have it mapped keep using it.
@@ -355,8 +619,25 @@ pub struct Producer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
+    ends: Ends<ProducerEnd>,
     me: Participant,
+}
+
+/// A handle's way into the ring, decided once at attach.
+enum Ends<E> {
+    /// The shared ring: every operation claims with a CAS, no in-process state.
+    Shared(MpmcRing),
+    /// The exclusive ring and this handle's end of it (its position), behind an in-process
+    /// lock because the handle is `Sync` (uncontended: two atomic operations on a line only
+    /// this process touches).
+    Exclusive(ExclusiveRing, Mutex<E>),
+}
+
+/// Locks an end; a panic while it was held (in a caller's closure) leaves the end usable: its
+/// fields only change in the ring's own non-panicking steps.
+#[inline]
+fn lock<E>(end: &Mutex<E>) -> MutexGuard<'_, E> {
+    end.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for Producer {
@@ -375,13 +656,8 @@ impl Producer {
     }
 
     #[inline]
-    fn ring(&self) -> &MpmcRing {
-        &self.shared.ring
-    }
-
-    #[inline]
     fn check_len(&self, len: usize) -> Result<(), SendError> {
-        let max = self.ring().max_message();
+        let max = self.shared.geometry.max_message as usize;
         if len > max {
             return Err(SendError::TooLarge { len, max });
         }
@@ -389,24 +665,55 @@ impl Producer {
     }
 
     #[inline]
-    fn claim(&self, deadline: Deadline) -> Result<WriteClaim, SendError> {
-        let ring = self.ring();
-        let waited = self
-            .me
-            .waiting_on(ring.not_full(), counter::FULL)
-            .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
-                self.shared.repair_quietly()
-            });
+    fn claim(&self, ring: &MpmcRing, deadline: Deadline) -> Result<WriteClaim, SendError> {
+        let waited = self.shared.wait(
+            &self.me,
+            (ring.not_full(), counter::FULL),
+            (self.wait, deadline),
+            ring.write_claimer(self.owner),
+        );
         let claim = SendError::from_wait(waited, deadline)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
     }
 
+    /// Waits for the exclusive ring's slot at this end's tail and claims it.
     #[inline]
-    fn write_and_commit(&self, claim: WriteClaim, msg: &[u8]) -> Result<(), SendError> {
-        let ring = self.ring();
+    fn claim_exclusive(
+        &self,
+        ring: &ExclusiveRing,
+        end: &mut ProducerEnd,
+        deadline: Deadline,
+    ) -> Result<(), SendError> {
+        let waited = self.shared.wait(
+            &self.me,
+            (ring.not_full(), counter::FULL),
+            (self.wait, deadline),
+            || end.try_claim().map(|free| free.then_some(())),
+        );
+        SendError::from_wait(waited, deadline)?;
+        crate::testhook::park_at("producer-claimed");
+        Ok(())
+    }
+
+    #[inline]
+    fn write_and_commit(
+        &self,
+        ring: &MpmcRing,
+        claim: WriteClaim,
+        msg: &[u8],
+    ) -> Result<(), SendError> {
         ring.write(&claim, 0, msg);
         self.committed(ring.commit(claim, msg.len()))
+    }
+
+    /// Writes `msg` into the claimed slot of the exclusive ring and commits it (which wakes a
+    /// parked consumer). Never refused: nobody else recovers a live end.
+    #[inline]
+    fn write_and_commit_exclusive(&self, end: &mut ProducerEnd, msg: &[u8]) {
+        end.write(0, msg);
+        end.commit(msg.len());
+        self.me.stats().add(counter::SENT, 1);
     }
 
     /// The outcome of a commit: refused if a recovery pass had taken the slot away.
@@ -425,10 +732,20 @@ impl Producer {
     fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
         self.me.check_send()?;
         self.check_len(msg.len())?;
-        let claim = self.claim(deadline)?;
-        let result = self.write_and_commit(claim, msg);
-        self.ring().not_empty().notify();
-        result
+        match &self.ends {
+            Ends::Shared(ring) => {
+                let claim = self.claim(ring, deadline)?;
+                let result = self.write_and_commit(ring, claim, msg);
+                ring.not_empty().notify();
+                result
+            }
+            Ends::Exclusive(ring, end) => {
+                let mut end = lock(end);
+                self.claim_exclusive(ring, &mut end, deadline)?;
+                self.write_and_commit_exclusive(&mut end, msg);
+                Ok(())
+            }
+        }
     }
 
     /// Sends `msg`, waiting while the queue is full.
@@ -468,10 +785,24 @@ impl Producer {
     /// is too large is refused before anything is sent.
     pub fn send_batch(&self, msgs: &[&[u8]]) -> Result<(), SendError> {
         self.me.check_send()?;
-        if let Some(big) = msgs.iter().find(|m| m.len() > self.ring().max_message()) {
+        if let Some(big) = msgs
+            .iter()
+            .find(|m| m.len() > self.shared.geometry.max_message as usize)
+        {
             return self.check_len(big.len());
         }
-        let ring = self.ring();
+        let ring = match &self.ends {
+            Ends::Shared(ring) => ring,
+            Ends::Exclusive(ring, end) => {
+                // Each commit wakes a parked consumer (one fence and load when none is).
+                let mut end = lock(end);
+                for msg in msgs {
+                    self.claim_exclusive(ring, &mut end, Deadline::Never)?;
+                    self.write_and_commit_exclusive(&mut end, msg);
+                }
+                return Ok(());
+            }
+        };
         for msg in msgs {
             let claim = match ring
                 .try_claim_write(self.owner)
@@ -481,10 +812,10 @@ impl Producer {
                 None => {
                     // Full: let consumers see what we sent before we wait for them.
                     ring.not_empty().notify();
-                    self.claim(Deadline::Never)?
+                    self.claim(ring, Deadline::Never)?
                 }
             };
-            self.write_and_commit(claim, msg)?;
+            self.write_and_commit(ring, claim, msg)?;
         }
         ring.not_empty().notify();
         Ok(())
@@ -531,7 +862,14 @@ impl Producer {
     fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
         self.me.check_send()?;
         self.check_len(len)?;
-        let claim = self.claim(deadline)?;
+        let claim = match &self.ends {
+            Ends::Shared(ring) => LoanClaim::Shared(ring, self.claim(ring, deadline)?),
+            Ends::Exclusive(ring, end) => {
+                let mut end = lock(end);
+                self.claim_exclusive(ring, &mut end, deadline)?;
+                LoanClaim::Exclusive(end)
+            }
+        };
         Ok(Loan {
             producer: self,
             claim: Some(claim),
@@ -570,8 +908,15 @@ impl Producer {
 pub struct Loan<'a> {
     producer: &'a Producer,
     /// Always `Some` until `commit` or `drop` takes it.
-    claim: Option<WriteClaim>,
+    claim: Option<LoanClaim<'a>>,
     len: usize,
+}
+
+/// What a loan holds: a claimed slot of the shared ring, or the exclusive producer end with
+/// the slot at its tail claimed (so other threads' sends on this producer wait for the loan).
+enum LoanClaim<'a> {
+    Shared(&'a MpmcRing, WriteClaim),
+    Exclusive(MutexGuard<'a, ProducerEnd>),
 }
 
 impl Loan<'_> {
@@ -585,13 +930,19 @@ impl Loan<'_> {
     /// parent's.
     pub fn commit(mut self) -> Result<(), SendError> {
         self.producer.me.check_send()?;
-        let Some(claim) = self.claim.take() else {
-            return Ok(());
-        };
-        let ring = self.producer.ring();
-        let committed = ring.commit(claim, self.len);
-        ring.not_empty().notify();
-        self.producer.committed(committed)
+        match self.claim.take() {
+            None => Ok(()),
+            Some(LoanClaim::Shared(ring, claim)) => {
+                let committed = ring.commit(claim, self.len);
+                ring.not_empty().notify();
+                self.producer.committed(committed)
+            }
+            Some(LoanClaim::Exclusive(mut end)) => {
+                end.commit(self.len);
+                self.producer.me.stats().add(counter::SENT, 1);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -599,22 +950,26 @@ impl Deref for Loan<'_> {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
+        if !self.producer.me.in_own_process() {
+            return &[];
+        }
         match &self.claim {
-            Some(claim) if self.producer.me.in_own_process() => {
-                self.producer.ring().written(claim, self.len)
-            }
-            _ => &[],
+            Some(LoanClaim::Shared(ring, claim)) => ring.written(claim, self.len),
+            Some(LoanClaim::Exclusive(end)) => end.written(self.len),
+            None => &[],
         }
     }
 }
 
 impl DerefMut for Loan<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
+        if !self.producer.me.in_own_process() {
+            return &mut [];
+        }
         match &mut self.claim {
-            Some(claim) if self.producer.me.in_own_process() => {
-                self.producer.ring().payload_mut(claim, self.len)
-            }
-            _ => &mut [],
+            Some(LoanClaim::Shared(ring, claim)) => ring.payload_mut(claim, self.len),
+            Some(LoanClaim::Exclusive(end)) => end.payload_mut(self.len),
+            None => &mut [],
         }
     }
 }
@@ -625,11 +980,18 @@ impl Drop for Loan<'_> {
         if !self.producer.me.in_own_process() {
             return;
         }
-        if let Some(claim) = self.claim.take() {
-            let ring = self.producer.ring();
-            ring.abandon(claim);
-            self.producer.me.stats().add(counter::ABANDONED, 1);
-            ring.not_empty().notify();
+        match self.claim.take() {
+            None => {}
+            Some(LoanClaim::Shared(ring, claim)) => {
+                ring.abandon(claim);
+                self.producer.me.stats().add(counter::ABANDONED, 1);
+                ring.not_empty().notify();
+            }
+            Some(LoanClaim::Exclusive(mut end)) => {
+                // The slot stays free for the same position: nothing to wake anyone for.
+                end.abandon();
+                self.producer.me.stats().add(counter::ABANDONED, 1);
+            }
         }
     }
 }
@@ -651,7 +1013,7 @@ pub struct Consumer {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
+    ends: Ends<ConsumerEnd>,
     me: Participant,
 }
 
@@ -671,34 +1033,62 @@ impl Consumer {
     }
 
     #[inline]
-    fn ring(&self) -> &MpmcRing {
-        &self.shared.ring
-    }
-
-    #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         self.me.check_recv()?;
-        let ring = self.ring();
-        let waited = self
-            .me
-            .waiting_on(ring.not_empty(), counter::EMPTY)
-            .wait_or_repair(
-                self.wait,
-                deadline,
-                || ring.try_claim_read(self.owner),
-                || self.shared.repair_quietly(),
-            );
-        let claim = RecvError::from_wait(waited, deadline)?;
+        let claim = match &self.ends {
+            Ends::Shared(ring) => {
+                let waited = self.shared.wait(
+                    &self.me,
+                    (ring.not_empty(), counter::EMPTY),
+                    (self.wait, deadline),
+                    || ring.try_claim_read(self.owner),
+                );
+                MessageClaim::Shared(ring, RecvError::from_wait(waited, deadline)?)
+            }
+            Ends::Exclusive(ring, end) => {
+                let mut end = lock(end);
+                let waited = self.shared.wait(
+                    &self.me,
+                    (ring.not_empty(), counter::EMPTY),
+                    (self.wait, deadline),
+                    || end.try_next(),
+                );
+                MessageClaim::Exclusive(ring, RecvError::from_wait(waited, deadline)?)
+            }
+        };
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
     }
 
     /// Wraps a claimed slot in a Message, which releases it when dropped.
     #[inline]
-    fn message(&self, claim: ReadClaim) -> Message<'_> {
+    fn message<'a>(&'a self, claim: MessageClaim<'a>) -> Message<'a> {
         Message {
             consumer: self,
             claim: Some(claim),
+        }
+    }
+
+    /// The next message ready now, without waiting (a batch's followers).
+    #[inline]
+    fn try_next(&self) -> Result<Option<MessageClaim<'_>>, Corruption> {
+        Ok(match &self.ends {
+            Ends::Shared(ring) => ring
+                .try_claim_read(self.owner)?
+                .map(|c| MessageClaim::Shared(ring, c)),
+            // Locked per message, not across `each`, which may use this consumer too.
+            Ends::Exclusive(ring, end) => lock(end)
+                .try_next()?
+                .map(|c| MessageClaim::Exclusive(ring, c)),
+        })
+    }
+
+    /// Wakes producers parked for room, once for a batch (the exclusive ring's
+    /// acknowledgements wake them themselves).
+    #[inline]
+    fn wake_producers(&self) {
+        if let Ends::Shared(ring) = &self.ends {
+            ring.not_full().notify();
         }
     }
 
@@ -759,7 +1149,7 @@ impl Consumer {
     }
 
     fn copy_with(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize, RecvError> {
-        let max = self.ring().max_message();
+        let max = self.shared.geometry.max_message as usize;
         if buf.len() < max {
             return Err(RecvError::BufferTooSmall {
                 len: buf.len(),
@@ -785,13 +1175,12 @@ impl Consumer {
         if max == 0 {
             return Ok(0);
         }
-        let ring = self.ring();
         let first = self.recv()?;
         each(&first);
         first.ack_quietly();
         let mut n = 1;
         while n < max {
-            match ring.try_claim_read(self.owner) {
+            match self.try_next() {
                 Ok(Some(claim)) => {
                     // Wrapped in a Message so that a panic in `each` still releases the slot.
                     let msg = self.message(claim);
@@ -801,12 +1190,12 @@ impl Consumer {
                 }
                 Ok(None) => break,
                 Err(c) => {
-                    ring.not_full().notify();
+                    self.wake_producers();
                     return Err(RecvError::Corrupt(c));
                 }
             }
         }
-        ring.not_full().notify();
+        self.wake_producers();
         Ok(n)
     }
 }
@@ -826,15 +1215,43 @@ impl Consumer {
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.
-    claim: Option<ReadClaim>,
+    claim: Option<MessageClaim<'a>>,
+}
+
+/// A received message's claim, on the ring its consumer receives from.
+enum MessageClaim<'a> {
+    Shared(&'a MpmcRing, ReadClaim),
+    Exclusive(&'a ExclusiveRing, exclusive::ReadClaim),
+}
+
+impl MessageClaim<'_> {
+    /// The message's length.
+    fn len(&self) -> usize {
+        match self {
+            MessageClaim::Shared(_, claim) => claim.len(),
+            MessageClaim::Exclusive(_, claim) => claim.len(),
+        }
+    }
+
+    /// Copies the whole message into `dst` (exactly its length) with atomic word loads.
+    fn copy_to(&self, dst: &mut [u8]) {
+        match self {
+            MessageClaim::Shared(ring, claim) => ring.copy_payload(claim, 0, dst),
+            MessageClaim::Exclusive(ring, claim) => ring.copy_payload(claim, 0, dst),
+        }
+    }
 }
 
 impl Message<'_> {
     #[inline]
     fn bytes(&self) -> &[u8] {
+        if !self.consumer.me.in_own_process() {
+            return &[];
+        }
         match &self.claim {
-            Some(claim) if self.consumer.me.in_own_process() => self.consumer.ring().payload(claim),
-            _ => &[],
+            Some(MessageClaim::Shared(ring, claim)) => ring.payload(claim),
+            Some(MessageClaim::Exclusive(ring, claim)) => ring.payload(claim),
+            None => &[],
         }
     }
 
@@ -851,7 +1268,7 @@ impl Message<'_> {
             return Some(0);
         };
         let dst = dst.get_mut(..claim.len())?;
-        self.consumer.ring().copy_payload(claim, 0, dst);
+        claim.copy_to(dst);
         Some(dst.len())
     }
 
@@ -869,7 +1286,11 @@ impl Message<'_> {
     /// Whether this message was delivered before to a consumer that died without
     /// acknowledging it.
     pub fn redelivered(&self) -> bool {
-        self.claim.as_ref().is_some_and(|c| c.redelivered())
+        match &self.claim {
+            Some(MessageClaim::Shared(_, claim)) => claim.redelivered(),
+            Some(MessageClaim::Exclusive(_, claim)) => claim.redelivered(),
+            None => false,
+        }
     }
 
     /// The message as a plain-old-data value, copied out, if its length is exactly that of `T`.
@@ -896,9 +1317,7 @@ impl Message<'_> {
     /// [`RecvError::WrongProcess`] in a fork child: nothing is done.
     pub fn ack(mut self) -> Result<(), RecvError> {
         self.consumer.me.check_recv()?;
-        let acked = self.release();
-        self.consumer.ring().not_full().notify();
-        if acked {
+        if self.release_and_wake() {
             Ok(())
         } else {
             Err(RecvError::ClaimLost)
@@ -910,17 +1329,30 @@ impl Message<'_> {
         self.release();
     }
 
+    /// [`release`](Self::release), then wakes producers parked for room.
+    #[inline]
+    fn release_and_wake(&mut self) -> bool {
+        let released = self.release();
+        self.consumer.wake_producers();
+        released
+    }
+
     /// Frees the slot; `false` (and counted) if the claim had been taken away. Nothing in a
-    /// fork child (the claim is the parent's).
+    /// fork child (the claim is the parent's). The exclusive ring's release also wakes a
+    /// parked producer, and is never refused: nobody else recovers a live end.
     #[inline]
     fn release(&mut self) -> bool {
         if !self.consumer.me.in_own_process() {
             return true;
         }
-        let Some(claim) = self.claim.take() else {
-            return true;
+        let released = match self.claim.take() {
+            None => return true,
+            Some(MessageClaim::Shared(ring, claim)) => ring.release(claim),
+            Some(MessageClaim::Exclusive(ring, claim)) => {
+                ring.release(claim);
+                true
+            }
         };
-        let released = self.consumer.ring().release(claim);
         if released {
             self.consumer.me.stats().add(counter::RECEIVED, 1);
         } else {
@@ -949,8 +1381,7 @@ impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
         if self.claim.is_some() && self.consumer.me.in_own_process() {
-            self.release();
-            self.consumer.ring().not_full().notify();
+            self.release_and_wake();
         }
     }
 }
@@ -990,7 +1421,7 @@ fn _assert_send_sync() {
 /// mapped, and the stall sweep.
 impl Producer {
     pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
-        (self.ring().not_full(), self.shared.mapping.clone())
+        (self.shared.ring.not_full(), self.shared.mapping.clone())
     }
 
     pub(crate) fn async_repair(&self) {
@@ -1000,7 +1431,7 @@ impl Producer {
 
 impl Consumer {
     pub(crate) fn async_cell(&self) -> (WaitCell<'_>, KeepAlive) {
-        (self.ring().not_empty(), self.shared.mapping.clone())
+        (self.shared.ring.not_empty(), self.shared.mapping.clone())
     }
 
     pub(crate) fn async_repair(&self) {
@@ -1025,7 +1456,9 @@ mod tests {
         let consumer = q.consumer().unwrap();
         producer.send(b"held").unwrap();
         // Entry 9 (id 10) was never attached: claims under its id belong to nobody alive.
-        let ring = &q.shared.ring;
+        let Ring::Shared(ring) = &q.shared.ring else {
+            unreachable!("created without exclusive ends")
+        };
         // (Claims have no `Drop`: letting them go is leaking them.)
         let _leaked = ring.try_claim_read(10).unwrap().unwrap();
         let _leaked_too = ring.try_claim_write(10).unwrap().unwrap();
@@ -1045,6 +1478,158 @@ mod tests {
         drop(m);
         assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
         assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn exclusive_queue(name: &str, capacity: u64) -> (std::path::PathBuf, Pipeline) {
+        let dir = std::env::temp_dir().join(format!("shmq-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = Options::new()
+            .capacity(capacity)
+            .max_message(64)
+            .single_producer()
+            .single_consumer();
+        let q = Pipeline::create(dir.join("q"), &options).unwrap();
+        assert!(q.has_exclusive_ends());
+        assert!(Pipeline::open(dir.join("q")).unwrap().has_exclusive_ends());
+        (dir, q)
+    }
+
+    /// A file with one exclusive flag alone (which no version creates) is refused at open.
+    #[test]
+    fn a_file_with_one_exclusive_flag_alone_is_refused_at_open() {
+        use crate::layout::{PIPELINE_SINGLE_CONSUMER, PIPELINE_SINGLE_PRODUCER};
+        let dir = std::env::temp_dir().join(format!("shmq-one-flag-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, flags) in [PIPELINE_SINGLE_PRODUCER, PIPELINE_SINGLE_CONSUMER]
+            .into_iter()
+            .enumerate()
+        {
+            let path = dir.join(format!("q{i}"));
+            let g = Geometry::pipeline_with_flags(4, 8, 4, flags).unwrap();
+            drop(file::create(&path, &g, 0o600, None, |_| {}).unwrap());
+            assert!(matches!(
+                Pipeline::open(&path),
+                Err(Error::Corrupt {
+                    problem: Corruption::BadGeometry(_),
+                    ..
+                })
+            ));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_exclusive_flag_without_the_other_is_refused_at_create() {
+        for options in [
+            Options::new().single_producer(),
+            Options::new().single_consumer(),
+        ] {
+            let dir = std::env::temp_dir().join(format!("shmq-one-flag-{}", std::process::id()));
+            assert!(matches!(
+                Pipeline::create(dir.join("q"), &options),
+                Err(Error::InvalidOptions(_))
+            ));
+        }
+    }
+
+    /// One producer and one consumer at a time, across handles: the second is refused while
+    /// the first lives, and attaches once it detached (its end freed).
+    #[test]
+    fn exclusive_ends_admit_one_holder_each_until_it_detaches() {
+        let (dir, q) = exclusive_queue("excl-ends", 4);
+        let p = q.producer().unwrap();
+        let c = q.consumer().unwrap();
+        assert!(matches!(
+            q.producer(),
+            Err(Error::EndTaken {
+                end: "producer",
+                ..
+            })
+        ));
+        assert!(matches!(
+            q.consumer(),
+            Err(Error::EndTaken {
+                end: "consumer",
+                ..
+            })
+        ));
+        p.send(b"one").unwrap();
+        p.send_batch(&[b"two", b"three"]).unwrap();
+        drop(p);
+        let p = q.producer().unwrap();
+        p.send(b"four").unwrap();
+        let mut got = Vec::new();
+        assert_eq!(c.recv_batch(8, |m| got.push(m.to_vec())).unwrap(), 4);
+        assert_eq!(got, [&b"one"[..], b"two", b"three", b"four"]);
+        assert!(matches!(c.try_recv(), Err(RecvError::Empty)));
+        assert_eq!(q.len(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A loan dropped uncommitted leaves nothing visible; one committed is delivered; a message
+    /// leaked by a consumer is delivered again, flagged, once that consumer detaches.
+    #[test]
+    fn exclusive_loans_abandon_and_leaked_messages_come_back_flagged() {
+        let (dir, q) = exclusive_queue("excl-leaks", 4);
+        let p = q.producer().unwrap();
+        let c = q.consumer().unwrap();
+        let mut loan = p.loan(4).unwrap();
+        loan.copy_from_slice(b"lost");
+        drop(loan);
+        assert!(matches!(c.try_recv(), Err(RecvError::Empty)));
+        let mut loan = p.try_loan(4).unwrap();
+        loan.copy_from_slice(b"kept");
+        assert_eq!(&*loan, b"kept");
+        loan.commit().unwrap();
+        p.send(b"next").unwrap();
+        let m = c.try_recv().unwrap();
+        assert!(!m.redelivered() && &*m == b"kept");
+        std::mem::forget(m);
+        let m = c.try_recv().unwrap();
+        assert_eq!(&*m, b"next");
+        m.ack().unwrap();
+        drop(c);
+        assert_eq!(q.recovery_stats().redelivered, 1);
+        let c = q.consumer().unwrap();
+        let m = c.try_recv().unwrap();
+        assert!(m.redelivered() && &*m == b"kept");
+        drop(m);
+        assert!(matches!(c.try_recv(), Err(RecvError::Empty)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A holder token naming no participant in use (a free entry, another generation, an id
+    /// out of range: what a corrupt or older file can hold) is taken over by the next attacher,
+    /// which recovers the end first; the token is never used as an index unchecked.
+    #[test]
+    fn a_stale_or_hostile_holder_token_is_taken_over_with_recovery() {
+        let (dir, q) = exclusive_queue("excl-stale", 4);
+        let Ring::Exclusive(ring) = &q.shared.ring else {
+            unreachable!("created with exclusive ends")
+        };
+        {
+            let p = q.producer().unwrap();
+            let c = q.consumer().unwrap();
+            p.send(b"held").unwrap();
+            std::mem::forget(c.try_recv().unwrap());
+            // Simulate an end left held by a participant that is gone: forget the handle, so
+            // nothing detaches, then free its entry behind its back below.
+            std::mem::forget(c);
+        }
+        let consumer_token = ring.end_holder(End::Consumer);
+        assert_ne!(consumer_token, 0);
+        for stale in [consumer_token ^ (1 << 16), 0xffff, u64::MAX, 1 << 16] {
+            assert!(ring.take_end_from(End::Consumer, ring.end_holder(End::Consumer), stale));
+            let c = q.consumer().unwrap();
+            assert_ne!(ring.end_holder(End::Consumer), stale);
+            let m = c.try_recv().unwrap();
+            assert!(m.redelivered() && &*m == b"held");
+            std::mem::forget(m);
+            std::mem::forget(c);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

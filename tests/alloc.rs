@@ -65,9 +65,28 @@ fn allocations_in(f: impl FnOnce()) -> usize {
 
 const ROUNDS: u64 = 10_000;
 
+/// Both modes, one after the other (one test: the allocation counter is process-wide).
 #[test]
 fn send_and_receive_allocate_nothing() {
-    let dir = std::env::temp_dir().join(format!("shmq-alloc-{}", std::process::id()));
+    send_and_receive_allocate_nothing_in(false);
+    send_and_receive_allocate_nothing_in(true);
+}
+
+/// Shared ends, or exclusive ones (`single_producer().single_consumer()`).
+fn options(exclusive: bool) -> Options {
+    if exclusive {
+        Options::new().single_producer().single_consumer()
+    } else {
+        Options::new()
+    }
+}
+
+fn send_and_receive_allocate_nothing_in(exclusive: bool) {
+    let dir = std::env::temp_dir().join(format!(
+        "shmq-alloc-{}-{}",
+        std::process::id(),
+        u8::from(exclusive)
+    ));
     let dir = if std::path::Path::new("/dev/shm").is_dir() {
         std::path::Path::new("/dev/shm").join(dir.file_name().unwrap())
     } else {
@@ -82,7 +101,12 @@ fn send_and_receive_allocate_nothing() {
     }
     let _cleanup = Cleanup(dir.clone());
 
-    let q = Pipeline::create(dir.join("q"), &Options::new().capacity(64).max_message(256)).unwrap();
+    let q = Pipeline::create(
+        dir.join("q"),
+        &options(exclusive).capacity(64).max_message(256),
+    )
+    .unwrap();
+    assert_eq!(q.has_exclusive_ends(), exclusive);
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
     let payload = [0xA5u8; 200];
@@ -136,12 +160,16 @@ fn send_and_receive_allocate_nothing() {
     });
     assert_eq!(
         n, 0,
-        "{n} allocations in {ROUNDS} rounds of send and receive"
+        "{n} allocations in {ROUNDS} rounds of send and receive (exclusive: {exclusive})"
     );
 
     // The blocking paths: a consumer thread parked on the shared futex, woken by each send,
     // and a producer parked on a full ring of one slot, woken by each receive.
-    let q1 = Pipeline::create(dir.join("q1"), &Options::new().capacity(1).max_message(8)).unwrap();
+    let q1 = Pipeline::create(
+        dir.join("q1"),
+        &options(exclusive).capacity(1).max_message(8),
+    )
+    .unwrap();
     let mut producer = q1.producer().unwrap();
     let mut consumer = q1.consumer().unwrap();
     producer.set_wait_strategy(WaitStrategy::Park);
@@ -165,7 +193,7 @@ fn send_and_receive_allocate_nothing() {
     assert_eq!(
         (sent, received),
         (0, 0),
-        "allocations while blocking (send, receive)"
+        "allocations while blocking (send, receive; exclusive: {exclusive})"
     );
 
     // Request-reply, in one thread: replies waited for in order and out of order (one kept),

@@ -484,6 +484,172 @@ fn slow_live_producer_is_never_skipped() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Pipeline with exclusive ends: one producer and one consumer at a time, so the live side is
+// the test's and the killed side is the child's (another would be refused while it lives).
+// ---------------------------------------------------------------------------------------------
+
+fn exclusive_queue(path: &Path) -> Pipeline {
+    let options = Options::new()
+        .capacity(4)
+        .max_message(MAX)
+        .single_producer()
+        .single_consumer();
+    Pipeline::create(path, &options).unwrap()
+}
+
+fn is_end_taken<T>(attached: Result<T, shmq::Error>) -> bool {
+    matches!(attached, Err(shmq::Error::EndTaken { .. }))
+}
+
+/// A producer killed with half a message written in its claimed slot (the slot still holds
+/// an older valid message): nothing of it is ever delivered, nothing is skipped (its slot was
+/// never made visible), and the next producer, refused while it lived, attaches once it died
+/// and writes that same slot.
+#[test]
+fn killed_exclusive_producer_mid_write_leaves_nothing_visible() {
+    let dir = TempDir::new("killed-excl-producer");
+    let path = dir.join("q");
+    let q = exclusive_queue(&path);
+    let consumer = q.consumer().unwrap();
+    {
+        let producer = q.producer().unwrap();
+        for i in 0..4 {
+            producer.send(&sealed(&format!("old-{i}"))).unwrap();
+            assert_eq!(unseal(&consumer.try_recv().unwrap()), format!("old-{i}"));
+        }
+    }
+    let claimed = dir.join("claimed");
+    let mut dead = child("slow_producer", &[s(&path), s(&claimed), "dead"]);
+    wait_ready(&mut dead, &claimed);
+    assert!(
+        is_end_taken(q.producer()),
+        "a second producer while the first lives"
+    );
+    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+    assert!(matches!(
+        consumer.recv_timeout(Duration::from_millis(150)),
+        Err(RecvError::Timeout)
+    ));
+    kill_now(&mut dead);
+    let producer = q
+        .producer()
+        .expect("the dead producer's end is recovered and freed");
+    for lap in 0..3 {
+        for i in 0..4 {
+            producer
+                .try_send(&sealed(&format!("lap-{lap}-{i}")))
+                .unwrap();
+        }
+        for i in 0..4 {
+            let m = consumer.try_recv().unwrap();
+            assert!(!m.redelivered());
+            assert_eq!(unseal(&m), format!("lap-{lap}-{i}"));
+        }
+    }
+    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    let stats = q.recovery_stats();
+    eprintln!("killed exclusive producer: {stats:?}");
+    assert_eq!(stats.reaped, 1, "{stats:?}");
+    assert_eq!((stats.skipped, stats.redelivered), (0, 0), "{stats:?}");
+}
+
+/// A consumer killed holding a message (after later ones were sent): the next consumer,
+/// refused while it lived, gets that message again, flagged, then the rest in order, and
+/// nothing acknowledged before comes back. Killed twice over the same message.
+#[test]
+fn killed_exclusive_consumer_holding_a_message_is_redelivered_flagged() {
+    let dir = TempDir::new("killed-excl-consumer");
+    let path = dir.join("q");
+    let q = exclusive_queue(&path);
+    let producer = q.producer().unwrap();
+    {
+        let consumer = q.consumer().unwrap();
+        for i in 0..6 {
+            producer.send(&sealed(&format!("acked-{i}"))).unwrap();
+            assert_eq!(unseal(&consumer.try_recv().unwrap()), format!("acked-{i}"));
+        }
+    }
+    producer.send(&sealed("M")).unwrap();
+    let mut dead = parked_child(&dir, "recv_one", &[s(&path)], "consumer-received");
+    producer.send(&sealed("after-0")).unwrap();
+    assert!(
+        is_end_taken(q.consumer()),
+        "a second consumer while the first lives"
+    );
+    assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+    assert_eq!(q.recovery_stats(), RecoveryStats::default());
+    kill_now(&mut dead);
+    // The next consumer (its attach reaps the dead one) takes M again and dies holding it.
+    let mut dead = parked_child(&dir, "recv_one", &[s(&path)], "consumer-received");
+    assert_eq!(q.recovery_stats().redelivered, 1);
+    kill_now(&mut dead);
+    let consumer = q
+        .consumer()
+        .expect("the dead consumer's end is recovered and freed");
+    let m = consumer.try_recv().expect("the dead consumer's message");
+    assert!(m.redelivered(), "a redelivered message must be flagged");
+    assert_eq!(unseal(&m), "M");
+    drop(m);
+    let m = consumer.try_recv().unwrap();
+    assert!(
+        !m.redelivered(),
+        "never delivered to the dead, so not flagged"
+    );
+    assert_eq!(unseal(&m), "after-0");
+    drop(m);
+    for i in 1..10 {
+        producer.send(&sealed(&format!("after-{i}"))).unwrap();
+        let m = consumer.try_recv().unwrap();
+        assert!(!m.redelivered());
+        assert_eq!(unseal(&m), format!("after-{i}"));
+    }
+    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    let stats = q.recovery_stats();
+    eprintln!("killed exclusive consumer: {stats:?}");
+    assert_eq!(stats.reaped, 2, "{stats:?}");
+    // The second death finds M flagged already: the exclusive ring counts a message the
+    // first time it is flagged (the shared ring counts each death's).
+    assert_eq!(stats.redelivered, 1, "{stats:?}");
+    assert_eq!(stats.skipped, 0, "{stats:?}");
+}
+
+/// A live consumer holding a message for a second: every attempt to attach a second consumer
+/// is refused, repairs meanwhile do nothing, and its acknowledgement takes.
+#[test]
+fn slow_live_exclusive_consumer_is_never_robbed() {
+    let dir = TempDir::new("slow-excl-consumer");
+    let path = dir.join("q");
+    let q = exclusive_queue(&path);
+    let producer = q.producer().unwrap();
+    producer.send(&sealed("held")).unwrap();
+    let (holding, acked) = (dir.join("holding"), dir.join("acked"));
+    let mut slow = child("slow_consumer", &[s(&path), s(&holding), s(&acked)]);
+    wait_ready(&mut slow, &holding);
+    let mut refused = 0;
+    while !acked.exists() {
+        assert!(
+            is_end_taken(q.consumer()),
+            "a live consumer's end was taken"
+        );
+        assert_eq!(q.repair().unwrap(), RecoveryStats::default());
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    slow.expect_success(HANG);
+    eprintln!("slow exclusive consumer: {refused} attaches refused while it held its message");
+    let consumer = q.consumer().unwrap();
+    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    for i in 0..4 {
+        producer.try_send(&sealed(&format!("next-{i}"))).unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(unseal(&consumer.try_recv().unwrap()), format!("next-{i}"));
+    }
+    assert_eq!(q.recovery_stats(), RecoveryStats::default());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Request-reply
 // ---------------------------------------------------------------------------------------------
 
@@ -1105,22 +1271,43 @@ fn chaos_params() -> (u64, u64) {
     (secs, seed)
 }
 
+/// Shared ends: three producers and three consumers, killed and restarted at random. Half of
+/// `SHMQ_CHAOS_SECS` (the exclusive mode runs the other half).
 #[test]
 fn chaos_killed_and_restarted_producers_and_consumers_lose_nothing_acknowledged() {
+    chaos_pipeline(false);
+}
+
+/// Exclusive ends (`single_producer().single_consumer()`): the one producer and the one
+/// consumer killed and restarted at random; each restart's attach reaps its dead predecessor
+/// and recovers its end. Half of `SHMQ_CHAOS_SECS`.
+#[test]
+fn chaos_killed_and_restarted_exclusive_producer_and_consumer_lose_nothing_acknowledged() {
+    chaos_pipeline(true);
+}
+
+fn chaos_pipeline(exclusive: bool) {
     let (secs, seed) = chaos_params();
-    eprintln!("chaos: {secs} s, seed {seed} (set SHMQ_CHAOS_SEED to replay the schedule)");
+    let secs = secs.div_ceil(2);
+    let mode = if exclusive { "exclusive" } else { "shared" };
+    eprintln!("chaos ({mode}): {secs} s, seed {seed} (set SHMQ_CHAOS_SEED to replay the schedule)");
     let mut rng = Rng::new(seed);
-    let dir = TempDir::new("chaos");
+    let dir = TempDir::new(&format!("chaos-{mode}"));
     let path = dir.join("q");
     let capacity = 64;
-    let q = Pipeline::create(
-        &path,
-        &Options::new()
-            .capacity(capacity)
-            .max_message(MAX)
-            .max_participants(32),
-    )
-    .unwrap();
+    let mut options = Options::new()
+        .capacity(capacity)
+        .max_message(MAX)
+        .max_participants(32);
+    if exclusive {
+        options = options.single_producer().single_consumer();
+    }
+    let (producers, consumers) = if exclusive {
+        (1, 1)
+    } else {
+        (CHAOS_PRODUCERS, CHAOS_CONSUMERS)
+    };
+    let q = Pipeline::create(&path, &options).unwrap();
     let (stop, drain) = (dir.join("stop"), dir.join("drain"));
     let start = |producer: bool, id: u32, inc: u32, rng: &mut Rng| {
         let (role, kind, flag) = if producer {
@@ -1149,10 +1336,10 @@ fn chaos_killed_and_restarted_producers_and_consumers_lose_nothing_acknowledged(
         }
     };
     let mut children: Vec<ChaosChild> = Vec::new();
-    for id in 0..CHAOS_CONSUMERS {
+    for id in 0..consumers {
         children.push(start(false, id, 0, &mut rng));
     }
-    for id in 0..CHAOS_PRODUCERS {
+    for id in 0..producers {
         children.push(start(true, id, 0, &mut rng));
     }
     let check_alive = |children: &mut [ChaosChild]| {
@@ -1216,7 +1403,7 @@ fn chaos_killed_and_restarted_producers_and_consumers_lose_nothing_acknowledged(
     let report = check_chaos_logs(dir.path());
     let stats = q.recovery_stats();
     eprintln!(
-        "chaos: {} s, seed {seed}: {} producer and {} consumer kills; {} acknowledged-as-sent, \
+        "chaos ({mode}): {} s, seed {seed}: {} producer and {} consumer kills; {} acknowledged-as-sent, \
          {} receptions ({} flagged redelivered) of {} distinct messages, {} received twice or \
          more; producers found the queue full {} times (parent saw it full in {full_seen} of \
          {samples} samples); {stats:?}",

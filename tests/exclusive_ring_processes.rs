@@ -156,18 +156,23 @@ fn a_sender_process_killed_mid_write_leaves_nothing_and_the_next_sender_resumes(
     assert_eq!(got, [&b"m0"[..], b"m1", b"m2", b"after"]);
 }
 
+/// `Pipeline::open` serves an exclusive-ends file with its exclusive ends (the same ring: a
+/// message the raw driver sent is received through the pipeline); the raw driver refuses a
+/// shared-ends file.
 #[test]
-fn a_pipeline_opener_refuses_an_exclusive_ends_file_and_the_other_way_round() {
+fn a_pipeline_opens_an_exclusive_ends_file_with_exclusive_ends_and_the_driver_refuses_a_shared_one()
+{
     let dir = TempDir::new("exclusive-flags");
     let (exclusive, shared) = (dir.join("exclusive"), dir.join("shared"));
-    ExclusiveRingFile::create(&exclusive, 4, 8).unwrap();
-    assert!(matches!(
-        shmq::Pipeline::open(&exclusive),
-        Err(shmq::Error::Corrupt {
-            problem: shmq::Corruption::BadGeometry(_),
-            ..
-        })
-    ));
+    let file = ExclusiveRingFile::create(&exclusive, 4, 8).unwrap();
+    file.sender()
+        .unwrap()
+        .send(b"raw", WaitStrategy::BusyPoll)
+        .unwrap();
+    let q = shmq::Pipeline::open(&exclusive).unwrap();
+    assert!(q.has_exclusive_ends());
+    assert_eq!(&*q.consumer().unwrap().try_recv().unwrap(), b"raw");
     shmq::Pipeline::create(&shared, &shmq::Options::new().capacity(4).max_message(8)).unwrap();
+    assert!(!shmq::Pipeline::open(&shared).unwrap().has_exclusive_ends());
     assert!(ExclusiveRingFile::open(&shared).is_err());
 }

@@ -35,8 +35,10 @@ fn child_entry() {
         "forget_request" => forget_request(args),
         "hold_one" => hold_one(args),
         "repair" => repair(args),
-        "fork_pipeline_drop" => pipeline_survives_a_fork_child(&args[0], false),
-        "fork_pipeline_exit" => pipeline_survives_a_fork_child(&args[0], true),
+        "fork_pipeline_drop" => pipeline_survives_a_fork_child(&args[0], false, false),
+        "fork_pipeline_exit" => pipeline_survives_a_fork_child(&args[0], true, false),
+        "fork_pipeline_drop_exclusive" => pipeline_survives_a_fork_child(&args[0], false, true),
+        "fork_pipeline_exit_exclusive" => pipeline_survives_a_fork_child(&args[0], true, true),
         "fork_pubsub_service" => pubsub_and_service_survive_a_fork_child(&args[0]),
         "hold_then_fork" => hold_then_fork(args),
         other => panic!("unknown role {other:?}"),
@@ -142,10 +144,11 @@ fn expect_child_ok(child: nix::unistd::Pid) {
 
 /// The shape of a pre-fork server: handles attached, then `fork()`. Whatever the child does
 /// with its copies (drop them one by one, or exit without dropping anything), the parent's
-/// handles stay attached and working.
-fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
+/// handles stay attached and working. With exclusive ends, the parent's ends stay its own too:
+/// the child can attach neither end while the parent's live (and the parent no second one).
+fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool, exclusive: bool) {
     let path = Path::new(dir).join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &options(exclusive).capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
     let (p_id, c_id) = (participant_id(&producer), participant_id(&consumer));
@@ -185,11 +188,17 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
         drop(loan);
         drop(producer);
         drop(consumer);
-        // A child that wants to take part attaches its own handles.
-        let own = q.producer().unwrap();
-        assert!(![p_id, c_id].contains(&participant_id(&own)));
-        own.send(b"child").unwrap();
-        drop(own);
+        if exclusive {
+            // The parent's ends are still held by the parent, which lives.
+            assert!(matches!(q.producer(), Err(shmq::Error::EndTaken { .. })));
+            assert!(matches!(q.consumer(), Err(shmq::Error::EndTaken { .. })));
+        } else {
+            // A child that wants to take part attaches its own handles.
+            let own = q.producer().unwrap();
+            assert!(![p_id, c_id].contains(&participant_id(&own)));
+            own.send(b"child").unwrap();
+            drop(own);
+        }
         drop(q);
         leave_child(0)
     };
@@ -206,24 +215,33 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool) {
     );
     // Nobody is dead, nothing is free with claims: recovery finds nothing to do.
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
-    let newcomer = q.consumer().unwrap();
-    let n_id = participant_id(&newcomer);
-    assert!(
-        n_id != p_id && n_id != c_id,
-        "the newcomer got a live participant's id {n_id}"
-    );
     // The loan still commits and is received; the held message is still the parent's.
     loan.commit().expect("the parent's loan commits");
-    let m = newcomer
-        .try_recv()
-        .expect("the parent's loan was delivered");
-    assert_eq!(&*m, b"loan!");
-    assert!(!m.redelivered());
-    drop(m);
-    if !exit_normally {
-        assert_eq!(&*newcomer.try_recv().unwrap(), b"child");
+    if exclusive {
+        assert!(matches!(q.consumer(), Err(shmq::Error::EndTaken { .. })));
+        let m = consumer
+            .try_recv()
+            .expect("the parent's loan was delivered");
+        assert_eq!(&*m, b"loan!");
+        assert!(!m.redelivered());
+    } else {
+        let newcomer = q.consumer().unwrap();
+        let n_id = participant_id(&newcomer);
+        assert!(
+            n_id != p_id && n_id != c_id,
+            "the newcomer got a live participant's id {n_id}"
+        );
+        let m = newcomer
+            .try_recv()
+            .expect("the parent's loan was delivered");
+        assert_eq!(&*m, b"loan!");
+        assert!(!m.redelivered());
+        drop(m);
+        if !exit_normally {
+            assert_eq!(&*newcomer.try_recv().unwrap(), b"child");
+        }
+        assert!(matches!(newcomer.try_recv(), Err(RecvError::Empty)));
     }
-    assert!(matches!(newcomer.try_recv(), Err(RecvError::Empty)));
     assert_eq!(&*held, b"held");
     drop(held);
     assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
@@ -253,6 +271,25 @@ fn fork_child_dropping_inherited_pipeline_handles_leaves_the_parent_attached() {
 #[test]
 fn fork_child_exiting_leaves_the_parent_attached() {
     fork_scenario("fork_pipeline_exit");
+}
+
+#[test]
+fn fork_child_dropping_inherited_exclusive_pipeline_handles_leaves_the_parent_its_ends() {
+    fork_scenario("fork_pipeline_drop_exclusive");
+}
+
+#[test]
+fn fork_child_exiting_leaves_the_parent_its_exclusive_ends() {
+    fork_scenario("fork_pipeline_exit_exclusive");
+}
+
+/// Shared ends, or exclusive ones (`single_producer().single_consumer()`).
+fn options(exclusive: bool) -> Options {
+    if exclusive {
+        Options::new().single_producer().single_consumer()
+    } else {
+        Options::new()
+    }
 }
 
 /// The same for publish-subscribe and request-reply handles: the child's copies of a Block-mode
@@ -421,9 +458,19 @@ fn leaker(dir: &TempDir, role: &str, path: &Path) -> ChildProc {
 
 #[test]
 fn leaked_message_comes_back_once_flagged_when_its_consumer_detaches() {
+    leaked_message_comes_back_once_flagged_when_its_consumer_detaches_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn leaked_message_comes_back_once_flagged_when_its_consumer_detaches_exclusive() {
+    leaked_message_comes_back_once_flagged_when_its_consumer_detaches_in(true);
+}
+
+fn leaked_message_comes_back_once_flagged_when_its_consumer_detaches_in(exclusive: bool) {
     let dir = TempDir::new("leak-message");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &options(exclusive).capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(b"M").unwrap();
     let mut leaker = leaker(&dir, "forget_message", &path);
@@ -452,9 +499,19 @@ fn leaked_message_comes_back_once_flagged_when_its_consumer_detaches() {
 
 #[test]
 fn leaked_loan_is_skipped_when_its_producer_detaches() {
+    leaked_loan_is_skipped_when_its_producer_detaches_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn leaked_loan_is_skipped_when_its_producer_detaches_exclusive() {
+    leaked_loan_is_skipped_when_its_producer_detaches_in(true);
+}
+
+fn leaked_loan_is_skipped_when_its_producer_detaches_in(exclusive: bool) {
     let dir = TempDir::new("leak-loan");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &options(exclusive).capacity(4).max_message(16)).unwrap();
     let mut leaker = leaker(&dir, "forget_loan", &path);
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
@@ -472,7 +529,9 @@ fn leaked_loan_is_skipped_when_its_producer_detaches() {
     }
     assert!(leaker.is_running(), "the leaker must still be alive");
     let stats = q.recovery_stats();
-    assert_eq!((stats.skipped, stats.reaped), (1, 0), "{stats:?}");
+    // A leaked exclusive loan was never visible: nothing to skip.
+    let skipped = u64::from(!exclusive);
+    assert_eq!((stats.skipped, stats.reaped), (skipped, 0), "{stats:?}");
 }
 
 #[test]

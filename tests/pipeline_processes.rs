@@ -462,9 +462,19 @@ const WAKE: Duration = Duration::from_secs(10);
 /// one wake-up system call, and a send after it (nobody registered any more) makes none.
 #[test]
 fn blocked_consumer_is_woken_by_send_from_another_process() {
+    blocked_consumer_is_woken_by_send_from_another_process_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn blocked_consumer_is_woken_by_send_from_another_process_exclusive() {
+    blocked_consumer_is_woken_by_send_from_another_process_in(true);
+}
+
+fn blocked_consumer_is_woken_by_send_from_another_process_in(exclusive: bool) {
     let dir = TempDir::new("wake-consumer");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(64)).unwrap();
+    let q = Pipeline::create(&path, &options(exclusive).capacity(4).max_message(64)).unwrap();
     let producer = q.producer().unwrap();
     let mut c = child_with_env("recv_one", &[s(&path), "wake up"], &uncapped_park());
     wait_parked(&path, CTL_NOT_EMPTY, &mut c);
@@ -487,14 +497,26 @@ fn blocked_consumer_is_woken_by_send_from_another_process() {
 
 #[test]
 fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process() {
+    blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_exclusive() {
+    blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_in(true);
+}
+
+fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_in(exclusive: bool) {
     let dir = TempDir::new("wake-producer");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(2).max_message(64)).unwrap();
+    let q = Pipeline::create(&path, &options(exclusive).capacity(2).max_message(64)).unwrap();
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
     producer.send(b"first").unwrap();
     producer.send(b"second").unwrap();
     assert_eq!(producer.try_send(b"x"), Err(SendError::Full));
+    // (With exclusive ends, the child's producer could not attach beside it.)
+    drop(producer);
 
     let mut p = child_with_env("send_one", &[s(&path), "third"], &uncapped_park());
     wait_parked(&path, CTL_NOT_FULL, &mut p);
@@ -554,10 +576,20 @@ fn sends_after_a_receive_timed_out_in_another_process_make_no_wake_up_call() {
 /// ten and more times what a loaded machine needs.
 #[test]
 fn parked_processes_wake_each_other_without_waiting_for_the_recheck() {
+    parked_processes_wake_each_other_without_waiting_for_the_recheck_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn parked_processes_wake_each_other_without_waiting_for_the_recheck_exclusive() {
+    parked_processes_wake_each_other_without_waiting_for_the_recheck_in(true);
+}
+
+fn parked_processes_wake_each_other_without_waiting_for_the_recheck_in(exclusive: bool) {
     const ROUND_TRIPS: u64 = 200;
     let dir = TempDir::new("ping-pong");
     let (ping_path, pong_path) = (dir.join("ping"), dir.join("pong"));
-    let options = Options::new().capacity(1).max_message(8);
+    let options = options(exclusive).capacity(1).max_message(8);
     let ping = Pipeline::create(&ping_path, &options).unwrap();
     let pong = Pipeline::create(&pong_path, &options).unwrap();
     let mut producer = ping.producer().unwrap();
@@ -590,12 +622,22 @@ fn parked_processes_wake_each_other_without_waiting_for_the_recheck() {
 
 #[test]
 fn messages_persist_after_every_process_exits() {
+    messages_persist_after_every_process_exits_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn messages_persist_after_every_process_exits_exclusive() {
+    messages_persist_after_every_process_exits_in(true);
+}
+
+fn messages_persist_after_every_process_exits_in(exclusive: bool) {
     const N: u64 = 500;
     let dir = TempDir::new("persist");
 
     // A producer process sends N messages and exits; a fresh open finds them all, in order.
     let path = dir.join("all");
-    drop(Pipeline::create(&path, &Options::new().capacity(N).max_message(MAX)).unwrap());
+    drop(Pipeline::create(&path, &options(exclusive).capacity(N).max_message(MAX)).unwrap());
     child("send_n", &[s(&path), &N.to_string()]).expect_success(HANG);
     {
         let q = Pipeline::open(&path).unwrap();
@@ -612,7 +654,7 @@ fn messages_persist_after_every_process_exits() {
     // One process sends, another receives (and acknowledges) half and exits: reopening finds
     // exactly the other half, in order.
     let path = dir.join("half");
-    drop(Pipeline::create(&path, &Options::new().capacity(N).max_message(MAX)).unwrap());
+    drop(Pipeline::create(&path, &options(exclusive).capacity(N).max_message(MAX)).unwrap());
     child("send_n", &[s(&path), &N.to_string()]).expect_success(HANG);
     child("recv_n", &[s(&path), &(N / 2).to_string()]).expect_success(HANG);
     let q = Pipeline::open(&path).unwrap();
@@ -631,12 +673,25 @@ fn messages_persist_after_every_process_exits() {
 
 #[test]
 fn small_and_odd_capacities_carry_a_stream_between_processes() {
+    small_and_odd_capacities_carry_a_stream_between_processes_in(false);
+}
+
+/// The same with exclusive ends.
+#[test]
+fn small_and_odd_capacities_carry_a_stream_between_processes_exclusive() {
+    small_and_odd_capacities_carry_a_stream_between_processes_in(true);
+}
+
+fn small_and_odd_capacities_carry_a_stream_between_processes_in(exclusive: bool) {
     const N: u64 = 3_000;
     let dir = TempDir::new("odd-capacity");
     for capacity in [1u64, 3] {
         let path = dir.join(&format!("cap-{capacity}"));
-        let q =
-            Pipeline::create(&path, &Options::new().capacity(capacity).max_message(MAX)).unwrap();
+        let q = Pipeline::create(
+            &path,
+            &options(exclusive).capacity(capacity).max_message(MAX),
+        )
+        .unwrap();
         let consumer = q.consumer().unwrap();
         let mut p = child("send_n", &[s(&path), &N.to_string()]);
         for i in 0..N {
@@ -649,6 +704,16 @@ fn small_and_odd_capacities_carry_a_stream_between_processes() {
         }
         p.expect_success(HANG);
         assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    }
+}
+
+/// Shared ends, or exclusive ones (`single_producer().single_consumer()`), for the tests that
+/// run in both modes (those with one producer and one consumer at a time).
+fn options(exclusive: bool) -> Options {
+    if exclusive {
+        Options::new().single_producer().single_consumer()
+    } else {
+        Options::new()
     }
 }
 

@@ -199,17 +199,17 @@ pub(crate) struct ReadClaim {
 }
 
 impl ReadClaim {
+    /// The held message's length (validated against the maximum when delivered).
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Whether the message is being delivered again after its first consumer died (or
     /// detached) without acknowledging it.
     #[inline]
     pub(crate) fn redelivered(&self) -> bool {
         self.redelivered
-    }
-
-    /// The message's position in the ring.
-    #[inline]
-    pub(crate) fn position(&self) -> u64 {
-        self.pos
     }
 }
 
@@ -261,6 +261,7 @@ impl ExclusiveRing {
     }
 
     /// Largest message in bytes.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))] // the pipeline has its geometry
     #[inline]
     pub(crate) fn max_message(&self) -> usize {
         self.max_message
@@ -369,6 +370,16 @@ impl ExclusiveRing {
     pub(crate) fn free_end(&self, end: End, holder: u64) -> bool {
         self.holder_word(end)
             .compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes `end` over from `stale`, a holder known to be gone (its token names no participant
+    /// in use), for `me`: a CAS, so of several takers one wins, and it alone recovers what the
+    /// stale holder left before attaching.
+    pub(crate) fn take_end_from(&self, end: End, stale: u64, me: u64) -> bool {
+        assert_ne!(me, 0, "a holder token is nonzero");
+        self.holder_word(end)
+            .compare_exchange(stale, me, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
 
@@ -555,6 +566,22 @@ impl ExclusiveRing {
         }
     }
 
+    /// Copies `dst.len()` bytes of the held message, from byte `from` (a multiple of 8), into
+    /// `dst` with atomic word loads: never through a slice over the mapping, so a writer that
+    /// ignores the protocol can change what is copied but cannot make the copy undefined
+    /// behaviour (the copying receives for peers you do not trust).
+    ///
+    /// # Panics
+    /// If `from` is not a multiple of 8 or the range exceeds the message (a caller bug).
+    #[cfg(not(loom))]
+    pub(crate) fn copy_payload(&self, claim: &ReadClaim, from: usize, dst: &mut [u8]) {
+        assert!(from % 8 == 0 && from + dst.len() <= claim.len);
+        // Slot strides are multiples of 64 and payloads start 16-aligned, so the last word
+        // (read whole) stays inside the slot; the region checks it anyway.
+        self.region()
+            .load_words(self.slots.payload_offset(claim.index) + from, dst);
+    }
+
     /// Acknowledges a held message: frees its slot for the producer of the next lap, and wakes
     /// a producer waiting for room.
     #[inline]
@@ -576,15 +603,10 @@ pub(crate) struct ProducerEnd {
 
 impl ProducerEnd {
     /// The next position this producer writes.
+    #[cfg(test)] // tests check positions; the pipeline needs none
     #[inline]
     pub(crate) fn position(&self) -> u64 {
         self.tail
-    }
-
-    /// Whether a slot is claimed (begun and not committed).
-    #[inline]
-    pub(crate) fn is_writing(&self) -> bool {
-        self.writing
     }
 
     /// Claims the slot at the tail for writing: `Ok(true)` if it is free (or already claimed
@@ -695,6 +717,7 @@ pub(crate) struct ConsumerEnd {
 }
 
 impl ConsumerEnd {
+    #[cfg(test)] // tests check positions; the pipeline needs none
     /// The next position this consumer delivers (everything below it was delivered or
     /// acknowledged).
     #[inline]
@@ -703,6 +726,7 @@ impl ConsumerEnd {
     }
 
     /// The ring this end consumes from (to read and release its claims).
+    #[cfg(test)] // the pipeline reads and releases through the ring it holds
     #[inline]
     pub(crate) fn ring(&self) -> &ExclusiveRing {
         &self.ring
@@ -777,6 +801,7 @@ impl ConsumerEnd {
     /// Detaches: whatever this consumer delivered and did not acknowledge (leaked messages) is
     /// flagged to be delivered again, and the next consumer's start is recorded. No claim of
     /// this end may be alive (the caller's borrows ensure it).
+    #[cfg(test)] // the pipeline detaches through `recover_consumer` (see `Shared::recover`)
     pub(crate) fn detach(self) -> Result<ConsumerRecovery, Corruption> {
         self.ring.recover_consumer(self.head)
     }

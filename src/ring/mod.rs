@@ -2,8 +2,6 @@
 //! wait cells' futex calls.
 
 pub(crate) mod broadcast;
-// Not yet used by a pattern: the pipeline adopts it for single-producer single-consumer files.
-#[allow(dead_code)]
 pub(crate) mod exclusive;
 pub(crate) mod mpmc;
 // Shared by the rings as they adopt it (the exclusive ring first).

@@ -206,12 +206,6 @@ impl MpmcRing {
         }
     }
 
-    /// Largest message in bytes.
-    #[inline]
-    pub(crate) fn max_message(&self) -> usize {
-        self.max_message
-    }
-
     #[inline]
     fn tail(&self) -> &AtomicU64 {
         self.region.u64_at(self.ctl + CTL_TAIL)
