@@ -3,7 +3,10 @@
 //! A counting global allocator counts the allocations made by threads that have armed it, so
 //! the test harness's own threads do not disturb the count. This binary holds a single test.
 
-use shmq::{Options, Pipeline, RecvError, Service, ServiceOptions, WaitStrategy};
+use shmq::{
+    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    WaitStrategy,
+};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -245,4 +248,48 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
         }
     });
     assert_eq!(n, 0, "{n} allocations in request-reply rounds");
+
+    // Publish-subscribe, in one thread, both overflow modes: publish, a subscriber that takes
+    // each message (one topic filtered out), and in drop-oldest mode a subscriber that lags.
+    for overflow in [Overflow::Block, Overflow::DropOldest] {
+        let ch = PubSub::create(
+            dir.join(format!("ch-{overflow:?}")),
+            &PubSubOptions::new()
+                .capacity(8)
+                .max_message(64)
+                .overflow(overflow),
+        )
+        .unwrap();
+        let publisher = ch.publisher().unwrap();
+        let mut sub = ch.subscriber(&[b"a/".as_slice()]).unwrap();
+        let mut pubsub_round = || {
+            publisher.publish(b"a/x", b"payload").unwrap();
+            publisher.publish(b"b/y", b"filtered out").unwrap();
+            let msg = sub.try_recv().unwrap();
+            assert_eq!((msg.topic(), msg.payload()), (&b"a/x"[..], &b"payload"[..]));
+            assert_eq!(sub.try_recv().unwrap_err(), RecvError::Empty);
+        };
+        for _ in 0..100 {
+            pubsub_round();
+        }
+        let n = allocations_in(|| {
+            for _ in 0..ROUNDS {
+                pubsub_round();
+            }
+        });
+        assert_eq!(
+            n, 0,
+            "{n} allocations in publish-subscribe rounds ({overflow:?})"
+        );
+        if overflow == Overflow::DropOldest {
+            let n = allocations_in(|| {
+                for _ in 0..20 {
+                    publisher.publish(b"a/z", b"lagging").unwrap();
+                }
+                assert!(matches!(sub.try_recv(), Err(RecvError::Lagged(_))));
+                while sub.try_recv().is_ok() {}
+            });
+            assert_eq!(n, 0, "{n} allocations while a subscriber lags");
+        }
+    }
 }
