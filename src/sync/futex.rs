@@ -23,11 +23,12 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     wait_op(word, nix::libc::FUTEX_WAIT, expected, timeout);
 }
 
-/// [`wait`] on a word only this process uses (the async reactor's control word).
+/// [`wait`] on a word only this process uses (the async reactor's control word). Still the
+/// shared operation: it works on any memory, and one kind of futex call everywhere (here and in
+/// the reactor's `futex_waitv` entries) means a waiter and its waker can never disagree.
 #[cfg(not(loom))]
-pub(crate) fn wait_private(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let op = nix::libc::FUTEX_WAIT | nix::libc::FUTEX_PRIVATE_FLAG;
-    wait_op(word, op, expected, timeout);
+pub(crate) fn wait_local(word: &AtomicU32, expected: u32, timeout: Duration) {
+    wait_op(word, nix::libc::FUTEX_WAIT, expected, timeout);
 }
 
 #[cfg(not(loom))]
@@ -37,7 +38,7 @@ fn wait_op(word: &AtomicU32, op: nix::libc::c_int, expected: u32, timeout: Durat
         tv_nsec: timeout.subsec_nanos() as nix::libc::c_long,
     };
     // Errors (EAGAIN, EINTR, ETIMEDOUT) all mean "re-check".
-    // SAFETY: FUTEX_WAIT (shared or private) reads the aligned u32 behind `word`, valid for
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`, valid for
     // the call (borrowed); `ts` outlives the call; FUTEX_WAIT ignores the other arguments.
     unsafe {
         nix::libc::syscall(
@@ -61,19 +62,16 @@ pub(crate) fn wake(word: &AtomicU32, count: u32) {
     wake_op(word, nix::libc::FUTEX_WAKE, count);
 }
 
-/// Wakes every waiter sleeping on a word only this process uses (see [`wait_private`]).
+/// Wakes every waiter sleeping on a word only this process uses (see [`wait_local`]); not
+/// counted among the wake-up calls that senders pay.
 #[cfg(not(loom))]
-pub(crate) fn wake_private(word: &AtomicU32) {
-    wake_op(
-        word,
-        nix::libc::FUTEX_WAKE | nix::libc::FUTEX_PRIVATE_FLAG,
-        u32::MAX,
-    );
+pub(crate) fn wake_local(word: &AtomicU32) {
+    wake_op(word, nix::libc::FUTEX_WAKE, u32::MAX);
 }
 
 #[cfg(not(loom))]
 fn wake_op(word: &AtomicU32, op: nix::libc::c_int, count: u32) {
-    // SAFETY: FUTEX_WAKE (shared or private) only uses the address as a key; it does not
+    // SAFETY: FUTEX_WAKE only uses the address as a key; it does not
     // dereference user memory beyond it and `word` is valid.
     unsafe {
         nix::libc::syscall(

@@ -37,8 +37,9 @@
 //!
 //! **Shards.** `futex_waitv` takes at most 128 words, so one reactor serves 127 registrations
 //! plus its control word; more pending futures start more reactor threads (lazily, and they
-//! stay for the life of the process). The control word is process-private: only this
-//! process's futures change a reactor's registrations.
+//! stay for the life of the process). The control word lives in this process's memory:
+//! only this process's futures change a reactor's registrations (it is still waited on with
+//! the shared futex operations, like every other word).
 //!
 //! **Old kernels.** Without `futex_waitv` (Linux < 5.16: `ENOSYS`; or any other error than a
 //! wake-up's, such as a seccomp filter's refusal), a reactor falls back to
@@ -72,8 +73,6 @@ pub(crate) const REPOLL: Duration = Duration::from_millis(1);
 const SYS_FUTEX_WAITV: nix::libc::c_long = 449;
 /// `FUTEX2_SIZE_U32`: the word is 32 bits.
 const FUTEX2_SIZE_U32: u32 = 0x02;
-/// `FUTEX2_PRIVATE`: keyed by address space (only for the control word).
-const FUTEX2_PRIVATE: u32 = 128;
 
 /// One element of `futex_waitv`'s array (`struct futex_waitv` of `<linux/futex.h>`).
 #[repr(C)]
@@ -145,7 +144,7 @@ impl Reactor {
     /// Tells the reactor thread to look at its registrations again.
     fn kick(&self) {
         self.control.fetch_add(1, Ordering::SeqCst);
-        futex::wake_private(&self.control);
+        futex::wake_local(&self.control);
     }
 }
 
@@ -456,7 +455,7 @@ fn run(reactor: &'static Reactor) -> ! {
         waitv.push(FutexWaitv {
             val: u64::from(control),
             uaddr: reactor.control.as_ptr() as u64,
-            flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
+            flags: FUTEX2_SIZE_U32,
             reserved: 0,
         });
         let mut next_stall: Option<Instant> = None;
@@ -502,7 +501,7 @@ fn run(reactor: &'static Reactor) -> ! {
         if repoll {
             let left = timeout.map_or(REPOLL, |t| t.min(REPOLL));
             let left = if waitv.len() > 1 { left } else { stall };
-            futex::wait_private(&reactor.control, control, left);
+            futex::wait_local(&reactor.control, control, left);
         }
     }
 }
@@ -530,11 +529,12 @@ fn futex_waitv(waitv: &[FutexWaitv], timeout: Option<Duration>) -> Result<(), Er
     let ts_ptr = deadline
         .as_ref()
         .map_or(std::ptr::null(), |ts| ts as *const nix::libc::timespec);
-    // SAFETY: `waitv` is a live array of `waitv.len()` (at most 128) `struct futex_waitv`s
-    // whose addresses are aligned u32s kept mapped for the call (the control word is static;
-    // every other word is kept mapped by its `Word` in the caller's `keep` list); `ts_ptr` is
-    // null or points at `deadline`, alive for the call; flags 0 and CLOCK_MONOTONIC as the
-    // syscall requires. The kernel only reads this memory.
+    // What the call needs: `waitv` is a live array of `waitv.len()` (at most 128)
+    // `struct futex_waitv`s whose addresses are aligned u32s kept mapped for the call (the
+    // control word is static; every other word is kept mapped by its `Word` in the caller's
+    // `keep` list); `ts_ptr` is null or points at `deadline`, alive for the call; flags 0 and
+    // CLOCK_MONOTONIC as the syscall requires. The kernel only reads this memory.
+    // SAFETY: all of the above holds here.
     let r = unsafe {
         nix::libc::syscall(
             SYS_FUTEX_WAITV,
