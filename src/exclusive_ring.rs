@@ -38,8 +38,9 @@ impl ExclusiveRingFile {
     /// # Errors
     /// As `Pipeline::create`.
     pub fn create(path: &Path, capacity: u64, max_message: usize) -> Result<Self, Error> {
-        let g = Geometry::pipeline_with_flags(capacity, max_message as u64, 2, PIPELINE_EXCLUSIVE_ENDS)
-            .map_err(Error::InvalidOptions)?;
+        let g =
+            Geometry::pipeline_with_flags(capacity, max_message as u64, 2, PIPELINE_EXCLUSIVE_ENDS)
+                .map_err(Error::InvalidOptions)?;
         let mapping = file::create(path, &g, 0o600, None, |region| {
             ring_of(region.clone(), &g).initialize();
         })?;

@@ -846,7 +846,12 @@ mod tests {
                 Ok(g)
             );
             assert_eq!(
-                Geometry::validate_allowing(&g.header(), KIND_PIPELINE, g.file_size, PIPELINE_FLAGS),
+                Geometry::validate_allowing(
+                    &g.header(),
+                    KIND_PIPELINE,
+                    g.file_size,
+                    PIPELINE_FLAGS
+                ),
                 Ok(g),
                 "read back from the file by an opener that knows every flag"
             );

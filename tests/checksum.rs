@@ -128,7 +128,11 @@ fn bad(r: Result<impl std::fmt::Debug, RecvError>, want_len: usize) {
 }
 
 fn scribbled_messages_are_skipped_and_counted_never_delivered(exclusive: bool) {
-    let dir = TempDir::new(if exclusive { "crc-exclusive" } else { "crc-shared" });
+    let dir = TempDir::new(if exclusive {
+        "crc-exclusive"
+    } else {
+        "crc-shared"
+    });
     let options = options(exclusive, true);
     let (path, q) = filled(&dir, &options);
     assert!(q.has_checksum() && q.has_exclusive_ends() == exclusive);
@@ -155,7 +159,10 @@ fn scribbled_messages_are_skipped_and_counted_never_delivered(exclusive: bool) {
     bad(consumer.try_recv_into(&mut buf), message(4).len());
     // Batches: the bad message ends the batch, after those before it were handled.
     let mut got = Vec::new();
-    bad(consumer.recv_batch(8, |m| got.push(m.to_vec())), message(6).len());
+    bad(
+        consumer.recv_batch(8, |m| got.push(m.to_vec())),
+        message(6).len(),
+    );
     assert_eq!(got, [message(5)]);
     got.clear();
     assert_eq!(consumer.recv_batch(8, |m| got.push(m.to_vec())), Ok(2));
@@ -208,11 +215,18 @@ fn without_the_flag_a_scribbled_message_is_delivered_altered() {
         assert_eq!(&*consumer.try_recv().unwrap(), &message(0)[..]);
         let mut altered = message(1);
         altered[0] = !altered[0];
-        assert_eq!(&*consumer.try_recv().unwrap(), &altered[..], "delivered altered");
+        assert_eq!(
+            &*consumer.try_recv().unwrap(),
+            &altered[..],
+            "delivered altered"
+        );
         for i in 2..MESSAGES {
             assert_eq!(&*consumer.try_recv().unwrap(), &message(i)[..]);
         }
-        assert_eq!(shmq::inspect::inspect(&path).unwrap().totals.bad_checksum, 0);
+        assert_eq!(
+            shmq::inspect::inspect(&path).unwrap().totals.bad_checksum,
+            0
+        );
     }
 }
 
