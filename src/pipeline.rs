@@ -38,6 +38,11 @@
 //! word loads, and validate the copy. Who may open the file at all: see
 //! [`Options::group`] and `docs/DESIGN.md` section 9.
 //!
+//! A queue created with [`Options::checksum`] carries the CRC32C of each payload: a message
+//! whose bytes were changed in the file after it was sent is skipped with
+//! [`RecvError::BadChecksum`], never delivered altered. That detects stray writes, not a
+//! hostile writer, which can store a matching checksum.
+//!
 //! # Exclusive ends
 //!
 //! A queue created with [`Options::single_producer`] and [`Options::single_consumer`] (both:
