@@ -327,6 +327,19 @@ pub enum RecvError {
         /// The process that attached the handle.
         attached_by: u32,
     },
+    /// A pipeline created with `Options::checksum`: the next message's payload does not match
+    /// the CRC32C its producer recorded, so its bytes (or its recorded length or checksum) were
+    /// changed after it was sent. The message was skipped: acknowledged, never handed out, and
+    /// counted in the consumer's statistics (`inspect::Counts::bad_checksum`). Receive again for
+    /// the next one.
+    BadChecksum {
+        /// The message's recorded length in bytes.
+        len: usize,
+        /// The checksum its producer recorded.
+        recorded: u32,
+        /// The checksum of the bytes found.
+        computed: u32,
+    },
 }
 
 impl fmt::Display for RecvError {
@@ -349,6 +362,16 @@ impl fmt::Display for RecvError {
                  {max} bytes; pass a buffer of at least {max} bytes"
             ),
             RecvError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
+            RecvError::BadChecksum {
+                len,
+                recorded,
+                computed,
+            } => write!(
+                f,
+                "a message of {len} bytes failed its payload checksum (CRC32C {computed:#010x}, \
+                 recorded {recorded:#010x}): it was changed in the queue file after it was sent, \
+                 and was skipped rather than delivered altered"
+            ),
         }
     }
 }

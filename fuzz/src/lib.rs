@@ -290,7 +290,7 @@ pub enum Step {
 pub struct Script {
     /// The pattern.
     pub kind: Kind,
-    /// Slots, 1..=8.
+    /// Slots, 1..=8 (the low three bits); for a pipeline, bit 7 asks for payload checksums.
     pub capacity: u8,
     /// Largest message, 8..=71 bytes.
     pub max_message: u8,
@@ -359,7 +359,8 @@ pub fn run_script(script: &Script) {
             let options = Options::new()
                 .capacity(capacity)
                 .max_message(max_message)
-                .max_participants(8);
+                .max_participants(8)
+                .checksum(script.capacity & 0x80 != 0);
             if let Ok(q) = Pipeline::create(&path, &options) {
                 let live = PipelineLive::new(q, &path, script.prefill);
                 live.run(steps);
