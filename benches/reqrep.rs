@@ -95,7 +95,7 @@ impl Session {
 
     /// An empty request: the server parks until the next one.
     fn idle(&mut self) {
-        self.client.request(&[]).expect("idle request");
+        drop(self.client.request(&[]).expect("idle request"));
     }
 }
 

@@ -124,6 +124,7 @@ impl Default for Options {
 
 impl Options {
     /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -159,6 +160,7 @@ impl Options {
     /// [`Error::InvalidOptions`] for now): the queue then runs on the *exclusive-ends* ring,
     /// which pays no read-modify-write per message, with every guarantee of the shared one
     /// (see the [module docs](crate::pipeline#exclusive-ends)).
+    #[must_use]
     pub fn single_producer(mut self) -> Self {
         self.single_producer = true;
         self
@@ -166,24 +168,28 @@ impl Options {
 
     /// At most one consumer attached at a time, across every process; see
     /// [`single_producer`](Self::single_producer), which goes with it.
+    #[must_use]
     pub fn single_consumer(mut self) -> Self {
         self.single_consumer = true;
         self
     }
 
     /// Number of message slots (any number from 1 to 2^32).
+    #[must_use]
     pub fn capacity(mut self, slots: u64) -> Self {
         self.capacity = slots;
         self
     }
 
     /// Largest message in bytes (up to 1 GiB). Every slot reserves this much.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
 
     /// Largest number of producers and consumers attached at once (1 to 4095).
+    #[must_use]
     pub fn max_participants(mut self, n: u32) -> Self {
         self.max_participants = n;
         self
@@ -192,6 +198,7 @@ impl Options {
     /// File permission bits (default `0o600`); to share the queue with a group, see
     /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
     /// file).
+    #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -201,6 +208,7 @@ impl Options {
     /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
     /// is group-writable and the opener is in its group, so members of `gid` can use it and
     /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    #[must_use]
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
         self.mode = 0o660;
@@ -905,6 +913,7 @@ impl Producer {
 ///
 /// In a fork child (a copy inherited from the process that took the loan) it reads and writes
 /// as empty, and committing or dropping it does nothing: the slot stays the parent's.
+#[must_use = "dropping a loan without committing it abandons the slot: nothing is sent"]
 pub struct Loan<'a> {
     producer: &'a Producer,
     /// Always `Some` until `commit` or `drop` takes it.
@@ -1212,6 +1221,7 @@ impl Consumer {
 /// In a fork child (a copy inherited from the process that received it) it reads as empty,
 /// [`ack`](Self::ack) fails with [`RecvError::WrongProcess`] and dropping it acknowledges
 /// nothing: the message stays the parent's.
+#[must_use = "dropping a message acknowledges it unread"]
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.

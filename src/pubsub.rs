@@ -115,6 +115,7 @@ impl Default for PubSubOptions {
 impl PubSubOptions {
     /// Defaults: 1024 slots, 1024-byte payloads, 64-byte topics, 16 publishers, 16
     /// subscribers, [`Overflow::DropOldest`], mode `0600`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -145,36 +146,42 @@ impl PubSubOptions {
     }
 
     /// Number of messages the ring retains (1 to 2^32).
+    #[must_use]
     pub fn capacity(mut self, slots: u64) -> Self {
         self.capacity = slots;
         self
     }
 
     /// Largest payload in bytes.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
 
     /// Largest topic in bytes (up to 65535).
+    #[must_use]
     pub fn max_topic(mut self, bytes: u32) -> Self {
         self.max_topic = bytes;
         self
     }
 
     /// Largest number of publishers attached at once.
+    #[must_use]
     pub fn max_publishers(mut self, n: u32) -> Self {
         self.max_publishers = n;
         self
     }
 
     /// Largest number of subscribers attached at once; attaching more is an error.
+    #[must_use]
     pub fn max_subscribers(mut self, n: u32) -> Self {
         self.max_subscribers = n;
         self
     }
 
     /// The overflow mode (default [`Overflow::DropOldest`]).
+    #[must_use]
     pub fn overflow(mut self, overflow: Overflow) -> Self {
         self.overflow = overflow;
         self
@@ -183,6 +190,7 @@ impl PubSubOptions {
     /// File permission bits (default `0o600`); to share the file with a group, see
     /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
     /// file).
+    #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -192,6 +200,7 @@ impl PubSubOptions {
     /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
     /// is group-writable and the opener is in its group, so members of `gid` can use it and
     /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    #[must_use]
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
         self.mode = 0o660;
@@ -368,6 +377,7 @@ impl PubSub {
 
 /// A subscriber being configured; see [`PubSub::subscribe`].
 #[derive(Debug)]
+#[must_use = "a subscriber is attached only by calling `attach`"]
 pub struct Subscribe<'a> {
     channel: &'a PubSub,
     prefixes: Vec<Vec<u8>>,
@@ -552,6 +562,7 @@ impl fmt::Debug for Subscriber {
 
 /// A received publish-subscribe message, borrowed from the subscriber's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub struct TopicMessage<'a> {
     topic: &'a [u8],
     payload: &'a [u8],

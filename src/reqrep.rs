@@ -147,6 +147,7 @@ impl Default for ServiceOptions {
 impl ServiceOptions {
     /// Defaults: 1024 request slots, 64 reply slots per client, 1024-byte messages, 64 clients,
     /// 64 servers, mode `0600`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
@@ -174,6 +175,7 @@ impl ServiceOptions {
     }
 
     /// Slots in the shared request ring.
+    #[must_use]
     pub fn request_capacity(mut self, slots: u64) -> Self {
         self.request_capacity = slots;
         self
@@ -182,24 +184,28 @@ impl ServiceOptions {
     /// Slots in each client's reply ring: the most requests a client may have outstanding
     /// (waited for, given up with the reply still to come, or with the reply kept for a later
     /// wait), see "Many requests in flight" in the [module docs](crate::reqrep).
+    #[must_use]
     pub fn reply_capacity(mut self, slots: u64) -> Self {
         self.reply_capacity = slots;
         self
     }
 
     /// Largest request or reply payload in bytes.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
 
     /// Largest number of clients attached at once; attaching more is an error.
+    #[must_use]
     pub fn max_clients(mut self, n: u32) -> Self {
         self.max_clients = n;
         self
     }
 
     /// Largest number of servers attached at once.
+    #[must_use]
     pub fn max_servers(mut self, n: u32) -> Self {
         self.max_servers = n;
         self
@@ -208,6 +214,7 @@ impl ServiceOptions {
     /// File permission bits (default `0o600`); to share the file with a group, see
     /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
     /// file).
+    #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -217,6 +224,7 @@ impl ServiceOptions {
     /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
     /// is group-writable and the opener is in its group, so members of `gid` can use it and
     /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    #[must_use]
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
         self.mode = 0o660;
@@ -619,6 +627,7 @@ impl Server {
 /// In a fork child (a copy inherited from the process that took it) its payload reads as
 /// empty, replying fails with [`SendError::WrongProcess`] and dropping it does nothing: the
 /// request stays the parent's.
+#[must_use = "dropping a request unanswered sends its client a \"no reply\" notice"]
 pub struct Request<'a> {
     server: &'a Server,
     /// Always `Some` until the request is acknowledged.
@@ -944,6 +953,7 @@ struct Ledger {
 ///
 /// In a fork child (a copy inherited from the process that received it) a reply still in its
 /// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
+#[must_use]
 pub struct Reply<'a> {
     source: ReplySource<'a>,
 }

@@ -179,7 +179,7 @@ fn subscriber_position_lag_and_lost_messages_are_reported() {
         Err(RecvError::Lagged(n)) => n,
         other => panic!("expected a lag, got {other:?}"),
     };
-    subscriber.recv().unwrap();
+    let _ = subscriber.recv().unwrap();
     let c = role_counts(&path, Role::Subscriber);
     assert_eq!((c.lagged, c.received), (missed, 1));
     assert_eq!(role_counts(&path, Role::Publisher).sent, 10);
