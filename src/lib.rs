@@ -71,9 +71,12 @@ pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
 pub use peers::RecoveryStats;
 #[cfg(not(loom))]
-pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
+pub use pipeline::{Consumer, ConsumerIter, Loan, Message, Options, Pipeline, Producer};
 #[cfg(not(loom))]
-pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, TopicMessage};
+pub use pubsub::{
+    Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, SubscriberIter,
+    TopicMessage, TopicMessageBuf,
+};
 #[cfg(not(loom))]
 pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, ServiceOptions};
 #[cfg(not(loom))]

@@ -1171,15 +1171,91 @@ impl Consumer {
             .expect("the buffer holds max_message bytes"))
     }
 
+    /// A blocking iterator over the messages: each `next` waits for one, as
+    /// [`recv`](Self::recv) does.
+    ///
+    /// A queue outlives its producers, so by default this iterator never ends by itself. An
+    /// error is yielded once, as `Some(Err(e))`, and ends the iteration, so a loop neither
+    /// spins on an error that would repeat nor loses it.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-iter-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// let consumer = q.consumer()?;
+    /// let producer = q.producer()?;
+    /// producer.send_batch(&[b"one", b"two"])?;
+    /// let mut got = Vec::new();
+    /// for msg in consumer.iter().take(2) {
+    ///     got.push(msg?.to_vec()); // dropping the message acknowledges it
+    /// }
+    /// assert_eq!(got, [b"one", b"two"]);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn iter(&self) -> ConsumerIter<'_> {
+        ConsumerIter {
+            consumer: self,
+            deadline: Deadline::Never,
+            done: false,
+        }
+    }
+
+    /// An iterator over the messages ready now: it ends when the queue is empty (or, as
+    /// [`iter`](Self::iter) does, after yielding an error once).
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-try-iter-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let producer = q.producer()?;
+    /// producer.send_batch(&[b"one", b"two"])?;
+    /// let consumer = q.consumer()?;
+    /// assert_eq!(consumer.try_iter().count(), 2);
+    /// assert_eq!(consumer.try_iter().count(), 0);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn try_iter(&self) -> ConsumerIter<'_> {
+        ConsumerIter {
+            consumer: self,
+            deadline: Deadline::Now,
+            done: false,
+        }
+    }
+
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
-    /// Returns how many were handled. An acknowledgement refused (see [`Message::ack`]) is
-    /// not reported here, only counted in
+    /// Returns how many were handled. `each` sees the [`Message`] (its bytes through `Deref`,
+    /// and [`Message::redelivered`]); it cannot keep it. An acknowledgement refused (see
+    /// [`Message::ack`]) is not reported here, only counted in
     /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-batch-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let producer = q.producer()?;
+    /// producer.send_batch(&[b"a", b"b", b"c"])?;
+    /// let consumer = q.consumer()?;
+    /// let mut jobs = Vec::new();
+    /// let n = consumer.recv_batch(16, |msg| {
+    ///     // A redelivered job may have been half done by a consumer that died.
+    ///     jobs.push((msg.to_vec(), msg.redelivered()));
+    /// })?;
+    /// assert_eq!(n, 3);
+    /// assert_eq!(jobs[0], (b"a".to_vec(), false));
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As for [`recv`](Self::recv).
-    pub fn recv_batch(&self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+    pub fn recv_batch(
+        &self,
+        max: usize,
+        mut each: impl FnMut(&Message<'_>),
+    ) -> Result<usize, RecvError> {
         self.me.check_recv()?;
         if max == 0 {
             return Ok(0);
@@ -1206,6 +1282,56 @@ impl Consumer {
         }
         self.wake_producers();
         Ok(n)
+    }
+}
+
+/// An iterator over a consumer's messages: see [`Consumer::iter`] and [`Consumer::try_iter`].
+#[must_use = "iterators do nothing unless advanced"]
+pub struct ConsumerIter<'a> {
+    consumer: &'a Consumer,
+    deadline: Deadline,
+    done: bool,
+}
+
+impl<'a> Iterator for ConsumerIter<'a> {
+    type Item = Result<Message<'a>, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.consumer.recv_with(self.deadline) {
+            Ok(msg) => Some(Ok(msg)),
+            Err(RecvError::Empty) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for ConsumerIter<'_> {}
+
+impl fmt::Debug for ConsumerIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerIter")
+            .field("blocking", &!self.deadline.is_now())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Consumer {
+    type Item = Result<Message<'a>, RecvError>;
+    type IntoIter = ConsumerIter<'a>;
+
+    /// [`Consumer::iter`].
+    fn into_iter(self) -> ConsumerIter<'a> {
+        self.iter()
     }
 }
 

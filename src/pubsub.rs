@@ -575,10 +575,130 @@ impl<'a> TopicMessage<'a> {
         self.topic
     }
 
-    /// The message's payload.
+    /// The message's payload (also what the message dereferences to).
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         self.payload
+    }
+
+    /// The message copied into one new allocation, to keep it past the next receive.
+    pub fn to_owned_message(&self) -> TopicMessageBuf {
+        let mut bytes = Vec::with_capacity(self.topic.len() + self.payload.len());
+        bytes.extend_from_slice(self.topic);
+        bytes.extend_from_slice(self.payload);
+        TopicMessageBuf {
+            bytes,
+            topic_len: self.topic.len(),
+        }
+    }
+}
+
+impl std::ops::Deref for TopicMessage<'_> {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload
+    }
+}
+
+impl AsRef<[u8]> for TopicMessage<'_> {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload
+    }
+}
+
+/// A publish-subscribe message that owns its bytes: what [`Subscriber::iter`] and
+/// [`Subscriber::try_iter`] yield, and [`TopicMessage::to_owned_message`] makes. Its topic and
+/// payload share one allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct TopicMessageBuf {
+    bytes: Vec<u8>,
+    topic_len: usize,
+}
+
+impl TopicMessageBuf {
+    /// The message's topic.
+    #[inline]
+    pub fn topic(&self) -> &[u8] {
+        &self.bytes[..self.topic_len]
+    }
+
+    /// The message's payload (also what the message dereferences to).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.topic_len..]
+    }
+
+    /// Borrows it as a [`TopicMessage`].
+    pub fn as_message(&self) -> TopicMessage<'_> {
+        TopicMessage {
+            topic: self.topic(),
+            payload: self.payload(),
+        }
+    }
+}
+
+impl std::ops::Deref for TopicMessageBuf {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl AsRef<[u8]> for TopicMessageBuf {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+/// An iterator over a subscriber's messages, each copied out: see [`Subscriber::iter`] and
+/// [`Subscriber::try_iter`].
+#[must_use = "iterators do nothing unless advanced"]
+pub struct SubscriberIter<'a> {
+    subscriber: &'a mut Subscriber,
+    deadline: Deadline,
+    done: bool,
+}
+
+impl Iterator for SubscriberIter<'_> {
+    type Item = Result<TopicMessageBuf, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.subscriber.recv_with(self.deadline) {
+            Ok(msg) => Some(Ok(msg.to_owned_message())),
+            // Not an end: the next receive continues from the oldest message retained.
+            Err(e @ RecvError::Lagged(_)) => Some(Err(e)),
+            Err(RecvError::Empty) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for SubscriberIter<'_> {}
+
+impl fmt::Debug for SubscriberIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberIter")
+            .field("blocking", &!self.deadline.is_now())
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -627,6 +747,47 @@ impl Subscriber {
         TopicMessage {
             topic: &self.buf[..topic_len],
             payload: &self.buf[body..body + len],
+        }
+    }
+
+    /// A blocking iterator over the messages of the subscribed topics, each copied into a
+    /// [`TopicMessageBuf`] of its own (one allocation per message; to receive without
+    /// allocating, loop on [`recv`](Self::recv), whose [`TopicMessage`] borrows the
+    /// subscriber's buffer and so cannot be an iterator's item).
+    ///
+    /// [`RecvError::Lagged`] is yielded and the iteration goes on from the oldest message
+    /// retained; any other error is yielded once and ends it. A channel outlives its
+    /// publishers, so it never ends by itself.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-sub-iter-{}", std::process::id()));
+    /// use shmq::{PubSub, PubSubOptions};
+    /// let channel = PubSub::create(&path, &PubSubOptions::new())?;
+    /// let mut subscriber = channel.subscriber(&[b"prices/".as_slice()])?;
+    /// let publisher = channel.publisher()?;
+    /// publisher.publish(b"prices/eur", b"1.08")?;
+    /// publisher.publish(b"news/eur", b"ignored")?;
+    /// publisher.publish(b"prices/gbp", b"1.27")?;
+    /// let kept: Vec<_> = subscriber.iter().take(2).collect::<Result<_, _>>()?;
+    /// assert_eq!((kept[1].topic(), &*kept[1]), (&b"prices/gbp"[..], &b"1.27"[..]));
+    /// # PubSub::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn iter(&mut self) -> SubscriberIter<'_> {
+        SubscriberIter {
+            subscriber: self,
+            deadline: Deadline::Never,
+            done: false,
+        }
+    }
+
+    /// An iterator over the messages ready now, copied out as [`iter`](Self::iter)'s are; it
+    /// ends when none is ready.
+    pub fn try_iter(&mut self) -> SubscriberIter<'_> {
+        SubscriberIter {
+            subscriber: self,
+            deadline: Deadline::Now,
+            done: false,
         }
     }
 
