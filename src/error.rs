@@ -303,6 +303,11 @@ pub enum RecvError {
     Timeout,
     /// Request-reply: the server dropped the request without replying.
     NoReply,
+    /// The queue is empty and no producer is attached, so no message can come until one
+    /// attaches. Only for a consumer that asked for it with
+    /// [`Consumer::set_disconnect_when_alone`](crate::Consumer::set_disconnect_when_alone);
+    /// by default a receive waits, since a queue outlives its producers.
+    Disconnected,
     /// A publish-subscribe subscriber fell more than a ring behind and missed this many
     /// messages; it continues from the oldest message still retained.
     Lagged(u64),
@@ -336,6 +341,9 @@ impl fmt::Display for RecvError {
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
+            RecvError::Disconnected => {
+                write!(f, "the queue is empty and every producer has detached")
+            }
             RecvError::ClaimLost => write!(
                 f,
                 "the acknowledgement was refused: the message had been taken back (this \

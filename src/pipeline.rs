@@ -511,6 +511,7 @@ impl Pipeline {
             me,
             wait: WaitStrategy::default(),
             ends,
+            _wake_consumers: WakeConsumersOnDrop(self.shared.clone()),
         })
     }
 
@@ -540,6 +541,7 @@ impl Pipeline {
             me,
             wait: WaitStrategy::default(),
             ends,
+            disconnect: Disconnect::default(),
         })
     }
 
@@ -629,6 +631,18 @@ pub struct Producer {
     wait: WaitStrategy,
     ends: Ends<ProducerEnd>,
     me: Participant,
+    /// Declared after `me`, so dropped after it: wakes parked consumers once the entry is
+    /// free, so that one waiting to be told the last producer left looks again.
+    _wake_consumers: WakeConsumersOnDrop,
+}
+
+/// Wakes a pipeline's parked consumers when dropped (see [`Producer`]'s last field).
+struct WakeConsumersOnDrop(Arc<Shared>);
+
+impl Drop for WakeConsumersOnDrop {
+    fn drop(&mut self) {
+        self.0.ring.not_empty().notify();
+    }
 }
 
 /// A handle's way into the ring, decided once at attach.
@@ -1023,7 +1037,18 @@ pub struct Consumer {
     owner: u16,
     wait: WaitStrategy,
     ends: Ends<ConsumerEnd>,
+    /// See [`Consumer::set_disconnect_when_alone`].
+    disconnect: Disconnect,
     me: Participant,
+}
+
+/// A consumer's choice of [`Consumer::set_disconnect_when_alone`], and what it has seen.
+#[derive(Default)]
+struct Disconnect {
+    when_alone: bool,
+    /// A producer was attached at one of this consumer's looks, or it received a message,
+    /// since the choice was made.
+    seen_producer: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Consumer {
@@ -1041,6 +1066,86 @@ impl Consumer {
         self.wait = wait;
     }
 
+    /// Sets whether a receive that finds the queue empty while no producer is attached
+    /// returns [`RecvError::Disconnected`] instead of waiting (default: `false`, it waits: a
+    /// queue file outlives its producers, and one may attach later).
+    ///
+    /// With it set, every receive ([`recv`](Self::recv), [`try_recv`](Self::try_recv), the
+    /// timed, copying and batch ones, [`iter`](Self::iter), which then ends) returns
+    /// `Disconnected` when the queue is empty and the participant table holds no producer,
+    /// **once this consumer has seen a producer**: one was attached when it looked (it looks
+    /// each time it finds the queue empty), or it received a message, since this was set. So
+    /// a consumer started before its producers waits for them, and one whose producers sent
+    /// and left before it first looked still ends once it has their messages. Every message
+    /// a producer committed before detaching is received first. A producer whose process
+    /// died counts as attached until it is reaped, which a waiting receive does itself after
+    /// [`STALL_CHECK`](crate::STALL_CHECK) without progress. A producer that attaches later
+    /// is seen again: the next receive waits for it.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-alone-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// let mut consumer = q.consumer()?;
+    /// consumer.set_disconnect_when_alone(true);
+    /// let producer = q.producer()?;
+    /// producer.send(b"last job")?;
+    /// drop(producer);
+    /// assert_eq!(&*consumer.recv()?, b"last job");
+    /// assert_eq!(consumer.recv().unwrap_err(), shmq::RecvError::Disconnected);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn set_disconnect_when_alone(&mut self, on: bool) {
+        self.disconnect = Disconnect {
+            when_alone: on,
+            ..Disconnect::default()
+        };
+    }
+
+    /// How many producers are attached to the queue now, in every process (a snapshot of the
+    /// participant table). A producer whose process died counts until it is reaped (by an
+    /// attach, a stalled wait or [`Pipeline::repair`]).
+    pub fn producers(&self) -> usize {
+        self.me.count_attached(Role::Producer)
+    }
+
+    /// Before a look at the ring: whether, with the disconnection choice made, nothing can
+    /// come (no producer attached now, one seen before). Read before the look, so that every
+    /// message a detached producer committed is found by it (a producer commits before it
+    /// frees its entry, which this load acquires).
+    #[inline]
+    fn alone(&self) -> bool {
+        if !self.disconnect.when_alone {
+            return false;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.producers() > 0 {
+            self.disconnect.seen_producer.store(true, Relaxed);
+            return false;
+        }
+        self.disconnect.seen_producer.load(Relaxed)
+    }
+
+    /// `look` at the ring, as a wait's attempt that also ends, with `Some(None)`, when the
+    /// queue is empty and nothing can come (see [`alone`](Self::alone)).
+    #[inline]
+    fn or_alone<'a, C>(
+        &'a self,
+        mut look: impl FnMut() -> Result<Option<C>, Corruption> + 'a,
+    ) -> impl FnMut() -> Result<Option<Option<C>>, Corruption> + 'a {
+        move || {
+            if let Some(claim) = look()? {
+                return Ok(Some(Some(claim)));
+            }
+            if !self.alone() {
+                return Ok(None);
+            }
+            // Alone: a last look, after the table was read, finds every message committed.
+            Ok(Some(look()?))
+        }
+    }
+
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         self.me.check_recv()?;
@@ -1050,9 +1155,10 @@ impl Consumer {
                     &self.me,
                     (ring.not_empty(), counter::EMPTY),
                     (self.wait, deadline),
-                    || ring.try_claim_read(self.owner),
+                    self.or_alone(|| ring.try_claim_read(self.owner)),
                 );
-                MessageClaim::Shared(ring, RecvError::from_wait(waited, deadline)?)
+                let claim = RecvError::from_wait(waited, deadline)?;
+                MessageClaim::Shared(ring, claim.ok_or(RecvError::Disconnected)?)
             }
             Ends::Exclusive(ring, end) => {
                 let mut end = lock(end);
@@ -1060,11 +1166,17 @@ impl Consumer {
                     &self.me,
                     (ring.not_empty(), counter::EMPTY),
                     (self.wait, deadline),
-                    || end.try_next(),
+                    self.or_alone(|| end.try_next()),
                 );
-                MessageClaim::Exclusive(ring, RecvError::from_wait(waited, deadline)?)
+                let claim = RecvError::from_wait(waited, deadline)?;
+                MessageClaim::Exclusive(ring, claim.ok_or(RecvError::Disconnected)?)
             }
         };
+        if self.disconnect.when_alone {
+            self.disconnect
+                .seen_producer
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
     }
@@ -1302,7 +1414,7 @@ impl<'a> Iterator for ConsumerIter<'a> {
         }
         match self.consumer.recv_with(self.deadline) {
             Ok(msg) => Some(Ok(msg)),
-            Err(RecvError::Empty) => {
+            Err(RecvError::Empty | RecvError::Disconnected) => {
                 self.done = true;
                 None
             }

@@ -435,7 +435,6 @@ pub struct Publisher {
     owner: u16,
     gate: GateCache,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -547,7 +546,6 @@ pub struct Subscriber {
     prefixes: Vec<Vec<u8>>,
     buf: Vec<u8>,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -706,6 +704,12 @@ impl Subscriber {
     /// Sets how blocking receives wait (default: spin 20 µs, then park).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
+    }
+
+    /// How many publishers are attached to the channel now, in every process (a snapshot of
+    /// the participant table; one whose process died counts until it is reaped).
+    pub fn publishers(&self) -> usize {
+        self.me.count_attached(Role::Publisher)
     }
 
     /// The position of the next message this subscriber will look at (messages published on

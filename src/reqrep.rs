@@ -541,7 +541,6 @@ pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -555,6 +554,12 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
+    /// How many clients are attached to the service now, in every process (a snapshot of the
+    /// participant table; one whose process died counts until it is reaped).
+    pub fn clients(&self) -> usize {
+        self.me.count_attached(Role::Client)
+    }
+
     /// Sets how blocking receives (and waits for room in a reply ring) wait.
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
@@ -892,7 +897,6 @@ pub struct Client {
     owner: u16,
     ledger: Ledger,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -1182,6 +1186,13 @@ impl Ledger {
 }
 
 impl Client {
+    /// How many servers are attached to the service now, in every process (a snapshot of the
+    /// participant table; one whose process died counts until it is reaped). With none, a
+    /// request waits in the request ring until one attaches.
+    pub fn servers(&self) -> usize {
+        self.me.count_attached(Role::Server)
+    }
+
     /// Sets how blocking calls wait (default: spin 20 µs, then park).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;

@@ -4,15 +4,80 @@
 
 mod common;
 
-use common::TempDir;
-use shmq::{Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError};
+use common::{child, child_with_env, s, uncapped_park, ChildProc, TempDir, HANG};
+use shmq::layout::{CTL_NOT_EMPTY, RING_CONTROL_OFFSET};
+use shmq::{
+    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+};
+use std::path::Path;
+use std::time::Duration;
 
 #[test]
 fn child_entry() {
     common::child_main(|role, args| match role {
         "send_and_exit" => send_and_exit(args),
+        "send_wait_exit" => send_wait_exit(args),
+        "send_and_hang" => send_and_hang(args),
+        "drain_until_disconnected" => drain_until_disconnected(args),
         other => panic!("unknown role {other:?}"),
     });
+}
+
+/// args: path, message, go file. Sends the message, then exits once the go file exists.
+fn send_wait_exit(args: &[String]) {
+    let q = Pipeline::open(&args[0]).unwrap();
+    let producer = q.producer().unwrap();
+    producer.send(args[1].as_bytes()).unwrap();
+    assert!(common::wait_until(HANG, || Path::new(&args[2]).exists()));
+}
+
+/// args: path, message, ready file. Sends the message, signals ready, and stays attached
+/// until it is killed.
+fn send_and_hang(args: &[String]) {
+    let q = Pipeline::open(&args[0]).unwrap();
+    let producer = q.producer().unwrap();
+    producer.send(args[1].as_bytes()).unwrap();
+    common::signal_ready(&args[2]);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = &producer;
+    }
+}
+
+/// args: path, expected message count, ready file. Receives (parked, never spinning) until
+/// `Disconnected`; signals ready after the first message; checks the count.
+fn drain_until_disconnected(args: &[String]) {
+    let q = Pipeline::open(&args[0]).unwrap();
+    let mut consumer = q.consumer().unwrap();
+    consumer.set_wait_strategy(shmq::WaitStrategy::Park);
+    consumer.set_disconnect_when_alone(true);
+    let mut n = 0;
+    loop {
+        match consumer.recv() {
+            Ok(msg) => drop(msg),
+            Err(RecvError::Disconnected) => break,
+            Err(e) => panic!("{e}"),
+        }
+        n += 1;
+        if n == 1 {
+            common::signal_ready(&args[2]);
+        }
+    }
+    assert_eq!(n, args[1].parse::<usize>().unwrap());
+}
+
+/// How many waiters are registered on the ring's not-empty cell.
+fn consumers_parked(path: &Path) -> u32 {
+    common::registered_waiters(path, (RING_CONTROL_OFFSET + CTL_NOT_EMPTY) as u64)
+}
+
+fn pipeline_options(exclusive: bool) -> Options {
+    let options = Options::new().capacity(8).max_message(64);
+    if exclusive {
+        options.single_producer().single_consumer()
+    } else {
+        options
+    }
 }
 
 /// args: path, messages to send. Attaches a producer, sends, and exits (detaching it).
@@ -137,4 +202,152 @@ fn subscriber_iter_keeps_its_topics_reports_lag_and_goes_on() {
     // The blocking iterator yields the same messages.
     publisher.publish(b"a/y", b"y").unwrap();
     assert_eq!(subscriber.iter().next().unwrap().unwrap().topic(), b"a/y");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disconnection
+// ---------------------------------------------------------------------------------------------
+
+/// How many of the other side are attached, counted from the participant table, across
+/// processes: a child's producer counts while it lives and not once it exited.
+#[test]
+fn consumer_counts_the_producers_attached_in_other_processes() {
+    let dir = TempDir::new("api-producers");
+    let path = dir.join("q");
+    let q = Pipeline::create(&path, &pipeline_options(false)).unwrap();
+    let consumer = q.consumer().unwrap();
+    assert_eq!(consumer.producers(), 0);
+    let local = q.producer().unwrap();
+    assert_eq!(consumer.producers(), 1);
+    let ready = dir.join("ready");
+    let mut p = child("send_and_hang", &[s(&path), "m", s(&ready)]);
+    common::wait_ready(&mut p, &ready);
+    assert_eq!(consumer.producers(), 2);
+    drop(local);
+    assert_eq!(consumer.producers(), 1);
+    p.kill();
+    // Dead, not reaped yet: still counted until a sweep (here an explicit repair).
+    assert_eq!(consumer.producers(), 1);
+    assert_eq!(q.repair().unwrap().reaped, 1);
+    assert_eq!(consumer.producers(), 0);
+    // A second consumer is not a producer.
+    let _other = q.consumer().unwrap();
+    assert_eq!(consumer.producers(), 0);
+}
+
+#[test]
+fn subscriber_server_and_client_count_the_other_side() {
+    let dir = TempDir::new("api-counts");
+    let channel = PubSub::create(dir.join("c"), &PubSubOptions::new()).unwrap();
+    let subscriber = channel.subscriber(&[]).unwrap();
+    assert_eq!(subscriber.publishers(), 0);
+    let publishers = [channel.publisher().unwrap(), channel.publisher().unwrap()];
+    let _second_subscriber = channel.subscriber(&[]).unwrap();
+    assert_eq!(subscriber.publishers(), 2);
+    drop(publishers);
+    assert_eq!(subscriber.publishers(), 0);
+
+    let service = Service::create(dir.join("s"), &ServiceOptions::new()).unwrap();
+    let server = service.server().unwrap();
+    let client = service.client().unwrap();
+    assert_eq!((server.clients(), client.servers()), (1, 1));
+    let other_server = service.server().unwrap();
+    assert_eq!((server.clients(), client.servers()), (1, 2));
+    drop((client, other_server));
+    assert_eq!(server.clients(), 0);
+}
+
+/// A producer process sends and exits; the consumer, told to, receives every message it sent
+/// and then `Disconnected` instead of waiting for ever; without being told to, it waits.
+#[test]
+fn blocking_recv_returns_disconnected_after_the_last_producer_process_exits() {
+    for exclusive in [false, true] {
+        let dir = TempDir::new("api-disconnected");
+        let path = dir.join("q");
+        let q = Pipeline::create(&path, &pipeline_options(exclusive)).unwrap();
+        let mut consumer = q.consumer().unwrap();
+        consumer.set_disconnect_when_alone(true);
+        // Nobody seen yet: an empty queue is only empty.
+        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+        child("send_and_exit", &[s(&path), "one", "two", "three"]).expect_success(HANG);
+        let got: Vec<Vec<u8>> = consumer.iter().map(|m| m.unwrap().to_vec()).collect();
+        assert_eq!(
+            got,
+            [&b"one"[..], b"two", b"three"],
+            "exclusive: {exclusive}"
+        );
+        assert_eq!(consumer.recv().unwrap_err(), RecvError::Disconnected);
+        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Disconnected);
+        // A producer attaching again is waited for again.
+        let producer = q.producer().unwrap();
+        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+        drop(producer);
+        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Disconnected);
+
+        // The default: a queue outlives its producers, so the consumer keeps waiting.
+        drop(consumer);
+        let mut waiting = q.consumer().unwrap();
+        child("send_and_exit", &[s(&path), "four"]).expect_success(HANG);
+        assert_eq!(&*waiting.recv().unwrap(), b"four");
+        assert_eq!(
+            waiting
+                .recv_timeout(Duration::from_millis(100))
+                .unwrap_err(),
+            RecvError::Timeout
+        );
+        waiting.set_disconnect_when_alone(false);
+        assert_eq!(waiting.try_recv().unwrap_err(), RecvError::Empty);
+    }
+}
+
+/// A consumer parked in `recv` (never woken by a timer: its park is uncapped) is woken when
+/// the last producer's process detaches it by exiting, without sending anything more.
+#[test]
+fn parked_consumer_is_woken_when_the_last_producer_detaches() {
+    for exclusive in [false, true] {
+        let dir = TempDir::new("api-disconnect-wake");
+        let path = dir.join("q");
+        Pipeline::create(&path, &pipeline_options(exclusive)).unwrap();
+        let (ready, go) = (dir.join("ready"), dir.join("go"));
+        let mut p = child("send_wait_exit", &[s(&path), "only", s(&go)]);
+        let mut c = child_with_env(
+            "drain_until_disconnected",
+            &[s(&path), "1", s(&ready)],
+            &uncapped_park(),
+        );
+        common::wait_ready(&mut c, &ready);
+        wait_parked(&path, &mut c);
+        std::fs::write(&go, b"go").unwrap();
+        p.expect_success(HANG);
+        c.expect_success(HANG);
+    }
+}
+
+/// A producer process killed (not detached) is reaped by the waiting consumer's own stall
+/// sweep, after which the consumer gets `Disconnected`.
+#[test]
+fn recv_returns_disconnected_once_a_killed_producer_is_reaped() {
+    let dir = TempDir::new("api-disconnect-killed");
+    let path = dir.join("q");
+    let q = Pipeline::create(&path, &pipeline_options(false)).unwrap();
+    let mut consumer = q.consumer().unwrap();
+    consumer.set_disconnect_when_alone(true);
+    let ready = dir.join("ready");
+    let mut p = child("send_and_hang", &[s(&path), "last words", s(&ready)]);
+    common::wait_ready(&mut p, &ready);
+    assert_eq!(&*consumer.recv().unwrap(), b"last words");
+    p.kill();
+    assert_eq!(consumer.recv().unwrap_err(), RecvError::Disconnected);
+    assert_eq!(q.recovery_stats().reaped, 1);
+}
+
+/// Waits until some process parks on the not-empty cell; panics if `child` exits first.
+fn wait_parked(path: &Path, child: &mut ChildProc) {
+    let parked = common::wait_until(HANG, || {
+        if let Some(st) = child.try_wait() {
+            panic!("child {:?} exited ({st}) instead of blocking", child.role());
+        }
+        consumers_parked(path) > 0
+    });
+    assert!(parked, "child {:?} never parked", child.role());
 }
