@@ -61,12 +61,12 @@ struct Session {
 }
 
 impl Session {
-    fn spawn(wait: WaitStrategy, max_clients: u32) -> Self {
+    fn spawn(wait: WaitStrategy, max_clients: usize) -> Self {
         let path = QueuePath::new("service");
         let options = ServiceOptions::new()
             .max_clients(max_clients)
             .max_servers(1)
-            .reply_capacity(WINDOW as u64)
+            .reply_capacity(WINDOW)
             .max_message(STREAM_MESSAGE);
         let service = Service::create(path.path(), &options)
             .unwrap_or_else(|e| panic!("create {}: {e}", path.arg()));
@@ -193,7 +193,7 @@ struct Windowed {
 }
 
 impl Windowed {
-    fn spawn(clients: u32, wait: WaitStrategy) -> Self {
+    fn spawn(clients: usize, wait: WaitStrategy) -> Self {
         let mut session = Session::spawn(wait, clients);
         let args = [session.path.arg(), common::wait_arg(wait)];
         let others = (1..clients)

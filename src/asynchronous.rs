@@ -47,7 +47,7 @@
 //! ```
 //! # let dir = std::env::temp_dir().join(format!("shmq-async-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).unwrap();
-//! let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new())?;
+//! let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new())?;
 //! let (producer, consumer) = (q.producer()?, q.consumer()?);
 //! let receive = async {
 //!     let msg = consumer.recv_async().await?;

@@ -127,7 +127,7 @@ pub enum Error {
         /// The table's size, fixed at creation.
         max: u32,
     },
-    /// The queue was created with exclusive ends (`Options::single_producer` and
+    /// The queue was created with exclusive ends (`PipelineOptions::single_producer` and
     /// `single_consumer`) and a live participant already holds the end asked for.
     EndTaken {
         /// The queue file.
@@ -406,6 +406,12 @@ impl From<RecvError> for Error {
 }
 
 impl Error {
+    /// An option's count as the file's 32-bit field, or `InvalidOptions` naming the option.
+    pub(crate) fn option_u32(n: usize, option: &str) -> Result<u32, Error> {
+        u32::try_from(n)
+            .map_err(|_| Error::InvalidOptions(format!("{option} of {n} is out of range")))
+    }
+
     pub(crate) fn io(path: &std::path::Path, op: &'static str, source: io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),

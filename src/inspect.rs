@@ -15,7 +15,7 @@
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-inspect-doc-{}", std::process::id()));
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(8))?;
+//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(8))?;
 //! let producer = queue.producer()?;
 //! producer.send(b"one")?;
 //! let report = shmq::inspect::inspect(&path)?;

@@ -19,7 +19,7 @@
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-lib-doc-{}", std::process::id()));
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(64).max_message(256))?;
+//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(64).max_message(256))?;
 //! let (producer, consumer) = (queue.producer()?, queue.consumer()?);
 //! producer.send(b"hello")?;
 //! assert_eq!(&*consumer.recv()?, b"hello");
@@ -71,7 +71,12 @@ pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
 pub use peers::RecoveryStats;
 #[cfg(not(loom))]
-pub use pipeline::{Consumer, ConsumerIter, Loan, Message, Options, Pipeline, Producer};
+pub use pipeline::{Consumer, ConsumerIter, Loan, Message, Pipeline, PipelineOptions, Producer};
+
+/// The old name of [`PipelineOptions`], kept for one release.
+#[cfg(not(loom))]
+#[deprecated(note = "renamed `PipelineOptions`, beside `PubSubOptions` and `ServiceOptions`")]
+pub type Options = PipelineOptions;
 #[cfg(not(loom))]
 pub use pubsub::{
     Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, SubscriberIter,

@@ -36,11 +36,11 @@
 //! hold the view, so for peers you do not trust copy the message out with
 //! [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
 //! word loads, and validate the copy. Who may open the file at all: see
-//! [`Options::group`] and `docs/DESIGN.md` section 9.
+//! [`PipelineOptions::group`] and `docs/DESIGN.md` section 9.
 //!
 //! # Exclusive ends
 //!
-//! A queue created with [`Options::single_producer`] and [`Options::single_consumer`] (both:
+//! A queue created with [`PipelineOptions::single_producer`] and [`PipelineOptions::single_consumer`] (both:
 //! one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
 //! consumer at a time, across every process, and runs on the exclusive-ends ring: no
 //! read-modify-write per message, the slot's line written once by each side, a message up to
@@ -70,7 +70,7 @@
 //! # let dir = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).unwrap();
 //! # let path = dir.join("thumbnails");
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(1024).max_message(4096))?;
+//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(1024).max_message(4096))?;
 //! let producer = queue.producer()?;             // in the web front-end process
 //! producer.send(b"uploads/img-123.jpg")?;
 //!
@@ -98,19 +98,19 @@ use std::time::Duration;
 
 /// How to create a queue: its geometry (fixed for the file's life) and its permissions.
 #[derive(Debug, Clone)]
-pub struct Options {
-    capacity: u64,
+pub struct PipelineOptions {
+    capacity: usize,
     max_message: usize,
-    max_participants: u32,
+    max_participants: usize,
     mode: u32,
     group: Option<u32>,
     single_producer: bool,
     single_consumer: bool,
 }
 
-impl Default for Options {
+impl Default for PipelineOptions {
     fn default() -> Self {
-        Options {
+        PipelineOptions {
             capacity: 1024,
             max_message: 1024,
             max_participants: 64,
@@ -122,7 +122,7 @@ impl Default for Options {
     }
 }
 
-impl Options {
+impl PipelineOptions {
     /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
     #[must_use]
     pub fn new() -> Self {
@@ -146,9 +146,9 @@ impl Options {
             }
         };
         Geometry::pipeline_with_flags(
-            self.capacity,
+            self.capacity as u64,
             self.max_message as u64,
-            self.max_participants,
+            Error::option_u32(self.max_participants, "max_participants")?,
             flags,
         )
         .map_err(Error::InvalidOptions)
@@ -176,7 +176,7 @@ impl Options {
 
     /// Number of message slots (any number from 1 to 2^32).
     #[must_use]
-    pub fn capacity(mut self, slots: u64) -> Self {
+    pub fn capacity(mut self, slots: usize) -> Self {
         self.capacity = slots;
         self
     }
@@ -190,7 +190,7 @@ impl Options {
 
     /// Largest number of producers and consumers attached at once (1 to 4095).
     #[must_use]
-    pub fn max_participants(mut self, n: u32) -> Self {
+    pub fn max_participants(mut self, n: usize) -> Self {
         self.max_participants = n;
         self
     }
@@ -439,7 +439,7 @@ impl Pipeline {
     /// # Errors
     /// [`Error::InvalidOptions`] for out-of-range options; [`Error::Io`] if the file exists, the
     /// directory is not writable, or there is no room for the file (space is reserved now).
-    pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
+    pub fn create(path: impl AsRef<Path>, options: &PipelineOptions) -> Result<Self, Error> {
         let path = path.as_ref();
         let g = options.geometry()?;
         let mapping = file::create(
@@ -545,8 +545,8 @@ impl Pipeline {
         })
     }
 
-    /// Whether the queue has exclusive ends (created with [`Options::single_producer`] and
-    /// [`Options::single_consumer`]).
+    /// Whether the queue has exclusive ends (created with [`PipelineOptions::single_producer`] and
+    /// [`PipelineOptions::single_consumer`]).
     pub fn has_exclusive_ends(&self) -> bool {
         matches!(self.shared.ring, Ring::Exclusive(_))
     }
@@ -557,8 +557,8 @@ impl Pipeline {
     }
 
     /// Number of slots.
-    pub fn capacity(&self) -> u64 {
-        self.shared.geometry.capacity
+    pub fn capacity(&self) -> usize {
+        self.shared.geometry.capacity as usize
     }
 
     /// Largest message in bytes.
@@ -567,8 +567,8 @@ impl Pipeline {
     }
 
     /// Messages sent (or being written) and not yet taken by a consumer; a snapshot.
-    pub fn len(&self) -> u64 {
-        self.shared.ring.len()
+    pub fn len(&self) -> usize {
+        self.shared.ring.len() as usize
     }
 
     /// Whether [`len`](Self::len) is zero.
@@ -857,7 +857,7 @@ impl Producer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-loan-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// let producer = q.producer()?;
     /// let mut loan = producer.loan(5)?;
     /// loan.copy_from_slice(b"hello");
@@ -904,7 +904,7 @@ impl Producer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-pod-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
     /// #[repr(C)]
     /// struct Job { id: u64, width: u32, height: u32 }
@@ -1085,7 +1085,7 @@ impl Consumer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-alone-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// let mut consumer = q.consumer()?;
     /// consumer.set_disconnect_when_alone(true);
     /// let producer = q.producer()?;
@@ -1293,7 +1293,7 @@ impl Consumer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-iter-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// let consumer = q.consumer()?;
     /// let producer = q.producer()?;
     /// producer.send_batch(&[b"one", b"two"])?;
@@ -1319,7 +1319,7 @@ impl Consumer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-try-iter-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// # let producer = q.producer()?;
     /// producer.send_batch(&[b"one", b"two"])?;
     /// let consumer = q.consumer()?;
@@ -1346,7 +1346,7 @@ impl Consumer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-batch-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// # let producer = q.producer()?;
     /// producer.send_batch(&[b"a", b"b", b"c"])?;
     /// let consumer = q.consumer()?;
@@ -1501,6 +1501,13 @@ impl Message<'_> {
             Some(MessageClaim::Exclusive(ring, claim)) => ring.payload(claim),
             None => &[],
         }
+    }
+
+    /// The message's bytes, a view into its slot (zero copy): the same as `&*message`. For
+    /// peers you do not trust, copy it out instead (see [`copy_to`](Self::copy_to)).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        self.bytes()
     }
 
     /// Copies the message into the front of `dst` with atomic word loads (never through a
@@ -1698,8 +1705,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shmq-free-claims-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let q =
-            Pipeline::create(dir.join("q"), &Options::new().capacity(4).max_message(8)).unwrap();
+        let q = Pipeline::create(
+            dir.join("q"),
+            &PipelineOptions::new().capacity(4).max_message(8),
+        )
+        .unwrap();
         let producer = q.producer().unwrap();
         let consumer = q.consumer().unwrap();
         producer.send(b"held").unwrap();
@@ -1729,11 +1739,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn exclusive_queue(name: &str, capacity: u64) -> (std::path::PathBuf, Pipeline) {
+    fn exclusive_queue(name: &str, capacity: usize) -> (std::path::PathBuf, Pipeline) {
         let dir = std::env::temp_dir().join(format!("shmq-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let options = Options::new()
+        let options = PipelineOptions::new()
             .capacity(capacity)
             .max_message(64)
             .single_producer()
@@ -1772,8 +1782,8 @@ mod tests {
     #[test]
     fn one_exclusive_flag_without_the_other_is_refused_at_create() {
         for options in [
-            Options::new().single_producer(),
-            Options::new().single_consumer(),
+            PipelineOptions::new().single_producer(),
+            PipelineOptions::new().single_consumer(),
         ] {
             let dir = std::env::temp_dir().join(format!("shmq-one-flag-{}", std::process::id()));
             assert!(matches!(

@@ -87,11 +87,11 @@ pub enum Overflow {
 /// How to create a channel. Fixed for the file's life.
 #[derive(Debug, Clone)]
 pub struct PubSubOptions {
-    capacity: u64,
+    capacity: usize,
     max_message: usize,
-    max_topic: u32,
-    max_publishers: u32,
-    max_subscribers: u32,
+    max_topic: usize,
+    max_publishers: usize,
+    max_subscribers: usize,
     overflow: Overflow,
     mode: u32,
     group: Option<u32>,
@@ -125,21 +125,21 @@ impl PubSubOptions {
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
     pub fn geometry(&self) -> Result<Geometry, Error> {
-        let max_participants = self
-            .max_publishers
-            .checked_add(self.max_subscribers)
+        let max_subscribers = Error::option_u32(self.max_subscribers, "max_subscribers")?;
+        let max_participants = Error::option_u32(self.max_publishers, "max_publishers")?
+            .checked_add(max_subscribers)
             .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
         Geometry::compute(Shape {
             kind: KIND_PUBSUB,
-            capacity: self.capacity,
+            capacity: self.capacity as u64,
             max_message: self.max_message as u64,
             max_participants,
             flags: match self.overflow {
                 Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
                 Overflow::Block => OVERFLOW_BLOCK,
             },
-            max_topic: self.max_topic,
-            table_entries: self.max_subscribers,
+            max_topic: Error::option_u32(self.max_topic, "max_topic")?,
+            table_entries: max_subscribers,
             reply_capacity: 0,
         })
         .map_err(Error::InvalidOptions)
@@ -147,7 +147,7 @@ impl PubSubOptions {
 
     /// Number of messages the ring retains (1 to 2^32).
     #[must_use]
-    pub fn capacity(mut self, slots: u64) -> Self {
+    pub fn capacity(mut self, slots: usize) -> Self {
         self.capacity = slots;
         self
     }
@@ -161,21 +161,21 @@ impl PubSubOptions {
 
     /// Largest topic in bytes (up to 65535).
     #[must_use]
-    pub fn max_topic(mut self, bytes: u32) -> Self {
+    pub fn max_topic(mut self, bytes: usize) -> Self {
         self.max_topic = bytes;
         self
     }
 
     /// Largest number of publishers attached at once.
     #[must_use]
-    pub fn max_publishers(mut self, n: u32) -> Self {
+    pub fn max_publishers(mut self, n: usize) -> Self {
         self.max_publishers = n;
         self
     }
 
     /// Largest number of subscribers attached at once; attaching more is an error.
     #[must_use]
-    pub fn max_subscribers(mut self, n: u32) -> Self {
+    pub fn max_subscribers(mut self, n: usize) -> Self {
         self.max_subscribers = n;
         self
     }

@@ -121,11 +121,11 @@ const REPLY_ROOM_TIMEOUT: Duration = Duration::from_secs(1);
 /// How to create a service. Fixed for the file's life.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
-    request_capacity: u64,
-    reply_capacity: u64,
+    request_capacity: usize,
+    reply_capacity: usize,
     max_message: usize,
-    max_clients: u32,
-    max_servers: u32,
+    max_clients: usize,
+    max_servers: usize,
     mode: u32,
     group: Option<u32>,
 }
@@ -157,26 +157,26 @@ impl ServiceOptions {
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
     pub fn geometry(&self) -> Result<Geometry, Error> {
-        let max_participants = self
-            .max_clients
-            .checked_add(self.max_servers)
+        let max_clients = Error::option_u32(self.max_clients, "max_clients")?;
+        let max_participants = Error::option_u32(self.max_servers, "max_servers")?
+            .checked_add(max_clients)
             .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
         Geometry::compute(Shape {
             kind: KIND_SERVICE,
-            capacity: self.request_capacity,
+            capacity: self.request_capacity as u64,
             max_message: self.max_message as u64,
             max_participants,
             flags: 0,
             max_topic: 0,
-            table_entries: self.max_clients,
-            reply_capacity: self.reply_capacity,
+            table_entries: max_clients,
+            reply_capacity: self.reply_capacity as u64,
         })
         .map_err(Error::InvalidOptions)
     }
 
     /// Slots in the shared request ring.
     #[must_use]
-    pub fn request_capacity(mut self, slots: u64) -> Self {
+    pub fn request_capacity(mut self, slots: usize) -> Self {
         self.request_capacity = slots;
         self
     }
@@ -185,7 +185,7 @@ impl ServiceOptions {
     /// (waited for, given up with the reply still to come, or with the reply kept for a later
     /// wait), see "Many requests in flight" in the [module docs](crate::reqrep).
     #[must_use]
-    pub fn reply_capacity(mut self, slots: u64) -> Self {
+    pub fn reply_capacity(mut self, slots: usize) -> Self {
         self.reply_capacity = slots;
         self
     }
@@ -199,14 +199,14 @@ impl ServiceOptions {
 
     /// Largest number of clients attached at once; attaching more is an error.
     #[must_use]
-    pub fn max_clients(mut self, n: u32) -> Self {
+    pub fn max_clients(mut self, n: usize) -> Self {
         self.max_clients = n;
         self
     }
 
     /// Largest number of servers attached at once.
     #[must_use]
-    pub fn max_servers(mut self, n: u32) -> Self {
+    pub fn max_servers(mut self, n: usize) -> Self {
         self.max_servers = n;
         self
     }
@@ -464,8 +464,8 @@ impl Service {
     }
 
     /// Requests waiting for a server (a snapshot).
-    pub fn queued_requests(&self) -> u64 {
-        self.shared.requests.len()
+    pub fn queued_requests(&self) -> usize {
+        self.shared.requests.len() as usize
     }
 
     /// Attaches a server.
@@ -660,8 +660,25 @@ pub enum Delivery {
     ClientGone,
 }
 
+impl std::ops::Deref for Request<'_> {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl AsRef<[u8]> for Request<'_> {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
 impl Request<'_> {
-    /// The request's payload.
+    /// The request's payload (also what the request dereferences to).
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
@@ -974,8 +991,25 @@ enum ReplySource<'a> {
     Kept(&'a [u8]),
 }
 
+impl std::ops::Deref for Reply<'_> {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl AsRef<[u8]> for Reply<'_> {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
 impl Reply<'_> {
-    /// The reply's payload.
+    /// The reply's payload (also what the reply dereferences to).
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.source {

@@ -26,7 +26,7 @@
 
 use crate::error::{Error, SendError};
 use crate::layout::{KIND_PIPELINE, SLOT_HEADER_SIZE};
-use crate::pipeline::{Options, Pipeline};
+use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::ring::mpmc::{SlotState, Word};
 use crate::shm::file;
 use crate::sync::atomic::Ordering;
@@ -87,10 +87,10 @@ impl Pipeline {
         let (start, end) = densest_window(&found, capacity);
         unreadable += (found.len() - (end - start)) as u64;
 
-        let options = Options::new()
-            .capacity(capacity)
+        let options = PipelineOptions::new()
+            .capacity(capacity as usize)
             .max_message(max)
-            .max_participants(g.max_participants);
+            .max_participants(g.max_participants as usize);
         let queue = Pipeline::create(to.as_ref(), &options)?;
         let producer = queue.producer()?;
         let mut buf = vec![0u8; max];

@@ -4,7 +4,7 @@
 //! the test harness's own threads do not disturb the count. This binary holds a single test.
 
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
     WaitStrategy,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -76,11 +76,11 @@ fn send_and_receive_allocate_nothing() {
 }
 
 /// Shared ends, or exclusive ones (`single_producer().single_consumer()`).
-fn options(exclusive: bool) -> Options {
+fn options(exclusive: bool) -> PipelineOptions {
     if exclusive {
-        Options::new().single_producer().single_consumer()
+        PipelineOptions::new().single_producer().single_consumer()
     } else {
-        Options::new()
+        PipelineOptions::new()
     }
 }
 

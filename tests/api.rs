@@ -7,7 +7,7 @@ mod common;
 use common::{child, child_with_env, s, uncapped_park, ChildProc, TempDir, HANG};
 use shmq::layout::{CTL_NOT_EMPTY, RING_CONTROL_OFFSET};
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -71,8 +71,8 @@ fn consumers_parked(path: &Path) -> u32 {
     common::registered_waiters(path, (RING_CONTROL_OFFSET + CTL_NOT_EMPTY) as u64)
 }
 
-fn pipeline_options(exclusive: bool) -> Options {
-    let options = Options::new().capacity(8).max_message(64);
+fn pipeline_options(exclusive: bool) -> PipelineOptions {
+    let options = PipelineOptions::new().capacity(8).max_message(64);
     if exclusive {
         options.single_producer().single_consumer()
     } else {
@@ -89,15 +89,15 @@ fn send_and_exit(args: &[String]) {
     }
 }
 
-fn queue(dir: &TempDir, options: &Options) -> Pipeline {
+fn queue(dir: &TempDir, options: &PipelineOptions) -> Pipeline {
     Pipeline::create(dir.join("q"), options).unwrap()
 }
 
 #[test]
 fn consumer_iter_yields_messages_in_order_and_acknowledges_each_when_dropped() {
     for options in [
-        Options::new().capacity(4).max_message(16),
-        Options::new()
+        PipelineOptions::new().capacity(4).max_message(16),
+        PipelineOptions::new()
             .capacity(4)
             .max_message(16)
             .single_producer()
@@ -124,7 +124,7 @@ fn consumer_iter_yields_messages_in_order_and_acknowledges_each_when_dropped() {
 #[test]
 fn try_iter_takes_what_is_ready_then_ends_without_waiting() {
     let dir = TempDir::new("api-try-iter");
-    let q = queue(&dir, &Options::new().capacity(8).max_message(16));
+    let q = queue(&dir, &PipelineOptions::new().capacity(8).max_message(16));
     let (producer, consumer) = (q.producer().unwrap(), q.consumer().unwrap());
     assert_eq!(consumer.try_iter().count(), 0);
     producer.send_batch(&[b"1", b"2", b"3"]).unwrap();
@@ -143,7 +143,7 @@ fn try_iter_takes_what_is_ready_then_ends_without_waiting() {
 fn recv_batch_callback_sees_which_messages_are_redelivered() {
     for exclusive in [false, true] {
         let dir = TempDir::new("api-batch-redelivered");
-        let mut options = Options::new().capacity(8).max_message(16);
+        let mut options = PipelineOptions::new().capacity(8).max_message(16);
         if exclusive {
             options = options.single_producer().single_consumer();
         }

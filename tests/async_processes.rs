@@ -19,7 +19,7 @@ use common::{
 };
 use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
 };
 use std::future::Future;
 use std::path::Path;
@@ -316,8 +316,12 @@ fn cancel_then_receive(args: &[String]) {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-fn pipeline(path: &Path, capacity: u64) -> Pipeline {
-    Pipeline::create(path, &Options::new().capacity(capacity).max_message(64)).unwrap()
+fn pipeline(path: &Path, capacity: usize) -> Pipeline {
+    Pipeline::create(
+        path,
+        &PipelineOptions::new().capacity(capacity).max_message(64),
+    )
+    .unwrap()
 }
 
 /// Starts a child awaiting a pipeline message, sends once it is registered, and checks it got it.

@@ -16,8 +16,8 @@ mod common;
 use common::{child, child_with_env, s, wait_ready, ChildProc, TempDir, HANG};
 use nix::libc;
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecoveryStats, RecvError, SendError,
-    Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecoveryStats, RecvError,
+    SendError, Service, ServiceOptions,
 };
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -284,11 +284,11 @@ fn fork_child_exiting_leaves_the_parent_its_exclusive_ends() {
 }
 
 /// Shared ends, or exclusive ones (`single_producer().single_consumer()`).
-fn options(exclusive: bool) -> Options {
+fn options(exclusive: bool) -> PipelineOptions {
     if exclusive {
-        Options::new().single_producer().single_consumer()
+        PipelineOptions::new().single_producer().single_consumer()
     } else {
-        Options::new()
+        PipelineOptions::new()
     }
 }
 
@@ -391,7 +391,7 @@ fn hold_then_fork(args: &[String]) {
 fn participant_dying_while_its_fork_child_lives_is_found_dead() {
     let dir = TempDir::new("fork-then-die");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(b"M").unwrap();
     let ready = dir.join("forked");
@@ -624,7 +624,7 @@ fn kill_now(c: &mut ChildProc) {
 fn redelivery_count_heals_after_a_sweeper_dies_between_its_two_steps() {
     let dir = TempDir::new("pending-leak");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(b"M").unwrap();
     let ready = dir.join("holding");

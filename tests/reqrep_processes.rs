@@ -385,10 +385,10 @@ struct Spec {
 impl Spec {
     fn options(&self) -> ServiceOptions {
         ServiceOptions::new()
-            .max_clients(self.clients)
-            .max_servers(self.servers)
-            .request_capacity(self.requests)
-            .reply_capacity(self.replies)
+            .max_clients(self.clients as usize)
+            .max_servers(self.servers as usize)
+            .request_capacity(self.requests as usize)
+            .reply_capacity(self.replies as usize)
             .max_message(self.max_message)
     }
 

@@ -65,7 +65,7 @@ fn direct_jetstream(rt: &tokio::runtime::Runtime, js: &jetstream::Context, n: u6
 
 fn throughput(c: &mut Criterion, nats: &Nats) {
     let (a, b) = (Host::new("bench", "a"), Host::new("bench", "b"));
-    let options = shmq::Options::new().capacity(1024).max_message(64);
+    let options = shmq::PipelineOptions::new().capacity(1024).max_message(64);
     let producer = shmq::Pipeline::create(a.path("jobs"), &options)
         .unwrap()
         .producer()
