@@ -310,6 +310,11 @@ pub enum RecvError {
     Disconnected,
     /// A publish-subscribe subscriber fell more than a ring behind and missed this many
     /// messages; it continues from the oldest message still retained.
+    ///
+    /// `n` counts the missed messages **of every topic**, not only of the subscriber's own:
+    /// they were overwritten before it read them, so their topics are unknown to it. A
+    /// subscriber to a quiet topic on a busy channel can lag without having missed a message
+    /// of its topic.
     Lagged(u64),
     /// An acknowledgement was refused: the message (or request) had been taken back before it
     /// was acknowledged, because a recovery pass judged this participant dead or another

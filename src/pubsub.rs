@@ -798,8 +798,9 @@ impl Subscriber {
     /// Receives the next message of a subscribed topic, waiting for one.
     ///
     /// # Errors
-    /// [`RecvError::Lagged`] (drop-oldest mode) if messages were lost; the next call continues
-    /// from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    /// [`RecvError::Lagged`]`(n)` (drop-oldest mode) if messages were lost: `n` of them, of
+    /// every topic (not only the subscribed ones, whose share is unknown); the next call
+    /// continues from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
     #[inline]
     pub fn recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
         self.recv_with(Deadline::Never)
