@@ -162,10 +162,10 @@ fn round_trip_cases() -> Vec<RoundTripCase> {
 
 /// Send `n` requests stamped from `*next` on with up to [`WINDOW`] in flight, waiting for the
 /// oldest when the window is full, and check that every reply echoes its request.
-fn windowed_requests(client: &mut Client, n: u64, next: &mut u64) {
+fn windowed_requests(client: &Client, n: u64, next: &mut u64) {
     let mut in_flight: VecDeque<(Pending, u64)> = VecDeque::with_capacity(WINDOW);
     let mut msg = [0u8; STREAM_MESSAGE];
-    let collect = |client: &mut Client, (pending, seq): (Pending, u64)| {
+    let collect = |client: &Client, (pending, seq): (Pending, u64)| {
         let reply = client.wait(pending).expect("wait for reply");
         common::check_stamp(reply.payload(), seq);
     };
@@ -219,7 +219,7 @@ impl OneWay for Windowed {
         }
         let start = Instant::now();
         let own = iters - share * self.others.len() as u64;
-        windowed_requests(&mut self.session.client, own, &mut self.next);
+        windowed_requests(&self.session.client, own, &mut self.next);
         for other in &mut self.others {
             other.finish();
         }
@@ -236,7 +236,7 @@ fn client_peer(args: &[String]) {
     client.set_wait_strategy(common::parse_wait(&args[1]));
     let mut next = 0;
     common::serve_jobs(args, |n| {
-        windowed_requests(&mut client, n, &mut next);
+        windowed_requests(&client, n, &mut next);
         0
     });
 }

@@ -464,7 +464,7 @@ fn server(service: &Path, reports: &Path, name: &str, limit: u64) -> Result {
 }
 
 fn client(service: &Path, reports: &Path, id: u64) -> Result {
-    let mut client = Service::open(service)?.client()?;
+    let client = Service::open(service)?.client()?;
     let mut latencies = Vec::with_capacity(REQUESTS_PER_CLIENT as usize);
     for i in 0..REQUESTS_PER_CLIENT {
         let request = format!("client-{id} img-{i} 128x128");

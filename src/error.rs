@@ -303,6 +303,9 @@ pub enum RecvError {
     Timeout,
     /// Request-reply: the server dropped the request without replying.
     NoReply,
+    /// Request-reply: the [`Pending`](crate::Pending) ticket was made by another client. Its
+    /// request can only be answered on the client that sent it.
+    WrongClient,
     /// The queue is empty and no producer is attached, so no message can come until one
     /// attaches. Only for a consumer that asked for it with
     /// [`Consumer::set_disconnect_when_alone`](crate::Consumer::set_disconnect_when_alone);
@@ -346,6 +349,11 @@ impl fmt::Display for RecvError {
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
+            RecvError::WrongClient => write!(
+                f,
+                "the ticket belongs to another client: wait for it on the client that sent \
+                 the request"
+            ),
             RecvError::Disconnected => {
                 write!(f, "the queue is empty and every producer has detached")
             }

@@ -22,19 +22,24 @@
 //! # Many requests in flight
 //!
 //! [`Client::send`] returns a [`Pending`] ticket at once; [`Client::wait`] waits for that
-//! ticket's reply. Replies may arrive in any order: a reply to another outstanding request
-//! that arrives while waiting is copied into a buffer the client allocated when it attached
-//! (`reply_capacity × max_message` bytes) and its slot is freed at once, so it never holds up
-//! the reply ring; the reply waited for is returned in its slot, without copying.
+//! ticket's reply. Replies may arrive in any order: every reply is copied, when the client
+//! takes it from its reply ring, into the buffer of its request's place (the client allocated
+//! one of `max_message` bytes per place when it attached: `reply_capacity × max_message` bytes
+//! of heap, never more) and its slot is freed at once, so a reply never holds up the reply
+//! ring, however long it is kept; a reply to another request waits there for its own `wait`.
+//! A [`Reply`] holds that buffer until dropped, and borrows its client shared, so several can
+//! be held at once. (A reply left in its slot instead would hold up the servers that come
+//! round the ring to that slot, and the client cannot tell how soon that is.)
 //!
 //! A client has `reply_capacity` **places**. Sending takes one; the place is freed when the
-//! request's reply (or "no reply" notice) has been taken from the reply ring and its slot freed,
-//! or, for a reply kept in a buffer, when its wait returns it. So at most `reply_capacity`
-//! requests are outstanding or kept, replies owed to a client never outnumber the free slots
-//! of its reply ring, and **servers never find a reply ring full**. With every place taken,
-//! `send` first takes the replies that have arrived; if every place is still held by a request
-//! waited for or a reply kept, it is [`SendError::Full`] at once (only waiting for them, or
-//! dropping their tickets, frees one); if some are held only by requests given up (below),
+//! request's "no reply" notice has been taken from the reply ring, or when its [`Reply`] is
+//! dropped (a `Reply` holds its slot, or the buffer it was kept in, until then). So at most
+//! `reply_capacity` requests are outstanding, kept or held, replies owed to a client never
+//! outnumber the free slots of its reply ring, and **servers never find a reply ring full**.
+//! With every place taken, `send` first takes the replies that have arrived; if every place is
+//! still held by a request waited for, a reply kept or a `Reply` not dropped, it is
+//! [`SendError::Full`] at once (only waiting for them, or dropping their tickets or replies,
+//! frees one); if some are held only by requests given up (below),
 //! `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
 //! deadline, then [`SendError::Timeout`]).
 //!
@@ -45,10 +50,11 @@
 //!
 //! Every process that can write the service file is trusted with request and reply
 //! *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
-//! [`Request::payload`] and [`Reply::payload`] are views into the mapping that a process
-//! ignoring the protocol can change while you read them; for peers you do not trust, copy them
-//! out with [`Request::copy_to_vec`] and [`Reply::copy_to_vec`] (atomic word loads, never a
-//! slice over the mapping) and validate the copy. See `docs/DESIGN.md` section 9.
+//! [`Request::payload`] is a view into the mapping that a process ignoring the protocol can
+//! change while you read it; for clients you do not trust, copy it out with
+//! [`Request::copy_to_vec`] (atomic word loads, never a slice over the mapping) and validate
+//! the copy. A [`Reply`] is a private copy already (made with atomic word loads): validate it.
+//! See `docs/DESIGN.md` section 9.
 //!
 //! # Giving up: timeouts, dropped tickets, errors
 //!
@@ -91,7 +97,7 @@ use crate::layout::{
     counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
     RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
-use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
+use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -101,7 +107,7 @@ use crate::sync::reactor::KeepAlive;
 use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Client entry state: bits 0..12 the owner's participant id, bit 12 attached, bits 16.. the
@@ -513,12 +519,14 @@ impl Service {
                 shared.release(ring, stale);
             }
             let places = shared.geometry.reply_capacity as usize;
+            let ledger = Ledger::new(places, shared.max_message());
             return Ok(Client {
                 shared: shared.clone(),
                 index,
                 generation,
                 owner,
-                ledger: Ledger::new(places, shared.max_message()),
+                dropped: ledger.dropped.clone(),
+                ledger: Mutex::new(ledger),
                 wait: WaitStrategy::default(),
                 me,
             });
@@ -897,10 +905,24 @@ impl DroppedTickets {
 ///
 /// A client has `reply_capacity` *places*, one per request that may be in flight: a place is
 /// taken when a request is sent and freed when its reply has been taken from the reply ring
-/// and its slot freed (or, for a reply kept for a later wait, when that wait returns it). So
-/// at most `reply_capacity` replies are ever owed to the client, and servers never find its
-/// reply ring full. A request given up — its wait timed out or failed, or its [`Pending`] was
-/// dropped — keeps its place until its late reply arrives, which is then discarded.
+/// and its slot freed (or, for a reply kept for a later wait, when that wait returns it), or,
+/// for a reply handed out as a [`Reply`], when the `Reply` is dropped. So at most
+/// `reply_capacity` replies are ever owed to the client, and servers never find its reply ring
+/// full. A request given up — its wait timed out or failed, or its [`Pending`] was dropped —
+/// keeps its place until its late reply arrives, which is then discarded.
+///
+/// Its methods take `&self`: a [`Reply`] borrows the client shared, so several replies may be
+/// held at once, and threads may share a client, each waiting for its own tickets (a wait
+/// that takes another thread's reply keeps it for that thread, which finds it there).
+///
+/// # Memory
+///
+/// A client allocates, when it attaches and never again, a buffer of `max_message` bytes per
+/// place: `reply_capacity × max_message` bytes of heap (64 KiB with the defaults; 64 MiB for
+/// `reply_capacity(64)` with 1 MiB messages). A reply that arrives while the client waits for
+/// another is copied there and its slot freed at once, so that it never holds up the reply
+/// ring; see "Many requests in flight" in the [module docs](crate::reqrep). Choose
+/// `reply_capacity` for the requests a client really keeps in flight.
 ///
 /// Belongs to the process that attached it: in a fork child, its methods fail with
 /// [`SendError::WrongProcess`] / [`RecvError::WrongProcess`] and dropping it does nothing to
@@ -912,18 +934,24 @@ pub struct Client {
     index: u32,
     generation: u64,
     owner: u16,
-    ledger: Ledger,
+    /// Behind an in-process lock, held only while a wait or send looks at the reply ring
+    /// (never while parked), so that every method takes `&self`.
+    ledger: Mutex<Ledger>,
+    /// The board its tickets tell when they are dropped (also in the ledger); a ticket of
+    /// another client has another board.
+    dropped: Arc<DroppedTickets>,
     wait: WaitStrategy,
     me: Participant,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ledger = self.ledger();
         f.debug_struct("Client")
             .field("path", &self.shared.mapping.path())
             .field("entry", &self.index)
-            .field("outstanding", &self.ledger.count(Place::is_waiting))
-            .field("kept", &self.ledger.count(Place::is_kept))
+            .field("outstanding", &ledger.count(Place::is_waiting))
+            .field("kept", &ledger.count(Place::is_kept))
             .finish()
     }
 }
@@ -937,12 +965,15 @@ enum Place {
     Waiting {
         given_up: bool,
     },
-    /// Its reply, taken from the ring while the client waited for another and copied into the
-    /// place's buffer: `len` bytes, or a "no reply" notice.
+    /// Its reply, taken from the ring and copied into the place's buffer, for its wait: `len`
+    /// bytes, or a "no reply" notice.
     Kept {
         len: usize,
         no_reply: bool,
     },
+    /// Its reply is held by a [`Reply`], which holds the place's buffer; the place is freed
+    /// (and the buffer given back) when that is dropped.
+    Handed,
 }
 
 impl Place {
@@ -955,40 +986,30 @@ impl Place {
     }
 }
 
-/// A client's bookkeeping of its places, kept apart from the handle so that a wait can update
-/// it while it reads the reply ring through the handle's shared state. Everything is allocated
-/// when the client attaches.
+/// A client's bookkeeping of its places. Everything is allocated when the client attaches.
 struct Ledger {
     /// Per place: the id of its latest request, and what the place holds.
     places: Vec<(u64, Place)>,
     /// Free places; the most recently freed is taken first.
     free: Vec<u32>,
-    /// One buffer of `max` bytes per place, for a kept reply.
-    buffers: Vec<u8>,
-    max: usize,
+    /// One buffer of `max` bytes per place, for a kept reply; lent to the [`Reply`] that
+    /// returns it (`None` meanwhile) and given back when that is dropped.
+    buffers: Vec<Option<Box<[u8]>>>,
     dropped: Arc<DroppedTickets>,
 }
 
-/// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
-/// from the client's buffer if it arrived while the client waited for another.
-///
-/// In a fork child (a copy inherited from the process that received it) a reply still in its
-/// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
+/// A reply, copied out of the reply ring into a buffer of its client's (with atomic word
+/// loads, so it is private memory that no other process can change) when it arrived; its
+/// slot was freed at once. It holds that buffer, and its request's place (see [`Client`]),
+/// until dropped, and borrows the client shared: keep several at once if you like.
 #[must_use]
 pub struct Reply<'a> {
-    source: ReplySource<'a>,
-}
-
-enum ReplySource<'a> {
-    Slot {
-        shared: &'a Shared,
-        ring: &'a MpmcRing,
-        /// Always `Some` until dropped.
-        claim: Option<ReadClaim>,
-        /// The client's process: the only one that may read or free the slot.
-        process: Process,
-    },
-    Kept(&'a [u8]),
+    client: &'a Client,
+    /// The request's id, whose place this reply holds.
+    id: u64,
+    /// The place's buffer, `Some` until dropped.
+    buffer: Option<Box<[u8]>>,
+    len: usize,
 }
 
 impl std::ops::Deref for Reply<'_> {
@@ -1012,68 +1033,42 @@ impl Reply<'_> {
     /// The reply's payload (also what the reply dereferences to).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        match &self.source {
-            ReplySource::Slot {
-                ring,
-                claim: Some(claim),
-                process,
-                ..
-            } if process.is_current() => &ring.payload(claim)[ENVELOPE_SIZE..],
-            ReplySource::Slot { .. } => &[],
-            ReplySource::Kept(bytes) => bytes,
-        }
+        self.buffer.as_deref().map_or(&[], |b| &b[..self.len])
     }
 
-    /// The reply's payload, copied out of the shared file with atomic word loads: for clients
-    /// that do not trust their servers (see [`Request::copy_to_vec`]). Allocates.
+    /// The reply's payload in a new vector. Allocates; the reply already is a private copy
+    /// (unlike a [`Request`], see [`Request::copy_to_vec`]), so this is `payload().to_vec()`.
     pub fn copy_to_vec(&self) -> Vec<u8> {
-        match &self.source {
-            ReplySource::Slot {
-                ring,
-                claim: Some(claim),
-                process,
-                ..
-            } if process.is_current() => copy_after_envelope(ring, claim),
-            ReplySource::Slot { .. } => Vec::new(),
-            // Copied out of the ring (with atomic loads) when it arrived: private memory now.
-            ReplySource::Kept(bytes) => bytes.to_vec(),
-        }
+        self.payload().to_vec()
     }
 }
 
 impl fmt::Debug for Reply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reply")
-            .field("len", &self.payload().len())
+            .field("id", &self.id)
+            .field("len", &self.len)
             .finish()
     }
 }
 
 impl Drop for Reply<'_> {
+    /// Gives the buffer back to its place and frees the place.
     fn drop(&mut self) {
-        if let ReplySource::Slot {
-            shared,
-            ring,
-            claim,
-            process,
-        } = &mut self.source
-        {
-            if !process.is_current() {
-                return;
-            }
-            if let Some(claim) = claim.take() {
-                shared.release(ring, claim);
-            }
+        let mut ledger = self.client.ledger();
+        if let Some(buffer) = self.buffer.take() {
+            ledger.buffers[place_of(self.id)] = Some(buffer);
         }
+        ledger.free(self.id);
     }
 }
 
-/// What filing a reply taken from the ring found.
-enum Filed {
-    /// The reply waited for (still in its slot), or `None` if it is a "no reply" notice.
-    Wanted(Option<ReadClaim>),
-    /// Something else, now dealt with.
-    Other,
+/// What a look for the reply to a ticket found: `len` bytes kept in its place's buffer, or
+/// a "no reply" notice.
+#[derive(Clone, Copy)]
+pub(crate) struct Found {
+    len: usize,
+    no_reply: bool,
 }
 
 impl Ledger {
@@ -1083,8 +1078,9 @@ impl Ledger {
                 .map(|p| ((p as u64).wrapping_sub(LAP), Place::Free))
                 .collect(),
             free: (0..places).rev().map(|p| p as u32).collect(),
-            buffers: vec![0; places * max],
-            max,
+            buffers: (0..places)
+                .map(|_| Some(vec![0; max].into_boxed_slice()))
+                .collect(),
             dropped: Arc::new(DroppedTickets::new(places)),
         }
     }
@@ -1117,6 +1113,11 @@ impl Ledger {
             .get(place_of(id))
             .filter(|&&(at, place)| at == id && place != Place::Free)
             .map(|&(_, place)| place)
+    }
+
+    /// Request `id`'s reply is handed out (see [`Place::Handed`]).
+    fn hand_out(&mut self, id: u64) {
+        self.places[place_of(id)].1 = Place::Handed;
     }
 
     /// Request `id` is given up: its reply is to be discarded when it comes.
@@ -1153,45 +1154,31 @@ impl Ledger {
         late
     }
 
-    /// Files one reply taken from `ring`: the one waited for (`want`) is handed back in its
-    /// slot; one for a request still wanted is copied into its place's buffer and its slot
-    /// freed; one for a request given up is dropped and frees its place; stale (another client
-    /// or generation), duplicate and corrupt ones are dropped.
+    /// Files one reply taken from `ring` and frees its slot: one for a request still wanted
+    /// is copied into its place's buffer (with atomic word loads) and kept there for its wait;
+    /// one for a request given up is dropped and frees its place; stale (another client or
+    /// generation), duplicate and corrupt ones are dropped. The slot is freed at once, so a
+    /// reply never holds up the reply ring, however long its [`Reply`] is kept.
     #[inline]
-    fn file(
-        &mut self,
-        shared: &Shared,
-        ring: &MpmcRing,
-        me: (u32, u64),
-        claim: ReadClaim,
-        want: Option<u64>,
-    ) -> Filed {
+    fn file(&mut self, shared: &Shared, ring: &MpmcRing, me: (u32, u64), claim: ReadClaim) {
         let (index, generation) = me;
         let ours = envelope_of(ring, &claim)
             .filter(|e| e.generation == generation && e.client == index)
             .and_then(|e| self.holding(e.correlation).map(|place| (e, place)));
         let Some((e, Place::Waiting { given_up })) = ours else {
             shared.release(ring, claim);
-            return Filed::Other;
+            return;
         };
         let id = e.correlation;
-        let no_reply = e.flags & FLAG_NO_REPLY != 0;
-        if want == Some(id) {
-            // Freed now, yet the slot stays held by the `Reply` returned; that borrows the
-            // client, so no request can take the place before the slot is free.
-            self.free(id);
-            if no_reply {
-                shared.release(ring, claim);
-                return Filed::Wanted(None);
-            }
-            return Filed::Wanted(Some(claim));
-        }
         let discard = given_up || self.dropped.has(id);
         if !discard {
             let len = claim.len() - ENVELOPE_SIZE;
-            let at = place_of(id) * self.max;
+            // Present: only a `Handed` place lends its buffer out, and this one is `Waiting`.
             // In bounds: a payload is at most `max` bytes (the ring checked the length).
-            ring.copy_payload(&claim, ENVELOPE_SIZE, &mut self.buffers[at..at + len]);
+            if let Some(buffer) = self.buffers[place_of(id)].as_deref_mut() {
+                ring.copy_payload(&claim, ENVELOPE_SIZE, &mut buffer[..len]);
+            }
+            let no_reply = e.flags & FLAG_NO_REPLY != 0;
             self.places[place_of(id)].1 = Place::Kept { len, no_reply };
         }
         shared.release(ring, claim);
@@ -1199,7 +1186,6 @@ impl Ledger {
             // Only now, with its slot free: a server may then be owed one reply more.
             self.free(id);
         }
-        Filed::Other
     }
 
     /// Files every reply that has arrived (none is waited for); returns how many.
@@ -1212,10 +1198,38 @@ impl Ledger {
     ) -> Result<u64, Corruption> {
         let mut taken = 0;
         while let Some(claim) = ring.try_claim_read(owner)? {
-            self.file(shared, ring, me, claim, None);
+            self.file(shared, ring, me, claim);
             taken += 1;
         }
         Ok(taken)
+    }
+
+    /// One look for the reply to request `want` (outstanding): kept already (by this or
+    /// another thread's wait or send), or taken now from `ring`, filing the replies to other
+    /// requests on the way.
+    ///
+    /// No wake-up is lost to a reply that another thread kept: its server's commit woke every
+    /// wait of this client registered then, and one registered later looks (here, for `Kept`
+    /// first) after registering.
+    fn look(
+        &mut self,
+        shared: &Shared,
+        ring: &MpmcRing,
+        me: (u32, u64),
+        owner: u16,
+        stats: OwnStats<'_>,
+        want: u64,
+    ) -> Result<Option<Found>, Corruption> {
+        loop {
+            if let Some(Place::Kept { len, no_reply }) = self.holding(want) {
+                return Ok(Some(Found { len, no_reply }));
+            }
+            let Some(claim) = ring.try_claim_read(owner)? else {
+                return Ok(None);
+            };
+            stats.add(counter::RECEIVED, 1);
+            self.file(shared, ring, me, claim);
+        }
     }
 }
 
@@ -1237,7 +1251,14 @@ impl Client {
     /// that have arrived are taken by the next wait, or by the next send that finds every
     /// place taken, so a late reply may still be counted here until then.
     pub fn outstanding(&self) -> usize {
-        self.ledger.count(Place::is_waiting)
+        self.ledger().count(Place::is_waiting)
+    }
+
+    /// The ledger, locked; a panic while it was held (none of its steps panics) leaves it
+    /// usable.
+    #[inline]
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn reply_ring(&self) -> &MpmcRing {
@@ -1245,10 +1266,11 @@ impl Client {
     }
 
     #[inline]
-    fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+    fn send_with(&self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
         self.me.check_send()?;
         self.shared.check_len(payload.len())?;
-        let id = match self.ledger.take() {
+        let taken = self.ledger().take();
+        let id = match taken {
             Some(id) => id,
             None => self.make_room(deadline)?,
         };
@@ -1262,7 +1284,7 @@ impl Client {
         let claim = match SendError::from_wait(waited, deadline) {
             Ok(claim) => claim,
             Err(e) => {
-                self.ledger.free(id);
+                self.ledger().free(id);
                 return Err(e);
             }
         };
@@ -1275,13 +1297,13 @@ impl Client {
         let result = put(&self.shared, ring, claim, &envelope, payload);
         ring.not_empty().notify();
         if let Err(e) = result {
-            self.ledger.free(id);
+            self.ledger().free(id);
             return Err(e);
         }
         self.me.stats().add(counter::SENT, 1);
         Ok(Pending {
             id,
-            dropped: Some(self.ledger.dropped.clone()),
+            dropped: Some(self.dropped.clone()),
         })
     }
 
@@ -1289,22 +1311,25 @@ impl Client {
     /// takes the replies that have arrived (those of requests given up free their places),
     /// and if some places are held only for late replies, waits for them until `deadline`.
     #[cold]
-    fn make_room(&mut self, deadline: Deadline) -> Result<u64, SendError> {
-        let (shared, ledger) = (&self.shared, &mut self.ledger);
-        let ring = &shared.replies[self.index as usize];
+    fn make_room(&self, deadline: Deadline) -> Result<u64, SendError> {
+        let shared = &self.shared;
+        let ring = self.reply_ring();
         let (me, owner) = ((self.index, self.generation), self.owner);
         let stats = self.me.stats();
-        ledger.reclaim_dropped();
-        let taken = ledger
-            .drain(shared, ring, me, owner)
-            .map_err(SendError::Corrupt)?;
-        stats.add(counter::RECEIVED, taken);
-        if let Some(id) = ledger.take() {
+        let reclaim_and_drain = || {
+            let mut ledger = self.ledger();
+            let late = ledger.reclaim_dropped();
+            stats.add(counter::RECEIVED, ledger.drain(shared, ring, me, owner)?);
+            let id = ledger.take();
+            Ok::<_, Corruption>((id, late || ledger.reclaim_dropped()))
+        };
+        let (id, late) = reclaim_and_drain().map_err(SendError::Corrupt)?;
+        if let Some(id) = id {
             return Ok(id);
         }
-        if deadline.is_now() || !ledger.reclaim_dropped() {
-            // Every place is held for a request still wanted or a reply kept: only waiting
-            // for those (or dropping their tickets) frees one.
+        if deadline.is_now() || !late {
+            // Every place is held for a request still wanted or a reply kept or handed out:
+            // only waiting for those (or dropping their tickets or replies) frees one.
             stats.add(counter::FULL, 1);
             return Err(SendError::Full);
         }
@@ -1315,11 +1340,7 @@ impl Client {
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || {
-                    ledger.reclaim_dropped();
-                    stats.add(counter::RECEIVED, ledger.drain(shared, ring, me, owner)?);
-                    Ok(ledger.take())
-                },
+                || reclaim_and_drain().map(|(id, _)| id),
                 || shared.repair_quietly(),
             );
         match waited {
@@ -1333,12 +1354,35 @@ impl Client {
     /// and while every place is taken but some only by requests given up (until their late
     /// replies come).
     ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-send-doc-{}", std::process::id()));
+    /// use shmq::{Service, ServiceOptions};
+    /// let service = Service::create(&path, &ServiceOptions::new())?;
+    /// let (server, client) = (service.server()?, service.client()?);
+    /// // Several requests in flight; their replies may come in any order.
+    /// let first = client.send(b"a")?;
+    /// let second = client.send(b"b")?;
+    /// for _ in 0..2 {
+    ///     let request = server.recv()?;
+    ///     let upper = request.to_ascii_uppercase();
+    ///     request.reply(&upper)?;
+    /// }
+    /// // Redeem the tickets in any order; the replies may be kept side by side.
+    /// let b = client.wait(second)?;
+    /// let a = client.wait(first)?;
+    /// assert_eq!((&*a, &*b), (&b"A"[..], &b"B"[..]));
+    /// # drop((a, b));
+    /// # Service::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`SendError::Full`] if every one of the `reply_capacity` places is held by a request
-    /// still wanted or a reply kept for a later wait; [`SendError::TooLarge`];
-    /// [`SendError::ClaimLost`] (nothing was sent); [`SendError::Corrupt`].
+    /// still wanted, a reply kept for a later wait or a [`Reply`] not dropped yet;
+    /// [`SendError::TooLarge`]; [`SendError::ClaimLost`] (nothing was sent);
+    /// [`SendError::Corrupt`].
     #[inline]
-    pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
+    pub fn send(&self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Never)
     }
 
@@ -1346,87 +1390,80 @@ impl Client {
     ///
     /// # Errors
     /// As for [`send`](Self::send).
-    pub fn try_send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
+    pub fn try_send(&self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Now)
     }
 
-    /// What the place of `pending`'s request holds, if `pending` is this client's and its
-    /// request is outstanding.
-    fn place_of_ticket(&self, pending: &Pending) -> Option<Place> {
-        let ours = pending
+    /// Whether `pending` is a ticket of this client (a ticket of another client names a
+    /// request of that client, whose id may well be outstanding here too).
+    fn is_mine(&self, pending: &Pending) -> bool {
+        pending
             .dropped
             .as_ref()
-            .is_some_and(|d| Arc::ptr_eq(d, &self.ledger.dropped));
-        ours.then(|| self.ledger.holding(pending.id)).flatten()
+            .is_some_and(|d| Arc::ptr_eq(d, &self.dropped))
     }
 
-    /// The reply to request `want`, kept in its place's buffer; frees the place.
-    fn kept_reply(
-        &mut self,
-        want: u64,
-        len: usize,
-        no_reply: bool,
-    ) -> Result<Reply<'_>, RecvError> {
-        self.ledger.free(want);
-        if no_reply {
+    /// What the place of `pending`'s request holds, if `pending` is this client's and its
+    /// request is outstanding: [`RecvError::WrongClient`] if it is another client's.
+    fn place_of_ticket(&self, pending: &Pending) -> Result<Option<Place>, RecvError> {
+        if !self.is_mine(pending) {
+            return Err(RecvError::WrongClient);
+        }
+        Ok(self.ledger().holding(pending.id))
+    }
+
+    /// The reply to request `want`, kept in its place as `found`, handed out; a "no reply"
+    /// notice frees the place and is an error.
+    fn redeem(&self, want: u64, found: Found) -> Result<Reply<'_>, RecvError> {
+        let mut ledger = self.ledger();
+        if found.no_reply {
+            ledger.free(want);
             return Err(RecvError::NoReply);
         }
-        let at = place_of(want) * self.ledger.max;
+        ledger.hand_out(want);
         Ok(Reply {
-            source: ReplySource::Kept(&self.ledger.buffers[at..at + len]),
+            client: self,
+            id: want,
+            buffer: ledger.buffers[place_of(want)].take(),
+            len: found.len,
         })
     }
 
-    /// The reply to `want` found in its slot, or a "no reply" notice.
-    fn slot_reply(&self, claim: Option<ReadClaim>) -> Result<Reply<'_>, RecvError> {
-        match claim {
-            Some(claim) => Ok(Reply {
-                source: ReplySource::Slot {
-                    shared: &self.shared,
-                    ring: self.reply_ring(),
-                    claim: Some(claim),
-                    process: self.me.process(),
-                },
-            }),
-            None => Err(RecvError::NoReply),
-        }
+    /// One non-blocking look for the reply to `want` (outstanding).
+    fn look(&self, want: u64) -> Result<Option<Found>, Corruption> {
+        let (ring, me) = (self.reply_ring(), (self.index, self.generation));
+        let stats = self.me.stats();
+        self.ledger()
+            .look(&self.shared, ring, me, self.owner, stats, want)
     }
 
     #[inline]
-    fn wait_with(
-        &mut self,
-        mut pending: Pending,
-        deadline: Deadline,
-    ) -> Result<Reply<'_>, RecvError> {
+    fn wait_with(&self, mut pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
         self.me.check_recv()?;
         let want = pending.id;
-        let Some(place) = self.place_of_ticket(&pending) else {
-            // Another client's ticket: dropped here, it gives its request up there.
+        // Another client's ticket: dropped here, it gives its request up there.
+        let Some(place) = self.place_of_ticket(&pending)? else {
             return Err(no_such_request());
         };
         pending.dropped = None; // redeemed
         if let Place::Kept { len, no_reply } = place {
-            return self.kept_reply(want, len, no_reply);
+            return self.redeem(want, Found { len, no_reply });
         }
-        // Split borrows: the ring is read through `shared` while the ledger is updated.
-        let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
-        let ring = &shared.replies[self.index as usize];
-        let me = (self.index, self.generation);
-        let stats = self.me.stats();
+        let ring = self.reply_ring();
         let found = self
             .me
             .waiting_on(ring.not_empty(), counter::EMPTY)
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || look_for_reply(ledger, shared, ring, me, owner, stats, want),
-                || shared.repair_quietly(),
+                || self.look(want),
+                || self.shared.repair_quietly(),
             );
         match found {
-            Ok(Some(claim)) => self.slot_reply(claim),
+            Ok(Some(found)) => self.redeem(want, found),
             Ok(None) => {
                 // Given up: its place is freed when its late reply comes (and is discarded).
-                self.ledger.give_up(want);
+                self.ledger().give_up(want);
                 Err(if deadline.is_now() {
                     RecvError::Empty
                 } else {
@@ -1434,21 +1471,37 @@ impl Client {
                 })
             }
             Err(c) => {
-                self.ledger.give_up(want);
+                self.ledger().give_up(want);
                 Err(RecvError::Corrupt(c))
             }
         }
     }
 
     /// Waits for the reply to `pending`. Replies to other outstanding requests that arrive
-    /// meanwhile are kept for their own `wait`.
+    /// meanwhile are kept for their own `wait`. The [`Reply`] borrows the client shared: hold
+    /// several at once, or send more requests meanwhile (each held reply holds its request's
+    /// place, see [`Client`]).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-wait-doc-{}", std::process::id()));
+    /// use shmq::{RecvError, Service, ServiceOptions};
+    /// let service = Service::create(&path, &ServiceOptions::new())?;
+    /// let (server, client) = (service.server()?, service.client()?);
+    /// let pending = client.send(b"resize img-7")?;
+    /// let request = server.recv()?;
+    /// drop(request); // dropped unanswered: the client is told there will be no reply
+    /// assert_eq!(client.wait(pending).unwrap_err(), RecvError::NoReply);
+    /// # Service::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`RecvError::NoReply`] if the server dropped the request without replying;
-    /// [`RecvError::Corrupt`] if shared memory breaks the protocol (the request is then given
-    /// up, as after a timeout).
+    /// [`RecvError::WrongClient`] if `pending` was made by another client (the ticket is
+    /// dropped, which gives its request up on that client); [`RecvError::Corrupt`] if shared
+    /// memory breaks the protocol (the request is then given up, as after a timeout).
     #[inline]
-    pub fn wait(&mut self, pending: Pending) -> Result<Reply<'_>, RecvError> {
+    pub fn wait(&self, pending: Pending) -> Result<Reply<'_>, RecvError> {
         self.wait_with(pending, Deadline::Never)
     }
 
@@ -1458,7 +1511,7 @@ impl Client {
     /// # Errors
     /// [`RecvError::Timeout`], and as for [`wait`](Self::wait).
     pub fn wait_timeout(
-        &mut self,
+        &self,
         pending: Pending,
         timeout: Duration,
     ) -> Result<Reply<'_>, RecvError> {
@@ -1470,7 +1523,7 @@ impl Client {
     /// # Errors
     /// [`Error::Send`] or [`Error::Recv`], as for [`send`](Self::send) and [`wait`](Self::wait).
     #[inline]
-    pub fn request(&mut self, payload: &[u8]) -> Result<Reply<'_>, Error> {
+    pub fn request(&self, payload: &[u8]) -> Result<Reply<'_>, Error> {
         let pending = self.send(payload)?;
         Ok(self.wait(pending)?)
     }
@@ -1483,11 +1536,7 @@ impl Client {
     /// if no place came free in time (every place held by requests given up, whose late
     /// replies have not come: typically while no server is attached); and as for
     /// [`request`](Self::request).
-    pub fn request_timeout(
-        &mut self,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Reply<'_>, Error> {
+    pub fn request_timeout(&self, payload: &[u8], timeout: Duration) -> Result<Reply<'_>, Error> {
         let deadline = Deadline::after(timeout);
         let pending = self.send_with(payload, deadline)?;
         Ok(self.wait_with(pending, deadline)?)
@@ -1533,34 +1582,8 @@ impl Server {
     }
 }
 
-/// A wait's attempt: takes the replies that have arrived, filing those for other requests,
-/// until the one for `want` (`Some(claim)`, or `Some(None)` for a "no reply" notice).
-fn look_for_reply(
-    ledger: &mut Ledger,
-    shared: &Shared,
-    ring: &MpmcRing,
-    me: (u32, u64),
-    owner: u16,
-    stats: OwnStats<'_>,
-    want: u64,
-) -> Result<Option<Option<ReadClaim>>, Corruption> {
-    while let Some(claim) = ring.try_claim_read(owner)? {
-        stats.add(counter::RECEIVED, 1);
-        if let Filed::Wanted(claim) = ledger.file(shared, ring, me, claim, Some(want)) {
-            return Ok(Some(claim));
-        }
-    }
-    Ok(None)
-}
-
 fn no_such_request() -> RecvError {
     RecvError::Corrupt(Corruption::BadState("no such request is outstanding"))
-}
-
-/// What `Client::wait_async` found for its ticket (see [`Client::async_look`]).
-pub(crate) enum Found {
-    Kept { len: usize, no_reply: bool },
-    Slot(Option<ReadClaim>),
 }
 
 /// What `Client::wait_async` needs: the cell a client waits on for replies, what keeps it
@@ -1578,21 +1601,16 @@ impl Client {
 
     /// One non-blocking look for the reply to `pending`. On an error the request is given up,
     /// as by a failed [`wait`](Self::wait).
-    pub(crate) fn async_look(&mut self, pending: &Pending) -> Result<Option<Found>, RecvError> {
+    pub(crate) fn async_look(&self, pending: &Pending) -> Result<Option<Found>, RecvError> {
         self.me.check_recv()?;
         let want = pending.id;
-        match self.place_of_ticket(pending) {
-            None => return Err(no_such_request()),
-            Some(Place::Kept { len, no_reply }) => return Ok(Some(Found::Kept { len, no_reply })),
-            Some(_) => {}
+        if self.place_of_ticket(pending)?.is_none() {
+            return Err(no_such_request());
         }
-        let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
-        let ring = &shared.replies[self.index as usize];
-        let me = (self.index, self.generation);
-        match look_for_reply(ledger, shared, ring, me, owner, self.me.stats(), want) {
-            Ok(found) => Ok(found.map(Found::Slot)),
+        match self.look(want) {
+            Ok(found) => Ok(found),
             Err(c) => {
-                self.ledger.give_up(want);
+                self.ledger().give_up(want);
                 Err(RecvError::Corrupt(c))
             }
         }
@@ -1600,15 +1618,12 @@ impl Client {
 
     /// Redeems `pending` with what [`async_look`](Self::async_look) found.
     pub(crate) fn async_reply(
-        &mut self,
+        &self,
         pending: &mut Pending,
         found: Found,
     ) -> Result<Reply<'_>, RecvError> {
         pending.dropped = None; // redeemed
-        match found {
-            Found::Kept { len, no_reply } => self.kept_reply(pending.id, len, no_reply),
-            Found::Slot(claim) => self.slot_reply(claim),
-        }
+        self.redeem(pending.id, found)
     }
 }
 

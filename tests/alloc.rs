@@ -208,7 +208,7 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
     )
     .unwrap();
     let server = svc.server().unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let answer = |n: usize| {
         for _ in 0..n {
             let request = server.try_recv().unwrap();
@@ -216,7 +216,7 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
             request.reply(&reply).unwrap();
         }
     };
-    let mut reqrep_round = || {
+    let reqrep_round = || {
         let a = client.send(b"a").unwrap();
         let b = client.send(b"b").unwrap();
         answer(2);

@@ -351,3 +351,134 @@ fn wait_parked(path: &Path, child: &mut ChildProc) {
     });
     assert!(parked, "child {:?} never parked", child.role());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Request-reply: replies held side by side, tickets tied to their client
+// ---------------------------------------------------------------------------------------------
+
+fn service(dir: &TempDir, reply_capacity: usize) -> Service {
+    Service::create(
+        dir.join("s"),
+        &ServiceOptions::new()
+            .reply_capacity(reply_capacity)
+            .max_message(32),
+    )
+    .unwrap()
+}
+
+/// Answers `n` requests with their payload, upper-cased (what is not a letter stays).
+fn answer(server: &shmq::Server, n: usize) {
+    for _ in 0..n {
+        let request = server.recv().unwrap();
+        let upper = request.to_ascii_uppercase();
+        request.reply(&upper).unwrap();
+    }
+}
+
+/// Several replies held at once (one still in its slot, one kept in the client's buffer)
+/// while the client sends more; each holds its place until dropped, so the places in use
+/// never exceed `reply_capacity` and servers never find the reply ring full.
+#[test]
+fn replies_can_be_held_side_by_side_while_the_client_sends_more() {
+    let dir = TempDir::new("api-replies");
+    let svc = service(&dir, 3);
+    let (server, client) = (svc.server().unwrap(), svc.client().unwrap());
+    let (a, b) = (client.send(b"a").unwrap(), client.send(b"b").unwrap());
+    answer(&server, 2);
+    let reply_b = client.wait(b).unwrap(); // takes a's reply too, keeping it in a buffer
+    let reply_a = client.wait(a).unwrap();
+    let c = client.send(b"c").unwrap(); // the third place
+    answer(&server, 1);
+    // Every place is held: by two replies and a request.
+    assert_eq!(client.try_send(b"d").unwrap_err(), shmq::SendError::Full);
+    let reply_c = client.wait(c).unwrap();
+    assert_eq!(
+        (&*reply_a, &*reply_b, &*reply_c),
+        (&b"A"[..], &b"B"[..], &b"C"[..])
+    );
+    assert_eq!(client.try_send(b"d").unwrap_err(), shmq::SendError::Full);
+    drop(reply_b);
+    // A dropped reply frees its place: the next request goes, and its reply comes back
+    // right while the others are still held.
+    let d = client.try_send(b"d").unwrap();
+    answer(&server, 1);
+    assert_eq!(&*client.wait(d).unwrap(), b"D");
+    assert_eq!((&*reply_a, &*reply_c), (&b"A"[..], &b"C"[..]));
+}
+
+/// A ticket used with a client other than the one that made it is refused with
+/// `WrongClient`; it is never answered with the other client's reply of the same id.
+#[test]
+fn a_ticket_waited_for_on_another_client_is_refused_not_answered_wrongly() {
+    let dir = TempDir::new("api-wrong-client");
+    let svc = service(&dir, 4);
+    let server = svc.server().unwrap();
+    let (client_a, client_b) = (svc.client().unwrap(), svc.client().unwrap());
+    // First request of each: their correlation ids are the same.
+    let from_a = client_a.send(b"from a").unwrap();
+    let from_b = client_b.send(b"from b").unwrap();
+    assert_eq!(from_a.id(), from_b.id());
+    answer(&server, 2);
+    assert_eq!(
+        client_b.wait(from_a).unwrap_err(),
+        RecvError::WrongClient,
+        "client b answered client a's ticket"
+    );
+    // b's own request is untouched; a's ticket was given up on a (dropped), so its reply is
+    // discarded there, never handed to a's next request.
+    assert_eq!(&*client_b.wait(from_b).unwrap(), b"FROM B");
+    let again = client_a.send(b"again").unwrap();
+    answer(&server, 1);
+    assert_eq!(&*client_a.wait(again).unwrap(), b"AGAIN");
+}
+
+/// Threads sharing one client each wait for their own ticket: a wait that takes another
+/// thread's reply keeps it and wakes that thread, which then finds it.
+#[test]
+fn threads_sharing_a_client_each_get_their_own_reply() {
+    let dir = TempDir::new("api-shared-client");
+    let svc = service(&dir, 8);
+    let server = svc.server().unwrap();
+    let mut client = svc.client().unwrap();
+    client.set_wait_strategy(shmq::WaitStrategy::Park);
+    let client = client;
+    std::thread::scope(|scope| {
+        let waiters: Vec<_> = (0..4u8)
+            .map(|i| {
+                let client = &client;
+                scope.spawn(move || {
+                    for round in 0..50u8 {
+                        let msg = [b'a' + i, round];
+                        let pending = client.send(&msg).unwrap();
+                        let reply = client.wait(pending).unwrap();
+                        assert_eq!(&*reply, &[b'A' + i, round]);
+                    }
+                })
+            })
+            .collect();
+        answer(&server, 200);
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+    });
+}
+
+/// A reply kept for long holds its place, never a slot of the reply ring: servers keep
+/// delivering, lap after lap of the ring, to a client that holds one.
+#[test]
+fn a_reply_kept_for_long_never_holds_up_servers() {
+    let dir = TempDir::new("api-kept-reply");
+    let svc = service(&dir, 2);
+    let (server, client) = (svc.server().unwrap(), svc.client().unwrap());
+    let first = client.send(b"kept").unwrap();
+    answer(&server, 1);
+    let kept = client.wait(first).unwrap();
+    for round in 0..10u8 {
+        let pending = client.send(&[b'a' + round]).unwrap();
+        let request = server.recv().unwrap();
+        let upper = request.to_ascii_uppercase();
+        assert_eq!(request.reply(&upper), Ok(shmq::Delivery::Delivered));
+        assert_eq!(&*client.wait(pending).unwrap(), &[b'A' + round]);
+    }
+    assert_eq!(&*kept, b"KEPT");
+}

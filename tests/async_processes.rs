@@ -140,7 +140,7 @@ fn await_server(args: &[String]) {
 /// only after it), then a second wait gets the reply: the ticket survived the cancelled wait.
 fn await_client(args: &[String]) {
     let svc = Service::open(&args[0]).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let mut pending = client.send(b"ping").unwrap();
     let rt = runtime();
     let first = rt.block_on(async {
@@ -372,7 +372,7 @@ fn a_task_awaiting_a_server_is_woken_by_a_request_from_another_process() {
     let dir = TempDir::new("async-server");
     let path = dir.join("svc");
     let svc = Service::create(&path, &ServiceOptions::new().max_message(64)).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let mut c = child_with_env("await_server", &[s(&path)], &uncapped_park());
     wait_registered(&path, CTL_NOT_EMPTY, 1, &mut c);
     let reply = client.request_timeout(b"ping", HANG).unwrap();

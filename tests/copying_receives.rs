@@ -75,7 +75,7 @@ fn request_and_reply_copies_are_byte_identical() {
             .max_message(40),
     )
     .unwrap();
-    let (server, mut client) = (svc.server().unwrap(), svc.client().unwrap());
+    let (server, client) = (svc.server().unwrap(), svc.client().unwrap());
     let mut rng = Rng::new(11);
     for len in 0..=40 {
         let asked = message(&mut rng, len);

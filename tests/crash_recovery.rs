@@ -210,7 +210,7 @@ fn idle_subscriber(args: &[String]) {
 fn fire_requests(args: &[String]) {
     let svc = Service::open(&args[0]).unwrap();
     let n: usize = args[1].parse().unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let pending: Vec<_> = (0..n)
         .map(|i| client.send(&sealed(&format!("A{i}"))).unwrap())
         .collect();
@@ -664,7 +664,7 @@ fn killed_server_after_taking_a_request_is_served_by_another_and_client_gets_one
         .reply_capacity(8)
         .max_message(MAX);
     let svc = Service::create(&path, &opts).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let r1 = client.send(&sealed("R1")).unwrap();
     let (dead_log, dead_ready) = (dir.join("dead.log"), dir.join("dead-ready"));
     let mut dead = parked_child(
@@ -1610,7 +1610,7 @@ fn chaos_killed_and_restarted_servers_answer_every_request_once() {
             .map(|c| {
                 let (svc, stop) = (&svc, &stop);
                 scope.spawn(move || {
-                    let mut client = svc.client().unwrap();
+                    let client = svc.client().unwrap();
                     let mut in_flight = std::collections::VecDeque::new();
                     let mut seq = 0u64;
                     loop {

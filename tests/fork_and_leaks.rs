@@ -314,7 +314,7 @@ fn pubsub_and_service_survive_a_fork_child(dir: &str) {
     let mut sub = channel.subscriber(&[]).unwrap();
     let svc = Service::create(&svc_path, &ServiceOptions::new().max_message(16)).unwrap();
     let server = svc.server().unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let pending = client.send(b"ping").unwrap();
     let request = server.try_recv().unwrap();
     let parent = std::process::id();
@@ -539,7 +539,7 @@ fn leaked_request_is_served_again_when_its_server_detaches() {
     let dir = TempDir::new("leak-request");
     let path = dir.join("svc");
     let svc = Service::create(&path, &ServiceOptions::new().max_message(16)).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let pending = client.send(b"job").unwrap();
     let mut leaker = leaker(&dir, "forget_request", &path);
     let server = svc.server().unwrap();
@@ -572,12 +572,12 @@ fn leaked_reply_is_freed_when_its_client_detaches() {
     .unwrap();
     let server = svc.server().unwrap();
     {
-        let mut client = svc.client().unwrap();
+        let client = svc.client().unwrap();
         let pending = client.send(b"a").unwrap();
         server.try_recv().unwrap().reply(b"A").unwrap();
         std::mem::forget(client.wait(pending).unwrap());
     }
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let first = client.send(b"b").unwrap();
     let second = client.send(b"c").unwrap();
     for _ in 0..2 {

@@ -192,7 +192,7 @@ fn each_client_shows_its_outstanding_requests_and_waiting_replies() {
     let dir = TempDir::new("inspect-client");
     let path = dir.join("s");
     let service = Service::create(&path, &ServiceOptions::new().max_clients(2)).unwrap();
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let first = client.send(b"one").unwrap();
     let _second = client.send(b"two").unwrap();
     let r = inspect(&path).unwrap();

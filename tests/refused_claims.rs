@@ -234,7 +234,7 @@ fn reply_to_a_request_taken_back_is_an_error_and_counted() {
         reply_capacity: 4,
     })
     .unwrap();
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let pending = client.send(b"x").unwrap();
     let told = refused_in_child(&dir, "hold_request", &path, || {
         take_back_held(&path, RING_CONTROL_OFFSET as u64, g.slots_offset, 0);

@@ -140,7 +140,7 @@ fn subscriber(path: &Path, ready: &str, until: Instant) -> u64 {
 
 fn client(path: &Path, ready: &str, until: Instant) -> u64 {
     let svc = Service::open(path).unwrap();
-    let mut c = svc.client().unwrap();
+    let c = svc.client().unwrap();
     common::signal_ready(ready);
     let mut n = 0;
     while Instant::now() < until {

@@ -143,7 +143,7 @@ fn round_trip(c: &mut Criterion, nats: &Nats) {
     let svc_a = shmq::Service::create(a.path("svc"), &options).unwrap();
     let svc_b = shmq::Service::create(b.path("svc"), &options).unwrap();
     let server = svc_a.server().unwrap();
-    let mut client = svc_b.client().unwrap();
+    let client = svc_b.client().unwrap();
     let _out = Bridge::ready(
         "out",
         nats,
