@@ -1,11 +1,4 @@
-//! Error types: one enum per concern.
-//!
-//! * [`Error`]: opening, creating or attaching to a queue file went wrong (I/O, a file that is
-//!   not a shmq queue, a file of another format version, kind or geometry, a full table).
-//! * [`SendError`]: a message could not be sent.
-//! * [`RecvError`]: no message could be received.
-//! * [`Corruption`]: something read from shared memory broke the protocol's invariants. The
-//!   mapping is untrusted input, so this is an error value, never a panic.
+//! Error types: one enum per concern (see [`Error`]).
 
 use std::fmt;
 use std::io;
@@ -90,6 +83,15 @@ impl fmt::Display for Corruption {
 }
 
 /// Opening, creating or attaching to a queue failed.
+///
+/// Error types: one enum per concern.
+///
+/// * [`Error`]: opening, creating or attaching to a queue file went wrong (I/O, a file that is
+///   not a shmq queue, a file of another format version, kind or geometry, a full table).
+/// * [`SendError`]: a message could not be sent.
+/// * [`RecvError`]: no message could be received.
+/// * [`Corruption`]: something read from shared memory broke the protocol's invariants. The
+///   mapping is untrusted input, so this is an error value, never a panic.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {

@@ -36,17 +36,18 @@
 //!
 //! See `docs/DESIGN.md` in the repository (and in the published package) for the layers, the
 //! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
-//! the module docs of each pattern for its exact semantics.
+//! the docs of [`Pipeline`], [`PubSub`] and [`Service`] for the exact semantics of each pattern.
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(loom))]
 pub mod asynchronous;
-pub mod error;
+mod error;
 #[cfg(all(feature = "test-hooks", not(loom)))]
 #[doc(hidden)]
 pub mod exclusive_ring;
 pub(crate) mod kind;
+#[doc(hidden)] // the on-file format: not API (shmq's tests, CLI and fuzzers read it)
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
@@ -59,13 +60,13 @@ pub(crate) mod testhook;
 pub mod inspect;
 pub(crate) mod peers;
 #[cfg(not(loom))]
-pub mod pipeline;
+mod pipeline;
 #[cfg(not(loom))]
-pub mod pubsub;
+mod pubsub;
 #[cfg(not(loom))]
-pub mod reqrep;
+mod reqrep;
 #[cfg(not(loom))]
-pub mod salvage;
+mod salvage;
 
 pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]

@@ -1,86 +1,4 @@
-//! The pipeline (work queue): producers submit messages, each message goes to exactly one
-//! consumer.
-//!
-//! # Guarantees
-//!
-//! * **Atomic messages.** A consumer receives a message whole and byte-identical to what was
-//!   sent, or not at all. A message becomes visible only when its producer commits it.
-//! * **Exactly one consumer** receives each message; messages from one producer are received in
-//!   the order they were sent (by consumers taken together; with several consumers, two of them
-//!   may *process* neighbouring messages in any order).
-//! * **Zero copy on receive.** A [`Message`] borrows its slot; [`Message::ack`] or dropping it
-//!   acknowledges the message and frees the slot. A held message keeps its slot: when producers
-//!   come round the ring to it they wait, so hold few messages at a time and not for long.
-//! * **Zero copy on send, in order.** A [`Loan`] is a claimed slot written in place. Messages
-//!   are delivered in the order their slots were claimed, so a loan not yet committed at the
-//!   head of the ring holds up every consumer, even when later messages are ready: loan late
-//!   and commit promptly (see [`Producer::loan`]).
-//! * **Refusals are reported.** A commit or acknowledgement whose slot was taken away
-//!   meanwhile (recovery judged the participant dead, or another process rewrote the file)
-//!   fails with [`SendError::ClaimLost`] / [`RecvError::ClaimLost`] and is counted in
-//!   [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message's
-//!   acknowledgement is refused.
-//! * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
-//!   after every process exited finds them, in order.
-//! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
-//! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
-//!   system call when no receiver is parked or about to park, but for one call after a
-//!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
-//!
-//! # Trust
-//!
-//! Every process that can write the queue file is trusted with message *contents*; shmq
-//! defends its own memory safety, indices and lengths against any bytes (a corrupt or hostile
-//! file gives an error, never undefined behaviour in shmq). A [`Message`] and a [`Loan`] are
-//! views into the mapping: a process that ignores the protocol can change those bytes while you
-//! hold the view, so for peers you do not trust copy the message out with
-//! [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
-//! word loads, and validate the copy. Who may open the file at all: see
-//! [`PipelineOptions::group`] and `docs/DESIGN.md` section 9.
-//!
-//! # Exclusive ends
-//!
-//! A queue created with [`PipelineOptions::single_producer`] and [`PipelineOptions::single_consumer`] (both:
-//! one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
-//! consumer at a time, across every process, and runs on the exclusive-ends ring: no
-//! read-modify-write per message, the slot's line written once by each side, a message up to
-//! 48 bytes in the same line as its state. Use it for a 1 → 1 stage of a pipeline where
-//! latency or throughput matters. Every guarantee above holds, and:
-//!
-//! * **Attach is exclusive.** While a producer (consumer) lives, attaching another fails with
-//!   [`Error::EndTaken`]; once it detached or died, the next attaches (a dead one is reaped
-//!   first, its end recovered). The end is held by a token (the participant entry's generation
-//!   and id) in the ring's control block; a token naming no participant in use is taken over
-//!   by the next attacher, which recovers the end first.
-//! * **Recovery is exact.** A producer killed mid-write leaves nothing visible (nothing to
-//!   skip: [`RecoveryStats::skipped`] stays 0); a consumer killed holding messages has them
-//!   delivered again, flagged, to the next consumer, and nothing it acknowledged comes back.
-//!   A message flagged already is counted in [`RecoveryStats::redelivered`] once, however
-//!   often its consumers die.
-//! * **Refusals do not arise** (`ClaimLost`): only recovery of a dead end changes its slots.
-//! * **One send or loan at a time per producer**: a [`Producer`] may be shared between threads,
-//!   which then take turns (an in-process lock); a thread that holds a [`Loan`] must commit or
-//!   drop it before it sends again on the same producer, or it waits for itself forever.
-//!   Several received messages may be held at once, as with shared ends.
-//!
-//! # Example
-//!
-//! ```
-//! # fn main() -> Result<(), shmq::Error> {
-//! # let dir = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
-//! # std::fs::create_dir_all(&dir).unwrap();
-//! # let path = dir.join("thumbnails");
-//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(1024).max_message(4096))?;
-//! let producer = queue.producer()?;             // in the web front-end process
-//! producer.send(b"uploads/img-123.jpg")?;
-//!
-//! let consumer = shmq::Pipeline::open(&path)?.consumer()?;   // in each worker process
-//! let job = consumer.recv()?;
-//! assert_eq!(&*job, b"uploads/img-123.jpg");  // borrows the slot: zero copy
-//! drop(job);                                   // acknowledges it and frees the slot
-//! # std::fs::remove_dir_all(&dir).unwrap();
-//! # Ok(()) }
-//! ```
+//! The pipeline (work queue); its specification is the documentation of [`Pipeline`].
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{counter, Geometry, KIND_PIPELINE, PIPELINE_FLAGS, RING_CONTROL_OFFSET};
@@ -129,7 +47,18 @@ impl PipelineOptions {
         Self::default()
     }
 
+    /// The size in bytes of the file a queue created with these options has (all of it is
+    /// reserved at creation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn file_size(&self) -> Result<u64, Error> {
+        Ok(self.geometry()?.file_size)
+    }
+
     /// The layout a queue created with these options has (its `file_size` is the file's).
+    /// The on-file layout is not API: for shmq's own tools and tests.
+    #[doc(hidden)]
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
@@ -159,7 +88,7 @@ impl PipelineOptions {
     /// [`single_consumer`](Self::single_consumer) (one without the other is refused with
     /// [`Error::InvalidOptions`] for now): the queue then runs on the *exclusive-ends* ring,
     /// which pays no read-modify-write per message, with every guarantee of the shared one
-    /// (see the [module docs](crate::pipeline#exclusive-ends)).
+    /// (see [exclusive ends](crate::Pipeline#exclusive-ends)).
     #[must_use]
     pub fn single_producer(mut self) -> Self {
         self.single_producer = true;
@@ -407,6 +336,90 @@ impl Recoverable for Shared {
 }
 
 /// A pipeline queue file, mapped. Cheap to clone; attach producers and consumers from it.
+///
+/// The pipeline (work queue): producers submit messages, each message goes to exactly one
+/// consumer.
+///
+/// # Guarantees
+///
+/// * **Atomic messages.** A consumer receives a message whole and byte-identical to what was
+///   sent, or not at all. A message becomes visible only when its producer commits it.
+/// * **Exactly one consumer** receives each message; messages from one producer are received in
+///   the order they were sent (by consumers taken together; with several consumers, two of them
+///   may *process* neighbouring messages in any order).
+/// * **Zero copy on receive.** A [`Message`] borrows its slot; [`Message::ack`] or dropping it
+///   acknowledges the message and frees the slot. A held message keeps its slot: when producers
+///   come round the ring to it they wait, so hold few messages at a time and not for long.
+/// * **Zero copy on send, in order.** A [`Loan`] is a claimed slot written in place. Messages
+///   are delivered in the order their slots were claimed, so a loan not yet committed at the
+///   head of the ring holds up every consumer, even when later messages are ready: loan late
+///   and commit promptly (see [`Producer::loan`]).
+/// * **Refusals are reported.** A commit or acknowledgement whose slot was taken away
+///   meanwhile (recovery judged the participant dead, or another process rewrote the file)
+///   fails with [`SendError::ClaimLost`] / [`RecvError::ClaimLost`] and is counted in
+///   [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message's
+///   acknowledgement is refused.
+/// * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
+///   after every process exited finds them, in order.
+/// * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
+/// * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
+///   system call when no receiver is parked or about to park, but for one call after a
+///   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
+///
+/// # Trust
+///
+/// Every process that can write the queue file is trusted with message *contents*; shmq
+/// defends its own memory safety, indices and lengths against any bytes (a corrupt or hostile
+/// file gives an error, never undefined behaviour in shmq). A [`Message`] and a [`Loan`] are
+/// views into the mapping: a process that ignores the protocol can change those bytes while you
+/// hold the view, so for peers you do not trust copy the message out with
+/// [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
+/// word loads, and validate the copy. Who may open the file at all: see
+/// [`PipelineOptions::group`] and `docs/DESIGN.md` section 9.
+///
+/// # Exclusive ends
+///
+/// A queue created with [`PipelineOptions::single_producer`] and [`PipelineOptions::single_consumer`] (both:
+/// one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
+/// consumer at a time, across every process, and runs on the exclusive-ends ring: no
+/// read-modify-write per message, the slot's line written once by each side, a message up to
+/// 48 bytes in the same line as its state. Use it for a 1 → 1 stage of a pipeline where
+/// latency or throughput matters. Every guarantee above holds, and:
+///
+/// * **Attach is exclusive.** While a producer (consumer) lives, attaching another fails with
+///   [`Error::EndTaken`]; once it detached or died, the next attaches (a dead one is reaped
+///   first, its end recovered). The end is held by a token (the participant entry's generation
+///   and id) in the ring's control block; a token naming no participant in use is taken over
+///   by the next attacher, which recovers the end first.
+/// * **Recovery is exact.** A producer killed mid-write leaves nothing visible (nothing to
+///   skip: [`RecoveryStats::skipped`] stays 0); a consumer killed holding messages has them
+///   delivered again, flagged, to the next consumer, and nothing it acknowledged comes back.
+///   A message flagged already is counted in [`RecoveryStats::redelivered`] once, however
+///   often its consumers die.
+/// * **Refusals do not arise** (`ClaimLost`): only recovery of a dead end changes its slots.
+/// * **One send or loan at a time per producer**: a [`Producer`] may be shared between threads,
+///   which then take turns (an in-process lock); a thread that holds a [`Loan`] must commit or
+///   drop it before it sends again on the same producer, or it waits for itself forever.
+///   Several received messages may be held at once, as with shared ends.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// # let dir = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// # let path = dir.join("thumbnails");
+/// let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(1024).max_message(4096))?;
+/// let producer = queue.producer()?;             // in the web front-end process
+/// producer.send(b"uploads/img-123.jpg")?;
+///
+/// let consumer = shmq::Pipeline::open(&path)?.consumer()?;   // in each worker process
+/// let job = consumer.recv()?;
+/// assert_eq!(&*job, b"uploads/img-123.jpg");  // borrows the slot: zero copy
+/// drop(job);                                   // acknowledges it and frees the slot
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Pipeline {
     shared: Arc<Shared>,

@@ -1,62 +1,4 @@
-//! Publish-subscribe: every subscriber gets every message whose topic it subscribed to.
-//!
-//! A channel is one file holding a broadcast ring. Publishers in any number of processes
-//! publish `(topic, payload)` messages; each subscriber reads the ring at its own pace through
-//! its own cursor, and keeps the messages whose topic starts with one of its prefixes.
-//!
-//! # What a subscriber receives
-//!
-//! Every message published after it attached whose topic starts with one of its prefixes (an
-//! empty prefix list means every topic), in publication order per publisher (and in one global
-//! order across publishers: every subscriber sees the same sequence). With
-//! [`Subscribe::history`], it starts instead from the oldest message the ring still retains.
-//!
-//! # Overflow
-//!
-//! The mode is fixed when the channel is created ([`PubSubOptions::overflow`]).
-//!
-//! * [`Overflow::DropOldest`]: a publisher never waits. A subscriber that falls more than a ring
-//!   behind gets `Err(`[`RecvError::Lagged`]`(n))` with the exact number of messages it missed
-//!   (counting messages of every topic), then continues from the oldest message still retained.
-//!   It never sees a torn or half-overwritten message: messages are copied out, then the slot is
-//!   checked not to have been reused during the copy.
-//! * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
-//!   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
-//!   subscriber has read the message it would overwrite. A subscriber that is dropped stops
-//!   holding publishers back at once; one whose process dies stops holding them back as soon
-//!   as a waiting publisher's liveness check finds it dead (after
-//!   [`STALL_CHECK`](crate::STALL_CHECK) of waiting), or on [`PubSub::repair`].
-//!   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
-//!   publisher, a whole ring behind, is still copying into the slot.
-//!
-//! # Trust
-//!
-//! Every process that can write the channel file is trusted with message *contents*; shmq
-//! defends its own memory safety, indices and lengths against any bytes. A subscriber copies
-//! every message out of the ring with atomic word loads into its own buffer and re-checks the
-//! slot afterwards, so a [`TopicMessage`] never points into the mapping and cannot change under
-//! you: subscribers are safe against publishers they do not trust (who can still publish
-//! anything, or deny service). See `docs/DESIGN.md` section 9.
-//!
-//! ```
-//! # fn main() -> Result<(), shmq::Error> {
-//! # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
-//! use shmq::{Overflow, PubSub, PubSubOptions, RecvError};
-//! let channel = PubSub::create(&path, &PubSubOptions::new().capacity(4096).max_message(512)
-//!     .overflow(Overflow::DropOldest))?;
-//! let publisher = channel.publisher()?;
-//! let mut hosts = PubSub::open(&path)?.subscriber(&[b"hosts/".as_slice()])?;
-//! publisher.publish(b"jobs/42", b"done")?;          // not a host topic: filtered out
-//! publisher.publish(b"hosts/web-3", b"going down for maintenance")?;
-//! match hosts.recv() {
-//!     Ok(msg) => assert_eq!((msg.topic(), msg.payload()),
-//!                           (&b"hosts/web-3"[..], &b"going down for maintenance"[..])),
-//!     Err(RecvError::Lagged(n)) => eprintln!("missed {n} messages"),
-//!     Err(e) => return Err(e.into()),
-//! }
-//! # PubSub::remove(&path)?;
-//! # Ok(()) }
-//! ```
+//! Publish-subscribe; its specification is the documentation of [`PubSub`].
 
 use crate::error::{Error, RecvError, SendError};
 use crate::layout::{
@@ -120,7 +62,18 @@ impl PubSubOptions {
         Self::default()
     }
 
+    /// The size in bytes of the file a channel created with these options has (all of it is
+    /// reserved at creation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn file_size(&self) -> Result<u64, Error> {
+        Ok(self.geometry()?.file_size)
+    }
+
     /// The layout a channel created with these options has (its `file_size` is the file's).
+    /// The on-file layout is not API: for shmq's own tools and tests.
+    #[doc(hidden)]
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
@@ -253,6 +206,66 @@ fn ring_of(region: Region, g: &Geometry) -> BroadcastRing {
 }
 
 /// A publish-subscribe channel file, mapped. Cheap to clone.
+///
+/// Publish-subscribe: every subscriber gets every message whose topic it subscribed to.
+///
+/// A channel is one file holding a broadcast ring. Publishers in any number of processes
+/// publish `(topic, payload)` messages; each subscriber reads the ring at its own pace through
+/// its own cursor, and keeps the messages whose topic starts with one of its prefixes.
+///
+/// # What a subscriber receives
+///
+/// Every message published after it attached whose topic starts with one of its prefixes (an
+/// empty prefix list means every topic), in publication order per publisher (and in one global
+/// order across publishers: every subscriber sees the same sequence). With
+/// [`Subscribe::history`], it starts instead from the oldest message the ring still retains.
+///
+/// # Overflow
+///
+/// The mode is fixed when the channel is created ([`PubSubOptions::overflow`]).
+///
+/// * [`Overflow::DropOldest`]: a publisher never waits. A subscriber that falls more than a ring
+///   behind gets `Err(`[`RecvError::Lagged`]`(n))` with the exact number of messages it missed
+///   (counting messages of every topic), then continues from the oldest message still retained.
+///   It never sees a torn or half-overwritten message: messages are copied out, then the slot is
+///   checked not to have been reused during the copy.
+/// * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
+///   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
+///   subscriber has read the message it would overwrite. A subscriber that is dropped stops
+///   holding publishers back at once; one whose process dies stops holding them back as soon
+///   as a waiting publisher's liveness check finds it dead (after
+///   [`STALL_CHECK`](crate::STALL_CHECK) of waiting), or on [`PubSub::repair`].
+///   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
+///   publisher, a whole ring behind, is still copying into the slot.
+///
+/// # Trust
+///
+/// Every process that can write the channel file is trusted with message *contents*; shmq
+/// defends its own memory safety, indices and lengths against any bytes. A subscriber copies
+/// every message out of the ring with atomic word loads into its own buffer and re-checks the
+/// slot afterwards, so a [`TopicMessage`] never points into the mapping and cannot change under
+/// you: subscribers are safe against publishers they do not trust (who can still publish
+/// anything, or deny service). See `docs/DESIGN.md` section 9.
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
+/// use shmq::{Overflow, PubSub, PubSubOptions, RecvError};
+/// let channel = PubSub::create(&path, &PubSubOptions::new().capacity(4096).max_message(512)
+///     .overflow(Overflow::DropOldest))?;
+/// let publisher = channel.publisher()?;
+/// let mut hosts = PubSub::open(&path)?.subscriber(&[b"hosts/".as_slice()])?;
+/// publisher.publish(b"jobs/42", b"done")?;          // not a host topic: filtered out
+/// publisher.publish(b"hosts/web-3", b"going down for maintenance")?;
+/// match hosts.recv() {
+///     Ok(msg) => assert_eq!((msg.topic(), msg.payload()),
+///                           (&b"hosts/web-3"[..], &b"going down for maintenance"[..])),
+///     Err(RecvError::Lagged(n)) => eprintln!("missed {n} messages"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// # PubSub::remove(&path)?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct PubSub {
     shared: Arc<Shared>,

@@ -1,96 +1,4 @@
-//! Request-reply: clients send requests that are spread over the attached servers; each reply
-//! is routed back to the client that asked.
-//!
-//! # How it works
-//!
-//! A service file holds one request ring (multi-producer, multi-consumer: every client sends
-//! into it, every server takes from it, so load spreads over however many servers are
-//! attached) and a table of client entries, each with its own reply ring (many servers write
-//! it, its client alone reads it).
-//!
-//! * A client attaches by claiming a free client entry, which bumps the entry's *generation*.
-//! * Every request carries an envelope: the client's entry index, that generation, and a
-//!   correlation id unique within the client.
-//! * A server that replies checks that the entry still has that generation and is attached;
-//!   if not (the client left, and its entry may belong to someone else now), the reply is
-//!   dropped. The client checks the generation again when it reads a reply, so a reply that
-//!   raced with a detach and attach is discarded there: **a reply never reaches the wrong client**.
-//! * A server writes the reply before it acknowledges the request, so a reply is never lost
-//!   to a server that dies in between (crash recovery will deliver such a request again; the
-//!   client drops the second reply by its correlation id).
-//!
-//! # Many requests in flight
-//!
-//! [`Client::send`] returns a [`Pending`] ticket at once; [`Client::wait`] waits for that
-//! ticket's reply. Replies may arrive in any order: every reply is copied, when the client
-//! takes it from its reply ring, into the buffer of its request's place (the client allocated
-//! one of `max_message` bytes per place when it attached: `reply_capacity × max_message` bytes
-//! of heap, never more) and its slot is freed at once, so a reply never holds up the reply
-//! ring, however long it is kept; a reply to another request waits there for its own `wait`.
-//! A [`Reply`] holds that buffer until dropped, and borrows its client shared, so several can
-//! be held at once. (A reply left in its slot instead would hold up the servers that come
-//! round the ring to that slot, and the client cannot tell how soon that is.)
-//!
-//! A client has `reply_capacity` **places**. Sending takes one; the place is freed when the
-//! request's "no reply" notice has been taken from the reply ring, or when its [`Reply`] is
-//! dropped (a `Reply` holds its slot, or the buffer it was kept in, until then). So at most
-//! `reply_capacity` requests are outstanding, kept or held, replies owed to a client never
-//! outnumber the free slots of its reply ring, and **servers never find a reply ring full**.
-//! With every place taken, `send` first takes the replies that have arrived; if every place is
-//! still held by a request waited for, a reply kept or a `Reply` not dropped, it is
-//! [`SendError::Full`] at once (only waiting for them, or dropping their tickets or replies,
-//! frees one); if some are held only by requests given up (below),
-//! `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
-//! deadline, then [`SendError::Timeout`]).
-//!
-//! A server that drops a request without replying sends a "no reply" notice instead, so the
-//! client's wait ends with [`RecvError::NoReply`] rather than a timeout.
-//!
-//! # Trust
-//!
-//! Every process that can write the service file is trusted with request and reply
-//! *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
-//! [`Request::payload`] is a view into the mapping that a process ignoring the protocol can
-//! change while you read it; for clients you do not trust, copy it out with
-//! [`Request::copy_to_vec`] (atomic word loads, never a slice over the mapping) and validate
-//! the copy. A [`Reply`] is a private copy already (made with atomic word loads): validate it.
-//! See `docs/DESIGN.md` section 9.
-//!
-//! # Giving up: timeouts, dropped tickets, errors
-//!
-//! [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
-//! [`RecvError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
-//! and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
-//! small board shared with it, so it can be dropped anywhere). A request given up keeps its
-//! place until its late reply arrives, which is then discarded — never handed to a later
-//! request — and frees the place; a reply already kept for a dropped ticket frees its place at
-//! once. What a timeout leaves behind is therefore one place, and the request itself, which a
-//! server will still answer. So a client that keeps retrying through a server outage gets
-//! timeouts (never a `Full` for good) and works again, without re-attaching, once a server
-//! answers. A place stays taken for as long as its reply can still come: for ever only if the
-//! reply is lost, to a corrupt file or to a server that gave up delivering it (after
-//! [`Request::reply`] found the reply ring full for a second, which takes replies the client
-//! owes no place to — forged ones, a late reply to the entry's previous owner that raced past
-//! the server's check, or the second reply to a request delivered again after a server died
-//! between replying and acknowledging — while the client did not read its ring);
-//! re-attaching starts afresh.
-//!
-//! ```
-//! # fn main() -> Result<(), shmq::Error> {
-//! # let path = std::env::temp_dir().join(format!("shmq-reqrep-doc-{}", std::process::id()));
-//! use shmq::{Service, ServiceOptions};
-//! let service = Service::create(&path, &ServiceOptions::new().max_clients(64).max_message(4096))?;
-//! let server = service.server()?;                    // in each server process
-//! let mut client = Service::open(&path)?.client()?;  // in each client process
-//!
-//! let pending = client.send(b"img-123 128x128")?;
-//! let request = server.recv()?;                      // each request goes to one server
-//! let reply = [request.payload(), b" done"].concat();
-//! request.reply(&reply)?;                            // routed to the client that asked
-//! assert_eq!(client.wait(pending)?.payload(), b"img-123 128x128 done");
-//! # Service::remove(&path)?;
-//! # Ok(()) }
-//! ```
+//! Request-reply; its specification is the documentation of [`Service`].
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{
@@ -158,7 +66,18 @@ impl ServiceOptions {
         Self::default()
     }
 
+    /// The size in bytes of the file a service created with these options has (all of it is
+    /// reserved at creation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn file_size(&self) -> Result<u64, Error> {
+        Ok(self.geometry()?.file_size)
+    }
+
     /// The layout a service created with these options has (its `file_size` is the file's).
+    /// The on-file layout is not API: for shmq's own tools and tests.
+    #[doc(hidden)]
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
@@ -189,7 +108,7 @@ impl ServiceOptions {
 
     /// Slots in each client's reply ring: the most requests a client may have outstanding
     /// (waited for, given up with the reply still to come, or with the reply kept for a later
-    /// wait), see "Many requests in flight" in the [module docs](crate::reqrep).
+    /// wait), see "Many requests in flight" in the [`Service`] docs.
     #[must_use]
     pub fn reply_capacity(mut self, slots: usize) -> Self {
         self.reply_capacity = slots;
@@ -400,6 +319,100 @@ fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
 }
 
 /// A request-reply service file, mapped. Cheap to clone.
+///
+/// Request-reply: clients send requests that are spread over the attached servers; each reply
+/// is routed back to the client that asked.
+///
+/// # How it works
+///
+/// A service file holds one request ring (multi-producer, multi-consumer: every client sends
+/// into it, every server takes from it, so load spreads over however many servers are
+/// attached) and a table of client entries, each with its own reply ring (many servers write
+/// it, its client alone reads it).
+///
+/// * A client attaches by claiming a free client entry, which bumps the entry's *generation*.
+/// * Every request carries an envelope: the client's entry index, that generation, and a
+///   correlation id unique within the client.
+/// * A server that replies checks that the entry still has that generation and is attached;
+///   if not (the client left, and its entry may belong to someone else now), the reply is
+///   dropped. The client checks the generation again when it reads a reply, so a reply that
+///   raced with a detach and attach is discarded there: **a reply never reaches the wrong client**.
+/// * A server writes the reply before it acknowledges the request, so a reply is never lost
+///   to a server that dies in between (crash recovery will deliver such a request again; the
+///   client drops the second reply by its correlation id).
+///
+/// # Many requests in flight
+///
+/// [`Client::send`] returns a [`Pending`] ticket at once; [`Client::wait`] waits for that
+/// ticket's reply. Replies may arrive in any order: every reply is copied, when the client
+/// takes it from its reply ring, into the buffer of its request's place (the client allocated
+/// one of `max_message` bytes per place when it attached: `reply_capacity × max_message` bytes
+/// of heap, never more) and its slot is freed at once, so a reply never holds up the reply
+/// ring, however long it is kept; a reply to another request waits there for its own `wait`.
+/// A [`Reply`] holds that buffer until dropped, and borrows its client shared, so several can
+/// be held at once. (A reply left in its slot instead would hold up the servers that come
+/// round the ring to that slot, and the client cannot tell how soon that is.)
+///
+/// A client has `reply_capacity` **places**. Sending takes one; the place is freed when the
+/// request's "no reply" notice has been taken from the reply ring, or when its [`Reply`] is
+/// dropped (a `Reply` holds its slot, or the buffer it was kept in, until then). So at most
+/// `reply_capacity` requests are outstanding, kept or held, replies owed to a client never
+/// outnumber the free slots of its reply ring, and **servers never find a reply ring full**.
+/// With every place taken, `send` first takes the replies that have arrived; if every place is
+/// still held by a request waited for, a reply kept or a `Reply` not dropped, it is
+/// [`SendError::Full`] at once (only waiting for them, or dropping their tickets or replies,
+/// frees one); if some are held only by requests given up (below),
+/// `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
+/// deadline, then [`SendError::Timeout`]).
+///
+/// A server that drops a request without replying sends a "no reply" notice instead, so the
+/// client's wait ends with [`RecvError::NoReply`] rather than a timeout.
+///
+/// # Trust
+///
+/// Every process that can write the service file is trusted with request and reply
+/// *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
+/// [`Request::payload`] is a view into the mapping that a process ignoring the protocol can
+/// change while you read it; for clients you do not trust, copy it out with
+/// [`Request::copy_to_vec`] (atomic word loads, never a slice over the mapping) and validate
+/// the copy. A [`Reply`] is a private copy already (made with atomic word loads): validate it.
+/// See `docs/DESIGN.md` section 9.
+///
+/// # Giving up: timeouts, dropped tickets, errors
+///
+/// [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
+/// [`RecvError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
+/// and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
+/// small board shared with it, so it can be dropped anywhere). A request given up keeps its
+/// place until its late reply arrives, which is then discarded — never handed to a later
+/// request — and frees the place; a reply already kept for a dropped ticket frees its place at
+/// once. What a timeout leaves behind is therefore one place, and the request itself, which a
+/// server will still answer. So a client that keeps retrying through a server outage gets
+/// timeouts (never a `Full` for good) and works again, without re-attaching, once a server
+/// answers. A place stays taken for as long as its reply can still come: for ever only if the
+/// reply is lost, to a corrupt file or to a server that gave up delivering it (after
+/// [`Request::reply`] found the reply ring full for a second, which takes replies the client
+/// owes no place to — forged ones, a late reply to the entry's previous owner that raced past
+/// the server's check, or the second reply to a request delivered again after a server died
+/// between replying and acknowledging — while the client did not read its ring);
+/// re-attaching starts afresh.
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// # let path = std::env::temp_dir().join(format!("shmq-reqrep-doc-{}", std::process::id()));
+/// use shmq::{Service, ServiceOptions};
+/// let service = Service::create(&path, &ServiceOptions::new().max_clients(64).max_message(4096))?;
+/// let server = service.server()?;                    // in each server process
+/// let mut client = Service::open(&path)?.client()?;  // in each client process
+///
+/// let pending = client.send(b"img-123 128x128")?;
+/// let request = server.recv()?;                      // each request goes to one server
+/// let reply = [request.payload(), b" done"].concat();
+/// request.reply(&reply)?;                            // routed to the client that asked
+/// assert_eq!(client.wait(pending)?.payload(), b"img-123 128x128 done");
+/// # Service::remove(&path)?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Service {
     shared: Arc<Shared>,
@@ -921,7 +934,7 @@ impl DroppedTickets {
 /// place: `reply_capacity × max_message` bytes of heap (64 KiB with the defaults; 64 MiB for
 /// `reply_capacity(64)` with 1 MiB messages). A reply that arrives while the client waits for
 /// another is copied there and its slot freed at once, so that it never holds up the reply
-/// ring; see "Many requests in flight" in the [module docs](crate::reqrep). Choose
+/// ring; see "Many requests in flight" in the [`Service`] docs. Choose
 /// `reply_capacity` for the requests a client really keeps in flight.
 ///
 /// Belongs to the process that attached it: in a fork child, its methods fail with

@@ -136,7 +136,7 @@ pub fn run(args: Args) -> crate::Result {
             if let Some(v) = args.mode {
                 o = o.mode(v);
             }
-            let size = o.geometry()?.file_size;
+            let size = o.file_size()?;
             if !args.dry_run {
                 shmq::Pipeline::create(&args.file, &o)?;
             }
@@ -168,7 +168,7 @@ pub fn run(args: Args) -> crate::Result {
             if let Some(v) = args.mode {
                 o = o.mode(v);
             }
-            let size = o.geometry()?.file_size;
+            let size = o.file_size()?;
             if !args.dry_run {
                 shmq::PubSub::create(&args.file, &o)?;
             }
@@ -194,7 +194,7 @@ pub fn run(args: Args) -> crate::Result {
             if let Some(v) = args.mode {
                 o = o.mode(v);
             }
-            let size = o.geometry()?.file_size;
+            let size = o.file_size()?;
             if !args.dry_run {
                 shmq::Service::create(&args.file, &o)?;
             }
