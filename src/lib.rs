@@ -38,6 +38,7 @@
 //! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
 //! the docs of [`Pipeline`], [`PubSub`] and [`Service`] for the exact semantics of each pattern.
 
+#![deny(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(loom))]

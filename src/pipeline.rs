@@ -1258,6 +1258,18 @@ impl Consumer {
     /// other writers are not trusted, since a [`Message`] is a view they could change while
     /// you read it. No allocation.
     ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-recv-into-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new().max_message(64))?;
+    /// q.producer()?.send(b"untrusted bytes")?;
+    /// let mut buf = [0u8; 64]; // at least max_message
+    /// let len = q.consumer()?.recv_into(&mut buf)?; // copied and acknowledged
+    /// assert_eq!(&buf[..len], b"untrusted bytes");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`RecvError::BufferTooSmall`] if `buf` is shorter than [`Pipeline::max_message`]
     /// (nothing is received), and as for [`recv`](Self::recv).

@@ -382,7 +382,22 @@ impl PubSub {
         Subscribe::new(self, prefixes).attach()
     }
 
-    /// Starts building a subscriber with more choices (history).
+    /// Starts building a subscriber with more choices: [`Subscribe::history`] starts it at
+    /// the oldest message the ring retains instead of the next one published.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-subscribe-{}", std::process::id()));
+    /// use shmq::{PubSub, PubSubOptions};
+    /// let channel = PubSub::create(&path, &PubSubOptions::new().capacity(8))?;
+    /// let publisher = channel.publisher()?;
+    /// publisher.publish(b"config/db", b"host=10.0.0.7")?; // before anyone subscribed
+    /// let mut late = channel.subscribe(&[b"config/".as_slice()]).history().attach()?;
+    /// assert_eq!(late.try_recv()?.payload(), b"host=10.0.0.7");
+    /// let mut now_on = channel.subscriber(&[b"config/".as_slice()])?;
+    /// assert_eq!(now_on.try_recv().unwrap_err(), shmq::RecvError::Empty);
+    /// # PubSub::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     pub fn subscribe<'a>(&'a self, prefixes: &[&[u8]]) -> Subscribe<'a> {
         Subscribe::new(self, prefixes)
     }

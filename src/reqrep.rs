@@ -619,7 +619,22 @@ impl Server {
         }
     }
 
-    /// Takes the next request, waiting for one.
+    /// Takes the next request, waiting for one. Answer it with [`Request::reply`]; a request
+    /// dropped unanswered tells its client there will be no reply.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-serve-{}", std::process::id()));
+    /// use shmq::{Delivery, Service, ServiceOptions};
+    /// let service = Service::create(&path, &ServiceOptions::new())?;
+    /// let (server, client) = (service.server()?, service.client()?);
+    /// let pending = client.send(b"2+2")?;
+    /// let request = server.recv()?;                // in the server process, in a loop
+    /// let answer = if &*request == b"2+2" { &b"4"[..] } else { &b"?"[..] };
+    /// assert_eq!(request.reply(answer)?, Delivery::Delivered);
+    /// assert_eq!(&*client.wait(pending)?, b"4");
+    /// # Service::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
