@@ -482,3 +482,24 @@ fn a_reply_kept_for_long_never_holds_up_servers() {
     }
     assert_eq!(&*kept, b"KEPT");
 }
+
+/// `Lagged(n)` counts the missed messages of every topic, as its docs say: a subscriber to a
+/// quiet topic lags on a busy channel without having missed a message of its own.
+#[test]
+fn lagged_counts_missed_messages_of_every_topic() {
+    let dir = TempDir::new("api-lagged-topics");
+    let channel = PubSub::create(
+        dir.join("c"),
+        &PubSubOptions::new().capacity(4).max_message(8),
+    )
+    .unwrap();
+    let mut quiet = channel.subscriber(&[b"quiet/".as_slice()]).unwrap();
+    let publisher = channel.publisher().unwrap();
+    for _ in 0..6 {
+        publisher.publish(b"busy/x", b"m").unwrap();
+    }
+    publisher.publish(b"quiet/y", b"mine").unwrap();
+    // Seven published, four retained: three lost, none of them on `quiet/`.
+    assert_eq!(quiet.try_recv().unwrap_err(), RecvError::Lagged(3));
+    assert_eq!(quiet.try_recv().unwrap().payload(), b"mine");
+}
