@@ -4,8 +4,11 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// What was wrong with a queue file, found while opening it or while using it.
+/// What was wrong with a queue file, found while opening it or while using it. Its `Display`
+/// is a phrase of its own ("not a shmq queue file (magic …)"); the errors that carry it
+/// ([`Error::Corrupt`], [`SendError::Corrupt`], [`RecvError::Corrupt`]) name the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Corruption {
     /// The file does not start with shmq's magic number.
     BadMagic {
@@ -52,31 +55,32 @@ impl fmt::Display for Corruption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Corruption::BadMagic { found } => {
-                write!(f, "is not a shmq queue file (magic {found:#018x})")
+                write!(f, "not a shmq queue file (magic {found:#018x})")
             }
             Corruption::UnsupportedVersion { found, expected } => write!(
                 f,
-                "has format version {found}; this build of shmq reads version {expected}"
+                "format version {found}, but this build of shmq reads version {expected}"
             ),
             Corruption::WrongKind { found, expected } => write!(
                 f,
-                "holds a {} but was opened as a {}",
+                "a {} opened as a {}",
                 crate::kind::kind_name(*found),
                 crate::kind::kind_name(*expected)
             ),
-            Corruption::BadGeometry(what) => write!(f, "has an invalid header: {what}"),
+            Corruption::BadGeometry(what) => write!(f, "invalid header: {what}"),
             Corruption::Truncated { len, expected } => write!(
                 f,
-                "is truncated: {len} bytes long but its header needs {expected}"
+                "truncated: {len} bytes long but its header needs {expected}"
             ),
             Corruption::Uninitialized => write!(
                 f,
-                "was never fully initialised (its creator may have died while creating it); remove it and create it again"
+                "never fully initialised (its creator may have died while creating it); \
+                 remove it and create it again"
             ),
-            Corruption::BadState(what) => write!(f, "is corrupt: {what}"),
+            Corruption::BadState(what) => write!(f, "corrupt: {what}"),
             Corruption::BadLength { len, max } => write!(
                 f,
-                "is corrupt: a slot holds a message of {len} bytes but the maximum is {max}"
+                "corrupt: a slot holds a message of {len} bytes but the maximum is {max}"
             ),
         }
     }
@@ -159,6 +163,8 @@ pub enum Error {
     },
 }
 
+impl std::error::Error for Corruption {}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -166,7 +172,7 @@ impl fmt::Display for Error {
                 write!(f, "{op} queue file {}: {source}", path.display())
             }
             Error::Corrupt { path, problem } => {
-                write!(f, "queue file {} {problem}", path.display())
+                write!(f, "queue file {}: {problem}", path.display())
             }
             Error::InvalidOptions(why) => write!(f, "invalid queue options: {why}"),
             Error::BadField {
@@ -212,16 +218,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            Error::Send(e) => Some(e),
-            Error::Recv(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// Every variant displays what it wraps (the operating system's error, the corruption, the
+/// send or receive error), so `source()` returns none of them: an error either displays its
+/// source or returns it, never both. The wrapped values are public fields, to match on.
+impl std::error::Error for Error {}
 
 /// Why a message was not sent. Nothing was written when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,7 +287,7 @@ impl fmt::Display for SendError {
                  judged dead, or another process rewrote the queue file): nothing was sent; \
                  send it again"
             ),
-            SendError::Corrupt(c) => write!(f, "queue file {c}"),
+            SendError::Corrupt(c) => write!(f, "queue file: {c}"),
             SendError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
@@ -365,7 +365,7 @@ impl fmt::Display for RecvError {
                  participant was judged dead, or another process rewrote the queue file) and \
                  may be delivered again"
             ),
-            RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+            RecvError::Corrupt(c) => write!(f, "queue file: {c}"),
             RecvError::BufferTooSmall { len, max } => write!(
                 f,
                 "receive buffer of {len} bytes is shorter than the queue's maximum message of \

@@ -503,3 +503,38 @@ fn lagged_counts_missed_messages_of_every_topic() {
     assert_eq!(quiet.try_recv().unwrap_err(), RecvError::Lagged(3));
     assert_eq!(quiet.try_recv().unwrap().payload(), b"mine");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// `Corruption` is an error of its own with a standalone phrase; the errors wrapping something
+/// display it and do not also return it from `source()`.
+#[test]
+fn errors_display_their_cause_once_and_corruption_stands_alone() {
+    use std::error::Error as _;
+    let dir = TempDir::new("api-errors");
+    let missing = dir.join("missing");
+    let e = Pipeline::open(&missing).unwrap_err();
+    assert!(matches!(e, shmq::Error::Io { .. }));
+    assert!(e.to_string().contains("No such file"), "{e}");
+    assert!(e.source().is_none(), "displayed and returned: {e}");
+
+    let garbage = dir.join("garbage");
+    std::fs::write(&garbage, [0xa5u8; 4096]).unwrap();
+    let e = Pipeline::open(&garbage).unwrap_err();
+    let shmq::Error::Corrupt { problem, .. } = &e else {
+        panic!("{e:?}")
+    };
+    let standalone: &dyn std::error::Error = problem;
+    assert!(
+        standalone.to_string().starts_with("not a shmq queue file"),
+        "{problem}"
+    );
+    assert!(e.to_string().ends_with(&problem.to_string()), "{e}");
+    assert!(e.source().is_none());
+
+    let wrapped = shmq::Error::from(RecvError::Corrupt(problem.clone()));
+    assert_eq!(wrapped.to_string(), format!("queue file: {problem}"));
+    assert!(wrapped.source().is_none());
+}
