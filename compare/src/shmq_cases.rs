@@ -11,7 +11,7 @@ use crate::common::{self, check_stamp, Cpu, QueuePath, RoundTrip, STREAM_MESSAGE
 use crate::peer::{produce_on_command, CommandedThroughput, Inbox};
 
 /// Slots of every queue (the default capacity).
-const CAPACITY: u64 = 1024;
+const CAPACITY: usize = 1024;
 /// Largest message of the ping and pong queues: the larger round-trip size.
 const PING_MAX_MESSAGE: usize = 1024;
 

@@ -75,7 +75,7 @@ fn main() {
                 .max_servers(2),
         )
         .unwrap();
-        let mut c = svc.client().unwrap();
+        let c = svc.client().unwrap();
         let s = svc.server().unwrap();
         for i in 0..requests {
             let _pending = c.try_send(&[i; 6]).unwrap();

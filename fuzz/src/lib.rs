@@ -185,7 +185,7 @@ pub fn exercise_service(path: &Path) {
     if let Ok(s) = &server {
         serve(s, DRAIN);
     }
-    if let Ok(mut c) = client {
+    if let Ok(c) = client {
         let pending = c.try_send(b"request");
         let _ = c.try_send(&[9; 1 << 16]);
         if let Ok(s) = &server {
