@@ -43,16 +43,16 @@ use std::time::{Duration, Instant};
 
 use common::{check_stamp, stamp, Cpu, JobPeer, OneWay, OneWayCase, QueuePath, Reported, Role};
 use common::{RoundTrip, RoundTripCase, Target, WatchedPeer, STREAM_MESSAGE};
-use shmq::{Consumer, Options, Pipeline, Producer, WaitStrategy};
+use shmq::{Consumer, Pipeline, PipelineOptions, Producer, WaitStrategy};
 
 /// Round-trip message sizes.
 const SIZES: [usize; 2] = [64, 1024];
 /// Slots of the ping and pong queues (the default capacity).
-const PING_CAPACITY: u64 = 1024;
+const PING_CAPACITY: usize = 1024;
 /// Largest message of the ping and pong queues.
 const PING_MAX_MESSAGE: usize = 1024;
 /// Slots of the throughput queues, shmq's and the SPSC ring's.
-const RING_SLOTS: u64 = 1024;
+const RING_SLOTS: usize = 1024;
 /// Messages per `send_batch` / `recv_batch`.
 const BATCH: usize = 64;
 /// Round trips per case in the percentile report.
@@ -89,7 +89,7 @@ const PEER_ROLES: &[(&str, Role)] = &[
     (MANY_CONSUMER, many_consumer_peer),
 ];
 
-fn create(path: &QueuePath, options: &Options) -> Pipeline {
+fn create(path: &QueuePath, options: &PipelineOptions) -> Pipeline {
     Pipeline::create(path.path(), options).unwrap_or_else(|e| panic!("create {}: {e}", path.arg()))
 }
 
@@ -159,7 +159,7 @@ impl Mode {
 }
 
 /// Which ring the bench's queues run on: any number of producers and consumers, or one each
-/// (`Options::single_producer().single_consumer()`). Peers find out from the file.
+/// (`PipelineOptions::single_producer().single_consumer()`). Peers find out from the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ends {
     Shared,
@@ -167,15 +167,15 @@ enum Ends {
 }
 
 impl Ends {
-    fn options(self) -> Options {
+    fn options(self) -> PipelineOptions {
         match self {
-            Ends::Shared => Options::new(),
-            Ends::Exclusive => Options::new().single_producer().single_consumer(),
+            Ends::Shared => PipelineOptions::new(),
+            Ends::Exclusive => PipelineOptions::new().single_producer().single_consumer(),
         }
     }
 }
 
-/// Whether the bench's queues carry payload checksums (`Options::checksum`). Peers find out
+/// Whether the bench's queues carry payload checksums (`PipelineOptions::checksum`). Peers find out
 /// from the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Crc {
@@ -344,7 +344,7 @@ impl ShmqThroughput {
             .checksum(crc == Crc::On)
             .capacity(RING_SLOTS)
             .max_message(STREAM_MESSAGE);
-        let control_options = Options::new().capacity(4).max_message(8);
+        let control_options = PipelineOptions::new().capacity(4).max_message(8);
         let mut data = create(&paths[0], &data_options)
             .consumer()
             .expect("consumer");
@@ -463,7 +463,7 @@ struct ManyToMany {
 impl ManyToMany {
     fn spawn(producers: usize, consumers: usize) -> Self {
         let mut path = QueuePath::new("many");
-        let options = Options::new()
+        let options = PipelineOptions::new()
             .capacity(RING_SLOTS)
             .max_message(STREAM_MESSAGE);
         let stop = create(&path, &options).producer().expect("producer");
@@ -566,7 +566,7 @@ fn one_way_cases() -> Vec<OneWayCase> {
     vec![
         (
             SPSC_RING,
-            Box::new(|| Box::new(common::SpscRingThroughput::spawn(RING_SLOTS))),
+            Box::new(|| Box::new(common::SpscRingThroughput::spawn(RING_SLOTS as u64))),
         ),
         (
             EXCL_SEND_RECV,

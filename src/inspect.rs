@@ -15,7 +15,7 @@
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-inspect-doc-{}", std::process::id()));
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(8))?;
+//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(8))?;
 //! let producer = queue.producer()?;
 //! producer.send(b"one")?;
 //! let report = shmq::inspect::inspect(&path)?;
@@ -111,7 +111,7 @@ pub struct Counts {
     /// Loans dropped without committing.
     pub abandoned: u64,
     /// Messages skipped because their payload failed its checksum (pipelines created with
-    /// `Options::checksum`; see `RecvError::BadChecksum`).
+    /// `PipelineOptions::checksum`; see `RecvError::BadChecksum`).
     pub bad_checksum: u64,
 }
 

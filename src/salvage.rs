@@ -1,35 +1,8 @@
-//! Salvage: copy every committed, intact message out of a corrupted pipeline file into a new
-//! one, so that a corrupt queue (where every later call returns `Corrupt`, for ever) loses only
-//! what was actually damaged.
-//!
-//! # What is copied
-//!
-//! The old file's header must still validate (it is written once, at creation; a file whose
-//! header is damaged is refused with the same [`Error::Corrupt`] as `open`). Its slots are then
-//! read without trusting anything else — not `head`, not `tail`, not the participant table:
-//!
-//! * a slot holds a message if its state word decodes to `READY` (committed, not taken),
-//!   `READING` (taken, not acknowledged: persistence promises it) or `REDELIVER`;
-//! * it is *intact* if its sequence belongs to that slot (`seq % capacity == index`), its
-//!   length is at most `max_message`, and, in a queue created with
-//!   [`Options::checksum`](crate::Options::checksum), its payload matches its checksum;
-//! * of the intact messages, those whose sequences fall in the `capacity`-wide window holding
-//!   the most of them are kept (a live ring's messages always lie in one such window; a
-//!   scribbled sequence usually falls outside it), and copied **in sequence order**.
-//!
-//! Everything else that is not an empty or skipped slot is counted as unreadable (a message
-//! that fails its checksum included). Payload bytes are copied with atomic word loads, and
-//! verified in the copy: without a checksum, a scribbled payload in an intact slot cannot be
-//! told from the real one.
-//!
-//! The new file gets the old file's geometry (its checksum flag included) and mode `0600`, and
-//! is created like any queue (`O_EXCL`: `to` must not exist). A queue with exclusive ends is
-//! not salvaged (refused at open, as by a version of shmq that does not know them). The old file is left as it is: remove it once the new one is
-//! in service (processes still attached to the old one keep using it).
+//! [`Pipeline::salvage`]: copying the intact messages out of a corrupted pipeline file.
 
 use crate::error::{Error, SendError};
 use crate::layout::{KIND_PIPELINE, PIPELINE_CHECKSUM, SLOT_HEADER_SIZE};
-use crate::pipeline::{Options, Pipeline};
+use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::ring::mpmc::{SlotState, Word};
 use crate::shm::file;
 use crate::sync::atomic::Ordering;
@@ -49,7 +22,32 @@ pub struct Salvaged {
 impl Pipeline {
     /// Copies every committed, intact message of the (possibly corrupted) pipeline file `from`
     /// into a new pipeline file `to` of the same geometry, in order, and returns the new queue
-    /// and counts. See the [`salvage`](crate::salvage) module for exactly what is copied.
+    /// and counts.
+    ///
+    /// A corrupt queue (where every later call returns `Corrupt`, for ever) so loses only what
+    /// was actually damaged.
+    ///
+    /// # What is copied
+    ///
+    /// The old file's header must still validate (it is written once, at creation; a file whose
+    /// header is damaged is refused with the same [`Error::Corrupt`] as `open`). Its slots are then
+    /// read without trusting anything else — not `head`, not `tail`, not the participant table:
+    ///
+    /// * a slot holds a message if its state word decodes to `READY` (committed, not taken),
+    ///   `READING` (taken, not acknowledged: persistence promises it) or `REDELIVER`;
+    /// * it is *intact* if its sequence belongs to that slot (`seq % capacity == index`) and its
+    ///   length is at most `max_message`;
+    /// * of the intact messages, those whose sequences fall in the `capacity`-wide window holding
+    ///   the most of them are kept (a live ring's messages always lie in one such window; a
+    ///   scribbled sequence usually falls outside it), and copied **in sequence order**.
+    ///
+    /// Everything else that is not an empty or skipped slot is counted as unreadable. Payload bytes
+    /// are copied with atomic word loads, as they are: without a checksum, a scribbled payload in an
+    /// intact slot cannot be told from the real one.
+    ///
+    /// The new file gets the old file's geometry and mode `0600`, and is created like any queue
+    /// (`O_EXCL`: `to` must not exist). The old file is left as it is: remove it once the new one is
+    /// in service (processes still attached to the old one keep using it).
     ///
     /// # Errors
     /// As for [`Pipeline::open`] on `from` (its header must validate, its owner and mode be
@@ -98,10 +96,10 @@ impl Pipeline {
         let (start, end) = densest_window(&found, capacity);
         unreadable += (found.len() - (end - start)) as u64;
 
-        let options = Options::new()
-            .capacity(capacity)
+        let options = PipelineOptions::new()
+            .capacity(capacity as usize)
             .max_message(max)
-            .max_participants(g.max_participants)
+            .max_participants(g.max_participants as usize)
             .checksum(checksum);
         let queue = Pipeline::create(to.as_ref(), &options)?;
         let producer = queue.producer()?;

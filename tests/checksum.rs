@@ -1,4 +1,4 @@
-//! The optional payload checksum (`Options::checksum`): a producer process records each
+//! The optional payload checksum (`PipelineOptions::checksum`): a producer process records each
 //! message's CRC32C (sent, loaned or batched), the file is scribbled on after the commit (a
 //! payload byte flipped, a recorded length changed), and every kind of receive (zero-copy,
 //! copying, batch) refuses the altered message with `RecvError::BadChecksum`, skips it
@@ -10,13 +10,13 @@ mod common;
 
 use common::{child, s, TempDir, HANG};
 use shmq::layout::{Geometry, SLOT_HEADER_SIZE};
-use shmq::{Options, Pipeline, RecvError, Salvaged};
+use shmq::{Pipeline, PipelineOptions, RecvError, Salvaged};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const CAPACITY: u64 = 16;
+const CAPACITY: usize = 16;
 const MAX: usize = 64;
-const PARTICIPANTS: u32 = 4;
+const PARTICIPANTS: usize = 4;
 /// Messages the producer process sends: 0..3 with `send`, 3..5 through loans, 5..9 in a batch.
 const MESSAGES: u8 = 9;
 
@@ -52,8 +52,8 @@ fn message(i: u8) -> Vec<u8> {
     m
 }
 
-fn options(exclusive: bool, checksum: bool) -> Options {
-    let o = Options::new()
+fn options(exclusive: bool, checksum: bool) -> PipelineOptions {
+    let o = PipelineOptions::new()
         .capacity(CAPACITY)
         .max_message(MAX)
         .max_participants(PARTICIPANTS)
@@ -72,7 +72,7 @@ struct Scribbler {
 }
 
 impl Scribbler {
-    fn new(path: &Path, options: &Options) -> Self {
+    fn new(path: &Path, options: &PipelineOptions) -> Self {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -105,11 +105,11 @@ impl Scribbler {
 }
 
 /// Creates the queue and has a producer process fill it with [`MESSAGES`] messages.
-fn filled(dir: &TempDir, options: &Options) -> (std::path::PathBuf, Pipeline) {
+fn filled(dir: &TempDir, options: &PipelineOptions) -> (std::path::PathBuf, Pipeline) {
     let path = dir.join("q");
     let q = Pipeline::create(&path, options).unwrap();
     child("producer", &[s(&path)]).expect_success(HANG);
-    assert_eq!(q.len(), u64::from(MESSAGES));
+    assert_eq!(q.len(), usize::from(MESSAGES));
     (path, q)
 }
 
