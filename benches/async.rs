@@ -15,14 +15,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{parse_wait, wait_arg, Peer, QueuePath, Role};
-use shmq::{Consumer, Options, Pipeline, Producer, WaitStrategy};
+use shmq::{Consumer, Pipeline, PipelineOptions, Producer, WaitStrategy};
 
 const ECHO: &str = "async-bench-echo";
 const PEER_ROLES: &[(&str, Role)] = &[(ECHO, echo_peer)];
 const MESSAGE: usize = 64;
 
-fn options() -> Options {
-    Options::new().capacity(1024).max_message(1024)
+fn options() -> PipelineOptions {
+    PipelineOptions::new().capacity(1024).max_message(1024)
 }
 
 /// Peer: echoes every message of "ping" onto "pong", waiting as its third argument says.

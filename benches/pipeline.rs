@@ -16,6 +16,9 @@
 //!   cases again over pipelines created with `single_producer().single_consumer()` ("shmq
 //!   excl ..."). Issue 9's pipeline targets are judged on these; the shared-ends rows are
 //!   reported beside them.
+//! * Payload checksums: the busy-poll round trips (64 B and 1 KiB) and the send/recv throughput
+//!   again over pipelines created with `checksum(true)` ("... + crc"), on both rings, beside
+//!   the same cases without; the report gives the ratios (the checksum's cost).
 //!
 //! Criterion measures all of those; then (only under `cargo bench`, not `cargo test --benches`)
 //! a report: percentiles of 100k 64-byte round trips per case, each case bracketed by short raw
@@ -40,16 +43,16 @@ use std::time::{Duration, Instant};
 
 use common::{check_stamp, stamp, Cpu, JobPeer, OneWay, OneWayCase, QueuePath, Reported, Role};
 use common::{RoundTrip, RoundTripCase, Target, WatchedPeer, STREAM_MESSAGE};
-use shmq::{Consumer, Options, Pipeline, Producer, WaitStrategy};
+use shmq::{Consumer, Pipeline, PipelineOptions, Producer, WaitStrategy};
 
 /// Round-trip message sizes.
 const SIZES: [usize; 2] = [64, 1024];
 /// Slots of the ping and pong queues (the default capacity).
-const PING_CAPACITY: u64 = 1024;
+const PING_CAPACITY: usize = 1024;
 /// Largest message of the ping and pong queues.
 const PING_MAX_MESSAGE: usize = 1024;
 /// Slots of the throughput queues, shmq's and the SPSC ring's.
-const RING_SLOTS: u64 = 1024;
+const RING_SLOTS: usize = 1024;
 /// Messages per `send_batch` / `recv_batch`.
 const BATCH: usize = 64;
 /// Round trips per case in the percentile report.
@@ -66,6 +69,11 @@ const SEND_RECV: &str = "shmq send/recv";
 const BATCH_CASE: &str = "shmq batch";
 const EXCL_SEND_RECV: &str = "shmq excl send/recv";
 const EXCL_BATCH: &str = "shmq excl batch";
+const SEND_RECV_CRC: &str = "shmq send/recv + crc";
+const EXCL_SEND_RECV_CRC: &str = "shmq excl send/recv + crc";
+/// The busy-poll round trips over queues with checksums.
+const BUSY_POLL_CRC: &str = "shmq busy-poll + crc";
+const EXCL_BUSY_POLL_CRC: &str = "shmq excl busy-poll + crc";
 const UNIX_SOCKET: &str = "unix socket";
 const ONE_TO_ONE: &str = "shmq 1→1, default wait, job peers";
 const MANY_TO_MANY: &str = "shmq 3→3, default wait, job peers";
@@ -81,7 +89,7 @@ const PEER_ROLES: &[(&str, Role)] = &[
     (MANY_CONSUMER, many_consumer_peer),
 ];
 
-fn create(path: &QueuePath, options: &Options) -> Pipeline {
+fn create(path: &QueuePath, options: &PipelineOptions) -> Pipeline {
     Pipeline::create(path.path(), options).unwrap_or_else(|e| panic!("create {}: {e}", path.arg()))
 }
 
@@ -151,7 +159,7 @@ impl Mode {
 }
 
 /// Which ring the bench's queues run on: any number of producers and consumers, or one each
-/// (`Options::single_producer().single_consumer()`). Peers find out from the file.
+/// (`PipelineOptions::single_producer().single_consumer()`). Peers find out from the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ends {
     Shared,
@@ -159,12 +167,20 @@ enum Ends {
 }
 
 impl Ends {
-    fn options(self) -> Options {
+    fn options(self) -> PipelineOptions {
         match self {
-            Ends::Shared => Options::new(),
-            Ends::Exclusive => Options::new().single_producer().single_consumer(),
+            Ends::Shared => PipelineOptions::new(),
+            Ends::Exclusive => PipelineOptions::new().single_producer().single_consumer(),
         }
     }
+}
+
+/// Whether the bench's queues carry payload checksums (`PipelineOptions::checksum`). Peers find out
+/// from the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crc {
+    Off,
+    On,
 }
 
 /// shmq ping-pong with a peer process: `send` on "ping", the peer `recv`s, `send`s the received
@@ -190,9 +206,10 @@ impl Drop for ShmqPingPong {
 }
 
 impl ShmqPingPong {
-    fn spawn(mode: Mode, ends: Ends) -> Self {
+    fn spawn(mode: Mode, ends: Ends, crc: Crc) -> Self {
         let options = ends
             .options()
+            .checksum(crc == Crc::On)
             .capacity(PING_CAPACITY)
             .max_message(PING_MAX_MESSAGE);
         let paths = [QueuePath::new("ping"), QueuePath::new("pong")];
@@ -263,13 +280,21 @@ fn round_trip_cases() -> Vec<RoundTripCase> {
     let shmq = |mode: Mode, ends: Ends| -> RoundTripCase {
         (
             mode.case(ends),
-            Box::new(move || Box::new(ShmqPingPong::spawn(mode, ends))),
+            Box::new(move || Box::new(ShmqPingPong::spawn(mode, ends, Crc::Off))),
+        )
+    };
+    let crc = |name, ends: Ends| -> RoundTripCase {
+        (
+            name,
+            Box::new(move || Box::new(ShmqPingPong::spawn(Mode::BusyPoll, ends, Crc::On))),
         )
     };
     vec![
         common::raw_atomic_case(),
         shmq(Mode::BusyPoll, Ends::Exclusive),
+        crc(EXCL_BUSY_POLL_CRC, Ends::Exclusive),
         shmq(Mode::BusyPoll, Ends::Shared),
+        crc(BUSY_POLL_CRC, Ends::Shared),
         shmq(Mode::Sweeping, Ends::Shared),
         shmq(Mode::Default, Ends::Exclusive),
         shmq(Mode::Default, Ends::Shared),
@@ -312,13 +337,14 @@ struct ShmqThroughput {
 
 impl ShmqThroughput {
     /// `batch`: the peer sends with `send_batch` and we receive with `recv_batch`.
-    fn spawn(batch: bool, ends: Ends) -> Self {
+    fn spawn(batch: bool, ends: Ends, crc: Crc) -> Self {
         let paths = [QueuePath::new("data"), QueuePath::new("control")];
         let data_options = ends
             .options()
+            .checksum(crc == Crc::On)
             .capacity(RING_SLOTS)
             .max_message(STREAM_MESSAGE);
-        let control_options = Options::new().capacity(4).max_message(8);
+        let control_options = PipelineOptions::new().capacity(4).max_message(8);
         let mut data = create(&paths[0], &data_options)
             .consumer()
             .expect("consumer");
@@ -437,7 +463,7 @@ struct ManyToMany {
 impl ManyToMany {
     fn spawn(producers: usize, consumers: usize) -> Self {
         let mut path = QueuePath::new("many");
-        let options = Options::new()
+        let options = PipelineOptions::new()
             .capacity(RING_SLOTS)
             .max_message(STREAM_MESSAGE);
         let stop = create(&path, &options).producer().expect("producer");
@@ -540,23 +566,31 @@ fn one_way_cases() -> Vec<OneWayCase> {
     vec![
         (
             SPSC_RING,
-            Box::new(|| Box::new(common::SpscRingThroughput::spawn(RING_SLOTS))),
+            Box::new(|| Box::new(common::SpscRingThroughput::spawn(RING_SLOTS as u64))),
         ),
         (
             EXCL_SEND_RECV,
-            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Exclusive))),
+            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Exclusive, Crc::Off))),
+        ),
+        (
+            EXCL_SEND_RECV_CRC,
+            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Exclusive, Crc::On))),
         ),
         (
             EXCL_BATCH,
-            Box::new(|| Box::new(ShmqThroughput::spawn(true, Ends::Exclusive))),
+            Box::new(|| Box::new(ShmqThroughput::spawn(true, Ends::Exclusive, Crc::Off))),
         ),
         (
             SEND_RECV,
-            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Shared))),
+            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Shared, Crc::Off))),
+        ),
+        (
+            SEND_RECV_CRC,
+            Box::new(|| Box::new(ShmqThroughput::spawn(false, Ends::Shared, Crc::On))),
         ),
         (
             BATCH_CASE,
-            Box::new(|| Box::new(ShmqThroughput::spawn(true, Ends::Shared))),
+            Box::new(|| Box::new(ShmqThroughput::spawn(true, Ends::Shared, Crc::Off))),
         ),
         (
             UNIX_SOCKET,
@@ -629,6 +663,12 @@ fn report() {
     let sweeping = common::bracketed_ratio(&rows, Mode::Sweeping.name())
         .zip(common::bracketed_ratio(&rows, Mode::BusyPoll.name()))
         .map(|(with, without)| with / without);
+    // The checksum's cost: the same case with checksums over without, 64-byte messages.
+    let crc_round_trip = |with, without| {
+        common::bracketed_ratio(&rows, with)
+            .zip(common::bracketed_ratio(&rows, without))
+            .map(|(with, without)| with / without)
+    };
     common::print_targets_and_figures(
         "round trips: bracketed 64-byte medians, p99.9 over raw atomic's in the same table; \
          throughput: median of per-round ratios; targets judged with exclusive ends (excl), \
@@ -721,6 +761,26 @@ fn report() {
                 figure:
                     "busy-poll round trip with a recovery sweep of both queues every ms / without",
                 measured: sweeping,
+                aim: None,
+            },
+            Reported {
+                figure: "checksums: busy-poll round trip excl, 64 B, with / without",
+                measured: crc_round_trip(EXCL_BUSY_POLL_CRC, Mode::BusyPoll.case(Ends::Exclusive)),
+                aim: None,
+            },
+            Reported {
+                figure: "checksums: busy-poll round trip shared, 64 B, with / without",
+                measured: crc_round_trip(BUSY_POLL_CRC, Mode::BusyPoll.name()),
+                aim: None,
+            },
+            Reported {
+                figure: "checksums: throughput excl send/recv, 64 B, with / without",
+                measured: rates.ratio(EXCL_SEND_RECV_CRC, EXCL_SEND_RECV),
+                aim: None,
+            },
+            Reported {
+                figure: "checksums: throughput shared send/recv, 64 B, with / without",
+                measured: rates.ratio(SEND_RECV_CRC, SEND_RECV),
                 aim: None,
             },
         ],

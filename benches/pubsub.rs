@@ -39,13 +39,15 @@ use std::time::{Duration, Instant};
 
 use common::{Cpu, JobPeer, OneWay, OneWayCase, QueuePath, Role, RoundTrip, RoundTripCase};
 use common::{Reported, Target, WatchedPeer, STREAM_MESSAGE};
-use shmq::{Options, Overflow, Pipeline, Producer, PubSub, PubSubOptions, Publisher, RecvError};
+use shmq::{
+    Overflow, Pipeline, PipelineOptions, Producer, PubSub, PubSubOptions, Publisher, RecvError,
+};
 use shmq::{Subscriber, WaitStrategy};
 
 /// The topic of every message; subscribers subscribe to it.
 const TOPIC: &[u8] = b"bench/tick";
 /// Slots of every channel and of the pipeline (the default capacity).
-const CAPACITY: u64 = 1024;
+const CAPACITY: usize = 1024;
 /// How the two subscribers sharing the peer CPU wait (see the module docs).
 const SHARED_CPU_WAIT: WaitStrategy = WaitStrategy::SpinThenPark(Duration::from_micros(20));
 /// Round trips per case in the percentile report.
@@ -73,7 +75,7 @@ fn create(path: &QueuePath, overflow: Overflow) -> PubSub {
     let options = PubSubOptions::new()
         .capacity(CAPACITY)
         .max_message(STREAM_MESSAGE)
-        .max_topic(TOPIC.len() as u32)
+        .max_topic(TOPIC.len())
         .max_subscribers(2)
         .overflow(overflow);
     PubSub::create(path.path(), &options).unwrap_or_else(|e| panic!("create {}: {e}", path.arg()))
@@ -217,7 +219,7 @@ impl FanOut {
     /// A pipeline to one consumer, both busy-polling.
     fn pipeline() -> Self {
         let path = QueuePath::new("pipeline");
-        let options = Options::new()
+        let options = PipelineOptions::new()
             .capacity(CAPACITY)
             .max_message(STREAM_MESSAGE);
         let queue = Pipeline::create(path.path(), &options)
@@ -339,7 +341,7 @@ fn one_way_cases() -> Vec<OneWayCase> {
     vec![
         (
             SPSC_RING,
-            Box::new(|| Box::new(common::SpscRingThroughput::spawn(CAPACITY))),
+            Box::new(|| Box::new(common::SpscRingThroughput::spawn(CAPACITY as u64))),
         ),
         (PIPELINE, Box::new(|| Box::new(FanOut::pipeline()))),
         pubsub(ONE_SUBSCRIBER, Overflow::Block, 1, WaitStrategy::BusyPoll),

@@ -61,12 +61,12 @@ struct Session {
 }
 
 impl Session {
-    fn spawn(wait: WaitStrategy, max_clients: u32) -> Self {
+    fn spawn(wait: WaitStrategy, max_clients: usize) -> Self {
         let path = QueuePath::new("service");
         let options = ServiceOptions::new()
             .max_clients(max_clients)
             .max_servers(1)
-            .reply_capacity(WINDOW as u64)
+            .reply_capacity(WINDOW)
             .max_message(STREAM_MESSAGE);
         let service = Service::create(path.path(), &options)
             .unwrap_or_else(|e| panic!("create {}: {e}", path.arg()));
@@ -95,7 +95,7 @@ impl Session {
 
     /// An empty request: the server parks until the next one.
     fn idle(&mut self) {
-        self.client.request(&[]).expect("idle request");
+        drop(self.client.request(&[]).expect("idle request"));
     }
 }
 
@@ -162,10 +162,10 @@ fn round_trip_cases() -> Vec<RoundTripCase> {
 
 /// Send `n` requests stamped from `*next` on with up to [`WINDOW`] in flight, waiting for the
 /// oldest when the window is full, and check that every reply echoes its request.
-fn windowed_requests(client: &mut Client, n: u64, next: &mut u64) {
+fn windowed_requests(client: &Client, n: u64, next: &mut u64) {
     let mut in_flight: VecDeque<(Pending, u64)> = VecDeque::with_capacity(WINDOW);
     let mut msg = [0u8; STREAM_MESSAGE];
-    let collect = |client: &mut Client, (pending, seq): (Pending, u64)| {
+    let collect = |client: &Client, (pending, seq): (Pending, u64)| {
         let reply = client.wait(pending).expect("wait for reply");
         common::check_stamp(reply.payload(), seq);
     };
@@ -193,7 +193,7 @@ struct Windowed {
 }
 
 impl Windowed {
-    fn spawn(clients: u32, wait: WaitStrategy) -> Self {
+    fn spawn(clients: usize, wait: WaitStrategy) -> Self {
         let mut session = Session::spawn(wait, clients);
         let args = [session.path.arg(), common::wait_arg(wait)];
         let others = (1..clients)
@@ -219,7 +219,7 @@ impl OneWay for Windowed {
         }
         let start = Instant::now();
         let own = iters - share * self.others.len() as u64;
-        windowed_requests(&mut self.session.client, own, &mut self.next);
+        windowed_requests(&self.session.client, own, &mut self.next);
         for other in &mut self.others {
             other.finish();
         }
@@ -236,7 +236,7 @@ fn client_peer(args: &[String]) {
     client.set_wait_strategy(common::parse_wait(&args[1]));
     let mut next = 0;
     common::serve_jobs(args, |n| {
-        windowed_requests(&mut client, n, &mut next);
+        windowed_requests(&client, n, &mut next);
         0
     });
 }

@@ -13,7 +13,7 @@
 //! shmq's futures need no particular runtime; tokio (a dev-dependency of shmq) is just the one
 //! this example uses.
 
-use shmq::{Options, Pipeline};
+use shmq::{Pipeline, PipelineOptions};
 use std::error::Error;
 use std::path::Path;
 use std::process::Command;
@@ -31,7 +31,7 @@ fn main() -> Result {
     let dir = std::env::temp_dir().join(format!("shmq-async-example-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (alerts_path, metrics_path) = (dir.join("alerts"), dir.join("metrics"));
-    let options = Options::new().capacity(64).max_message(256);
+    let options = PipelineOptions::new().capacity(64).max_message(256);
     let alerts = Pipeline::create(&alerts_path, &options)?;
     let metrics = Pipeline::create(&metrics_path, &options)?;
     let result = monitor(&alerts, &metrics, &alerts_path, &metrics_path);

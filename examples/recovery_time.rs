@@ -10,7 +10,7 @@
 //! * A producer is killed after claiming the slot at the head of the queue and before writing
 //!   it: time until a blocked consumer receives the next message, sent by another producer.
 
-use shmq::{Options, Pipeline};
+use shmq::{Pipeline, PipelineOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -96,7 +96,7 @@ fn measure() -> Result {
         // A consumer dies holding a message.
         let path = dir.join(format!("held-{i}"));
         let parked = dir.join(format!("held-{i}.parked"));
-        let q = Pipeline::create(&path, &Options::new().capacity(8).max_message(64))?;
+        let q = Pipeline::create(&path, &PipelineOptions::new().capacity(8).max_message(64))?;
         q.producer()?.send(b"job")?;
         let child = spawn("consumer", &path, "consumer-received", &parked)?;
         wait_for_file(&parked)?;
@@ -112,7 +112,7 @@ fn measure() -> Result {
         // A producer dies between claim and commit, at the head of the queue.
         let path = dir.join(format!("claimed-{i}"));
         let parked = dir.join(format!("claimed-{i}.parked"));
-        let q = Pipeline::create(&path, &Options::new().capacity(8).max_message(64))?;
+        let q = Pipeline::create(&path, &PipelineOptions::new().capacity(8).max_message(64))?;
         let child = spawn("producer", &path, "producer-claimed", &parked)?;
         wait_for_file(&parked)?;
         q.producer()?.send(b"next")?;

@@ -18,7 +18,8 @@
 //! Every role is this same binary, re-executed with the role's name as its first argument.
 
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions, WaitStrategy,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, Service, ServiceOptions,
+    WaitStrategy,
 };
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -120,8 +121,14 @@ fn pipeline_tour(dir: &Path) -> Result {
     );
     let jobs = dir.join("thumbnails");
     let reports = dir.join("reports");
-    Pipeline::create(&jobs, &Options::new().capacity(1024).max_message(256))?;
-    let reports_queue = Pipeline::create(&reports, &Options::new().capacity(64).max_message(256))?;
+    Pipeline::create(
+        &jobs,
+        &PipelineOptions::new().capacity(1024).max_message(256),
+    )?;
+    let reports_queue = Pipeline::create(
+        &reports,
+        &PipelineOptions::new().capacity(64).max_message(256),
+    )?;
     let report_consumer = reports_queue.consumer()?;
 
     let started = Instant::now();
@@ -199,7 +206,7 @@ fn ping_pong_tour(dir: &Path) -> Result {
     println!("== Round trip: {ROUND_TRIPS} 64-byte ping-pongs between two processes");
     let ping = dir.join("ping");
     let pong = dir.join("pong");
-    let options = Options::new().capacity(64).max_message(64);
+    let options = PipelineOptions::new().capacity(64).max_message(64);
     let ping_q = Pipeline::create(&ping, &options)?;
     let pong_q = Pipeline::create(&pong, &options)?;
     let echo = Process::spawn("echo", &[&ping, &pong])?;
@@ -279,7 +286,10 @@ fn pubsub_tour(dir: &Path) -> Result {
             .max_message(128)
             .overflow(Overflow::Block),
     )?;
-    let reports_queue = Pipeline::create(&reports, &Options::new().capacity(16).max_message(256))?;
+    let reports_queue = Pipeline::create(
+        &reports,
+        &PipelineOptions::new().capacity(16).max_message(256),
+    )?;
     let reports_consumer = reports_queue.consumer()?;
     let subscribers = [("dashboard", "hosts/"), ("audit-log", "")]
         .iter()
@@ -383,7 +393,10 @@ fn reqrep_tour(dir: &Path) -> Result {
             .max_servers(8)
             .max_message(256),
     )?;
-    let reports_queue = Pipeline::create(&reports, &Options::new().capacity(16).max_message(256))?;
+    let reports_queue = Pipeline::create(
+        &reports,
+        &PipelineOptions::new().capacity(16).max_message(256),
+    )?;
     let reports_consumer = reports_queue.consumer()?;
     let started = Instant::now();
     // Server A serves a fixed number of requests, then detaches "for maintenance".
@@ -451,7 +464,7 @@ fn server(service: &Path, reports: &Path, name: &str, limit: u64) -> Result {
 }
 
 fn client(service: &Path, reports: &Path, id: u64) -> Result {
-    let mut client = Service::open(service)?.client()?;
+    let client = Service::open(service)?.client()?;
     let mut latencies = Vec::with_capacity(REQUESTS_PER_CLIENT as usize);
     for i in 0..REQUESTS_PER_CLIENT {
         let request = format!("client-{id} img-{i} 128x128");

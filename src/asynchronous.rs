@@ -47,7 +47,7 @@
 //! ```
 //! # let dir = std::env::temp_dir().join(format!("shmq-async-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).unwrap();
-//! let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new())?;
+//! let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new())?;
 //! let (producer, consumer) = (q.producer()?, q.consumer()?);
 //! let receive = async {
 //!     let msg = consumer.recv_async().await?;
@@ -367,7 +367,7 @@ impl Server {
 #[must_use = "futures do nothing unless polled"]
 pub struct WaitReply<'a> {
     /// `None` once resolved.
-    client: Option<&'a mut Client>,
+    client: Option<&'a Client>,
     pending: &'a mut Pending,
     wait: AsyncWait,
 }
@@ -382,7 +382,7 @@ impl std::fmt::Debug for WaitReply<'_> {
 
 /// A client looking for the reply to a ticket without redeeming it yet.
 struct Awaiting<'c, 'p> {
-    client: &'c mut Client,
+    client: &'c Client,
     pending: &'p Pending,
 }
 
@@ -409,7 +409,7 @@ impl<'a> Future for WaitReply<'a> {
             .take()
             .expect("WaitReply polled after it resolved");
         let mut awaiting = Awaiting {
-            client: &mut *client,
+            client,
             pending: this.pending,
         };
         match this.wait.poll(cx, &mut awaiting) {
@@ -432,7 +432,7 @@ impl Client {
     ///
     /// # Errors
     /// As for [`wait`](Self::wait); on [`RecvError::Corrupt`] the request is given up.
-    pub fn wait_async<'a>(&'a mut self, pending: &'a mut Pending) -> WaitReply<'a> {
+    pub fn wait_async<'a>(&'a self, pending: &'a mut Pending) -> WaitReply<'a> {
         WaitReply {
             client: Some(self),
             pending,

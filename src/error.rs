@@ -1,18 +1,14 @@
-//! Error types: one enum per concern.
-//!
-//! * [`Error`]: opening, creating or attaching to a queue file went wrong (I/O, a file that is
-//!   not a shmq queue, a file of another format version, kind or geometry, a full table).
-//! * [`SendError`]: a message could not be sent.
-//! * [`RecvError`]: no message could be received.
-//! * [`Corruption`]: something read from shared memory broke the protocol's invariants. The
-//!   mapping is untrusted input, so this is an error value, never a panic.
+//! Error types: one enum per concern (see [`Error`]).
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-/// What was wrong with a queue file, found while opening it or while using it.
+/// What was wrong with a queue file, found while opening it or while using it. Its `Display`
+/// is a phrase of its own ("not a shmq queue file (magic …)"); the errors that carry it
+/// ([`Error::Corrupt`], [`SendError::Corrupt`], [`RecvError::Corrupt`]) name the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Corruption {
     /// The file does not start with shmq's magic number.
     BadMagic {
@@ -59,37 +55,47 @@ impl fmt::Display for Corruption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Corruption::BadMagic { found } => {
-                write!(f, "is not a shmq queue file (magic {found:#018x})")
+                write!(f, "not a shmq queue file (magic {found:#018x})")
             }
             Corruption::UnsupportedVersion { found, expected } => write!(
                 f,
-                "has format version {found}; this build of shmq reads version {expected}"
+                "format version {found}, but this build of shmq reads version {expected}"
             ),
             Corruption::WrongKind { found, expected } => write!(
                 f,
-                "holds a {} but was opened as a {}",
+                "a {} opened as a {}",
                 crate::kind::kind_name(*found),
                 crate::kind::kind_name(*expected)
             ),
-            Corruption::BadGeometry(what) => write!(f, "has an invalid header: {what}"),
+            Corruption::BadGeometry(what) => write!(f, "invalid header: {what}"),
             Corruption::Truncated { len, expected } => write!(
                 f,
-                "is truncated: {len} bytes long but its header needs {expected}"
+                "truncated: {len} bytes long but its header needs {expected}"
             ),
             Corruption::Uninitialized => write!(
                 f,
-                "was never fully initialised (its creator may have died while creating it); remove it and create it again"
+                "never fully initialised (its creator may have died while creating it); \
+                 remove it and create it again"
             ),
-            Corruption::BadState(what) => write!(f, "is corrupt: {what}"),
+            Corruption::BadState(what) => write!(f, "corrupt: {what}"),
             Corruption::BadLength { len, max } => write!(
                 f,
-                "is corrupt: a slot holds a message of {len} bytes but the maximum is {max}"
+                "corrupt: a slot holds a message of {len} bytes but the maximum is {max}"
             ),
         }
     }
 }
 
 /// Opening, creating or attaching to a queue failed.
+///
+/// Error types: one enum per concern.
+///
+/// * [`Error`]: opening, creating or attaching to a queue file went wrong (I/O, a file that is
+///   not a shmq queue, a file of another format version, kind or geometry, a full table).
+/// * [`SendError`]: a message could not be sent.
+/// * [`RecvError`]: no message could be received.
+/// * [`Corruption`]: something read from shared memory broke the protocol's invariants. The
+///   mapping is untrusted input, so this is an error value, never a panic.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -127,7 +133,7 @@ pub enum Error {
         /// The table's size, fixed at creation.
         max: u32,
     },
-    /// The queue was created with exclusive ends (`Options::single_producer` and
+    /// The queue was created with exclusive ends (`PipelineOptions::single_producer` and
     /// `single_consumer`) and a live participant already holds the end asked for.
     EndTaken {
         /// The queue file.
@@ -157,6 +163,8 @@ pub enum Error {
     },
 }
 
+impl std::error::Error for Corruption {}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -164,7 +172,7 @@ impl fmt::Display for Error {
                 write!(f, "{op} queue file {}: {source}", path.display())
             }
             Error::Corrupt { path, problem } => {
-                write!(f, "queue file {} {problem}", path.display())
+                write!(f, "queue file {}: {problem}", path.display())
             }
             Error::InvalidOptions(why) => write!(f, "invalid queue options: {why}"),
             Error::BadField {
@@ -210,16 +218,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            Error::Send(e) => Some(e),
-            Error::Recv(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// Every variant displays what it wraps (the operating system's error, the corruption, the
+/// send or receive error), so `source()` returns none of them: an error either displays its
+/// source or returns it, never both. The wrapped values are public fields, to match on.
+impl std::error::Error for Error {}
 
 /// Why a message was not sent. Nothing was written when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +287,7 @@ impl fmt::Display for SendError {
                  judged dead, or another process rewrote the queue file): nothing was sent; \
                  send it again"
             ),
-            SendError::Corrupt(c) => write!(f, "queue file {c}"),
+            SendError::Corrupt(c) => write!(f, "queue file: {c}"),
             SendError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
         }
     }
@@ -303,8 +305,21 @@ pub enum RecvError {
     Timeout,
     /// Request-reply: the server dropped the request without replying.
     NoReply,
+    /// Request-reply: the [`Pending`](crate::Pending) ticket was made by another client. Its
+    /// request can only be answered on the client that sent it.
+    WrongClient,
+    /// The queue is empty and no producer is attached, so no message can come until one
+    /// attaches. Only for a consumer that asked for it with
+    /// [`Consumer::set_disconnect_when_alone`](crate::Consumer::set_disconnect_when_alone);
+    /// by default a receive waits, since a queue outlives its producers.
+    Disconnected,
     /// A publish-subscribe subscriber fell more than a ring behind and missed this many
     /// messages; it continues from the oldest message still retained.
+    ///
+    /// `n` counts the missed messages **of every topic**, not only of the subscriber's own:
+    /// they were overwritten before it read them, so their topics are unknown to it. A
+    /// subscriber to a quiet topic on a busy channel can lag without having missed a message
+    /// of its topic.
     Lagged(u64),
     /// An acknowledgement was refused: the message (or request) had been taken back before it
     /// was acknowledged, because a recovery pass judged this participant dead or another
@@ -327,6 +342,19 @@ pub enum RecvError {
         /// The process that attached the handle.
         attached_by: u32,
     },
+    /// A pipeline created with `PipelineOptions::checksum`: the next message's payload does not match
+    /// the CRC32C its producer recorded, so its bytes (or its recorded length or checksum) were
+    /// changed after it was sent. The message was skipped: acknowledged, never handed out, and
+    /// counted in the consumer's statistics (`inspect::Counts::bad_checksum`). Receive again for
+    /// the next one.
+    BadChecksum {
+        /// The message's recorded length in bytes.
+        len: usize,
+        /// The checksum its producer recorded.
+        recorded: u32,
+        /// The checksum of the bytes found.
+        computed: u32,
+    },
 }
 
 impl fmt::Display for RecvError {
@@ -336,19 +364,37 @@ impl fmt::Display for RecvError {
             RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
+            RecvError::WrongClient => write!(
+                f,
+                "the ticket belongs to another client: wait for it on the client that sent \
+                 the request"
+            ),
+            RecvError::Disconnected => {
+                write!(f, "the queue is empty and every producer has detached")
+            }
             RecvError::ClaimLost => write!(
                 f,
                 "the acknowledgement was refused: the message had been taken back (this \
                  participant was judged dead, or another process rewrote the queue file) and \
                  may be delivered again"
             ),
-            RecvError::Corrupt(c) => write!(f, "queue file {c}"),
+            RecvError::Corrupt(c) => write!(f, "queue file: {c}"),
             RecvError::BufferTooSmall { len, max } => write!(
                 f,
                 "receive buffer of {len} bytes is shorter than the queue's maximum message of \
                  {max} bytes; pass a buffer of at least {max} bytes"
             ),
             RecvError::WrongProcess { attached_by } => wrong_process(f, *attached_by),
+            RecvError::BadChecksum {
+                len,
+                recorded,
+                computed,
+            } => write!(
+                f,
+                "a message of {len} bytes failed its payload checksum (CRC32C {computed:#010x}, \
+                 recorded {recorded:#010x}): it was changed in the queue file after it was sent, \
+                 and was skipped rather than delivered altered"
+            ),
         }
     }
 }
@@ -398,6 +444,12 @@ impl From<RecvError> for Error {
 }
 
 impl Error {
+    /// An option's count as the file's 32-bit field, or `InvalidOptions` naming the option.
+    pub(crate) fn option_u32(n: usize, option: &str) -> Result<u32, Error> {
+        u32::try_from(n)
+            .map_err(|_| Error::InvalidOptions(format!("{option} of {n} is out of range")))
+    }
+
     pub(crate) fn io(path: &std::path::Path, op: &'static str, source: io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),

@@ -8,7 +8,7 @@
 //! one receiving. This measures and crash-tests the ring itself before the pipeline adopts it.
 
 use crate::error::{Corruption, Error, RecvError, SendError};
-use crate::layout::{Geometry, KIND_PIPELINE, PIPELINE_FLAGS, RING_CONTROL_OFFSET};
+use crate::layout::{Geometry, KIND_PIPELINE, PIPELINE_EXCLUSIVE_ENDS, RING_CONTROL_OFFSET};
 use crate::ring::exclusive::{ConsumerEnd, ExclusiveRing, ProducerEnd, ReadClaim};
 use crate::shm::file::{self, Mapping};
 use crate::sync::{Deadline, WaitStrategy};
@@ -38,8 +38,9 @@ impl ExclusiveRingFile {
     /// # Errors
     /// As `Pipeline::create`.
     pub fn create(path: &Path, capacity: u64, max_message: usize) -> Result<Self, Error> {
-        let g = Geometry::pipeline_with_flags(capacity, max_message as u64, 2, PIPELINE_FLAGS)
-            .map_err(Error::InvalidOptions)?;
+        let g =
+            Geometry::pipeline_with_flags(capacity, max_message as u64, 2, PIPELINE_EXCLUSIVE_ENDS)
+                .map_err(Error::InvalidOptions)?;
         let mapping = file::create(path, &g, 0o600, None, |region| {
             ring_of(region.clone(), &g).initialize();
         })?;
@@ -52,8 +53,8 @@ impl ExclusiveRingFile {
     /// # Errors
     /// As `Pipeline::open`, and [`Error::Corrupt`] for a pipeline without both exclusive flags.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let (mapping, g) = file::open_allowing(path, KIND_PIPELINE, PIPELINE_FLAGS)?;
-        if g.flags != PIPELINE_FLAGS {
+        let (mapping, g) = file::open_allowing(path, KIND_PIPELINE, PIPELINE_EXCLUSIVE_ENDS)?;
+        if g.flags != PIPELINE_EXCLUSIVE_ENDS {
             return Err(Error::corrupt(
                 path,
                 Corruption::BadGeometry("not a single-producer single-consumer pipeline"),

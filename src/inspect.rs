@@ -15,7 +15,7 @@
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-inspect-doc-{}", std::process::id()));
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(8))?;
+//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(8))?;
 //! let producer = queue.producer()?;
 //! producer.send(b"one")?;
 //! let report = shmq::inspect::inspect(&path)?;
@@ -110,6 +110,9 @@ pub struct Counts {
     pub lagged: u64,
     /// Loans dropped without committing.
     pub abandoned: u64,
+    /// Messages skipped because their payload failed its checksum (pipelines created with
+    /// `PipelineOptions::checksum`; see `RecvError::BadChecksum`).
+    pub bad_checksum: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -121,6 +124,7 @@ impl std::ops::AddAssign for Counts {
         self.parked += o.parked;
         self.lagged += o.lagged;
         self.abandoned += o.abandoned;
+        self.bad_checksum += o.bad_checksum;
     }
 }
 
@@ -452,6 +456,7 @@ impl Inspector<'_> {
             parked: w(counter::PARKED)?,
             lagged: w(counter::LAGGED)?,
             abandoned: w(counter::ABANDONED)?,
+            bad_checksum: w(counter::BAD_CHECKSUM)?,
         })
     }
 
@@ -470,7 +475,7 @@ impl Inspector<'_> {
         let mut tail = self.word(ring.ctl + CTL_TAIL, &tail_word)?;
         let h2 = self.word(ring.ctl + CTL_HEAD, &head_word)?;
         if self.geometry.kind == KIND_PIPELINE
-            && self.geometry.flags != 0
+            && self.geometry.flags & crate::layout::PIPELINE_EXCLUSIVE_ENDS != 0
             && h1 == tail.wrapping_add(1)
         {
             // The exclusive producer records its tail just after each commit: a consumer may

@@ -57,7 +57,8 @@ pub struct FileHeader {
     /// Number of entries in the participant table.
     pub max_participants: u32,
     /// Publish-subscribe: the overflow mode (1 drop oldest, 2 block). Pipeline: its exclusive
-    /// ends ([`PIPELINE_SINGLE_PRODUCER`], [`PIPELINE_SINGLE_CONSUMER`]). Zero otherwise.
+    /// ends ([`PIPELINE_SINGLE_PRODUCER`], [`PIPELINE_SINGLE_CONSUMER`]) and its payload
+    /// checksum ([`PIPELINE_CHECKSUM`]). Zero otherwise.
     pub flags: u32,
     /// Publish-subscribe: largest topic in bytes. Zero otherwise.
     pub max_topic: u32,
@@ -142,6 +143,9 @@ pub mod counter {
     pub const LAGGED: usize = 5;
     /// Participant (producer): loans dropped without committing (skipped by consumers).
     pub const ABANDONED: usize = 6;
+    /// Participant (consumer of a pipeline with checksums): messages whose payload failed its
+    /// checksum, skipped (acknowledged without being handed out).
+    pub const BAD_CHECKSUM: usize = 7;
     /// Number of participant counters.
     pub const PARTICIPANT_COUNTERS: usize = 8;
 }
@@ -154,8 +158,9 @@ pub struct SlotHeader {
     pub state: u64,
     /// Length of the committed message in bytes.
     pub len: u32,
-    /// Publish-subscribe: length of the topic; zero otherwise.
-    pub topic_len: u32,
+    /// Publish-subscribe: length of the topic. Pipeline with [`PIPELINE_CHECKSUM`]: the
+    /// CRC32C of the payload. Zero (or stale) otherwise.
+    pub check: u32,
 }
 
 /// The envelope in front of every request and reply of a service: which client asked (its
@@ -219,7 +224,7 @@ const _: () = {
     assert!(size_of::<Envelope>() == 24);
     assert!(offset_of!(SlotHeader, state) == 0);
     assert!(offset_of!(SlotHeader, len) == 8);
-    assert!(offset_of!(SlotHeader, topic_len) == 12);
+    assert!(offset_of!(SlotHeader, check) == 12);
     assert!(size_of::<WaitCellLayout>() == 8);
     assert!(offset_of!(WaitCellLayout, word) == 0);
     assert!(offset_of!(WaitCellLayout, reserved) == 4);
@@ -291,8 +296,15 @@ pub const TABLE_ENTRY_SIZE: usize = 128;
 pub const PIPELINE_SINGLE_PRODUCER: u32 = 1;
 /// Pipeline flag: at most one consumer is attached at a time.
 pub const PIPELINE_SINGLE_CONSUMER: u32 = 2;
+/// Both exclusive-end flags: the combination a pipeline runs on the exclusive-ends ring with
+/// (one of them alone is refused).
+pub const PIPELINE_EXCLUSIVE_ENDS: u32 = PIPELINE_SINGLE_PRODUCER | PIPELINE_SINGLE_CONSUMER;
+/// Pipeline flag: every message carries the CRC32C of its payload in its slot header's
+/// [`check`](SlotHeader::check) word, written by the producer before the commit and verified
+/// by the consumer before the message is handed out.
+pub const PIPELINE_CHECKSUM: u32 = 4;
 /// Every pipeline flag this build knows; a file with any other bit set is refused.
-pub const PIPELINE_FLAGS: u32 = PIPELINE_SINGLE_PRODUCER | PIPELINE_SINGLE_CONSUMER;
+pub const PIPELINE_FLAGS: u32 = PIPELINE_EXCLUSIVE_ENDS | PIPELINE_CHECKSUM;
 
 /// Publish-subscribe overflow modes, as stored in [`FileHeader::flags`].
 pub const OVERFLOW_DROP_OLDEST: u32 = 1;
@@ -316,7 +328,7 @@ pub struct Geometry {
     pub participants_offset: u64,
     /// Participant table's length.
     pub max_participants: u32,
-    /// Publish-subscribe overflow mode; zero otherwise.
+    /// Publish-subscribe overflow mode; pipeline flags (`PIPELINE_*`); zero otherwise.
     pub flags: u32,
     /// Publish-subscribe: largest topic; zero otherwise.
     pub max_topic: u32,
@@ -400,7 +412,7 @@ impl Geometry {
         Geometry::pipeline_with_flags(capacity, max_message, max_participants, 0)
     }
 
-    /// [`Geometry::pipeline`] with `flags`, a combination of the `PIPELINE_SINGLE_*` flags.
+    /// [`Geometry::pipeline`] with `flags`, a combination of the `PIPELINE_*` flags.
     pub fn pipeline_with_flags(
         capacity: u64,
         max_message: u64,
@@ -569,7 +581,8 @@ impl Geometry {
 
     /// [`Geometry::validate`] for an opener that serves the pipeline flags in `pipeline_flags`
     /// (a subset of [`PIPELINE_FLAGS`]); a pipeline file with any other flag is refused, so a
-    /// file made for exclusive ends is never driven by code that does not know them.
+    /// file made for exclusive ends, or with payload checksums, is never driven by code that
+    /// does not know them (which would send messages without their checksum).
     pub fn validate_allowing(
         h: &FileHeader,
         kind: u32,
@@ -596,7 +609,7 @@ impl Geometry {
         }
         if kind == KIND_PIPELINE && h.flags & !pipeline_flags != 0 {
             return Err(Corruption::BadGeometry(
-                "the pipeline has single-producer or single-consumer flags this opener does not serve",
+                "the pipeline has flags (single producer, single consumer, payload checksum) this opener does not serve",
             ));
         }
         let expected = Geometry::compute(Shape::of(h)).map_err(|_| {
@@ -821,30 +834,59 @@ mod tests {
             0,
             PIPELINE_SINGLE_PRODUCER,
             PIPELINE_SINGLE_CONSUMER,
-            PIPELINE_FLAGS,
+            PIPELINE_EXCLUSIVE_ENDS,
+            PIPELINE_CHECKSUM,
+            PIPELINE_CHECKSUM | PIPELINE_EXCLUSIVE_ENDS,
         ] {
             let g = Geometry::pipeline_with_flags(8, 64, 4, flags).unwrap();
             assert_eq!(g.flags, flags);
+            assert_eq!(g.header().flags, flags, "stored in the header");
             assert_eq!(
                 Geometry::validate_allowing(&g.header(), KIND_PIPELINE, g.file_size, flags),
                 Ok(g)
             );
             assert_eq!(
+                Geometry::validate_allowing(
+                    &g.header(),
+                    KIND_PIPELINE,
+                    g.file_size,
+                    PIPELINE_FLAGS
+                ),
+                Ok(g),
+                "read back from the file by an opener that knows every flag"
+            );
+            assert_eq!(
                 Geometry::validate(&g.header(), KIND_PIPELINE, g.file_size).is_ok(),
                 flags == 0,
-                "an opener that does not serve exclusive ends refuses them"
+                "an opener that does not serve a flag refuses it"
             );
         }
+        // An opener that knows the exclusive ends but not checksums (an older build) refuses a
+        // file with checksums, so it never sends a message without one.
+        let g = Geometry::pipeline_with_flags(8, 64, 4, PIPELINE_CHECKSUM).unwrap();
+        assert!(matches!(
+            Geometry::validate_allowing(
+                &g.header(),
+                KIND_PIPELINE,
+                g.file_size,
+                PIPELINE_EXCLUSIVE_ENDS
+            ),
+            Err(Corruption::BadGeometry(_))
+        ));
         let g = Geometry::pipeline(8, 64, 4).unwrap();
-        let unknown = FileHeader {
-            flags: 4,
-            ..g.header()
-        };
-        assert!(
-            Geometry::validate_allowing(&unknown, KIND_PIPELINE, g.file_size, PIPELINE_FLAGS)
-                .is_err()
-        );
-        assert!(Geometry::pipeline_with_flags(8, 64, 4, 4).is_err());
+        for bit in 3..32 {
+            let unknown = FileHeader {
+                flags: 1 << bit,
+                ..g.header()
+            };
+            assert!(
+                Geometry::validate_allowing(&unknown, KIND_PIPELINE, g.file_size, PIPELINE_FLAGS)
+                    .is_err(),
+                "unknown flag bit {bit}"
+            );
+            assert!(Geometry::pipeline_with_flags(8, 64, 4, 1 << bit).is_err());
+        }
+        assert_eq!(PIPELINE_FLAGS, 7);
         assert!(Geometry::pipeline_with_flags(8, 64, 4, u32::MAX).is_err());
     }
 

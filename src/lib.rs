@@ -19,7 +19,7 @@
 //! ```
 //! # fn main() -> Result<(), shmq::Error> {
 //! # let path = std::env::temp_dir().join(format!("shmq-lib-doc-{}", std::process::id()));
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(64).max_message(256))?;
+//! let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(64).max_message(256))?;
 //! let (producer, consumer) = (queue.producer()?, queue.consumer()?);
 //! producer.send(b"hello")?;
 //! assert_eq!(&*consumer.recv()?, b"hello");
@@ -36,17 +36,19 @@
 //!
 //! See `docs/DESIGN.md` in the repository (and in the published package) for the layers, the
 //! on-file format, the protocols (slot states, waiting, recovery) and the trust boundary, and
-//! the module docs of each pattern for its exact semantics.
+//! the docs of [`Pipeline`], [`PubSub`] and [`Service`] for the exact semantics of each pattern.
 
+#![deny(missing_docs)]
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(loom))]
 pub mod asynchronous;
-pub mod error;
+mod error;
 #[cfg(all(feature = "test-hooks", not(loom)))]
 #[doc(hidden)]
 pub mod exclusive_ring;
 pub(crate) mod kind;
+#[doc(hidden)] // the on-file format: not API (shmq's tests, CLI and fuzzers read it)
 pub mod layout;
 pub(crate) mod ring;
 pub(crate) mod shm;
@@ -59,21 +61,29 @@ pub(crate) mod testhook;
 pub mod inspect;
 pub(crate) mod peers;
 #[cfg(not(loom))]
-pub mod pipeline;
+mod pipeline;
 #[cfg(not(loom))]
-pub mod pubsub;
+mod pubsub;
 #[cfg(not(loom))]
-pub mod reqrep;
+mod reqrep;
 #[cfg(not(loom))]
-pub mod salvage;
+mod salvage;
 
 pub use error::{Corruption, Error, RecvError, SendError};
 #[cfg(not(loom))]
 pub use peers::RecoveryStats;
 #[cfg(not(loom))]
-pub use pipeline::{Consumer, Loan, Message, Options, Pipeline, Producer};
+pub use pipeline::{Consumer, ConsumerIter, Loan, Message, Pipeline, PipelineOptions, Producer};
+
+/// The old name of [`PipelineOptions`], kept for one release.
 #[cfg(not(loom))]
-pub use pubsub::{Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, TopicMessage};
+#[deprecated(note = "renamed `PipelineOptions`, beside `PubSubOptions` and `ServiceOptions`")]
+pub type Options = PipelineOptions;
+#[cfg(not(loom))]
+pub use pubsub::{
+    Overflow, PubSub, PubSubOptions, Publisher, Subscribe, Subscriber, SubscriberIter,
+    TopicMessage, TopicMessageBuf,
+};
 #[cfg(not(loom))]
 pub use reqrep::{Client, Delivery, Pending, Reply, Request, Server, Service, ServiceOptions};
 #[cfg(not(loom))]

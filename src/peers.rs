@@ -233,6 +233,14 @@ impl<'a> Table<'a> {
         Ok(None)
     }
 
+    /// How many entries are in use by participants with `role`: attached now, or dead and not
+    /// reaped yet. A snapshot; the role byte is only compared, so any value is harmless.
+    pub(crate) fn count(&self, role: Role) -> usize {
+        (0..self.len)
+            .filter(|&index| self.state(index).load(Ordering::Acquire) & 0xff == role as u64)
+            .count()
+    }
+
     /// Marks entry `index` free. The caller holds its lock, and has undone its claims.
     pub(crate) fn release(&self, index: u32) {
         let state = self.state(index);
@@ -314,6 +322,11 @@ impl Participant {
 
     fn table(&self) -> Table<'_> {
         Table::new(&self.region, self.table, self.max)
+    }
+
+    /// How many participants with `role` the table holds now (see [`Table::count`]).
+    pub(crate) fn count_attached(&self, role: Role) -> usize {
+        self.table().count(role)
     }
 
     /// `cell`, waited on by this participant: its waits are counted in its statistics, as

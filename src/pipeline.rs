@@ -1,89 +1,10 @@
-//! The pipeline (work queue): producers submit messages, each message goes to exactly one
-//! consumer.
-//!
-//! # Guarantees
-//!
-//! * **Atomic messages.** A consumer receives a message whole and byte-identical to what was
-//!   sent, or not at all. A message becomes visible only when its producer commits it.
-//! * **Exactly one consumer** receives each message; messages from one producer are received in
-//!   the order they were sent (by consumers taken together; with several consumers, two of them
-//!   may *process* neighbouring messages in any order).
-//! * **Zero copy on receive.** A [`Message`] borrows its slot; [`Message::ack`] or dropping it
-//!   acknowledges the message and frees the slot. A held message keeps its slot: when producers
-//!   come round the ring to it they wait, so hold few messages at a time and not for long.
-//! * **Zero copy on send, in order.** A [`Loan`] is a claimed slot written in place. Messages
-//!   are delivered in the order their slots were claimed, so a loan not yet committed at the
-//!   head of the ring holds up every consumer, even when later messages are ready: loan late
-//!   and commit promptly (see [`Producer::loan`]).
-//! * **Refusals are reported.** A commit or acknowledgement whose slot was taken away
-//!   meanwhile (recovery judged the participant dead, or another process rewrote the file)
-//!   fails with [`SendError::ClaimLost`] / [`RecvError::ClaimLost`] and is counted in
-//!   [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message's
-//!   acknowledgement is refused.
-//! * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
-//!   after every process exited finds them, in order.
-//! * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
-//! * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
-//!   system call when no receiver is parked or about to park, but for one call after a
-//!   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
-//!
-//! # Trust
-//!
-//! Every process that can write the queue file is trusted with message *contents*; shmq
-//! defends its own memory safety, indices and lengths against any bytes (a corrupt or hostile
-//! file gives an error, never undefined behaviour in shmq). A [`Message`] and a [`Loan`] are
-//! views into the mapping: a process that ignores the protocol can change those bytes while you
-//! hold the view, so for peers you do not trust copy the message out with
-//! [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
-//! word loads, and validate the copy. Who may open the file at all: see
-//! [`Options::group`] and `docs/DESIGN.md` section 9.
-//!
-//! # Exclusive ends
-//!
-//! A queue created with [`Options::single_producer`] and [`Options::single_consumer`] (both:
-//! one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
-//! consumer at a time, across every process, and runs on the exclusive-ends ring: no
-//! read-modify-write per message, the slot's line written once by each side, a message up to
-//! 48 bytes in the same line as its state. Use it for a 1 → 1 stage of a pipeline where
-//! latency or throughput matters. Every guarantee above holds, and:
-//!
-//! * **Attach is exclusive.** While a producer (consumer) lives, attaching another fails with
-//!   [`Error::EndTaken`]; once it detached or died, the next attaches (a dead one is reaped
-//!   first, its end recovered). The end is held by a token (the participant entry's generation
-//!   and id) in the ring's control block; a token naming no participant in use is taken over
-//!   by the next attacher, which recovers the end first.
-//! * **Recovery is exact.** A producer killed mid-write leaves nothing visible (nothing to
-//!   skip: [`RecoveryStats::skipped`] stays 0); a consumer killed holding messages has them
-//!   delivered again, flagged, to the next consumer, and nothing it acknowledged comes back.
-//!   A message flagged already is counted in [`RecoveryStats::redelivered`] once, however
-//!   often its consumers die.
-//! * **Refusals do not arise** (`ClaimLost`): only recovery of a dead end changes its slots.
-//! * **One send or loan at a time per producer**: a [`Producer`] may be shared between threads,
-//!   which then take turns (an in-process lock); a thread that holds a [`Loan`] must commit or
-//!   drop it before it sends again on the same producer, or it waits for itself forever.
-//!   Several received messages may be held at once, as with shared ends.
-//!
-//! # Example
-//!
-//! ```
-//! # fn main() -> Result<(), shmq::Error> {
-//! # let dir = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
-//! # std::fs::create_dir_all(&dir).unwrap();
-//! # let path = dir.join("thumbnails");
-//! let queue = shmq::Pipeline::create(&path, &shmq::Options::new().capacity(1024).max_message(4096))?;
-//! let producer = queue.producer()?;             // in the web front-end process
-//! producer.send(b"uploads/img-123.jpg")?;
-//!
-//! let consumer = shmq::Pipeline::open(&path)?.consumer()?;   // in each worker process
-//! let job = consumer.recv()?;
-//! assert_eq!(&*job, b"uploads/img-123.jpg");  // borrows the slot: zero copy
-//! drop(job);                                   // acknowledges it and frees the slot
-//! # std::fs::remove_dir_all(&dir).unwrap();
-//! # Ok(()) }
-//! ```
+//! The pipeline (work queue); its specification is the documentation of [`Pipeline`].
 
 use crate::error::{Corruption, Error, RecvError, SendError};
-use crate::layout::{counter, Geometry, KIND_PIPELINE, PIPELINE_FLAGS, RING_CONTROL_OFFSET};
+use crate::layout::{
+    counter, Geometry, KIND_PIPELINE, PIPELINE_CHECKSUM, PIPELINE_EXCLUSIVE_ENDS, PIPELINE_FLAGS,
+    RING_CONTROL_OFFSET,
+};
 use crate::peers::{Counters, Participant, Recoverable, RecoveryStats, Role, Table};
 use crate::ring::exclusive::{self, ConsumerEnd, End, ExclusiveRing, ProducerEnd};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
@@ -99,19 +20,20 @@ use std::time::Duration;
 
 /// How to create a queue: its geometry (fixed for the file's life) and its permissions.
 #[derive(Debug, Clone)]
-pub struct Options {
-    capacity: u64,
+pub struct PipelineOptions {
+    capacity: usize,
     max_message: usize,
-    max_participants: u32,
+    max_participants: usize,
     mode: u32,
     group: Option<u32>,
     single_producer: bool,
     single_consumer: bool,
+    checksum: bool,
 }
 
-impl Default for Options {
+impl Default for PipelineOptions {
     fn default() -> Self {
-        Options {
+        PipelineOptions {
             capacity: 1024,
             max_message: 1024,
             max_participants: 64,
@@ -119,24 +41,37 @@ impl Default for Options {
             group: None,
             single_producer: false,
             single_consumer: false,
+            checksum: false,
         }
     }
 }
 
-impl Options {
+impl PipelineOptions {
     /// Defaults: 1024 slots of up to 1024-byte messages, 64 participants, mode `0600`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The size in bytes of the file a queue created with these options has (all of it is
+    /// reserved at creation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn file_size(&self) -> Result<u64, Error> {
+        Ok(self.geometry()?.file_size)
+    }
+
     /// The layout a queue created with these options has (its `file_size` is the file's).
+    /// The on-file layout is not API: for shmq's own tools and tests.
+    #[doc(hidden)]
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
     pub fn geometry(&self) -> Result<Geometry, Error> {
-        let flags = match (self.single_producer, self.single_consumer) {
+        let ends = match (self.single_producer, self.single_consumer) {
             (false, false) => 0,
-            (true, true) => PIPELINE_FLAGS,
+            (true, true) => PIPELINE_EXCLUSIVE_ENDS,
             _ => {
                 return Err(Error::InvalidOptions(
                     "single_producer() and single_consumer() go together for now: \
@@ -145,10 +80,11 @@ impl Options {
                 ))
             }
         };
+        let flags = ends | if self.checksum { PIPELINE_CHECKSUM } else { 0 };
         Geometry::pipeline_with_flags(
-            self.capacity,
+            self.capacity as u64,
             self.max_message as u64,
-            self.max_participants,
+            Error::option_u32(self.max_participants, "max_participants")?,
             flags,
         )
         .map_err(Error::InvalidOptions)
@@ -159,7 +95,8 @@ impl Options {
     /// [`single_consumer`](Self::single_consumer) (one without the other is refused with
     /// [`Error::InvalidOptions`] for now): the queue then runs on the *exclusive-ends* ring,
     /// which pays no read-modify-write per message, with every guarantee of the shared one
-    /// (see the [module docs](crate::pipeline#exclusive-ends)).
+    /// (see [exclusive ends](crate::Pipeline#exclusive-ends)).
+    #[must_use]
     pub fn single_producer(mut self) -> Self {
         self.single_producer = true;
         self
@@ -167,25 +104,57 @@ impl Options {
 
     /// At most one consumer attached at a time, across every process; see
     /// [`single_producer`](Self::single_producer), which goes with it.
+    #[must_use]
     pub fn single_consumer(mut self) -> Self {
         self.single_consumer = true;
         self
     }
 
+    /// Whether every message carries a checksum of its payload (default `false`): the producer
+    /// writes the payload's CRC32C into the slot's header before it commits, and the consumer
+    /// verifies it before the message is handed out. A message whose bytes were changed in
+    /// the file after it was sent (by a stray write of a process that maps it, or a bad
+    /// disk) is then never delivered altered: the receive fails with
+    /// [`RecvError::BadChecksum`] and the message is skipped (acknowledged, and counted in
+    /// [`inspect::Counts::bad_checksum`](crate::inspect::Counts::bad_checksum)). It costs one
+    /// CRC32C pass over the payload on each side (hardware-accelerated on x86-64 with SSE 4.2).
+    ///
+    /// A checksum detects scribbled bytes, not a hostile writer: one that can write the file
+    /// can also write a matching checksum. Recorded in the file: every opener uses it, and a
+    /// version of shmq that does not know it refuses the file.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-crc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new().checksum(true))?;
+    /// assert!(shmq::Pipeline::open(dir.join("q"))?.has_checksum());
+    /// q.producer()?.send(b"checked")?;
+    /// assert_eq!(&*q.consumer()?.recv()?, b"checked");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn checksum(mut self, on: bool) -> Self {
+        self.checksum = on;
+        self
+    }
+
     /// Number of message slots (any number from 1 to 2^32).
-    pub fn capacity(mut self, slots: u64) -> Self {
+    #[must_use]
+    pub fn capacity(mut self, slots: usize) -> Self {
         self.capacity = slots;
         self
     }
 
     /// Largest message in bytes (up to 1 GiB). Every slot reserves this much.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
 
     /// Largest number of producers and consumers attached at once (1 to 4095).
-    pub fn max_participants(mut self, n: u32) -> Self {
+    #[must_use]
+    pub fn max_participants(mut self, n: usize) -> Self {
         self.max_participants = n;
         self
     }
@@ -193,6 +162,7 @@ impl Options {
     /// File permission bits (default `0o600`); to share the queue with a group, see
     /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
     /// file).
+    #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -202,6 +172,7 @@ impl Options {
     /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
     /// is group-writable and the opener is in its group, so members of `gid` can use it and
     /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    #[must_use]
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
         self.mode = 0o660;
@@ -259,6 +230,9 @@ struct Shared {
     mapping: Arc<Mapping>,
     ring: Ring,
     geometry: Geometry,
+    /// The file has [`PIPELINE_CHECKSUM`]: producers record, consumers verify, each payload's
+    /// CRC32C.
+    checksum: bool,
 }
 
 impl Shared {
@@ -400,6 +374,95 @@ impl Recoverable for Shared {
 }
 
 /// A pipeline queue file, mapped. Cheap to clone; attach producers and consumers from it.
+///
+/// The pipeline (work queue): producers submit messages, each message goes to exactly one
+/// consumer.
+///
+/// # Guarantees
+///
+/// * **Atomic messages.** A consumer receives a message whole and byte-identical to what was
+///   sent, or not at all. A message becomes visible only when its producer commits it.
+/// * **Exactly one consumer** receives each message; messages from one producer are received in
+///   the order they were sent (by consumers taken together; with several consumers, two of them
+///   may *process* neighbouring messages in any order).
+/// * **Zero copy on receive.** A [`Message`] borrows its slot; [`Message::ack`] or dropping it
+///   acknowledges the message and frees the slot. A held message keeps its slot: when producers
+///   come round the ring to it they wait, so hold few messages at a time and not for long.
+/// * **Zero copy on send, in order.** A [`Loan`] is a claimed slot written in place. Messages
+///   are delivered in the order their slots were claimed, so a loan not yet committed at the
+///   head of the ring holds up every consumer, even when later messages are ready: loan late
+///   and commit promptly (see [`Producer::loan`]).
+/// * **Refusals are reported.** A commit or acknowledgement whose slot was taken away
+///   meanwhile (recovery judged the participant dead, or another process rewrote the file)
+///   fails with [`SendError::ClaimLost`] / [`RecvError::ClaimLost`] and is counted in
+///   [`RecoveryStats::refused`](crate::RecoveryStats::refused), also when a dropped message's
+///   acknowledgement is refused.
+/// * **Persistence.** Committed, unacknowledged messages live in the file: a queue reopened
+///   after every process exited finds them, in order.
+/// * **Bounded.** The file's size is fixed at creation; sending and receiving never allocate.
+/// * **Blocking without lost wake-ups**, across processes, on shared futexes; a sender pays no
+///   system call when no receiver is parked or about to park, but for one call after a
+///   receiver was killed while parked or 255 were parked at once (see [`WaitStrategy`]).
+///
+/// # Trust
+///
+/// Every process that can write the queue file is trusted with message *contents*; shmq
+/// defends its own memory safety, indices and lengths against any bytes (a corrupt or hostile
+/// file gives an error, never undefined behaviour in shmq). A [`Message`] and a [`Loan`] are
+/// views into the mapping: a process that ignores the protocol can change those bytes while you
+/// hold the view, so for peers you do not trust copy the message out with
+/// [`Consumer::recv_into`] or [`Message::copy_to_vec`], which read the shared bytes with atomic
+/// word loads, and validate the copy. Who may open the file at all: see
+/// [`PipelineOptions::group`] and `docs/DESIGN.md` section 9.
+///
+/// A queue created with [`PipelineOptions::checksum`] carries the CRC32C of each payload: a message
+/// whose bytes were changed in the file after it was sent is skipped with
+/// [`RecvError::BadChecksum`], never delivered altered. That detects stray writes, not a
+/// hostile writer, which can store a matching checksum.
+///
+/// # Exclusive ends
+///
+/// A queue created with [`PipelineOptions::single_producer`] and [`PipelineOptions::single_consumer`] (both:
+/// one alone is refused with [`Error::InvalidOptions`] for now) admits one producer and one
+/// consumer at a time, across every process, and runs on the exclusive-ends ring: no
+/// read-modify-write per message, the slot's line written once by each side, a message up to
+/// 48 bytes in the same line as its state. Use it for a 1 → 1 stage of a pipeline where
+/// latency or throughput matters. Every guarantee above holds, and:
+///
+/// * **Attach is exclusive.** While a producer (consumer) lives, attaching another fails with
+///   [`Error::EndTaken`]; once it detached or died, the next attaches (a dead one is reaped
+///   first, its end recovered). The end is held by a token (the participant entry's generation
+///   and id) in the ring's control block; a token naming no participant in use is taken over
+///   by the next attacher, which recovers the end first.
+/// * **Recovery is exact.** A producer killed mid-write leaves nothing visible (nothing to
+///   skip: [`RecoveryStats::skipped`] stays 0); a consumer killed holding messages has them
+///   delivered again, flagged, to the next consumer, and nothing it acknowledged comes back.
+///   A message flagged already is counted in [`RecoveryStats::redelivered`] once, however
+///   often its consumers die.
+/// * **Refusals do not arise** (`ClaimLost`): only recovery of a dead end changes its slots.
+/// * **One send or loan at a time per producer**: a [`Producer`] may be shared between threads,
+///   which then take turns (an in-process lock); a thread that holds a [`Loan`] must commit or
+///   drop it before it sends again on the same producer, or it waits for itself forever.
+///   Several received messages may be held at once, as with shared ends.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// # let dir = std::env::temp_dir().join(format!("shmq-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// # let path = dir.join("thumbnails");
+/// let queue = shmq::Pipeline::create(&path, &shmq::PipelineOptions::new().capacity(1024).max_message(4096))?;
+/// let producer = queue.producer()?;             // in the web front-end process
+/// producer.send(b"uploads/img-123.jpg")?;
+///
+/// let consumer = shmq::Pipeline::open(&path)?.consumer()?;   // in each worker process
+/// let job = consumer.recv()?;
+/// assert_eq!(&*job, b"uploads/img-123.jpg");  // borrows the slot: zero copy
+/// drop(job);                                   // acknowledges it and frees the slot
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Pipeline {
     shared: Arc<Shared>,
@@ -419,7 +482,7 @@ impl fmt::Debug for Pipeline {
 fn ring_of(region: crate::shm::Region, g: &Geometry) -> Ring {
     let (ctl, slots, cap) = (RING_CONTROL_OFFSET, g.slots_offset as usize, g.capacity);
     let (stride, max) = (g.slot_stride as usize, g.max_message as usize);
-    if g.flags == PIPELINE_FLAGS {
+    if g.flags & PIPELINE_EXCLUSIVE_ENDS == PIPELINE_EXCLUSIVE_ENDS {
         Ring::Exclusive(ExclusiveRing::new(region, ctl, slots, cap, stride, max))
     } else {
         Ring::Shared(MpmcRing::new(region, ctl, slots, cap, stride, max))
@@ -432,7 +495,7 @@ impl Pipeline {
     /// # Errors
     /// [`Error::InvalidOptions`] for out-of-range options; [`Error::Io`] if the file exists, the
     /// directory is not writable, or there is no room for the file (space is reserved now).
-    pub fn create(path: impl AsRef<Path>, options: &Options) -> Result<Self, Error> {
+    pub fn create(path: impl AsRef<Path>, options: &PipelineOptions) -> Result<Self, Error> {
         let path = path.as_ref();
         let g = options.geometry()?;
         let mapping = file::create(
@@ -454,13 +517,15 @@ impl Pipeline {
             shared: Arc::new(Shared {
                 mapping,
                 ring,
+                checksum: geometry.flags & PIPELINE_CHECKSUM != 0,
                 geometry,
             }),
         }
     }
 
     /// Opens an existing queue file, validating everything in its header. A file created
-    /// with exclusive ends opens with them.
+    /// with exclusive ends opens with them, one created with [`PipelineOptions::checksum`] with its
+    /// checksums.
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be opened (or is a symbolic link); [`Error::Corrupt`] if it is
@@ -469,7 +534,8 @@ impl Pipeline {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let (mapping, g) = file::open_allowing(path, KIND_PIPELINE, PIPELINE_FLAGS)?;
-        if g.flags != 0 && g.flags != PIPELINE_FLAGS {
+        let ends = g.flags & PIPELINE_EXCLUSIVE_ENDS;
+        if ends != 0 && ends != PIPELINE_EXCLUSIVE_ENDS {
             return Err(Error::corrupt(
                 path,
                 Corruption::BadGeometry(
@@ -504,6 +570,7 @@ impl Pipeline {
             me,
             wait: WaitStrategy::default(),
             ends,
+            _wake_consumers: WakeConsumersOnDrop(self.shared.clone()),
         })
     }
 
@@ -533,13 +600,20 @@ impl Pipeline {
             me,
             wait: WaitStrategy::default(),
             ends,
+            disconnect: Disconnect::default(),
         })
     }
 
-    /// Whether the queue has exclusive ends (created with [`Options::single_producer`] and
-    /// [`Options::single_consumer`]).
+    /// Whether the queue has exclusive ends (created with [`PipelineOptions::single_producer`] and
+    /// [`PipelineOptions::single_consumer`]).
     pub fn has_exclusive_ends(&self) -> bool {
         matches!(self.shared.ring, Ring::Exclusive(_))
+    }
+
+    /// Whether the queue's messages carry payload checksums (created with
+    /// [`PipelineOptions::checksum`]).
+    pub fn has_checksum(&self) -> bool {
+        self.shared.checksum
     }
 
     /// The queue file's path as given to `create` or `open`.
@@ -548,8 +622,8 @@ impl Pipeline {
     }
 
     /// Number of slots.
-    pub fn capacity(&self) -> u64 {
-        self.shared.geometry.capacity
+    pub fn capacity(&self) -> usize {
+        self.shared.geometry.capacity as usize
     }
 
     /// Largest message in bytes.
@@ -558,8 +632,8 @@ impl Pipeline {
     }
 
     /// Messages sent (or being written) and not yet taken by a consumer; a snapshot.
-    pub fn len(&self) -> u64 {
-        self.shared.ring.len()
+    pub fn len(&self) -> usize {
+        self.shared.ring.len() as usize
     }
 
     /// Whether [`len`](Self::len) is zero.
@@ -622,6 +696,18 @@ pub struct Producer {
     wait: WaitStrategy,
     ends: Ends<ProducerEnd>,
     me: Participant,
+    /// Declared after `me`, so dropped after it: wakes parked consumers once the entry is
+    /// free, so that one waiting to be told the last producer left looks again.
+    _wake_consumers: WakeConsumersOnDrop,
+}
+
+/// Wakes a pipeline's parked consumers when dropped (see [`Producer`]'s last field).
+struct WakeConsumersOnDrop(Arc<Shared>);
+
+impl Drop for WakeConsumersOnDrop {
+    fn drop(&mut self) {
+        self.0.ring.not_empty().notify();
+    }
 }
 
 /// A handle's way into the ring, decided once at attach.
@@ -705,6 +791,9 @@ impl Producer {
         msg: &[u8],
     ) -> Result<(), SendError> {
         ring.write(&claim, 0, msg);
+        if self.shared.checksum {
+            ring.set_check(&claim, crc32c::crc32c(msg));
+        }
         self.committed(ring.commit(claim, msg.len()))
     }
 
@@ -713,6 +802,9 @@ impl Producer {
     #[inline]
     fn write_and_commit_exclusive(&self, end: &mut ProducerEnd, msg: &[u8]) {
         end.write(0, msg);
+        if self.shared.checksum {
+            end.set_check(crc32c::crc32c(msg));
+        }
         end.commit(msg.len());
         self.me.stats().add(counter::SENT, 1);
     }
@@ -836,7 +928,7 @@ impl Producer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-loan-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// let producer = q.producer()?;
     /// let mut loan = producer.loan(5)?;
     /// loan.copy_from_slice(b"hello");
@@ -883,7 +975,7 @@ impl Producer {
     /// ```
     /// # let dir = std::env::temp_dir().join(format!("shmq-pod-{}", std::process::id()));
     /// # std::fs::create_dir_all(&dir).unwrap();
-    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::Options::new()).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
     /// #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
     /// #[repr(C)]
     /// struct Job { id: u64, width: u32, height: u32 }
@@ -906,6 +998,7 @@ impl Producer {
 ///
 /// In a fork child (a copy inherited from the process that took the loan) it reads and writes
 /// as empty, and committing or dropping it does nothing: the slot stays the parent's.
+#[must_use = "dropping a loan without committing it abandons the slot: nothing is sent"]
 pub struct Loan<'a> {
     producer: &'a Producer,
     /// Always `Some` until `commit` or `drop` takes it.
@@ -921,7 +1014,8 @@ enum LoanClaim<'a> {
 }
 
 impl Loan<'_> {
-    /// Publishes the message. Consumers see all of it or none of it.
+    /// Publishes the message. Consumers see all of it or none of it. With
+    /// [`PipelineOptions::checksum`], the checksum is computed here, over the bytes in the slot.
     ///
     /// # Errors
     /// [`SendError::ClaimLost`] if the slot was taken away before the commit (a recovery pass
@@ -934,11 +1028,18 @@ impl Loan<'_> {
         match self.claim.take() {
             None => Ok(()),
             Some(LoanClaim::Shared(ring, claim)) => {
+                if self.producer.shared.checksum {
+                    ring.set_check(&claim, crc32c::crc32c(ring.written(&claim, self.len)));
+                }
                 let committed = ring.commit(claim, self.len);
                 ring.not_empty().notify();
                 self.producer.committed(committed)
             }
             Some(LoanClaim::Exclusive(mut end)) => {
+                if self.producer.shared.checksum {
+                    let check = crc32c::crc32c(end.written(self.len));
+                    end.set_check(check);
+                }
                 end.commit(self.len);
                 self.producer.me.stats().add(counter::SENT, 1);
                 Ok(())
@@ -1015,7 +1116,18 @@ pub struct Consumer {
     owner: u16,
     wait: WaitStrategy,
     ends: Ends<ConsumerEnd>,
+    /// See [`Consumer::set_disconnect_when_alone`].
+    disconnect: Disconnect,
     me: Participant,
+}
+
+/// A consumer's choice of [`Consumer::set_disconnect_when_alone`], and what it has seen.
+#[derive(Default)]
+struct Disconnect {
+    when_alone: bool,
+    /// A producer was attached at one of this consumer's looks, or it received a message,
+    /// since the choice was made.
+    seen_producer: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Consumer {
@@ -1033,8 +1145,125 @@ impl Consumer {
         self.wait = wait;
     }
 
+    /// Sets whether a receive that finds the queue empty while no producer is attached
+    /// returns [`RecvError::Disconnected`] instead of waiting (default: `false`, it waits: a
+    /// queue file outlives its producers, and one may attach later).
+    ///
+    /// With it set, every receive ([`recv`](Self::recv), [`try_recv`](Self::try_recv), the
+    /// timed, copying and batch ones, [`iter`](Self::iter), which then ends) returns
+    /// `Disconnected` when the queue is empty and the participant table holds no producer,
+    /// **once this consumer has seen a producer**: one was attached when it looked (it looks
+    /// each time it finds the queue empty), or it received a message, since this was set. So
+    /// a consumer started before its producers waits for them, and one whose producers sent
+    /// and left before it first looked still ends once it has their messages. Every message
+    /// a producer committed before detaching is received first. A producer whose process
+    /// died counts as attached until it is reaped, which a waiting receive does itself after
+    /// [`STALL_CHECK`](crate::STALL_CHECK) without progress. A producer that attaches later
+    /// is seen again: the next receive waits for it.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-alone-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
+    /// let mut consumer = q.consumer()?;
+    /// consumer.set_disconnect_when_alone(true);
+    /// let producer = q.producer()?;
+    /// producer.send(b"last job")?;
+    /// drop(producer);
+    /// assert_eq!(&*consumer.recv()?, b"last job");
+    /// assert_eq!(consumer.recv().unwrap_err(), shmq::RecvError::Disconnected);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn set_disconnect_when_alone(&mut self, on: bool) {
+        self.disconnect = Disconnect {
+            when_alone: on,
+            ..Disconnect::default()
+        };
+    }
+
+    /// How many producers are attached to the queue now, in every process (a snapshot of the
+    /// participant table). A producer whose process died counts until it is reaped (by an
+    /// attach, a stalled wait or [`Pipeline::repair`]).
+    pub fn producers(&self) -> usize {
+        self.me.count_attached(Role::Producer)
+    }
+
+    /// Before a look at the ring: whether, with the disconnection choice made, nothing can
+    /// come (no producer attached now, one seen before). Read before the look, so that every
+    /// message a detached producer committed is found by it (a producer commits before it
+    /// frees its entry, which this load acquires).
+    #[inline]
+    fn alone(&self) -> bool {
+        if !self.disconnect.when_alone {
+            return false;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.producers() > 0 {
+            self.disconnect.seen_producer.store(true, Relaxed);
+            return false;
+        }
+        self.disconnect.seen_producer.load(Relaxed)
+    }
+
+    /// `look` at the ring, as a wait's attempt that also ends, with `Some(None)`, when the
+    /// queue is empty and nothing can come (see [`alone`](Self::alone)).
+    #[inline]
+    fn or_alone<'a, C>(
+        &'a self,
+        mut look: impl FnMut() -> Result<Option<C>, Corruption> + 'a,
+    ) -> impl FnMut() -> Result<Option<Option<C>>, Corruption> + 'a {
+        move || {
+            if let Some(claim) = look()? {
+                return Ok(Some(Some(claim)));
+            }
+            if !self.alone() {
+                return Ok(None);
+            }
+            // Alone: a last look, after the table was read, finds every message committed.
+            Ok(Some(look()?))
+        }
+    }
+
+    /// Receives the next message, verified against its checksum if the queue has them.
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+        let msg = self.take_with(deadline)?;
+        if self.shared.checksum {
+            return self.verified(msg, None);
+        }
+        Ok(msg)
+    }
+
+    /// `msg` if `copy` (or, without a copy, its bytes in the slot) matches the checksum its
+    /// producer recorded; else the message is skipped (acknowledged, never handed out, counted
+    /// in this consumer's `bad_checksum`) and the error says so.
+    #[inline(never)] // keeps the receive path without checksums as small as it was
+    fn verified<'a>(
+        &'a self,
+        msg: Message<'a>,
+        copy: Option<&[u8]>,
+    ) -> Result<Message<'a>, RecvError> {
+        let Some(claim) = msg.claim.as_ref() else {
+            return Ok(msg);
+        };
+        let recorded = claim.check();
+        let computed = crc32c::crc32c(copy.unwrap_or_else(|| msg.bytes()));
+        if computed == recorded {
+            return Ok(msg);
+        }
+        let len = claim.len();
+        msg.discard();
+        Err(RecvError::BadChecksum {
+            len,
+            recorded,
+            computed,
+        })
+    }
+
+    /// Takes the next message off the ring, unverified.
+    #[inline]
+    fn take_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
         self.me.check_recv()?;
         let claim = match &self.ends {
             Ends::Shared(ring) => {
@@ -1042,9 +1271,10 @@ impl Consumer {
                     &self.me,
                     (ring.not_empty(), counter::EMPTY),
                     (self.wait, deadline),
-                    || ring.try_claim_read(self.owner),
+                    self.or_alone(|| ring.try_claim_read(self.owner)),
                 );
-                MessageClaim::Shared(ring, RecvError::from_wait(waited, deadline)?)
+                let claim = RecvError::from_wait(waited, deadline)?;
+                MessageClaim::Shared(ring, claim.ok_or(RecvError::Disconnected)?)
             }
             Ends::Exclusive(ring, end) => {
                 let mut end = lock(end);
@@ -1052,11 +1282,17 @@ impl Consumer {
                     &self.me,
                     (ring.not_empty(), counter::EMPTY),
                     (self.wait, deadline),
-                    || end.try_next(),
+                    self.or_alone(|| end.try_next()),
                 );
-                MessageClaim::Exclusive(ring, RecvError::from_wait(waited, deadline)?)
+                let claim = RecvError::from_wait(waited, deadline)?;
+                MessageClaim::Exclusive(ring, claim.ok_or(RecvError::Disconnected)?)
             }
         };
+        if self.disconnect.when_alone {
+            self.disconnect
+                .seen_producer
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         crate::testhook::park_at("consumer-received");
         Ok(self.message(claim))
     }
@@ -1093,10 +1329,15 @@ impl Consumer {
         }
     }
 
-    /// Receives the next message, waiting while the queue is empty.
+    /// Receives the next message, waiting while the queue is empty. With
+    /// [`PipelineOptions::checksum`], the message's bytes in the slot are verified before it is handed
+    /// out (a process that can write the file can still change them afterwards, while you hold
+    /// the view: see [`recv_into`](Self::recv_into) for a verified copy).
     ///
     /// # Errors
-    /// [`RecvError::Corrupt`] if the shared memory breaks the protocol.
+    /// [`RecvError::Corrupt`] if the shared memory breaks the protocol;
+    /// [`RecvError::BadChecksum`] if the queue has checksums and the message fails its own: it
+    /// was skipped, and the next receive gets the message after it.
     #[inline]
     pub fn recv(&self) -> Result<Message<'_>, RecvError> {
         self.recv_with(Deadline::Never)
@@ -1123,11 +1364,27 @@ impl Consumer {
     /// it; returns its length. The copy reads the shared bytes with atomic word loads, never
     /// through a slice over the mapping: use it (and validate what you got) when the queue's
     /// other writers are not trusted, since a [`Message`] is a view they could change while
-    /// you read it. No allocation.
+    /// you read it. No allocation. With [`PipelineOptions::checksum`], the *copy* is verified (not the
+    /// shared bytes, which could change after the check), so what `buf` holds is what was
+    /// sent, unless the writer of the file recomputed the checksum.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-recv-into-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new().max_message(64))?;
+    /// q.producer()?.send(b"untrusted bytes")?;
+    /// let mut buf = [0u8; 64]; // at least max_message
+    /// let len = q.consumer()?.recv_into(&mut buf)?; // copied and acknowledged
+    /// assert_eq!(&buf[..len], b"untrusted bytes");
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`RecvError::BufferTooSmall`] if `buf` is shorter than [`Pipeline::max_message`]
-    /// (nothing is received), and as for [`recv`](Self::recv).
+    /// (nothing is received); [`RecvError::BadChecksum`] if the copy fails the message's
+    /// checksum (the message is skipped; `buf` holds the altered bytes: do not use them); and
+    /// as for [`recv`](Self::recv).
     pub fn recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
         self.copy_with(buf, Deadline::Never)
     }
@@ -1157,21 +1414,105 @@ impl Consumer {
                 max,
             });
         }
-        let msg = self.recv_with(deadline)?;
-        Ok(msg
+        let msg = self.take_with(deadline)?;
+        let len = msg
             .copy_to(buf)
-            .expect("the buffer holds max_message bytes"))
+            .expect("the buffer holds max_message bytes");
+        if self.shared.checksum {
+            drop(self.verified(msg, Some(&buf[..len]))?); // acknowledged: the copy is out
+        }
+        Ok(len)
+    }
+
+    /// A blocking iterator over the messages: each `next` waits for one, as
+    /// [`recv`](Self::recv) does.
+    ///
+    /// A queue outlives its producers, so by default this iterator never ends by itself. An
+    /// error is yielded once, as `Some(Err(e))`, and ends the iteration, so a loop neither
+    /// spins on an error that would repeat nor loses it.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-iter-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
+    /// let consumer = q.consumer()?;
+    /// let producer = q.producer()?;
+    /// producer.send_batch(&[b"one", b"two"])?;
+    /// let mut got = Vec::new();
+    /// for msg in consumer.iter().take(2) {
+    ///     got.push(msg?.to_vec()); // dropping the message acknowledges it
+    /// }
+    /// assert_eq!(got, [b"one", b"two"]);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn iter(&self) -> ConsumerIter<'_> {
+        ConsumerIter {
+            consumer: self,
+            deadline: Deadline::Never,
+            done: false,
+        }
+    }
+
+    /// An iterator over the messages ready now: it ends when the queue is empty (or, as
+    /// [`iter`](Self::iter) does, after yielding an error once).
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-try-iter-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
+    /// # let producer = q.producer()?;
+    /// producer.send_batch(&[b"one", b"two"])?;
+    /// let consumer = q.consumer()?;
+    /// assert_eq!(consumer.try_iter().count(), 2);
+    /// assert_eq!(consumer.try_iter().count(), 0);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn try_iter(&self) -> ConsumerIter<'_> {
+        ConsumerIter {
+            consumer: self,
+            deadline: Deadline::Now,
+            done: false,
+        }
     }
 
     /// Waits for a message, then hands it and up to `max - 1` more that are ready to `each`,
     /// acknowledging each after `each` returns, and wakes parked producers once per batch.
-    /// Returns how many were handled. An acknowledgement refused (see [`Message::ack`]) is
-    /// not reported here, only counted in
+    /// Returns how many were handled. `each` sees the [`Message`] (its bytes through `Deref`,
+    /// and [`Message::redelivered`]); it cannot keep it. An acknowledgement refused (see
+    /// [`Message::ack`]) is not reported here, only counted in
     /// [`RecoveryStats::refused`](crate::RecoveryStats::refused).
+    ///
+    /// With [`PipelineOptions::checksum`], each message is verified before it is handed to `each`; one
+    /// that fails ends the batch with [`RecvError::BadChecksum`] (it is skipped and counted as
+    /// for [`recv`](Self::recv); the messages before it were handled and acknowledged).
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("shmq-batch-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// # let q = shmq::Pipeline::create(dir.join("q"), &shmq::PipelineOptions::new()).unwrap();
+    /// # let producer = q.producer()?;
+    /// producer.send_batch(&[b"a", b"b", b"c"])?;
+    /// let consumer = q.consumer()?;
+    /// let mut jobs = Vec::new();
+    /// let n = consumer.recv_batch(16, |msg| {
+    ///     // A redelivered job may have been half done by a consumer that died.
+    ///     jobs.push((msg.to_vec(), msg.redelivered()));
+    /// })?;
+    /// assert_eq!(n, 3);
+    /// assert_eq!(jobs[0], (b"a".to_vec(), false));
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As for [`recv`](Self::recv).
-    pub fn recv_batch(&self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+    pub fn recv_batch(
+        &self,
+        max: usize,
+        mut each: impl FnMut(&Message<'_>),
+    ) -> Result<usize, RecvError> {
         self.me.check_recv()?;
         if max == 0 {
             return Ok(0);
@@ -1184,7 +1525,16 @@ impl Consumer {
             match self.try_next() {
                 Ok(Some(claim)) => {
                     // Wrapped in a Message so that a panic in `each` still releases the slot.
-                    let msg = self.message(claim);
+                    let mut msg = self.message(claim);
+                    if self.shared.checksum {
+                        msg = match self.verified(msg, None) {
+                            Ok(msg) => msg,
+                            Err(e) => {
+                                self.wake_producers();
+                                return Err(e);
+                            }
+                        };
+                    }
                     each(&msg);
                     msg.ack_quietly();
                     n += 1;
@@ -1201,6 +1551,56 @@ impl Consumer {
     }
 }
 
+/// An iterator over a consumer's messages: see [`Consumer::iter`] and [`Consumer::try_iter`].
+#[must_use = "iterators do nothing unless advanced"]
+pub struct ConsumerIter<'a> {
+    consumer: &'a Consumer,
+    deadline: Deadline,
+    done: bool,
+}
+
+impl<'a> Iterator for ConsumerIter<'a> {
+    type Item = Result<Message<'a>, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.consumer.recv_with(self.deadline) {
+            Ok(msg) => Some(Ok(msg)),
+            Err(RecvError::Empty | RecvError::Disconnected) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for ConsumerIter<'_> {}
+
+impl fmt::Debug for ConsumerIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerIter")
+            .field("blocking", &!self.deadline.is_now())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Consumer {
+    type Item = Result<Message<'a>, RecvError>;
+    type IntoIter = ConsumerIter<'a>;
+
+    /// [`Consumer::iter`].
+    fn into_iter(self) -> ConsumerIter<'a> {
+        self.iter()
+    }
+}
+
 /// A received message. It borrows its slot (zero copy); [`ack`](Self::ack) or dropping it
 /// acknowledges the message and frees the slot for producers.
 ///
@@ -1213,6 +1613,7 @@ impl Consumer {
 /// In a fork child (a copy inherited from the process that received it) it reads as empty,
 /// [`ack`](Self::ack) fails with [`RecvError::WrongProcess`] and dropping it acknowledges
 /// nothing: the message stays the parent's.
+#[must_use = "dropping a message acknowledges it unread"]
 pub struct Message<'a> {
     consumer: &'a Consumer,
     /// Always `Some` until the message is acknowledged.
@@ -1231,6 +1632,14 @@ impl MessageClaim<'_> {
         match self {
             MessageClaim::Shared(_, claim) => claim.len(),
             MessageClaim::Exclusive(_, claim) => claim.len(),
+        }
+    }
+
+    /// The check word its producer stored (the payload's CRC32C, in a queue with checksums).
+    fn check(&self) -> u32 {
+        match self {
+            MessageClaim::Shared(ring, claim) => ring.check(claim),
+            MessageClaim::Exclusive(ring, claim) => ring.check(claim),
         }
     }
 
@@ -1256,9 +1665,18 @@ impl Message<'_> {
         }
     }
 
+    /// The message's bytes, a view into its slot (zero copy): the same as `&*message`. For
+    /// peers you do not trust, copy it out instead (see [`copy_to`](Self::copy_to)).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        self.bytes()
+    }
+
     /// Copies the message into the front of `dst` with atomic word loads (never through a
     /// slice over the mapping; see [`Consumer::recv_into`]) and returns its length, or `None`
-    /// if `dst` is shorter than the message (nothing copied).
+    /// if `dst` is shorter than the message (nothing copied). With [`PipelineOptions::checksum`], the
+    /// message was verified when it was received, the copy is not verified again: for a
+    /// verified copy, receive with [`Consumer::recv_into`].
     pub fn copy_to(&self, dst: &mut [u8]) -> Option<usize> {
         // Like the view, empty in a process other than the one that received it (a fork child).
         let Some(claim) = self
@@ -1328,6 +1746,27 @@ impl Message<'_> {
     /// Acknowledges without waking producers (the caller wakes them once for a batch).
     fn ack_quietly(mut self) {
         self.release();
+    }
+
+    /// Frees the slot of a message that failed its checksum without delivering it: counted as
+    /// `bad_checksum`, not as received. Wakes producers.
+    fn discard(mut self) {
+        if !self.consumer.me.in_own_process() {
+            return;
+        }
+        let released = match self.claim.take() {
+            None => return,
+            Some(MessageClaim::Shared(ring, claim)) => ring.release(claim),
+            Some(MessageClaim::Exclusive(ring, claim)) => {
+                ring.release(claim);
+                true
+            }
+        };
+        self.consumer.me.stats().add(counter::BAD_CHECKSUM, 1);
+        if !released {
+            self.consumer.shared.count_refused();
+        }
+        self.consumer.wake_producers();
     }
 
     /// [`release`](Self::release), then wakes producers parked for room.
@@ -1451,8 +1890,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shmq-free-claims-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let q =
-            Pipeline::create(dir.join("q"), &Options::new().capacity(4).max_message(8)).unwrap();
+        let q = Pipeline::create(
+            dir.join("q"),
+            &PipelineOptions::new().capacity(4).max_message(8),
+        )
+        .unwrap();
         let producer = q.producer().unwrap();
         let consumer = q.consumer().unwrap();
         producer.send(b"held").unwrap();
@@ -1482,11 +1924,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn exclusive_queue(name: &str, capacity: u64) -> (std::path::PathBuf, Pipeline) {
+    fn exclusive_queue(name: &str, capacity: usize) -> (std::path::PathBuf, Pipeline) {
         let dir = std::env::temp_dir().join(format!("shmq-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let options = Options::new()
+        let options = PipelineOptions::new()
             .capacity(capacity)
             .max_message(64)
             .single_producer()
@@ -1525,8 +1967,8 @@ mod tests {
     #[test]
     fn one_exclusive_flag_without_the_other_is_refused_at_create() {
         for options in [
-            Options::new().single_producer(),
-            Options::new().single_consumer(),
+            PipelineOptions::new().single_producer(),
+            PipelineOptions::new().single_consumer(),
         ] {
             let dir = std::env::temp_dir().join(format!("shmq-one-flag-{}", std::process::id()));
             assert!(matches!(

@@ -1,62 +1,4 @@
-//! Publish-subscribe: every subscriber gets every message whose topic it subscribed to.
-//!
-//! A channel is one file holding a broadcast ring. Publishers in any number of processes
-//! publish `(topic, payload)` messages; each subscriber reads the ring at its own pace through
-//! its own cursor, and keeps the messages whose topic starts with one of its prefixes.
-//!
-//! # What a subscriber receives
-//!
-//! Every message published after it attached whose topic starts with one of its prefixes (an
-//! empty prefix list means every topic), in publication order per publisher (and in one global
-//! order across publishers: every subscriber sees the same sequence). With
-//! [`Subscribe::history`], it starts instead from the oldest message the ring still retains.
-//!
-//! # Overflow
-//!
-//! The mode is fixed when the channel is created ([`PubSubOptions::overflow`]).
-//!
-//! * [`Overflow::DropOldest`]: a publisher never waits. A subscriber that falls more than a ring
-//!   behind gets `Err(`[`RecvError::Lagged`]`(n))` with the exact number of messages it missed
-//!   (counting messages of every topic), then continues from the oldest message still retained.
-//!   It never sees a torn or half-overwritten message: messages are copied out, then the slot is
-//!   checked not to have been reused during the copy.
-//! * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
-//!   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
-//!   subscriber has read the message it would overwrite. A subscriber that is dropped stops
-//!   holding publishers back at once; one whose process dies stops holding them back as soon
-//!   as a waiting publisher's liveness check finds it dead (after
-//!   [`STALL_CHECK`](crate::STALL_CHECK) of waiting), or on [`PubSub::repair`].
-//!   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
-//!   publisher, a whole ring behind, is still copying into the slot.
-//!
-//! # Trust
-//!
-//! Every process that can write the channel file is trusted with message *contents*; shmq
-//! defends its own memory safety, indices and lengths against any bytes. A subscriber copies
-//! every message out of the ring with atomic word loads into its own buffer and re-checks the
-//! slot afterwards, so a [`TopicMessage`] never points into the mapping and cannot change under
-//! you: subscribers are safe against publishers they do not trust (who can still publish
-//! anything, or deny service). See `docs/DESIGN.md` section 9.
-//!
-//! ```
-//! # fn main() -> Result<(), shmq::Error> {
-//! # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
-//! use shmq::{Overflow, PubSub, PubSubOptions, RecvError};
-//! let channel = PubSub::create(&path, &PubSubOptions::new().capacity(4096).max_message(512)
-//!     .overflow(Overflow::DropOldest))?;
-//! let publisher = channel.publisher()?;
-//! let mut hosts = PubSub::open(&path)?.subscriber(&[b"hosts/".as_slice()])?;
-//! publisher.publish(b"jobs/42", b"done")?;          // not a host topic: filtered out
-//! publisher.publish(b"hosts/web-3", b"going down for maintenance")?;
-//! match hosts.recv() {
-//!     Ok(msg) => assert_eq!((msg.topic(), msg.payload()),
-//!                           (&b"hosts/web-3"[..], &b"going down for maintenance"[..])),
-//!     Err(RecvError::Lagged(n)) => eprintln!("missed {n} messages"),
-//!     Err(e) => return Err(e.into()),
-//! }
-//! # PubSub::remove(&path)?;
-//! # Ok(()) }
-//! ```
+//! Publish-subscribe; its specification is the documentation of [`PubSub`].
 
 use crate::error::{Error, RecvError, SendError};
 use crate::layout::{
@@ -87,11 +29,11 @@ pub enum Overflow {
 /// How to create a channel. Fixed for the file's life.
 #[derive(Debug, Clone)]
 pub struct PubSubOptions {
-    capacity: u64,
+    capacity: usize,
     max_message: usize,
-    max_topic: u32,
-    max_publishers: u32,
-    max_subscribers: u32,
+    max_topic: usize,
+    max_publishers: usize,
+    max_subscribers: usize,
     overflow: Overflow,
     mode: u32,
     group: Option<u32>,
@@ -115,66 +57,84 @@ impl Default for PubSubOptions {
 impl PubSubOptions {
     /// Defaults: 1024 slots, 1024-byte payloads, 64-byte topics, 16 publishers, 16
     /// subscribers, [`Overflow::DropOldest`], mode `0600`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The size in bytes of the file a channel created with these options has (all of it is
+    /// reserved at creation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn file_size(&self) -> Result<u64, Error> {
+        Ok(self.geometry()?.file_size)
+    }
+
     /// The layout a channel created with these options has (its `file_size` is the file's).
+    /// The on-file layout is not API: for shmq's own tools and tests.
+    #[doc(hidden)]
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
     pub fn geometry(&self) -> Result<Geometry, Error> {
-        let max_participants = self
-            .max_publishers
-            .checked_add(self.max_subscribers)
+        let max_subscribers = Error::option_u32(self.max_subscribers, "max_subscribers")?;
+        let max_participants = Error::option_u32(self.max_publishers, "max_publishers")?
+            .checked_add(max_subscribers)
             .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
         Geometry::compute(Shape {
             kind: KIND_PUBSUB,
-            capacity: self.capacity,
+            capacity: self.capacity as u64,
             max_message: self.max_message as u64,
             max_participants,
             flags: match self.overflow {
                 Overflow::DropOldest => OVERFLOW_DROP_OLDEST,
                 Overflow::Block => OVERFLOW_BLOCK,
             },
-            max_topic: self.max_topic,
-            table_entries: self.max_subscribers,
+            max_topic: Error::option_u32(self.max_topic, "max_topic")?,
+            table_entries: max_subscribers,
             reply_capacity: 0,
         })
         .map_err(Error::InvalidOptions)
     }
 
     /// Number of messages the ring retains (1 to 2^32).
-    pub fn capacity(mut self, slots: u64) -> Self {
+    #[must_use]
+    pub fn capacity(mut self, slots: usize) -> Self {
         self.capacity = slots;
         self
     }
 
     /// Largest payload in bytes.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
 
     /// Largest topic in bytes (up to 65535).
-    pub fn max_topic(mut self, bytes: u32) -> Self {
+    #[must_use]
+    pub fn max_topic(mut self, bytes: usize) -> Self {
         self.max_topic = bytes;
         self
     }
 
     /// Largest number of publishers attached at once.
-    pub fn max_publishers(mut self, n: u32) -> Self {
+    #[must_use]
+    pub fn max_publishers(mut self, n: usize) -> Self {
         self.max_publishers = n;
         self
     }
 
     /// Largest number of subscribers attached at once; attaching more is an error.
-    pub fn max_subscribers(mut self, n: u32) -> Self {
+    #[must_use]
+    pub fn max_subscribers(mut self, n: usize) -> Self {
         self.max_subscribers = n;
         self
     }
 
     /// The overflow mode (default [`Overflow::DropOldest`]).
+    #[must_use]
     pub fn overflow(mut self, overflow: Overflow) -> Self {
         self.overflow = overflow;
         self
@@ -183,6 +143,7 @@ impl PubSubOptions {
     /// File permission bits (default `0o600`); to share the file with a group, see
     /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
     /// file).
+    #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -192,6 +153,7 @@ impl PubSubOptions {
     /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
     /// is group-writable and the opener is in its group, so members of `gid` can use it and
     /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    #[must_use]
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
         self.mode = 0o660;
@@ -244,6 +206,66 @@ fn ring_of(region: Region, g: &Geometry) -> BroadcastRing {
 }
 
 /// A publish-subscribe channel file, mapped. Cheap to clone.
+///
+/// Publish-subscribe: every subscriber gets every message whose topic it subscribed to.
+///
+/// A channel is one file holding a broadcast ring. Publishers in any number of processes
+/// publish `(topic, payload)` messages; each subscriber reads the ring at its own pace through
+/// its own cursor, and keeps the messages whose topic starts with one of its prefixes.
+///
+/// # What a subscriber receives
+///
+/// Every message published after it attached whose topic starts with one of its prefixes (an
+/// empty prefix list means every topic), in publication order per publisher (and in one global
+/// order across publishers: every subscriber sees the same sequence). With
+/// [`Subscribe::history`], it starts instead from the oldest message the ring still retains.
+///
+/// # Overflow
+///
+/// The mode is fixed when the channel is created ([`PubSubOptions::overflow`]).
+///
+/// * [`Overflow::DropOldest`]: a publisher never waits. A subscriber that falls more than a ring
+///   behind gets `Err(`[`RecvError::Lagged`]`(n))` with the exact number of messages it missed
+///   (counting messages of every topic), then continues from the oldest message still retained.
+///   It never sees a torn or half-overwritten message: messages are copied out, then the slot is
+///   checked not to have been reused during the copy.
+/// * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
+///   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
+///   subscriber has read the message it would overwrite. A subscriber that is dropped stops
+///   holding publishers back at once; one whose process dies stops holding them back as soon
+///   as a waiting publisher's liveness check finds it dead (after
+///   [`STALL_CHECK`](crate::STALL_CHECK) of waiting), or on [`PubSub::repair`].
+///   [`Publisher::try_publish`] can also report `Full` in drop-oldest mode, only while another
+///   publisher, a whole ring behind, is still copying into the slot.
+///
+/// # Trust
+///
+/// Every process that can write the channel file is trusted with message *contents*; shmq
+/// defends its own memory safety, indices and lengths against any bytes. A subscriber copies
+/// every message out of the ring with atomic word loads into its own buffer and re-checks the
+/// slot afterwards, so a [`TopicMessage`] never points into the mapping and cannot change under
+/// you: subscribers are safe against publishers they do not trust (who can still publish
+/// anything, or deny service). See `docs/DESIGN.md` section 9.
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// # let path = std::env::temp_dir().join(format!("shmq-pubsub-doc-{}", std::process::id()));
+/// use shmq::{Overflow, PubSub, PubSubOptions, RecvError};
+/// let channel = PubSub::create(&path, &PubSubOptions::new().capacity(4096).max_message(512)
+///     .overflow(Overflow::DropOldest))?;
+/// let publisher = channel.publisher()?;
+/// let mut hosts = PubSub::open(&path)?.subscriber(&[b"hosts/".as_slice()])?;
+/// publisher.publish(b"jobs/42", b"done")?;          // not a host topic: filtered out
+/// publisher.publish(b"hosts/web-3", b"going down for maintenance")?;
+/// match hosts.recv() {
+///     Ok(msg) => assert_eq!((msg.topic(), msg.payload()),
+///                           (&b"hosts/web-3"[..], &b"going down for maintenance"[..])),
+///     Err(RecvError::Lagged(n)) => eprintln!("missed {n} messages"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// # PubSub::remove(&path)?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct PubSub {
     shared: Arc<Shared>,
@@ -360,7 +382,22 @@ impl PubSub {
         Subscribe::new(self, prefixes).attach()
     }
 
-    /// Starts building a subscriber with more choices (history).
+    /// Starts building a subscriber with more choices: [`Subscribe::history`] starts it at
+    /// the oldest message the ring retains instead of the next one published.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-subscribe-{}", std::process::id()));
+    /// use shmq::{PubSub, PubSubOptions};
+    /// let channel = PubSub::create(&path, &PubSubOptions::new().capacity(8))?;
+    /// let publisher = channel.publisher()?;
+    /// publisher.publish(b"config/db", b"host=10.0.0.7")?; // before anyone subscribed
+    /// let mut late = channel.subscribe(&[b"config/".as_slice()]).history().attach()?;
+    /// assert_eq!(late.try_recv()?.payload(), b"host=10.0.0.7");
+    /// let mut now_on = channel.subscriber(&[b"config/".as_slice()])?;
+    /// assert_eq!(now_on.try_recv().unwrap_err(), shmq::RecvError::Empty);
+    /// # PubSub::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     pub fn subscribe<'a>(&'a self, prefixes: &[&[u8]]) -> Subscribe<'a> {
         Subscribe::new(self, prefixes)
     }
@@ -368,6 +405,7 @@ impl PubSub {
 
 /// A subscriber being configured; see [`PubSub::subscribe`].
 #[derive(Debug)]
+#[must_use = "a subscriber is attached only by calling `attach`"]
 pub struct Subscribe<'a> {
     channel: &'a PubSub,
     prefixes: Vec<Vec<u8>>,
@@ -425,7 +463,6 @@ pub struct Publisher {
     owner: u16,
     gate: GateCache,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -537,7 +574,6 @@ pub struct Subscriber {
     prefixes: Vec<Vec<u8>>,
     buf: Vec<u8>,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -552,6 +588,7 @@ impl fmt::Debug for Subscriber {
 
 /// A received publish-subscribe message, borrowed from the subscriber's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub struct TopicMessage<'a> {
     topic: &'a [u8],
     payload: &'a [u8],
@@ -564,10 +601,130 @@ impl<'a> TopicMessage<'a> {
         self.topic
     }
 
-    /// The message's payload.
+    /// The message's payload (also what the message dereferences to).
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         self.payload
+    }
+
+    /// The message copied into one new allocation, to keep it past the next receive.
+    pub fn to_owned_message(&self) -> TopicMessageBuf {
+        let mut bytes = Vec::with_capacity(self.topic.len() + self.payload.len());
+        bytes.extend_from_slice(self.topic);
+        bytes.extend_from_slice(self.payload);
+        TopicMessageBuf {
+            bytes,
+            topic_len: self.topic.len(),
+        }
+    }
+}
+
+impl std::ops::Deref for TopicMessage<'_> {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload
+    }
+}
+
+impl AsRef<[u8]> for TopicMessage<'_> {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload
+    }
+}
+
+/// A publish-subscribe message that owns its bytes: what [`Subscriber::iter`] and
+/// [`Subscriber::try_iter`] yield, and [`TopicMessage::to_owned_message`] makes. Its topic and
+/// payload share one allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct TopicMessageBuf {
+    bytes: Vec<u8>,
+    topic_len: usize,
+}
+
+impl TopicMessageBuf {
+    /// The message's topic.
+    #[inline]
+    pub fn topic(&self) -> &[u8] {
+        &self.bytes[..self.topic_len]
+    }
+
+    /// The message's payload (also what the message dereferences to).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.topic_len..]
+    }
+
+    /// Borrows it as a [`TopicMessage`].
+    pub fn as_message(&self) -> TopicMessage<'_> {
+        TopicMessage {
+            topic: self.topic(),
+            payload: self.payload(),
+        }
+    }
+}
+
+impl std::ops::Deref for TopicMessageBuf {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl AsRef<[u8]> for TopicMessageBuf {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+/// An iterator over a subscriber's messages, each copied out: see [`Subscriber::iter`] and
+/// [`Subscriber::try_iter`].
+#[must_use = "iterators do nothing unless advanced"]
+pub struct SubscriberIter<'a> {
+    subscriber: &'a mut Subscriber,
+    deadline: Deadline,
+    done: bool,
+}
+
+impl Iterator for SubscriberIter<'_> {
+    type Item = Result<TopicMessageBuf, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.subscriber.recv_with(self.deadline) {
+            Ok(msg) => Some(Ok(msg.to_owned_message())),
+            // Not an end: the next receive continues from the oldest message retained.
+            Err(e @ RecvError::Lagged(_)) => Some(Err(e)),
+            Err(RecvError::Empty) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for SubscriberIter<'_> {}
+
+impl fmt::Debug for SubscriberIter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberIter")
+            .field("blocking", &!self.deadline.is_now())
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -575,6 +732,12 @@ impl Subscriber {
     /// Sets how blocking receives wait (default: spin 20 µs, then park).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
+    }
+
+    /// How many publishers are attached to the channel now, in every process (a snapshot of
+    /// the participant table; one whose process died counts until it is reaped).
+    pub fn publishers(&self) -> usize {
+        self.me.count_attached(Role::Publisher)
     }
 
     /// The position of the next message this subscriber will look at (messages published on
@@ -619,11 +782,53 @@ impl Subscriber {
         }
     }
 
+    /// A blocking iterator over the messages of the subscribed topics, each copied into a
+    /// [`TopicMessageBuf`] of its own (one allocation per message; to receive without
+    /// allocating, loop on [`recv`](Self::recv), whose [`TopicMessage`] borrows the
+    /// subscriber's buffer and so cannot be an iterator's item).
+    ///
+    /// [`RecvError::Lagged`] is yielded and the iteration goes on from the oldest message
+    /// retained; any other error is yielded once and ends it. A channel outlives its
+    /// publishers, so it never ends by itself.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-sub-iter-{}", std::process::id()));
+    /// use shmq::{PubSub, PubSubOptions};
+    /// let channel = PubSub::create(&path, &PubSubOptions::new())?;
+    /// let mut subscriber = channel.subscriber(&[b"prices/".as_slice()])?;
+    /// let publisher = channel.publisher()?;
+    /// publisher.publish(b"prices/eur", b"1.08")?;
+    /// publisher.publish(b"news/eur", b"ignored")?;
+    /// publisher.publish(b"prices/gbp", b"1.27")?;
+    /// let kept: Vec<_> = subscriber.iter().take(2).collect::<Result<_, _>>()?;
+    /// assert_eq!((kept[1].topic(), &*kept[1]), (&b"prices/gbp"[..], &b"1.27"[..]));
+    /// # PubSub::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    pub fn iter(&mut self) -> SubscriberIter<'_> {
+        SubscriberIter {
+            subscriber: self,
+            deadline: Deadline::Never,
+            done: false,
+        }
+    }
+
+    /// An iterator over the messages ready now, copied out as [`iter`](Self::iter)'s are; it
+    /// ends when none is ready.
+    pub fn try_iter(&mut self) -> SubscriberIter<'_> {
+        SubscriberIter {
+            subscriber: self,
+            deadline: Deadline::Now,
+            done: false,
+        }
+    }
+
     /// Receives the next message of a subscribed topic, waiting for one.
     ///
     /// # Errors
-    /// [`RecvError::Lagged`] (drop-oldest mode) if messages were lost; the next call continues
-    /// from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
+    /// [`RecvError::Lagged`]`(n)` (drop-oldest mode) if messages were lost: `n` of them, of
+    /// every topic (not only the subscribed ones, whose share is unknown); the next call
+    /// continues from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
     #[inline]
     pub fn recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
         self.recv_with(Deadline::Never)

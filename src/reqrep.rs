@@ -1,97 +1,11 @@
-//! Request-reply: clients send requests that are spread over the attached servers; each reply
-//! is routed back to the client that asked.
-//!
-//! # How it works
-//!
-//! A service file holds one request ring (multi-producer, multi-consumer: every client sends
-//! into it, every server takes from it, so load spreads over however many servers are
-//! attached) and a table of client entries, each with its own reply ring (many servers write
-//! it, its client alone reads it).
-//!
-//! * A client attaches by claiming a free client entry, which bumps the entry's *generation*.
-//! * Every request carries an envelope: the client's entry index, that generation, and a
-//!   correlation id unique within the client.
-//! * A server that replies checks that the entry still has that generation and is attached;
-//!   if not (the client left, and its entry may belong to someone else now), the reply is
-//!   dropped. The client checks the generation again when it reads a reply, so a reply that
-//!   raced with a detach and attach is discarded there: **a reply never reaches the wrong client**.
-//! * A server writes the reply before it acknowledges the request, so a reply is never lost
-//!   to a server that dies in between (crash recovery will deliver such a request again; the
-//!   client drops the second reply by its correlation id).
-//!
-//! # Many requests in flight
-//!
-//! [`Client::send`] returns a [`Pending`] ticket at once; [`Client::wait`] waits for that
-//! ticket's reply. Replies may arrive in any order: a reply to another outstanding request
-//! that arrives while waiting is copied into a buffer the client allocated when it attached
-//! (`reply_capacity × max_message` bytes) and its slot is freed at once, so it never holds up
-//! the reply ring; the reply waited for is returned in its slot, without copying.
-//!
-//! A client has `reply_capacity` **places**. Sending takes one; the place is freed when the
-//! request's reply (or "no reply" notice) has been taken from the reply ring and its slot freed,
-//! or, for a reply kept in a buffer, when its wait returns it. So at most `reply_capacity`
-//! requests are outstanding or kept, replies owed to a client never outnumber the free slots
-//! of its reply ring, and **servers never find a reply ring full**. With every place taken,
-//! `send` first takes the replies that have arrived; if every place is still held by a request
-//! waited for or a reply kept, it is [`SendError::Full`] at once (only waiting for them, or
-//! dropping their tickets, frees one); if some are held only by requests given up (below),
-//! `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
-//! deadline, then [`SendError::Timeout`]).
-//!
-//! A server that drops a request without replying sends a "no reply" notice instead, so the
-//! client's wait ends with [`RecvError::NoReply`] rather than a timeout.
-//!
-//! # Trust
-//!
-//! Every process that can write the service file is trusted with request and reply
-//! *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
-//! [`Request::payload`] and [`Reply::payload`] are views into the mapping that a process
-//! ignoring the protocol can change while you read them; for peers you do not trust, copy them
-//! out with [`Request::copy_to_vec`] and [`Reply::copy_to_vec`] (atomic word loads, never a
-//! slice over the mapping) and validate the copy. See `docs/DESIGN.md` section 9.
-//!
-//! # Giving up: timeouts, dropped tickets, errors
-//!
-//! [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
-//! [`RecvError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
-//! and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
-//! small board shared with it, so it can be dropped anywhere). A request given up keeps its
-//! place until its late reply arrives, which is then discarded — never handed to a later
-//! request — and frees the place; a reply already kept for a dropped ticket frees its place at
-//! once. What a timeout leaves behind is therefore one place, and the request itself, which a
-//! server will still answer. So a client that keeps retrying through a server outage gets
-//! timeouts (never a `Full` for good) and works again, without re-attaching, once a server
-//! answers. A place stays taken for as long as its reply can still come: for ever only if the
-//! reply is lost, to a corrupt file or to a server that gave up delivering it (after
-//! [`Request::reply`] found the reply ring full for a second, which takes replies the client
-//! owes no place to — forged ones, a late reply to the entry's previous owner that raced past
-//! the server's check, or the second reply to a request delivered again after a server died
-//! between replying and acknowledging — while the client did not read its ring);
-//! re-attaching starts afresh.
-//!
-//! ```
-//! # fn main() -> Result<(), shmq::Error> {
-//! # let path = std::env::temp_dir().join(format!("shmq-reqrep-doc-{}", std::process::id()));
-//! use shmq::{Service, ServiceOptions};
-//! let service = Service::create(&path, &ServiceOptions::new().max_clients(64).max_message(4096))?;
-//! let server = service.server()?;                    // in each server process
-//! let mut client = Service::open(&path)?.client()?;  // in each client process
-//!
-//! let pending = client.send(b"img-123 128x128")?;
-//! let request = server.recv()?;                      // each request goes to one server
-//! let reply = [request.payload(), b" done"].concat();
-//! request.reply(&reply)?;                            // routed to the client that asked
-//! assert_eq!(client.wait(pending)?.payload(), b"img-123 128x128 done");
-//! # Service::remove(&path)?;
-//! # Ok(()) }
-//! ```
+//! Request-reply; its specification is the documentation of [`Service`].
 
 use crate::error::{Corruption, Error, RecvError, SendError};
 use crate::layout::{
     counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
     RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
 };
-use crate::peers::{Participant, Process, Recoverable, RecoveryStats, Role};
+use crate::peers::{Participant, Recoverable, RecoveryStats, Role};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
 use crate::shm::Region;
@@ -101,7 +15,7 @@ use crate::sync::reactor::KeepAlive;
 use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Client entry state: bits 0..12 the owner's participant id, bit 12 attached, bits 16.. the
@@ -121,11 +35,11 @@ const REPLY_ROOM_TIMEOUT: Duration = Duration::from_secs(1);
 /// How to create a service. Fixed for the file's life.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
-    request_capacity: u64,
-    reply_capacity: u64,
+    request_capacity: usize,
+    reply_capacity: usize,
     max_message: usize,
-    max_clients: u32,
-    max_servers: u32,
+    max_clients: usize,
+    max_servers: usize,
     mode: u32,
     group: Option<u32>,
 }
@@ -147,60 +61,77 @@ impl Default for ServiceOptions {
 impl ServiceOptions {
     /// Defaults: 1024 request slots, 64 reply slots per client, 1024-byte messages, 64 clients,
     /// 64 servers, mode `0600`.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The size in bytes of the file a service created with these options has (all of it is
+    /// reserved at creation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] if an option is out of range.
+    pub fn file_size(&self) -> Result<u64, Error> {
+        Ok(self.geometry()?.file_size)
+    }
+
     /// The layout a service created with these options has (its `file_size` is the file's).
+    /// The on-file layout is not API: for shmq's own tools and tests.
+    #[doc(hidden)]
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] if an option is out of range.
     pub fn geometry(&self) -> Result<Geometry, Error> {
-        let max_participants = self
-            .max_clients
-            .checked_add(self.max_servers)
+        let max_clients = Error::option_u32(self.max_clients, "max_clients")?;
+        let max_participants = Error::option_u32(self.max_servers, "max_servers")?
+            .checked_add(max_clients)
             .ok_or_else(|| Error::InvalidOptions("too many participants".into()))?;
         Geometry::compute(Shape {
             kind: KIND_SERVICE,
-            capacity: self.request_capacity,
+            capacity: self.request_capacity as u64,
             max_message: self.max_message as u64,
             max_participants,
             flags: 0,
             max_topic: 0,
-            table_entries: self.max_clients,
-            reply_capacity: self.reply_capacity,
+            table_entries: max_clients,
+            reply_capacity: self.reply_capacity as u64,
         })
         .map_err(Error::InvalidOptions)
     }
 
     /// Slots in the shared request ring.
-    pub fn request_capacity(mut self, slots: u64) -> Self {
+    #[must_use]
+    pub fn request_capacity(mut self, slots: usize) -> Self {
         self.request_capacity = slots;
         self
     }
 
     /// Slots in each client's reply ring: the most requests a client may have outstanding
     /// (waited for, given up with the reply still to come, or with the reply kept for a later
-    /// wait), see "Many requests in flight" in the [module docs](crate::reqrep).
-    pub fn reply_capacity(mut self, slots: u64) -> Self {
+    /// wait), see "Many requests in flight" in the [`Service`] docs.
+    #[must_use]
+    pub fn reply_capacity(mut self, slots: usize) -> Self {
         self.reply_capacity = slots;
         self
     }
 
     /// Largest request or reply payload in bytes.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes;
         self
     }
 
     /// Largest number of clients attached at once; attaching more is an error.
-    pub fn max_clients(mut self, n: u32) -> Self {
+    #[must_use]
+    pub fn max_clients(mut self, n: usize) -> Self {
         self.max_clients = n;
         self
     }
 
     /// Largest number of servers attached at once.
-    pub fn max_servers(mut self, n: u32) -> Self {
+    #[must_use]
+    pub fn max_servers(mut self, n: usize) -> Self {
         self.max_servers = n;
         self
     }
@@ -208,6 +139,7 @@ impl ServiceOptions {
     /// File permission bits (default `0o600`); to share the file with a group, see
     /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
     /// file).
+    #[must_use]
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
@@ -217,6 +149,7 @@ impl ServiceOptions {
     /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
     /// is group-writable and the opener is in its group, so members of `gid` can use it and
     /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
+    #[must_use]
     pub fn group(mut self, gid: u32) -> Self {
         self.group = Some(gid);
         self.mode = 0o660;
@@ -386,6 +319,100 @@ fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
 }
 
 /// A request-reply service file, mapped. Cheap to clone.
+///
+/// Request-reply: clients send requests that are spread over the attached servers; each reply
+/// is routed back to the client that asked.
+///
+/// # How it works
+///
+/// A service file holds one request ring (multi-producer, multi-consumer: every client sends
+/// into it, every server takes from it, so load spreads over however many servers are
+/// attached) and a table of client entries, each with its own reply ring (many servers write
+/// it, its client alone reads it).
+///
+/// * A client attaches by claiming a free client entry, which bumps the entry's *generation*.
+/// * Every request carries an envelope: the client's entry index, that generation, and a
+///   correlation id unique within the client.
+/// * A server that replies checks that the entry still has that generation and is attached;
+///   if not (the client left, and its entry may belong to someone else now), the reply is
+///   dropped. The client checks the generation again when it reads a reply, so a reply that
+///   raced with a detach and attach is discarded there: **a reply never reaches the wrong client**.
+/// * A server writes the reply before it acknowledges the request, so a reply is never lost
+///   to a server that dies in between (crash recovery will deliver such a request again; the
+///   client drops the second reply by its correlation id).
+///
+/// # Many requests in flight
+///
+/// [`Client::send`] returns a [`Pending`] ticket at once; [`Client::wait`] waits for that
+/// ticket's reply. Replies may arrive in any order: every reply is copied, when the client
+/// takes it from its reply ring, into the buffer of its request's place (the client allocated
+/// one of `max_message` bytes per place when it attached: `reply_capacity × max_message` bytes
+/// of heap, never more) and its slot is freed at once, so a reply never holds up the reply
+/// ring, however long it is kept; a reply to another request waits there for its own `wait`.
+/// A [`Reply`] holds that buffer until dropped, and borrows its client shared, so several can
+/// be held at once. (A reply left in its slot instead would hold up the servers that come
+/// round the ring to that slot, and the client cannot tell how soon that is.)
+///
+/// A client has `reply_capacity` **places**. Sending takes one; the place is freed when the
+/// request's "no reply" notice has been taken from the reply ring, or when its [`Reply`] is
+/// dropped (a `Reply` holds its slot, or the buffer it was kept in, until then). So at most
+/// `reply_capacity` requests are outstanding, kept or held, replies owed to a client never
+/// outnumber the free slots of its reply ring, and **servers never find a reply ring full**.
+/// With every place taken, `send` first takes the replies that have arrived; if every place is
+/// still held by a request waited for, a reply kept or a `Reply` not dropped, it is
+/// [`SendError::Full`] at once (only waiting for them, or dropping their tickets or replies,
+/// frees one); if some are held only by requests given up (below),
+/// `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
+/// deadline, then [`SendError::Timeout`]).
+///
+/// A server that drops a request without replying sends a "no reply" notice instead, so the
+/// client's wait ends with [`RecvError::NoReply`] rather than a timeout.
+///
+/// # Trust
+///
+/// Every process that can write the service file is trusted with request and reply
+/// *contents*; shmq defends its own memory safety, indices and lengths against any bytes.
+/// [`Request::payload`] is a view into the mapping that a process ignoring the protocol can
+/// change while you read it; for clients you do not trust, copy it out with
+/// [`Request::copy_to_vec`] (atomic word loads, never a slice over the mapping) and validate
+/// the copy. A [`Reply`] is a private copy already (made with atomic word loads): validate it.
+/// See `docs/DESIGN.md` section 9.
+///
+/// # Giving up: timeouts, dropped tickets, errors
+///
+/// [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
+/// [`RecvError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
+/// and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
+/// small board shared with it, so it can be dropped anywhere). A request given up keeps its
+/// place until its late reply arrives, which is then discarded — never handed to a later
+/// request — and frees the place; a reply already kept for a dropped ticket frees its place at
+/// once. What a timeout leaves behind is therefore one place, and the request itself, which a
+/// server will still answer. So a client that keeps retrying through a server outage gets
+/// timeouts (never a `Full` for good) and works again, without re-attaching, once a server
+/// answers. A place stays taken for as long as its reply can still come: for ever only if the
+/// reply is lost, to a corrupt file or to a server that gave up delivering it (after
+/// [`Request::reply`] found the reply ring full for a second, which takes replies the client
+/// owes no place to — forged ones, a late reply to the entry's previous owner that raced past
+/// the server's check, or the second reply to a request delivered again after a server died
+/// between replying and acknowledging — while the client did not read its ring);
+/// re-attaching starts afresh.
+///
+/// ```
+/// # fn main() -> Result<(), shmq::Error> {
+/// # let path = std::env::temp_dir().join(format!("shmq-reqrep-doc-{}", std::process::id()));
+/// use shmq::{Service, ServiceOptions};
+/// let service = Service::create(&path, &ServiceOptions::new().max_clients(64).max_message(4096))?;
+/// let server = service.server()?;                    // in each server process
+/// let mut client = Service::open(&path)?.client()?;  // in each client process
+///
+/// let pending = client.send(b"img-123 128x128")?;
+/// let request = server.recv()?;                      // each request goes to one server
+/// let reply = [request.payload(), b" done"].concat();
+/// request.reply(&reply)?;                            // routed to the client that asked
+/// assert_eq!(client.wait(pending)?.payload(), b"img-123 128x128 done");
+/// # Service::remove(&path)?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Service {
     shared: Arc<Shared>,
@@ -456,8 +483,8 @@ impl Service {
     }
 
     /// Requests waiting for a server (a snapshot).
-    pub fn queued_requests(&self) -> u64 {
-        self.shared.requests.len()
+    pub fn queued_requests(&self) -> usize {
+        self.shared.requests.len() as usize
     }
 
     /// Attaches a server.
@@ -505,12 +532,14 @@ impl Service {
                 shared.release(ring, stale);
             }
             let places = shared.geometry.reply_capacity as usize;
+            let ledger = Ledger::new(places, shared.max_message());
             return Ok(Client {
                 shared: shared.clone(),
                 index,
                 generation,
                 owner,
-                ledger: Ledger::new(places, shared.max_message()),
+                dropped: ledger.dropped.clone(),
+                ledger: Mutex::new(ledger),
                 wait: WaitStrategy::default(),
                 me,
             });
@@ -533,7 +562,6 @@ pub struct Server {
     shared: Arc<Shared>,
     owner: u16,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
@@ -547,6 +575,12 @@ impl fmt::Debug for Server {
 }
 
 impl Server {
+    /// How many clients are attached to the service now, in every process (a snapshot of the
+    /// participant table; one whose process died counts until it is reaped).
+    pub fn clients(&self) -> usize {
+        self.me.count_attached(Role::Client)
+    }
+
     /// Sets how blocking receives (and waits for room in a reply ring) wait.
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
@@ -585,7 +619,22 @@ impl Server {
         }
     }
 
-    /// Takes the next request, waiting for one.
+    /// Takes the next request, waiting for one. Answer it with [`Request::reply`]; a request
+    /// dropped unanswered tells its client there will be no reply.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-serve-{}", std::process::id()));
+    /// use shmq::{Delivery, Service, ServiceOptions};
+    /// let service = Service::create(&path, &ServiceOptions::new())?;
+    /// let (server, client) = (service.server()?, service.client()?);
+    /// let pending = client.send(b"2+2")?;
+    /// let request = server.recv()?;                // in the server process, in a loop
+    /// let answer = if &*request == b"2+2" { &b"4"[..] } else { &b"?"[..] };
+    /// assert_eq!(request.reply(answer)?, Delivery::Delivered);
+    /// assert_eq!(&*client.wait(pending)?, b"4");
+    /// # Service::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
@@ -619,6 +668,7 @@ impl Server {
 /// In a fork child (a copy inherited from the process that took it) its payload reads as
 /// empty, replying fails with [`SendError::WrongProcess`] and dropping it does nothing: the
 /// request stays the parent's.
+#[must_use = "dropping a request unanswered sends its client a \"no reply\" notice"]
 pub struct Request<'a> {
     server: &'a Server,
     /// Always `Some` until the request is acknowledged.
@@ -646,8 +696,25 @@ pub enum Delivery {
     ClientGone,
 }
 
+impl std::ops::Deref for Request<'_> {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl AsRef<[u8]> for Request<'_> {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
 impl Request<'_> {
-    /// The request's payload.
+    /// The request's payload (also what the request dereferences to).
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.claim {
@@ -866,10 +933,24 @@ impl DroppedTickets {
 ///
 /// A client has `reply_capacity` *places*, one per request that may be in flight: a place is
 /// taken when a request is sent and freed when its reply has been taken from the reply ring
-/// and its slot freed (or, for a reply kept for a later wait, when that wait returns it). So
-/// at most `reply_capacity` replies are ever owed to the client, and servers never find its
-/// reply ring full. A request given up — its wait timed out or failed, or its [`Pending`] was
-/// dropped — keeps its place until its late reply arrives, which is then discarded.
+/// and its slot freed (or, for a reply kept for a later wait, when that wait returns it), or,
+/// for a reply handed out as a [`Reply`], when the `Reply` is dropped. So at most
+/// `reply_capacity` replies are ever owed to the client, and servers never find its reply ring
+/// full. A request given up — its wait timed out or failed, or its [`Pending`] was dropped —
+/// keeps its place until its late reply arrives, which is then discarded.
+///
+/// Its methods take `&self`: a [`Reply`] borrows the client shared, so several replies may be
+/// held at once, and threads may share a client, each waiting for its own tickets (a wait
+/// that takes another thread's reply keeps it for that thread, which finds it there).
+///
+/// # Memory
+///
+/// A client allocates, when it attaches and never again, a buffer of `max_message` bytes per
+/// place: `reply_capacity × max_message` bytes of heap (64 KiB with the defaults; 64 MiB for
+/// `reply_capacity(64)` with 1 MiB messages). A reply that arrives while the client waits for
+/// another is copied there and its slot freed at once, so that it never holds up the reply
+/// ring; see "Many requests in flight" in the [`Service`] docs. Choose
+/// `reply_capacity` for the requests a client really keeps in flight.
 ///
 /// Belongs to the process that attached it: in a fork child, its methods fail with
 /// [`SendError::WrongProcess`] / [`RecvError::WrongProcess`] and dropping it does nothing to
@@ -881,19 +962,24 @@ pub struct Client {
     index: u32,
     generation: u64,
     owner: u16,
-    ledger: Ledger,
+    /// Behind an in-process lock, held only while a wait or send looks at the reply ring
+    /// (never while parked), so that every method takes `&self`.
+    ledger: Mutex<Ledger>,
+    /// The board its tickets tell when they are dropped (also in the ledger); a ticket of
+    /// another client has another board.
+    dropped: Arc<DroppedTickets>,
     wait: WaitStrategy,
-    #[allow(dead_code)] // held, not read: dropping it detaches the participant
     me: Participant,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ledger = self.ledger();
         f.debug_struct("Client")
             .field("path", &self.shared.mapping.path())
             .field("entry", &self.index)
-            .field("outstanding", &self.ledger.count(Place::is_waiting))
-            .field("kept", &self.ledger.count(Place::is_kept))
+            .field("outstanding", &ledger.count(Place::is_waiting))
+            .field("kept", &ledger.count(Place::is_kept))
             .finish()
     }
 }
@@ -907,12 +993,15 @@ enum Place {
     Waiting {
         given_up: bool,
     },
-    /// Its reply, taken from the ring while the client waited for another and copied into the
-    /// place's buffer: `len` bytes, or a "no reply" notice.
+    /// Its reply, taken from the ring and copied into the place's buffer, for its wait: `len`
+    /// bytes, or a "no reply" notice.
     Kept {
         len: usize,
         no_reply: bool,
     },
+    /// Its reply is held by a [`Reply`], which holds the place's buffer; the place is freed
+    /// (and the buffer given back) when that is dropped.
+    Handed,
 }
 
 impl Place {
@@ -925,107 +1014,89 @@ impl Place {
     }
 }
 
-/// A client's bookkeeping of its places, kept apart from the handle so that a wait can update
-/// it while it reads the reply ring through the handle's shared state. Everything is allocated
-/// when the client attaches.
+/// A client's bookkeeping of its places. Everything is allocated when the client attaches.
 struct Ledger {
     /// Per place: the id of its latest request, and what the place holds.
     places: Vec<(u64, Place)>,
     /// Free places; the most recently freed is taken first.
     free: Vec<u32>,
-    /// One buffer of `max` bytes per place, for a kept reply.
-    buffers: Vec<u8>,
-    max: usize,
+    /// One buffer of `max` bytes per place, for a kept reply; lent to the [`Reply`] that
+    /// returns it (`None` meanwhile) and given back when that is dropped.
+    buffers: Vec<Option<Box<[u8]>>>,
     dropped: Arc<DroppedTickets>,
 }
 
-/// A reply. Borrowed from its slot in the client's reply ring (dropping it frees the slot), or
-/// from the client's buffer if it arrived while the client waited for another.
-///
-/// In a fork child (a copy inherited from the process that received it) a reply still in its
-/// slot reads as empty and dropping it frees nothing: the slot stays the parent's.
+/// A reply, copied out of the reply ring into a buffer of its client's (with atomic word
+/// loads, so it is private memory that no other process can change) when it arrived; its
+/// slot was freed at once. It holds that buffer, and its request's place (see [`Client`]),
+/// until dropped, and borrows the client shared: keep several at once if you like.
+#[must_use]
 pub struct Reply<'a> {
-    source: ReplySource<'a>,
+    client: &'a Client,
+    /// The request's id, whose place this reply holds.
+    id: u64,
+    /// The place's buffer, `Some` until dropped.
+    buffer: Option<Box<[u8]>>,
+    len: usize,
 }
 
-enum ReplySource<'a> {
-    Slot {
-        shared: &'a Shared,
-        ring: &'a MpmcRing,
-        /// Always `Some` until dropped.
-        claim: Option<ReadClaim>,
-        /// The client's process: the only one that may read or free the slot.
-        process: Process,
-    },
-    Kept(&'a [u8]),
+impl std::ops::Deref for Reply<'_> {
+    type Target = [u8];
+    /// The payload.
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl AsRef<[u8]> for Reply<'_> {
+    /// The payload.
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
 }
 
 impl Reply<'_> {
-    /// The reply's payload.
+    /// The reply's payload (also what the reply dereferences to).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        match &self.source {
-            ReplySource::Slot {
-                ring,
-                claim: Some(claim),
-                process,
-                ..
-            } if process.is_current() => &ring.payload(claim)[ENVELOPE_SIZE..],
-            ReplySource::Slot { .. } => &[],
-            ReplySource::Kept(bytes) => bytes,
-        }
+        self.buffer.as_deref().map_or(&[], |b| &b[..self.len])
     }
 
-    /// The reply's payload, copied out of the shared file with atomic word loads: for clients
-    /// that do not trust their servers (see [`Request::copy_to_vec`]). Allocates.
+    /// The reply's payload in a new vector. Allocates; the reply already is a private copy
+    /// (unlike a [`Request`], see [`Request::copy_to_vec`]), so this is `payload().to_vec()`.
     pub fn copy_to_vec(&self) -> Vec<u8> {
-        match &self.source {
-            ReplySource::Slot {
-                ring,
-                claim: Some(claim),
-                process,
-                ..
-            } if process.is_current() => copy_after_envelope(ring, claim),
-            ReplySource::Slot { .. } => Vec::new(),
-            // Copied out of the ring (with atomic loads) when it arrived: private memory now.
-            ReplySource::Kept(bytes) => bytes.to_vec(),
-        }
+        self.payload().to_vec()
     }
 }
 
 impl fmt::Debug for Reply<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reply")
-            .field("len", &self.payload().len())
+            .field("id", &self.id)
+            .field("len", &self.len)
             .finish()
     }
 }
 
 impl Drop for Reply<'_> {
+    /// Gives the buffer back to its place and frees the place.
     fn drop(&mut self) {
-        if let ReplySource::Slot {
-            shared,
-            ring,
-            claim,
-            process,
-        } = &mut self.source
-        {
-            if !process.is_current() {
-                return;
-            }
-            if let Some(claim) = claim.take() {
-                shared.release(ring, claim);
-            }
+        let mut ledger = self.client.ledger();
+        if let Some(buffer) = self.buffer.take() {
+            ledger.buffers[place_of(self.id)] = Some(buffer);
         }
+        ledger.free(self.id);
     }
 }
 
-/// What filing a reply taken from the ring found.
-enum Filed {
-    /// The reply waited for (still in its slot), or `None` if it is a "no reply" notice.
-    Wanted(Option<ReadClaim>),
-    /// Something else, now dealt with.
-    Other,
+/// What a look for the reply to a ticket found: `len` bytes kept in its place's buffer, or
+/// a "no reply" notice.
+#[derive(Clone, Copy)]
+pub(crate) struct Found {
+    len: usize,
+    no_reply: bool,
 }
 
 impl Ledger {
@@ -1035,8 +1106,9 @@ impl Ledger {
                 .map(|p| ((p as u64).wrapping_sub(LAP), Place::Free))
                 .collect(),
             free: (0..places).rev().map(|p| p as u32).collect(),
-            buffers: vec![0; places * max],
-            max,
+            buffers: (0..places)
+                .map(|_| Some(vec![0; max].into_boxed_slice()))
+                .collect(),
             dropped: Arc::new(DroppedTickets::new(places)),
         }
     }
@@ -1069,6 +1141,11 @@ impl Ledger {
             .get(place_of(id))
             .filter(|&&(at, place)| at == id && place != Place::Free)
             .map(|&(_, place)| place)
+    }
+
+    /// Request `id`'s reply is handed out (see [`Place::Handed`]).
+    fn hand_out(&mut self, id: u64) {
+        self.places[place_of(id)].1 = Place::Handed;
     }
 
     /// Request `id` is given up: its reply is to be discarded when it comes.
@@ -1105,45 +1182,31 @@ impl Ledger {
         late
     }
 
-    /// Files one reply taken from `ring`: the one waited for (`want`) is handed back in its
-    /// slot; one for a request still wanted is copied into its place's buffer and its slot
-    /// freed; one for a request given up is dropped and frees its place; stale (another client
-    /// or generation), duplicate and corrupt ones are dropped.
+    /// Files one reply taken from `ring` and frees its slot: one for a request still wanted
+    /// is copied into its place's buffer (with atomic word loads) and kept there for its wait;
+    /// one for a request given up is dropped and frees its place; stale (another client or
+    /// generation), duplicate and corrupt ones are dropped. The slot is freed at once, so a
+    /// reply never holds up the reply ring, however long its [`Reply`] is kept.
     #[inline]
-    fn file(
-        &mut self,
-        shared: &Shared,
-        ring: &MpmcRing,
-        me: (u32, u64),
-        claim: ReadClaim,
-        want: Option<u64>,
-    ) -> Filed {
+    fn file(&mut self, shared: &Shared, ring: &MpmcRing, me: (u32, u64), claim: ReadClaim) {
         let (index, generation) = me;
         let ours = envelope_of(ring, &claim)
             .filter(|e| e.generation == generation && e.client == index)
             .and_then(|e| self.holding(e.correlation).map(|place| (e, place)));
         let Some((e, Place::Waiting { given_up })) = ours else {
             shared.release(ring, claim);
-            return Filed::Other;
+            return;
         };
         let id = e.correlation;
-        let no_reply = e.flags & FLAG_NO_REPLY != 0;
-        if want == Some(id) {
-            // Freed now, yet the slot stays held by the `Reply` returned; that borrows the
-            // client, so no request can take the place before the slot is free.
-            self.free(id);
-            if no_reply {
-                shared.release(ring, claim);
-                return Filed::Wanted(None);
-            }
-            return Filed::Wanted(Some(claim));
-        }
         let discard = given_up || self.dropped.has(id);
         if !discard {
             let len = claim.len() - ENVELOPE_SIZE;
-            let at = place_of(id) * self.max;
+            // Present: only a `Handed` place lends its buffer out, and this one is `Waiting`.
             // In bounds: a payload is at most `max` bytes (the ring checked the length).
-            ring.copy_payload(&claim, ENVELOPE_SIZE, &mut self.buffers[at..at + len]);
+            if let Some(buffer) = self.buffers[place_of(id)].as_deref_mut() {
+                ring.copy_payload(&claim, ENVELOPE_SIZE, &mut buffer[..len]);
+            }
+            let no_reply = e.flags & FLAG_NO_REPLY != 0;
             self.places[place_of(id)].1 = Place::Kept { len, no_reply };
         }
         shared.release(ring, claim);
@@ -1151,7 +1214,6 @@ impl Ledger {
             // Only now, with its slot free: a server may then be owed one reply more.
             self.free(id);
         }
-        Filed::Other
     }
 
     /// Files every reply that has arrived (none is waited for); returns how many.
@@ -1164,14 +1226,49 @@ impl Ledger {
     ) -> Result<u64, Corruption> {
         let mut taken = 0;
         while let Some(claim) = ring.try_claim_read(owner)? {
-            self.file(shared, ring, me, claim, None);
+            self.file(shared, ring, me, claim);
             taken += 1;
         }
         Ok(taken)
     }
+
+    /// One look for the reply to request `want` (outstanding): kept already (by this or
+    /// another thread's wait or send), or taken now from `ring`, filing the replies to other
+    /// requests on the way.
+    ///
+    /// No wake-up is lost to a reply that another thread kept: its server's commit woke every
+    /// wait of this client registered then, and one registered later looks (here, for `Kept`
+    /// first) after registering.
+    fn look(
+        &mut self,
+        shared: &Shared,
+        ring: &MpmcRing,
+        me: (u32, u64),
+        owner: u16,
+        stats: OwnStats<'_>,
+        want: u64,
+    ) -> Result<Option<Found>, Corruption> {
+        loop {
+            if let Some(Place::Kept { len, no_reply }) = self.holding(want) {
+                return Ok(Some(Found { len, no_reply }));
+            }
+            let Some(claim) = ring.try_claim_read(owner)? else {
+                return Ok(None);
+            };
+            stats.add(counter::RECEIVED, 1);
+            self.file(shared, ring, me, claim);
+        }
+    }
 }
 
 impl Client {
+    /// How many servers are attached to the service now, in every process (a snapshot of the
+    /// participant table; one whose process died counts until it is reaped). With none, a
+    /// request waits in the request ring until one attaches.
+    pub fn servers(&self) -> usize {
+        self.me.count_attached(Role::Server)
+    }
+
     /// Sets how blocking calls wait (default: spin 20 µs, then park).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
@@ -1182,7 +1279,14 @@ impl Client {
     /// that have arrived are taken by the next wait, or by the next send that finds every
     /// place taken, so a late reply may still be counted here until then.
     pub fn outstanding(&self) -> usize {
-        self.ledger.count(Place::is_waiting)
+        self.ledger().count(Place::is_waiting)
+    }
+
+    /// The ledger, locked; a panic while it was held (none of its steps panics) leaves it
+    /// usable.
+    #[inline]
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn reply_ring(&self) -> &MpmcRing {
@@ -1190,10 +1294,11 @@ impl Client {
     }
 
     #[inline]
-    fn send_with(&mut self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+    fn send_with(&self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
         self.me.check_send()?;
         self.shared.check_len(payload.len())?;
-        let id = match self.ledger.take() {
+        let taken = self.ledger().take();
+        let id = match taken {
             Some(id) => id,
             None => self.make_room(deadline)?,
         };
@@ -1207,7 +1312,7 @@ impl Client {
         let claim = match SendError::from_wait(waited, deadline) {
             Ok(claim) => claim,
             Err(e) => {
-                self.ledger.free(id);
+                self.ledger().free(id);
                 return Err(e);
             }
         };
@@ -1220,13 +1325,13 @@ impl Client {
         let result = put(&self.shared, ring, claim, &envelope, payload);
         ring.not_empty().notify();
         if let Err(e) = result {
-            self.ledger.free(id);
+            self.ledger().free(id);
             return Err(e);
         }
         self.me.stats().add(counter::SENT, 1);
         Ok(Pending {
             id,
-            dropped: Some(self.ledger.dropped.clone()),
+            dropped: Some(self.dropped.clone()),
         })
     }
 
@@ -1234,22 +1339,25 @@ impl Client {
     /// takes the replies that have arrived (those of requests given up free their places),
     /// and if some places are held only for late replies, waits for them until `deadline`.
     #[cold]
-    fn make_room(&mut self, deadline: Deadline) -> Result<u64, SendError> {
-        let (shared, ledger) = (&self.shared, &mut self.ledger);
-        let ring = &shared.replies[self.index as usize];
+    fn make_room(&self, deadline: Deadline) -> Result<u64, SendError> {
+        let shared = &self.shared;
+        let ring = self.reply_ring();
         let (me, owner) = ((self.index, self.generation), self.owner);
         let stats = self.me.stats();
-        ledger.reclaim_dropped();
-        let taken = ledger
-            .drain(shared, ring, me, owner)
-            .map_err(SendError::Corrupt)?;
-        stats.add(counter::RECEIVED, taken);
-        if let Some(id) = ledger.take() {
+        let reclaim_and_drain = || {
+            let mut ledger = self.ledger();
+            let late = ledger.reclaim_dropped();
+            stats.add(counter::RECEIVED, ledger.drain(shared, ring, me, owner)?);
+            let id = ledger.take();
+            Ok::<_, Corruption>((id, late || ledger.reclaim_dropped()))
+        };
+        let (id, late) = reclaim_and_drain().map_err(SendError::Corrupt)?;
+        if let Some(id) = id {
             return Ok(id);
         }
-        if deadline.is_now() || !ledger.reclaim_dropped() {
-            // Every place is held for a request still wanted or a reply kept: only waiting
-            // for those (or dropping their tickets) frees one.
+        if deadline.is_now() || !late {
+            // Every place is held for a request still wanted or a reply kept or handed out:
+            // only waiting for those (or dropping their tickets or replies) frees one.
             stats.add(counter::FULL, 1);
             return Err(SendError::Full);
         }
@@ -1260,11 +1368,7 @@ impl Client {
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || {
-                    ledger.reclaim_dropped();
-                    stats.add(counter::RECEIVED, ledger.drain(shared, ring, me, owner)?);
-                    Ok(ledger.take())
-                },
+                || reclaim_and_drain().map(|(id, _)| id),
                 || shared.repair_quietly(),
             );
         match waited {
@@ -1278,12 +1382,35 @@ impl Client {
     /// and while every place is taken but some only by requests given up (until their late
     /// replies come).
     ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-send-doc-{}", std::process::id()));
+    /// use shmq::{Service, ServiceOptions};
+    /// let service = Service::create(&path, &ServiceOptions::new())?;
+    /// let (server, client) = (service.server()?, service.client()?);
+    /// // Several requests in flight; their replies may come in any order.
+    /// let first = client.send(b"a")?;
+    /// let second = client.send(b"b")?;
+    /// for _ in 0..2 {
+    ///     let request = server.recv()?;
+    ///     let upper = request.to_ascii_uppercase();
+    ///     request.reply(&upper)?;
+    /// }
+    /// // Redeem the tickets in any order; the replies may be kept side by side.
+    /// let b = client.wait(second)?;
+    /// let a = client.wait(first)?;
+    /// assert_eq!((&*a, &*b), (&b"A"[..], &b"B"[..]));
+    /// # drop((a, b));
+    /// # Service::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`SendError::Full`] if every one of the `reply_capacity` places is held by a request
-    /// still wanted or a reply kept for a later wait; [`SendError::TooLarge`];
-    /// [`SendError::ClaimLost`] (nothing was sent); [`SendError::Corrupt`].
+    /// still wanted, a reply kept for a later wait or a [`Reply`] not dropped yet;
+    /// [`SendError::TooLarge`]; [`SendError::ClaimLost`] (nothing was sent);
+    /// [`SendError::Corrupt`].
     #[inline]
-    pub fn send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
+    pub fn send(&self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Never)
     }
 
@@ -1291,87 +1418,80 @@ impl Client {
     ///
     /// # Errors
     /// As for [`send`](Self::send).
-    pub fn try_send(&mut self, payload: &[u8]) -> Result<Pending, SendError> {
+    pub fn try_send(&self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Now)
     }
 
-    /// What the place of `pending`'s request holds, if `pending` is this client's and its
-    /// request is outstanding.
-    fn place_of_ticket(&self, pending: &Pending) -> Option<Place> {
-        let ours = pending
+    /// Whether `pending` is a ticket of this client (a ticket of another client names a
+    /// request of that client, whose id may well be outstanding here too).
+    fn is_mine(&self, pending: &Pending) -> bool {
+        pending
             .dropped
             .as_ref()
-            .is_some_and(|d| Arc::ptr_eq(d, &self.ledger.dropped));
-        ours.then(|| self.ledger.holding(pending.id)).flatten()
+            .is_some_and(|d| Arc::ptr_eq(d, &self.dropped))
     }
 
-    /// The reply to request `want`, kept in its place's buffer; frees the place.
-    fn kept_reply(
-        &mut self,
-        want: u64,
-        len: usize,
-        no_reply: bool,
-    ) -> Result<Reply<'_>, RecvError> {
-        self.ledger.free(want);
-        if no_reply {
+    /// What the place of `pending`'s request holds, if `pending` is this client's and its
+    /// request is outstanding: [`RecvError::WrongClient`] if it is another client's.
+    fn place_of_ticket(&self, pending: &Pending) -> Result<Option<Place>, RecvError> {
+        if !self.is_mine(pending) {
+            return Err(RecvError::WrongClient);
+        }
+        Ok(self.ledger().holding(pending.id))
+    }
+
+    /// The reply to request `want`, kept in its place as `found`, handed out; a "no reply"
+    /// notice frees the place and is an error.
+    fn redeem(&self, want: u64, found: Found) -> Result<Reply<'_>, RecvError> {
+        let mut ledger = self.ledger();
+        if found.no_reply {
+            ledger.free(want);
             return Err(RecvError::NoReply);
         }
-        let at = place_of(want) * self.ledger.max;
+        ledger.hand_out(want);
         Ok(Reply {
-            source: ReplySource::Kept(&self.ledger.buffers[at..at + len]),
+            client: self,
+            id: want,
+            buffer: ledger.buffers[place_of(want)].take(),
+            len: found.len,
         })
     }
 
-    /// The reply to `want` found in its slot, or a "no reply" notice.
-    fn slot_reply(&self, claim: Option<ReadClaim>) -> Result<Reply<'_>, RecvError> {
-        match claim {
-            Some(claim) => Ok(Reply {
-                source: ReplySource::Slot {
-                    shared: &self.shared,
-                    ring: self.reply_ring(),
-                    claim: Some(claim),
-                    process: self.me.process(),
-                },
-            }),
-            None => Err(RecvError::NoReply),
-        }
+    /// One non-blocking look for the reply to `want` (outstanding).
+    fn look(&self, want: u64) -> Result<Option<Found>, Corruption> {
+        let (ring, me) = (self.reply_ring(), (self.index, self.generation));
+        let stats = self.me.stats();
+        self.ledger()
+            .look(&self.shared, ring, me, self.owner, stats, want)
     }
 
     #[inline]
-    fn wait_with(
-        &mut self,
-        mut pending: Pending,
-        deadline: Deadline,
-    ) -> Result<Reply<'_>, RecvError> {
+    fn wait_with(&self, mut pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
         self.me.check_recv()?;
         let want = pending.id;
-        let Some(place) = self.place_of_ticket(&pending) else {
-            // Another client's ticket: dropped here, it gives its request up there.
+        // Another client's ticket: dropped here, it gives its request up there.
+        let Some(place) = self.place_of_ticket(&pending)? else {
             return Err(no_such_request());
         };
         pending.dropped = None; // redeemed
         if let Place::Kept { len, no_reply } = place {
-            return self.kept_reply(want, len, no_reply);
+            return self.redeem(want, Found { len, no_reply });
         }
-        // Split borrows: the ring is read through `shared` while the ledger is updated.
-        let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
-        let ring = &shared.replies[self.index as usize];
-        let me = (self.index, self.generation);
-        let stats = self.me.stats();
+        let ring = self.reply_ring();
         let found = self
             .me
             .waiting_on(ring.not_empty(), counter::EMPTY)
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || look_for_reply(ledger, shared, ring, me, owner, stats, want),
-                || shared.repair_quietly(),
+                || self.look(want),
+                || self.shared.repair_quietly(),
             );
         match found {
-            Ok(Some(claim)) => self.slot_reply(claim),
+            Ok(Some(found)) => self.redeem(want, found),
             Ok(None) => {
                 // Given up: its place is freed when its late reply comes (and is discarded).
-                self.ledger.give_up(want);
+                self.ledger().give_up(want);
                 Err(if deadline.is_now() {
                     RecvError::Empty
                 } else {
@@ -1379,21 +1499,37 @@ impl Client {
                 })
             }
             Err(c) => {
-                self.ledger.give_up(want);
+                self.ledger().give_up(want);
                 Err(RecvError::Corrupt(c))
             }
         }
     }
 
     /// Waits for the reply to `pending`. Replies to other outstanding requests that arrive
-    /// meanwhile are kept for their own `wait`.
+    /// meanwhile are kept for their own `wait`. The [`Reply`] borrows the client shared: hold
+    /// several at once, or send more requests meanwhile (each held reply holds its request's
+    /// place, see [`Client`]).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("shmq-wait-doc-{}", std::process::id()));
+    /// use shmq::{RecvError, Service, ServiceOptions};
+    /// let service = Service::create(&path, &ServiceOptions::new())?;
+    /// let (server, client) = (service.server()?, service.client()?);
+    /// let pending = client.send(b"resize img-7")?;
+    /// let request = server.recv()?;
+    /// drop(request); // dropped unanswered: the client is told there will be no reply
+    /// assert_eq!(client.wait(pending).unwrap_err(), RecvError::NoReply);
+    /// # Service::remove(&path)?;
+    /// # Ok::<(), shmq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`RecvError::NoReply`] if the server dropped the request without replying;
-    /// [`RecvError::Corrupt`] if shared memory breaks the protocol (the request is then given
-    /// up, as after a timeout).
+    /// [`RecvError::WrongClient`] if `pending` was made by another client (the ticket is
+    /// dropped, which gives its request up on that client); [`RecvError::Corrupt`] if shared
+    /// memory breaks the protocol (the request is then given up, as after a timeout).
     #[inline]
-    pub fn wait(&mut self, pending: Pending) -> Result<Reply<'_>, RecvError> {
+    pub fn wait(&self, pending: Pending) -> Result<Reply<'_>, RecvError> {
         self.wait_with(pending, Deadline::Never)
     }
 
@@ -1403,7 +1539,7 @@ impl Client {
     /// # Errors
     /// [`RecvError::Timeout`], and as for [`wait`](Self::wait).
     pub fn wait_timeout(
-        &mut self,
+        &self,
         pending: Pending,
         timeout: Duration,
     ) -> Result<Reply<'_>, RecvError> {
@@ -1415,7 +1551,7 @@ impl Client {
     /// # Errors
     /// [`Error::Send`] or [`Error::Recv`], as for [`send`](Self::send) and [`wait`](Self::wait).
     #[inline]
-    pub fn request(&mut self, payload: &[u8]) -> Result<Reply<'_>, Error> {
+    pub fn request(&self, payload: &[u8]) -> Result<Reply<'_>, Error> {
         let pending = self.send(payload)?;
         Ok(self.wait(pending)?)
     }
@@ -1428,11 +1564,7 @@ impl Client {
     /// if no place came free in time (every place held by requests given up, whose late
     /// replies have not come: typically while no server is attached); and as for
     /// [`request`](Self::request).
-    pub fn request_timeout(
-        &mut self,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Reply<'_>, Error> {
+    pub fn request_timeout(&self, payload: &[u8], timeout: Duration) -> Result<Reply<'_>, Error> {
         let deadline = Deadline::after(timeout);
         let pending = self.send_with(payload, deadline)?;
         Ok(self.wait_with(pending, deadline)?)
@@ -1478,34 +1610,8 @@ impl Server {
     }
 }
 
-/// A wait's attempt: takes the replies that have arrived, filing those for other requests,
-/// until the one for `want` (`Some(claim)`, or `Some(None)` for a "no reply" notice).
-fn look_for_reply(
-    ledger: &mut Ledger,
-    shared: &Shared,
-    ring: &MpmcRing,
-    me: (u32, u64),
-    owner: u16,
-    stats: OwnStats<'_>,
-    want: u64,
-) -> Result<Option<Option<ReadClaim>>, Corruption> {
-    while let Some(claim) = ring.try_claim_read(owner)? {
-        stats.add(counter::RECEIVED, 1);
-        if let Filed::Wanted(claim) = ledger.file(shared, ring, me, claim, Some(want)) {
-            return Ok(Some(claim));
-        }
-    }
-    Ok(None)
-}
-
 fn no_such_request() -> RecvError {
     RecvError::Corrupt(Corruption::BadState("no such request is outstanding"))
-}
-
-/// What `Client::wait_async` found for its ticket (see [`Client::async_look`]).
-pub(crate) enum Found {
-    Kept { len: usize, no_reply: bool },
-    Slot(Option<ReadClaim>),
 }
 
 /// What `Client::wait_async` needs: the cell a client waits on for replies, what keeps it
@@ -1523,21 +1629,16 @@ impl Client {
 
     /// One non-blocking look for the reply to `pending`. On an error the request is given up,
     /// as by a failed [`wait`](Self::wait).
-    pub(crate) fn async_look(&mut self, pending: &Pending) -> Result<Option<Found>, RecvError> {
+    pub(crate) fn async_look(&self, pending: &Pending) -> Result<Option<Found>, RecvError> {
         self.me.check_recv()?;
         let want = pending.id;
-        match self.place_of_ticket(pending) {
-            None => return Err(no_such_request()),
-            Some(Place::Kept { len, no_reply }) => return Ok(Some(Found::Kept { len, no_reply })),
-            Some(_) => {}
+        if self.place_of_ticket(pending)?.is_none() {
+            return Err(no_such_request());
         }
-        let (shared, ledger, owner) = (&self.shared, &mut self.ledger, self.owner);
-        let ring = &shared.replies[self.index as usize];
-        let me = (self.index, self.generation);
-        match look_for_reply(ledger, shared, ring, me, owner, self.me.stats(), want) {
-            Ok(found) => Ok(found.map(Found::Slot)),
+        match self.look(want) {
+            Ok(found) => Ok(found),
             Err(c) => {
-                self.ledger.give_up(want);
+                self.ledger().give_up(want);
                 Err(RecvError::Corrupt(c))
             }
         }
@@ -1545,15 +1646,12 @@ impl Client {
 
     /// Redeems `pending` with what [`async_look`](Self::async_look) found.
     pub(crate) fn async_reply(
-        &mut self,
+        &self,
         pending: &mut Pending,
         found: Found,
     ) -> Result<Reply<'_>, RecvError> {
         pending.dropped = None; // redeemed
-        match found {
-            Found::Kept { len, no_reply } => self.kept_reply(pending.id, len, no_reply),
-            Found::Slot(claim) => self.slot_reply(claim),
-        }
+        self.redeem(pending.id, found)
     }
 }
 

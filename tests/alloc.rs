@@ -4,7 +4,7 @@
 //! the test harness's own threads do not disturb the count. This binary holds a single test.
 
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
     WaitStrategy,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -76,11 +76,11 @@ fn send_and_receive_allocate_nothing() {
 }
 
 /// Shared ends, or exclusive ones (`single_producer().single_consumer()`).
-fn options(exclusive: bool) -> Options {
+fn options(exclusive: bool) -> PipelineOptions {
     if exclusive {
-        Options::new().single_producer().single_consumer()
+        PipelineOptions::new().single_producer().single_consumer()
     } else {
-        Options::new()
+        PipelineOptions::new()
     }
 }
 
@@ -208,7 +208,7 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
     )
     .unwrap();
     let server = svc.server().unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let answer = |n: usize| {
         for _ in 0..n {
             let request = server.try_recv().unwrap();
@@ -216,7 +216,7 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
             request.reply(&reply).unwrap();
         }
     };
-    let mut reqrep_round = || {
+    let reqrep_round = || {
         let a = client.send(b"a").unwrap();
         let b = client.send(b"b").unwrap();
         answer(2);

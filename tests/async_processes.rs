@@ -19,7 +19,7 @@ use common::{
 };
 use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
 };
 use std::future::Future;
 use std::path::Path;
@@ -140,7 +140,7 @@ fn await_server(args: &[String]) {
 /// only after it), then a second wait gets the reply: the ticket survived the cancelled wait.
 fn await_client(args: &[String]) {
     let svc = Service::open(&args[0]).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let mut pending = client.send(b"ping").unwrap();
     let rt = runtime();
     let first = rt.block_on(async {
@@ -316,8 +316,12 @@ fn cancel_then_receive(args: &[String]) {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-fn pipeline(path: &Path, capacity: u64) -> Pipeline {
-    Pipeline::create(path, &Options::new().capacity(capacity).max_message(64)).unwrap()
+fn pipeline(path: &Path, capacity: usize) -> Pipeline {
+    Pipeline::create(
+        path,
+        &PipelineOptions::new().capacity(capacity).max_message(64),
+    )
+    .unwrap()
 }
 
 /// Starts a child awaiting a pipeline message, sends once it is registered, and checks it got it.
@@ -368,7 +372,7 @@ fn a_task_awaiting_a_server_is_woken_by_a_request_from_another_process() {
     let dir = TempDir::new("async-server");
     let path = dir.join("svc");
     let svc = Service::create(&path, &ServiceOptions::new().max_message(64)).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let mut c = child_with_env("await_server", &[s(&path)], &uncapped_park());
     wait_registered(&path, CTL_NOT_EMPTY, 1, &mut c);
     let reply = client.request_timeout(b"ping", HANG).unwrap();

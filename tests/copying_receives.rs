@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Rng, TempDir};
-use shmq::{Options, Pipeline, RecvError, Service, ServiceOptions};
+use shmq::{Pipeline, PipelineOptions, RecvError, Service, ServiceOptions};
 
 fn message(rng: &mut Rng, len: usize) -> Vec<u8> {
     let mut m = vec![0; len];
@@ -17,7 +17,11 @@ fn message(rng: &mut Rng, len: usize) -> Vec<u8> {
 #[test]
 fn recv_into_and_copies_are_byte_identical_for_every_length() {
     let dir = TempDir::new("copy-pipeline");
-    let q = Pipeline::create(dir.join("q"), &Options::new().capacity(8).max_message(70)).unwrap();
+    let q = Pipeline::create(
+        dir.join("q"),
+        &PipelineOptions::new().capacity(8).max_message(70),
+    )
+    .unwrap();
     let (producer, consumer) = (q.producer().unwrap(), q.consumer().unwrap());
     let mut rng = Rng::new(10);
     let mut buf = vec![0xeeu8; 70];
@@ -40,7 +44,11 @@ fn recv_into_and_copies_are_byte_identical_for_every_length() {
 #[test]
 fn recv_into_refuses_a_short_buffer_without_taking_a_message() {
     let dir = TempDir::new("copy-short");
-    let q = Pipeline::create(dir.join("q"), &Options::new().capacity(4).max_message(64)).unwrap();
+    let q = Pipeline::create(
+        dir.join("q"),
+        &PipelineOptions::new().capacity(4).max_message(64),
+    )
+    .unwrap();
     let (producer, consumer) = (q.producer().unwrap(), q.consumer().unwrap());
     producer.send(b"short message").unwrap();
     let mut small = [0u8; 63];
@@ -67,7 +75,7 @@ fn request_and_reply_copies_are_byte_identical() {
             .max_message(40),
     )
     .unwrap();
-    let (server, mut client) = (svc.server().unwrap(), svc.client().unwrap());
+    let (server, client) = (svc.server().unwrap(), svc.client().unwrap());
     let mut rng = Rng::new(11);
     for len in 0..=40 {
         let asked = message(&mut rng, len);

@@ -16,8 +16,8 @@ mod common;
 
 use common::{child, child_with_env, fnv1a, s, wait_ready, ChildProc, Rng, TempDir, HANG};
 use shmq::{
-    Client, Delivery, Options, Overflow, Pipeline, PubSub, PubSubOptions, RecoveryStats, RecvError,
-    SendError, Server, Service, ServiceOptions,
+    Client, Delivery, Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecoveryStats,
+    RecvError, SendError, Server, Service, ServiceOptions,
 };
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -210,7 +210,7 @@ fn idle_subscriber(args: &[String]) {
 fn fire_requests(args: &[String]) {
     let svc = Service::open(&args[0]).unwrap();
     let n: usize = args[1].parse().unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let pending: Vec<_> = (0..n)
         .map(|i| client.send(&sealed(&format!("A{i}"))).unwrap())
         .collect();
@@ -270,7 +270,7 @@ fn slow_producer(args: &[String]) {
 fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
     let dir = TempDir::new("killed-producer");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(MAX)).unwrap();
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
     // Go round the ring once, so the slot the child claims holds an old, valid message (with
@@ -338,7 +338,7 @@ fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
 fn killed_consumer_holding_a_message_is_redelivered_flagged() {
     let dir = TempDir::new("killed-consumer");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(MAX)).unwrap();
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
     // Acknowledged before the kill, over more than a lap: never to be seen again.
@@ -402,7 +402,7 @@ fn killed_consumer_holding_a_message_is_redelivered_flagged() {
 fn slow_live_consumer_is_never_robbed() {
     let dir = TempDir::new("slow-consumer");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(MAX)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(&sealed("held")).unwrap();
     let (holding, acked) = (dir.join("holding"), dir.join("acked"));
@@ -461,7 +461,7 @@ fn slow_live_consumer_is_never_robbed() {
 fn slow_live_producer_is_never_skipped() {
     let dir = TempDir::new("slow-producer");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(MAX)).unwrap();
     let consumer = q.consumer().unwrap();
     let claimed = dir.join("claimed");
     let mut slow = child("slow_producer", &[s(&path), s(&claimed), "slow but alive"]);
@@ -489,7 +489,7 @@ fn slow_live_producer_is_never_skipped() {
 // ---------------------------------------------------------------------------------------------
 
 fn exclusive_queue(path: &Path) -> Pipeline {
-    let options = Options::new()
+    let options = PipelineOptions::new()
         .capacity(4)
         .max_message(MAX)
         .single_producer()
@@ -664,7 +664,7 @@ fn killed_server_after_taking_a_request_is_served_by_another_and_client_gets_one
         .reply_capacity(8)
         .max_message(MAX);
     let svc = Service::create(&path, &opts).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let r1 = client.send(&sealed("R1")).unwrap();
     let (dead_log, dead_ready) = (dir.join("dead.log"), dir.join("dead-ready"));
     let mut dead = parked_child(
@@ -1016,7 +1016,7 @@ fn killed_participants_free_their_table_entries() {
     // A pipeline for two participants: a producer here, a consumer in a child that dies
     // holding a message.
     let path = dir.join("q");
-    let opts = Options::new()
+    let opts = PipelineOptions::new()
         .capacity(4)
         .max_message(MAX)
         .max_participants(2);
@@ -1295,7 +1295,7 @@ fn chaos_pipeline(exclusive: bool) {
     let dir = TempDir::new(&format!("chaos-{mode}"));
     let path = dir.join("q");
     let capacity = 64;
-    let mut options = Options::new()
+    let mut options = PipelineOptions::new()
         .capacity(capacity)
         .max_message(MAX)
         .max_participants(32);
@@ -1610,7 +1610,7 @@ fn chaos_killed_and_restarted_servers_answer_every_request_once() {
             .map(|c| {
                 let (svc, stop) = (&svc, &stop);
                 scope.spawn(move || {
-                    let mut client = svc.client().unwrap();
+                    let client = svc.client().unwrap();
                     let mut in_flight = std::collections::VecDeque::new();
                     let mut seq = 0u64;
                     loop {
@@ -1696,7 +1696,7 @@ fn not_empty_waiters(path: &Path) -> u32 {
 fn killed_parked_consumer_costs_senders_one_wake_up_call_and_no_more() {
     let dir = TempDir::new("parked-death");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(8).max_message(MAX)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(8).max_message(MAX)).unwrap();
     let mut c = child("recv_one", &[s(&path)]);
     let parked = common::wait_until(HANG, || not_empty_waiters(&path) == 1);
     assert!(parked, "the child never parked");

@@ -4,7 +4,7 @@
 //! with the default options. A change to the format that leaves the document behind fails here.
 
 use shmq::layout::{self, field, FileHeader};
-use shmq::{Options, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions};
+use shmq::{Pipeline, PipelineOptions, PubSub, PubSubOptions, Service, ServiceOptions};
 use std::path::{Path, PathBuf};
 
 const DOC: &str = include_str!("../docs/DESIGN.md");
@@ -139,7 +139,7 @@ fn design_doc_worked_geometries_are_those_of_files_created_with_the_default_opti
         dir.0.join("pubsub"),
         dir.0.join("service"),
     );
-    Pipeline::create(&pipeline, &Options::new()).unwrap();
+    Pipeline::create(&pipeline, &PipelineOptions::new()).unwrap();
     PubSub::create(&pubsub, &PubSubOptions::new()).unwrap();
     Service::create(&service, &ServiceOptions::new()).unwrap();
     let table = rows(section("### 3.3"));

@@ -172,7 +172,11 @@ fn a_pipeline_opens_an_exclusive_ends_file_with_exclusive_ends_and_the_driver_re
     let q = shmq::Pipeline::open(&exclusive).unwrap();
     assert!(q.has_exclusive_ends());
     assert_eq!(&*q.consumer().unwrap().try_recv().unwrap(), b"raw");
-    shmq::Pipeline::create(&shared, &shmq::Options::new().capacity(4).max_message(8)).unwrap();
+    shmq::Pipeline::create(
+        &shared,
+        &shmq::PipelineOptions::new().capacity(4).max_message(8),
+    )
+    .unwrap();
     assert!(!shmq::Pipeline::open(&shared).unwrap().has_exclusive_ends());
     assert!(ExclusiveRingFile::open(&shared).is_err());
 }

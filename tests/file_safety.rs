@@ -7,7 +7,7 @@ mod common;
 
 use common::{child, s, Rng, TempDir, HANG};
 use shmq::layout::{field, Geometry, FORMAT_VERSION, KIND_PIPELINE, KIND_PUBSUB, MAGIC};
-use shmq::{Corruption, Error, Options, Pipeline, RecvError, SendError};
+use shmq::{Corruption, Error, Pipeline, PipelineOptions, RecvError, SendError};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ fn create_with_umask(args: &[String]) {
     let umask = u32::from_str_radix(&args[1], 8).unwrap();
     let mode = u32::from_str_radix(&args[2], 8).unwrap();
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
-    Pipeline::create(&args[0], &Options::new().capacity(4).mode(mode)).unwrap();
+    Pipeline::create(&args[0], &PipelineOptions::new().capacity(4).mode(mode)).unwrap();
 }
 
 /// args: path, ready file. Attaches a producer and a consumer, says so, and waits to be killed.
@@ -46,8 +46,8 @@ fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o7777
 }
 
-fn small() -> Options {
-    Options::new()
+fn small() -> PipelineOptions {
+    PipelineOptions::new()
         .capacity(8)
         .max_message(64)
         .max_participants(4)
@@ -123,10 +123,10 @@ fn invalid_options_are_refused_and_leave_no_file() {
     let dir = TempDir::new("options");
     let path = dir.join("q");
     for options in [
-        Options::new().capacity(0),
-        Options::new().max_participants(0),
-        Options::new().max_participants(1 << 20),
-        Options::new().max_message(1 << 31),
+        PipelineOptions::new().capacity(0),
+        PipelineOptions::new().max_participants(0),
+        PipelineOptions::new().max_participants(1 << 20),
+        PipelineOptions::new().max_message(1 << 31),
     ] {
         let e = Pipeline::create(&path, &options).unwrap_err();
         assert!(matches!(e, Error::InvalidOptions(_)), "{e:?}");
@@ -198,7 +198,7 @@ fn open_racing_create_waits_for_the_creator_to_finish() {
     // An opener that finds the file while its creator is still sizing or initialising it
     // waits for it; it never reports a half-made file as corrupt or truncated.
     let dir = TempDir::new("race");
-    let options = Options::new().capacity(4096).max_message(1024);
+    let options = PipelineOptions::new().capacity(4096).max_message(1024);
     for round in 0..20 {
         let path = dir.join(&format!("q-{round}"));
         let creator = {
@@ -243,10 +243,10 @@ fn template(dir: &TempDir) -> (PathBuf, Geometry) {
     let path = dir.join("template");
     let q = Pipeline::create(
         &path,
-        &Options::new()
-            .capacity(CAP)
+        &PipelineOptions::new()
+            .capacity(CAP as usize)
             .max_message(MAXMSG as usize)
-            .max_participants(PARTS),
+            .max_participants(PARTS as usize),
     )
     .unwrap();
     let p = q.producer().unwrap();
@@ -527,7 +527,7 @@ fn state_word(seq: u64, state: u64, owner: u64) -> u64 {
 fn corrupt_ring_words_in_an_open_queue_are_errors() {
     let dir = TempDir::new("ring-words");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(32)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(32)).unwrap();
     let g = Geometry::pipeline(4, 32, 64).unwrap();
     let slot0 = g.slots_offset as usize;
     let producer = q.producer().unwrap();
@@ -719,7 +719,7 @@ fn exercise(path: PathBuf, seed: u64) -> (usize, usize) {
 fn file_with_valid_header_but_garbage_slots_never_panics() {
     let dir = TempDir::new("garbage");
     let path = dir.join("q");
-    let options = Options::new()
+    let options = PipelineOptions::new()
         .capacity(8)
         .max_message(48)
         .max_participants(4);

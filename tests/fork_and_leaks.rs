@@ -16,8 +16,8 @@ mod common;
 use common::{child, child_with_env, s, wait_ready, ChildProc, TempDir, HANG};
 use nix::libc;
 use shmq::{
-    Options, Overflow, Pipeline, PubSub, PubSubOptions, RecoveryStats, RecvError, SendError,
-    Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecoveryStats, RecvError,
+    SendError, Service, ServiceOptions,
 };
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -284,11 +284,11 @@ fn fork_child_exiting_leaves_the_parent_its_exclusive_ends() {
 }
 
 /// Shared ends, or exclusive ones (`single_producer().single_consumer()`).
-fn options(exclusive: bool) -> Options {
+fn options(exclusive: bool) -> PipelineOptions {
     if exclusive {
-        Options::new().single_producer().single_consumer()
+        PipelineOptions::new().single_producer().single_consumer()
     } else {
-        Options::new()
+        PipelineOptions::new()
     }
 }
 
@@ -314,7 +314,7 @@ fn pubsub_and_service_survive_a_fork_child(dir: &str) {
     let mut sub = channel.subscriber(&[]).unwrap();
     let svc = Service::create(&svc_path, &ServiceOptions::new().max_message(16)).unwrap();
     let server = svc.server().unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let pending = client.send(b"ping").unwrap();
     let request = server.try_recv().unwrap();
     let parent = std::process::id();
@@ -391,7 +391,7 @@ fn hold_then_fork(args: &[String]) {
 fn participant_dying_while_its_fork_child_lives_is_found_dead() {
     let dir = TempDir::new("fork-then-die");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(b"M").unwrap();
     let ready = dir.join("forked");
@@ -539,7 +539,7 @@ fn leaked_request_is_served_again_when_its_server_detaches() {
     let dir = TempDir::new("leak-request");
     let path = dir.join("svc");
     let svc = Service::create(&path, &ServiceOptions::new().max_message(16)).unwrap();
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let pending = client.send(b"job").unwrap();
     let mut leaker = leaker(&dir, "forget_request", &path);
     let server = svc.server().unwrap();
@@ -572,12 +572,12 @@ fn leaked_reply_is_freed_when_its_client_detaches() {
     .unwrap();
     let server = svc.server().unwrap();
     {
-        let mut client = svc.client().unwrap();
+        let client = svc.client().unwrap();
         let pending = client.send(b"a").unwrap();
         server.try_recv().unwrap().reply(b"A").unwrap();
         std::mem::forget(client.wait(pending).unwrap());
     }
-    let mut client = svc.client().unwrap();
+    let client = svc.client().unwrap();
     let first = client.send(b"b").unwrap();
     let second = client.send(b"c").unwrap();
     for _ in 0..2 {
@@ -624,7 +624,7 @@ fn kill_now(c: &mut ChildProc) {
 fn redelivery_count_heals_after_a_sweeper_dies_between_its_two_steps() {
     let dir = TempDir::new("pending-leak");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(16)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(16)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(b"M").unwrap();
     let ready = dir.join("holding");

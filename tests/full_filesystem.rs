@@ -8,7 +8,7 @@
 mod common;
 
 use common::{child, s, HANG};
-use shmq::{Error, Options, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions};
+use shmq::{Error, Pipeline, PipelineOptions, PubSub, PubSubOptions, Service, ServiceOptions};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,8 @@ fn create_too_large(args: &[String]) {
     let dir = Path::new(&args[0]);
     // Each is several MiB: 1024 slots of 4 KiB.
     let q = dir.join("pipeline");
-    let e = Pipeline::create(&q, &Options::new().capacity(1024).max_message(4096)).unwrap_err();
+    let e =
+        Pipeline::create(&q, &PipelineOptions::new().capacity(1024).max_message(4096)).unwrap_err();
     assert_no_space(&e, &q);
     let c = dir.join("pubsub");
     let e = PubSub::create(&c, &PubSubOptions::new().capacity(1024).max_message(4096)).unwrap_err();
@@ -65,7 +66,13 @@ fn create_too_large(args: &[String]) {
 
 /// args: path. Creates a queue of about half a MiB.
 fn create_fitting(args: &[String]) {
-    drop(Pipeline::create(&args[0], &Options::new().capacity(100).max_message(4096)).unwrap());
+    drop(
+        Pipeline::create(
+            &args[0],
+            &PipelineOptions::new().capacity(100).max_message(4096),
+        )
+        .unwrap(),
+    );
 }
 
 /// Runs `role` in a child process (so that a fault kills the child, not the test, which then

@@ -11,7 +11,7 @@ mod common;
 
 use common::{ChildProc, TempDir, ARGS_VAR, ARG_SEP, HANG, PARENT_VAR, ROLE_VAR};
 use nix::libc;
-use shmq::{Error, Options, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions};
+use shmq::{Error, Pipeline, PipelineOptions, PubSub, PubSubOptions, Service, ServiceOptions};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -37,7 +37,7 @@ fn child_entry() {
 /// args: path, gid. Creates a pipeline shared with the group.
 fn create_group_queue(args: &[String]) {
     let gid: u32 = args[1].parse().unwrap();
-    Pipeline::create(&args[0], &Options::new().capacity(8).group(gid)).unwrap();
+    Pipeline::create(&args[0], &PipelineOptions::new().capacity(8).group(gid)).unwrap();
 }
 
 /// args: path, message. Opens the pipeline and sends the message.
@@ -139,7 +139,7 @@ fn another_users_world_writable_file_is_refused() {
     let dir = shared_dir("planted");
     let path = dir.join("q");
     // A valid queue, as an attacker would plant it: another user's, mode 0666.
-    drop(Pipeline::create(&path, &Options::new().capacity(8)).unwrap());
+    drop(Pipeline::create(&path, &PipelineOptions::new().capacity(8)).unwrap());
     chown(&path, STRANGER_UID, STRANGER_GID);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
 
@@ -172,7 +172,7 @@ fn own_file_writable_by_others_is_refused() {
     // Runs as any user.
     let dir = TempDir::new("own-0666");
     let path = dir.join("q");
-    drop(Pipeline::create(&path, &Options::new().capacity(8)).unwrap());
+    drop(Pipeline::create(&path, &PipelineOptions::new().capacity(8)).unwrap());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o606)).unwrap();
     let e = Pipeline::open(&path).unwrap_err();
     assert_eq!(untrusted_reason(&e), "it is writable by others");
@@ -187,7 +187,7 @@ fn root_refuses_a_file_owned_by_another_user() {
     }
     let dir = TempDir::new("foreign");
     let path = dir.join("q");
-    drop(Pipeline::create(&path, &Options::new().capacity(8)).unwrap());
+    drop(Pipeline::create(&path, &PipelineOptions::new().capacity(8)).unwrap());
     for mode in [0o600, 0o640, 0o660] {
         // Owned by another user; the group (4301) is not root's.
         chown(&path, STRANGER_UID, STRANGER_GID);
@@ -277,7 +277,7 @@ fn group_option_is_offered_by_every_pattern() {
     let egid = unsafe { libc::getegid() };
     let dir = TempDir::new("group-all");
     let q = dir.join("pipeline");
-    drop(Pipeline::create(&q, &Options::new().capacity(8).group(egid)).unwrap());
+    drop(Pipeline::create(&q, &PipelineOptions::new().capacity(8).group(egid)).unwrap());
     let c = dir.join("pubsub");
     drop(PubSub::create(&c, &PubSubOptions::new().capacity(8).group(egid)).unwrap());
     let s = dir.join("service");
@@ -300,7 +300,7 @@ fn create_refuses_a_mode_writable_by_others_and_leaves_no_file() {
     let dir = TempDir::new("mode-666");
     let path = dir.join("q");
     for mode in [0o666, 0o602, 0o4600] {
-        let e = Pipeline::create(&path, &Options::new().mode(mode)).unwrap_err();
+        let e = Pipeline::create(&path, &PipelineOptions::new().mode(mode)).unwrap_err();
         assert!(matches!(e, Error::InvalidOptions(_)), "{e:?}");
         assert!(!path.exists());
     }

@@ -9,8 +9,8 @@ use common::{child, signal_ready, wait_ready, TempDir, HANG};
 use shmq::inspect::{inspect, Role};
 use shmq::layout::{field, CTL_HEAD, PARTICIPANTS_OFFSET, RING_CONTROL_OFFSET};
 use shmq::{
-    Error, Options, Overflow, Pipeline, PubSub, PubSubOptions, RecvError, SendError, Service,
-    ServiceOptions, WaitStrategy,
+    Error, Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, SendError,
+    Service, ServiceOptions, WaitStrategy,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -60,7 +60,7 @@ fn role_counts(path: &Path, role: Role) -> shmq::inspect::Counts {
 fn each_participant_counts_sends_receives_full_empty_parks_and_abandoned_loans() {
     let dir = TempDir::new("inspect-counts");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4)).unwrap();
     let producer = q.producer().unwrap();
     let mut consumer = q.consumer().unwrap();
     consumer.set_wait_strategy(WaitStrategy::Park);
@@ -97,7 +97,7 @@ fn each_participant_counts_sends_receives_full_empty_parks_and_abandoned_loans()
 fn counts_outlive_a_detached_participant_and_never_leak_into_the_next_owner_of_its_entry() {
     let dir = TempDir::new("inspect-detach");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(8)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(8)).unwrap();
     let producer = q.producer().unwrap();
     producer.send(b"1").unwrap();
     producer.send(b"2").unwrap();
@@ -119,7 +119,7 @@ fn counts_outlive_a_detached_participant_and_never_leak_into_the_next_owner_of_i
 fn counts_of_a_killed_participant_are_kept_when_it_is_reaped_and_its_entry_reused() {
     let dir = TempDir::new("inspect-reap");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(8)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(8)).unwrap();
     let ready = dir.join("ready");
     let mut sender = child(
         "send-three",
@@ -179,7 +179,7 @@ fn subscriber_position_lag_and_lost_messages_are_reported() {
         Err(RecvError::Lagged(n)) => n,
         other => panic!("expected a lag, got {other:?}"),
     };
-    subscriber.recv().unwrap();
+    let _ = subscriber.recv().unwrap();
     let c = role_counts(&path, Role::Subscriber);
     assert_eq!((c.lagged, c.received), (missed, 1));
     assert_eq!(role_counts(&path, Role::Publisher).sent, 10);
@@ -192,7 +192,7 @@ fn each_client_shows_its_outstanding_requests_and_waiting_replies() {
     let dir = TempDir::new("inspect-client");
     let path = dir.join("s");
     let service = Service::create(&path, &ServiceOptions::new().max_clients(2)).unwrap();
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let first = client.send(b"one").unwrap();
     let _second = client.send(b"two").unwrap();
     let r = inspect(&path).unwrap();
@@ -245,10 +245,14 @@ fn a_corrupt_word_is_an_error_naming_its_field() {
     let dir = TempDir::new("inspect-corrupt");
     let fresh = |name: &str| {
         let path = dir.join(name);
-        Pipeline::create(&path, &Options::new().capacity(4).max_participants(2)).unwrap();
+        Pipeline::create(
+            &path,
+            &PipelineOptions::new().capacity(4).max_participants(2),
+        )
+        .unwrap();
         path
     };
-    let g = Options::new()
+    let g = PipelineOptions::new()
         .capacity(4)
         .max_participants(2)
         .geometry()
@@ -304,7 +308,7 @@ fn a_corrupt_word_is_an_error_naming_its_field() {
 fn a_version_1_file_is_refused_by_open_naming_both_versions() {
     let dir = TempDir::new("inspect-v1");
     let path = dir.join("q");
-    drop(Pipeline::create(&path, &Options::new()).unwrap());
+    drop(Pipeline::create(&path, &PipelineOptions::new()).unwrap());
     let mut all = std::fs::read(&path).unwrap();
     all[field::VERSION..field::VERSION + 4].copy_from_slice(&1u32.to_le_bytes());
     std::fs::write(&path, &all).unwrap();
@@ -324,7 +328,7 @@ fn a_version_1_file_is_refused_by_open_naming_both_versions() {
 fn a_busy_queue_never_looks_corrupt_to_the_inspector() {
     let dir = TempDir::new("inspect-busy");
     let path = dir.join("q");
-    drop(Pipeline::create(&path, &Options::new().capacity(4)).unwrap());
+    drop(Pipeline::create(&path, &PipelineOptions::new().capacity(4)).unwrap());
     let p = path.to_str().unwrap();
     let (pumped, drained) = (dir.join("pump"), dir.join("drain"));
     let mut pump = child("pump", &[p, pumped.to_str().unwrap()]);

@@ -9,7 +9,7 @@ use common::{
 };
 use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::test_hooks::wake_calls;
-use shmq::{Consumer, Message, Options, Pipeline, RecvError, SendError, WaitStrategy};
+use shmq::{Consumer, Message, Pipeline, PipelineOptions, RecvError, SendError, WaitStrategy};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -360,7 +360,7 @@ fn three_producers_three_consumers_every_message_exactly_once_intact_in_order() 
     let path = dir.join("q");
     let q = Pipeline::create(
         &path,
-        &Options::new()
+        &PipelineOptions::new()
             .capacity(256)
             .max_message(MAX)
             .max_participants(16),
@@ -542,7 +542,7 @@ fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_in(excl
 fn sends_after_a_receive_timed_out_in_another_process_make_no_wake_up_call() {
     let dir = TempDir::new("timed-out-waiter");
     let path = dir.join("q");
-    let q = Pipeline::create(&path, &Options::new().capacity(4).max_message(64)).unwrap();
+    let q = Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(64)).unwrap();
     let producer = q.producer().unwrap();
     let ready = dir.join("timed-out");
     let exit = dir.join("exit");
@@ -632,7 +632,7 @@ fn messages_persist_after_every_process_exits_exclusive() {
 }
 
 fn messages_persist_after_every_process_exits_in(exclusive: bool) {
-    const N: u64 = 500;
+    const N: usize = 500;
     let dir = TempDir::new("persist");
 
     // A producer process sends N messages and exits; a fresh open finds them all, in order.
@@ -645,7 +645,7 @@ fn messages_persist_after_every_process_exits_in(exclusive: bool) {
         let consumer = q.consumer().unwrap();
         for i in 0..N {
             let m = consumer.try_recv().unwrap();
-            assert_eq!(&*m, &stream_message(i)[..], "message {i}");
+            assert_eq!(&*m, &stream_message(i as u64)[..], "message {i}");
             assert!(!m.redelivered());
         }
         assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
@@ -662,7 +662,7 @@ fn messages_persist_after_every_process_exits_in(exclusive: bool) {
     let consumer = q.consumer().unwrap();
     for i in N / 2..N {
         let m = consumer.try_recv().unwrap();
-        assert_eq!(&*m, &stream_message(i)[..], "message {i}");
+        assert_eq!(&*m, &stream_message(i as u64)[..], "message {i}");
         assert!(
             !m.redelivered(),
             "message {i} was acknowledged by nobody else"
@@ -683,9 +683,9 @@ fn small_and_odd_capacities_carry_a_stream_between_processes_exclusive() {
 }
 
 fn small_and_odd_capacities_carry_a_stream_between_processes_in(exclusive: bool) {
-    const N: u64 = 3_000;
+    const N: usize = 3_000;
     let dir = TempDir::new("odd-capacity");
-    for capacity in [1u64, 3] {
+    for capacity in [1usize, 3] {
         let path = dir.join(&format!("cap-{capacity}"));
         let q = Pipeline::create(
             &path,
@@ -698,7 +698,7 @@ fn small_and_odd_capacities_carry_a_stream_between_processes_in(exclusive: bool)
             let m = recv_from(&consumer, &mut p);
             assert_eq!(
                 &*m,
-                &stream_message(i)[..],
+                &stream_message(i as u64)[..],
                 "capacity {capacity}, message {i}"
             );
         }
@@ -709,11 +709,11 @@ fn small_and_odd_capacities_carry_a_stream_between_processes_in(exclusive: bool)
 
 /// Shared ends, or exclusive ones (`single_producer().single_consumer()`), for the tests that
 /// run in both modes (those with one producer and one consumer at a time).
-fn options(exclusive: bool) -> Options {
+fn options(exclusive: bool) -> PipelineOptions {
     if exclusive {
-        Options::new().single_producer().single_consumer()
+        PipelineOptions::new().single_producer().single_consumer()
     } else {
-        Options::new()
+        PipelineOptions::new()
     }
 }
 
@@ -721,10 +721,12 @@ fn options(exclusive: bool) -> Options {
 // Single-process contract
 // ---------------------------------------------------------------------------------------------
 
-fn queue(dir: &TempDir, capacity: u64, max_message: usize) -> Pipeline {
+fn queue(dir: &TempDir, capacity: usize, max_message: usize) -> Pipeline {
     Pipeline::create(
         dir.join("q"),
-        &Options::new().capacity(capacity).max_message(max_message),
+        &PipelineOptions::new()
+            .capacity(capacity)
+            .max_message(max_message),
     )
     .unwrap()
 }
@@ -891,7 +893,7 @@ fn zero_length_and_max_length_messages_arrive_intact() {
 
 #[test]
 fn capacity_one_and_three_fill_drain_and_wrap_in_order() {
-    for capacity in [1u64, 3, 5] {
+    for capacity in [1usize, 3, 5] {
         let dir = TempDir::new(&format!("capacity-{capacity}"));
         let q = queue(&dir, capacity, 16);
         let producer = q.producer().unwrap();

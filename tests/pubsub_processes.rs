@@ -382,9 +382,9 @@ fn read_result(path: &Path) -> (u64, u64, u64) {
 
 fn stress_options(capacity: u64, overflow: Overflow) -> PubSubOptions {
     PubSubOptions::new()
-        .capacity(capacity)
+        .capacity(capacity as usize)
         .max_message(MAX)
-        .max_topic(MAX_TOPIC)
+        .max_topic(MAX_TOPIC as usize)
         .max_publishers(4)
         .max_subscribers(4)
         .overflow(overflow)
@@ -587,7 +587,7 @@ fn late_subscriber_with_history_gets_retained_then_live_messages() {
     for overflow in [Overflow::DropOldest, Overflow::Block] {
         let dir = TempDir::new("ps-history");
         let options = PubSubOptions::new()
-            .capacity(CAPACITY)
+            .capacity(CAPACITY as usize)
             .max_message(8)
             .max_topic(8)
             .overflow(overflow);
@@ -728,7 +728,7 @@ fn block_mode_publisher_waits_for_slowest_and_resumes_when_it_reads_or_detaches(
     let channel = PubSub::create(
         &path,
         &PubSubOptions::new()
-            .capacity(CAPACITY)
+            .capacity(CAPACITY as usize)
             .max_message(8)
             .overflow(Overflow::Block),
     )
@@ -830,7 +830,9 @@ fn messages_persist_in_the_file() {
     drop(
         PubSub::create(
             &path,
-            &PubSubOptions::new().capacity(CAPACITY).max_message(8),
+            &PubSubOptions::new()
+                .capacity(CAPACITY as usize)
+                .max_message(8),
         )
         .unwrap(),
     );

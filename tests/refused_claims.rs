@@ -14,7 +14,7 @@ mod common;
 
 use common::{child, s, wait_ready, TempDir, HANG};
 use shmq::layout::{Geometry, Shape, CTL_REDELIVER_PENDING, KIND_SERVICE, RING_CONTROL_OFFSET};
-use shmq::{Delivery, Options, Pipeline, RecvError, Service, ServiceOptions};
+use shmq::{Delivery, Pipeline, PipelineOptions, RecvError, Service, ServiceOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -151,7 +151,8 @@ fn pipeline_geometry(capacity: u64, max: u64, participants: u32) -> Geometry {
 fn commit_of_a_loan_whose_slot_was_taken_away_is_an_error_and_counted() {
     let dir = TempDir::new("refused-commit");
     let path = dir.join("q");
-    let queue = Pipeline::create(&path, &Options::new().capacity(4).max_message(64)).unwrap();
+    let queue =
+        Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(64)).unwrap();
     let g = pipeline_geometry(4, 64, 64);
     let told = refused_in_child(&dir, "hold_loan", &path, || {
         let slot = g.slots_offset;
@@ -179,7 +180,8 @@ fn commit_of_a_loan_whose_slot_was_taken_away_is_an_error_and_counted() {
 fn ack_of_a_message_taken_back_is_an_error_and_a_refused_drop_is_counted() {
     let dir = TempDir::new("refused-ack");
     let path = dir.join("q");
-    let queue = Pipeline::create(&path, &Options::new().capacity(4).max_message(64)).unwrap();
+    let queue =
+        Pipeline::create(&path, &PipelineOptions::new().capacity(4).max_message(64)).unwrap();
     let g = pipeline_geometry(4, 64, 64);
     let producer = queue.producer().unwrap();
     producer.send(b"one").unwrap();
@@ -232,7 +234,7 @@ fn reply_to_a_request_taken_back_is_an_error_and_counted() {
         reply_capacity: 4,
     })
     .unwrap();
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let pending = client.send(b"x").unwrap();
     let told = refused_in_child(&dir, "hold_request", &path, || {
         take_back_held(&path, RING_CONTROL_OFFSET as u64, g.slots_offset, 0);

@@ -273,7 +273,7 @@ fn serve(args: &[String]) {
 /// then detaches without ever waiting for the reply.
 fn send_and_leave(args: &[String]) {
     let service = Service::open(&args[0]).unwrap();
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let pending = client.send(args[1].as_bytes()).unwrap();
     assert_eq!(pending.id(), 0, "a fresh client's first correlation id");
     common::signal_ready(&args[2]);
@@ -385,10 +385,10 @@ struct Spec {
 impl Spec {
     fn options(&self) -> ServiceOptions {
         ServiceOptions::new()
-            .max_clients(self.clients)
-            .max_servers(self.servers)
-            .request_capacity(self.requests)
-            .reply_capacity(self.replies)
+            .max_clients(self.clients as usize)
+            .max_servers(self.servers as usize)
+            .request_capacity(self.requests as usize)
+            .reply_capacity(self.replies as usize)
             .max_message(self.max_message)
     }
 
@@ -647,7 +647,7 @@ fn many_in_flight_one_client_sends_500_before_waiting_then_gets_all_500() {
         max_message: 128,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let mut server = child("serve", &[s(&path), &N.to_string(), "-", "default"]);
 
     let mut pending = Vec::new();
@@ -699,7 +699,7 @@ fn slot_reuse_late_reply_for_a_departed_client_is_never_seen_by_the_next_owner()
     a.expect_success(HANG);
     wait_ready(&mut server, &dir.join("took-a"));
 
-    let mut b = service
+    let b = service
         .client()
         .expect("A detached: its entry is free again");
     assert!(
@@ -746,7 +746,7 @@ fn reply_left_unread_by_a_departed_client_is_discarded_by_the_next_owner() {
     a.expect_success(HANG);
     assert_eq!(log_lines(&log), ["Ok(Delivered)"]);
 
-    let mut b = service.client().unwrap();
+    let b = service.client().unwrap();
     let reply = b.request_timeout(b"from B", HANG).unwrap();
     assert_eq!(reply.payload(), b"re:from B", "B got A's reply");
     drop(reply);
@@ -782,7 +782,7 @@ fn reply_left_unread_by_a_departed_client_does_not_cost_the_next_owner_its_reply
     a.expect_success(HANG);
     assert_eq!(log_lines(&log), ["Ok(Delivered)"]);
 
-    let mut b = service.client().unwrap();
+    let b = service.client().unwrap();
     let pending = b.send(b"from B").unwrap();
     assert!(
         wait_until(HANG, || log_lines(&log).len() == 2),
@@ -817,7 +817,7 @@ fn timeout_without_server_then_late_server_processes_and_late_reply_does_not_con
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     match client.request_timeout(b"early", Duration::from_millis(100)) {
         Err(Error::Recv(RecvError::Timeout)) => {}
         other => panic!("expected a timeout, got {other:?}"),
@@ -882,7 +882,7 @@ fn timed_out_requests_free_their_places_once_their_late_replies_arrive() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     for i in 0..4u8 {
         match client.request_timeout(&[b'a', i], Duration::from_millis(20)) {
             Err(Error::Recv(RecvError::Timeout)) => {}
@@ -934,7 +934,7 @@ fn client_works_again_after_a_server_outage_longer_than_reply_capacity_timeouts(
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let mut before = child("serve", &[s(&path), "1", "-", "default"]);
     let reply = client.request_timeout(b"before", HANG).unwrap();
     assert_eq!(reply.payload(), b"re:before");
@@ -986,7 +986,7 @@ fn dropped_pendings_free_their_places() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let log = dir.join("log");
     let mut server = child("serve", &[s(&path), "5", s(&log), "default"]);
     let a = client.send(b"a").unwrap();
@@ -1030,7 +1030,7 @@ fn corrupt_error_during_a_wait_does_not_cost_the_client_its_place() {
     };
     let g = spec.geometry();
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let pending = client.send(b"x").unwrap();
     // Position 0 of the only client's reply ring: committed, with a length beyond the maximum.
     let slot = reply_slot(&g, 0, 0);
@@ -1090,7 +1090,7 @@ fn attaching_beyond_max_clients_is_an_error_and_a_detached_slot_is_reusable() {
 
     common::signal_ready(s(&dir.join("release-1")));
     holders[1].expect_success(HANG);
-    let mut client = service.client().expect("a detached entry is reusable");
+    let client = service.client().expect("a detached entry is reusable");
     assert!(matches!(
         service.client(),
         Err(Error::TooManyParticipants { .. })
@@ -1159,7 +1159,7 @@ fn request_held_by_a_killed_server_is_redelivered_and_answered_once() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let ready = dir.join("taken");
     let mut holder = child("hold_request", &[s(&path), s(&ready)]);
     let pending = client.send(b"job").unwrap();
@@ -1192,7 +1192,7 @@ fn too_large_request_and_reply_are_refused() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let server = service.server().unwrap();
     let big = [7u8; 65];
     let too_large = SendError::TooLarge { len: 65, max: 64 };
@@ -1252,7 +1252,7 @@ fn outstanding_limit_is_reply_capacity() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let mut pending: Vec<Pending> = (0..4u8).map(|i| client.try_send(&[i]).unwrap()).collect();
     assert_eq!(client.outstanding(), 4);
     assert_eq!(client.try_send(b"x").unwrap_err(), SendError::Full);
@@ -1308,7 +1308,7 @@ fn replies_kept_for_a_later_wait_do_not_block_the_reply_ring() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let server = service.server().unwrap();
     let answer = |want: &[u8]| {
         let request = server.try_recv().unwrap();
@@ -1369,7 +1369,7 @@ fn blocked_server_is_woken_by_a_request_from_another_process() {
         max_message: 64,
     };
     let service = spec.create(&path);
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let mut server = child_with_env("serve", &[s(&path), "1", "-", "park"], &uncapped_park());
     wait_parked(
         &path,
@@ -1462,7 +1462,7 @@ fn forged_request_naming_no_client_is_an_error_and_the_server_keeps_serving() {
         wait_until(HANG, || read_u64(&path, head) == 1 || !server.is_running()),
         "the parked server never looked at the forged request"
     );
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let reply = client.request_timeout(b"real", HANG).unwrap();
     assert_eq!(reply.payload(), b"re:real");
     drop(reply);
@@ -1672,7 +1672,7 @@ fn hostile_file_never_panics() {
     {
         // Leave some history in the rings: replies taken, replies waiting, requests waiting.
         let service = spec.create(&path);
-        let mut client = service.client().unwrap();
+        let client = service.client().unwrap();
         let server = service.server().unwrap();
         for i in 0..5u8 {
             let pending = client.send(&[i; 10]).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use common::{child, s, wait_ready, TempDir};
 use shmq::layout::Geometry;
-use shmq::{Error, Options, Pipeline, RecvError, Salvaged};
+use shmq::{Error, Pipeline, PipelineOptions, RecvError, Salvaged};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -42,10 +42,10 @@ fn message(i: u8) -> Vec<u8> {
 fn salvage_recovers_every_untouched_message_of_a_corrupted_live_queue() {
     let dir = TempDir::new("salvage");
     let (old, new) = (dir.join("old"), dir.join("new"));
-    let options = Options::new()
-        .capacity(CAPACITY)
+    let options = PipelineOptions::new()
+        .capacity(CAPACITY as usize)
         .max_message(MAX)
-        .max_participants(PARTICIPANTS);
+        .max_participants(PARTICIPANTS as usize);
     let q = Pipeline::create(&old, &options).unwrap();
     let ready = dir.join("ready");
     let mut producer = child("producer", &[s(&old), s(&ready)]);

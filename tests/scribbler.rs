@@ -10,7 +10,7 @@
 mod common;
 
 use common::{child, s, wait_ready, ChildProc, Rng, TempDir, HANG};
-use shmq::{Options, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions};
+use shmq::{Pipeline, PipelineOptions, PubSub, PubSubOptions, Service, ServiceOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -140,7 +140,7 @@ fn subscriber(path: &Path, ready: &str, until: Instant) -> u64 {
 
 fn client(path: &Path, ready: &str, until: Instant) -> u64 {
     let svc = Service::open(path).unwrap();
-    let mut c = svc.client().unwrap();
+    let c = svc.client().unwrap();
     common::signal_ready(ready);
     let mut n = 0;
     while Instant::now() < until {
@@ -185,7 +185,7 @@ fn random_bytes_over_live_files_never_crash_or_hang_a_participant() {
         dir.join("pubsub"),
         dir.join("service"),
     );
-    let options = Options::new()
+    let options = PipelineOptions::new()
         .capacity(16)
         .max_message(64)
         .max_participants(8);

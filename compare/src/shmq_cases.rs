@@ -5,20 +5,20 @@
 //! The ping-pong is the pipeline bench's `ShmqPingPong` (benches/pipeline.rs) without its
 //! recovery-sweep variant, repeated here because a bench's own cases are not in the harness.
 
-use shmq::{Consumer, Options, Pipeline, Producer, WaitStrategy};
+use shmq::{Consumer, PipelineOptions, Pipeline, Producer, WaitStrategy};
 
 use crate::common::{self, check_stamp, Cpu, QueuePath, RoundTrip, STREAM_MESSAGE};
 use crate::peer::{produce_on_command, CommandedThroughput, Inbox};
 
 /// Slots of every queue (the default capacity).
-const CAPACITY: u64 = 1024;
+const CAPACITY: usize = 1024;
 /// Largest message of the ping and pong queues: the larger round-trip size.
 const PING_MAX_MESSAGE: usize = 1024;
 
 pub const SHMQ_ECHO: &str = "shmq-echo";
 pub const SHMQ_PRODUCER: &str = "shmq-producer";
 
-fn create(path: &QueuePath, options: &Options) -> Pipeline {
+fn create(path: &QueuePath, options: &PipelineOptions) -> Pipeline {
     Pipeline::create(path.path(), options).unwrap_or_else(|e| panic!("create {}: {e}", path.arg()))
 }
 
@@ -51,7 +51,7 @@ pub struct ShmqPingPong {
 impl ShmqPingPong {
     /// Both sides busy-poll (`busy_poll`) or wait the default way.
     pub fn spawn(busy_poll: bool) -> Self {
-        let options = Options::new()
+        let options = PipelineOptions::new()
             .capacity(CAPACITY)
             .max_message(PING_MAX_MESSAGE);
         let paths = [QueuePath::new("ping"), QueuePath::new("pong")];
@@ -123,7 +123,7 @@ impl Inbox for ShmqInbox {
 /// One-way throughput over a pipeline, send/recv, both sides busy-polling.
 pub fn throughput() -> CommandedThroughput<impl Inbox> {
     let path = QueuePath::new("data");
-    let options = Options::new()
+    let options = PipelineOptions::new()
         .capacity(CAPACITY)
         .max_message(STREAM_MESSAGE);
     let mut data = create(&path, &options).consumer().expect("consumer");

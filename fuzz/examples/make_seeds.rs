@@ -2,7 +2,7 @@
 //! each kind, empty and holding messages (and, for the service, pending requests and replies).
 //! Run from `fuzz/`: `cargo run --example make_seeds`.
 
-use shmq::{Options, Overflow, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions};
+use shmq::{PipelineOptions, Overflow, Pipeline, PubSub, PubSubOptions, Service, ServiceOptions};
 use std::path::Path;
 
 fn save(target: &str, name: &str, path: &Path) {
@@ -19,7 +19,7 @@ fn main() {
     for (name, messages) in [("empty", 0u8), ("some", 3), ("full", 4)] {
         let q = Pipeline::create(
             &path,
-            &Options::new()
+            &PipelineOptions::new()
                 .capacity(4)
                 .max_message(32)
                 .max_participants(4),
@@ -75,7 +75,7 @@ fn main() {
                 .max_servers(2),
         )
         .unwrap();
-        let mut c = svc.client().unwrap();
+        let c = svc.client().unwrap();
         let s = svc.server().unwrap();
         for i in 0..requests {
             let _pending = c.try_send(&[i; 6]).unwrap();

@@ -11,7 +11,7 @@
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use shmq::{
-    Client, Consumer, Options, Overflow, Pending, Pipeline, Producer, PubSub, PubSubOptions,
+    Client, Consumer, PipelineOptions, Overflow, Pending, Pipeline, Producer, PubSub, PubSubOptions,
     Publisher, RecvError, Server, Service, ServiceOptions, Subscriber,
 };
 use std::cell::RefCell;
@@ -185,7 +185,7 @@ pub fn exercise_service(path: &Path) {
     if let Ok(s) = &server {
         serve(s, DRAIN);
     }
-    if let Ok(mut c) = client {
+    if let Ok(c) = client {
         let pending = c.try_send(b"request");
         let _ = c.try_send(&[9; 1 << 16]);
         if let Ok(s) = &server {
@@ -290,7 +290,7 @@ pub enum Step {
 pub struct Script {
     /// The pattern.
     pub kind: Kind,
-    /// Slots, 1..=8.
+    /// Slots, 1..=8 (the low three bits); for a pipeline, bit 7 asks for payload checksums.
     pub capacity: u8,
     /// Largest message, 8..=71 bytes.
     pub max_message: u8,
@@ -351,15 +351,16 @@ impl Scribbler {
 pub fn run_script(script: &Script) {
     let path = scratch_path("live");
     let _ = std::fs::remove_file(&path);
-    let capacity = u64::from(script.capacity % 8) + 1;
+    let capacity = usize::from(script.capacity % 8) + 1;
     let max_message = usize::from(script.max_message % 64) + 8;
     let steps = &script.steps[..script.steps.len().min(MAX_STEPS)];
     match script.kind {
         Kind::Pipeline => {
-            let options = Options::new()
+            let options = PipelineOptions::new()
                 .capacity(capacity)
                 .max_message(max_message)
-                .max_participants(8);
+                .max_participants(8)
+                .checksum(script.capacity & 0x80 != 0);
             if let Ok(q) = Pipeline::create(&path, &options) {
                 let live = PipelineLive::new(q, &path, script.prefill);
                 live.run(steps);

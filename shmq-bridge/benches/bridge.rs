@@ -65,7 +65,7 @@ fn direct_jetstream(rt: &tokio::runtime::Runtime, js: &jetstream::Context, n: u6
 
 fn throughput(c: &mut Criterion, nats: &Nats) {
     let (a, b) = (Host::new("bench", "a"), Host::new("bench", "b"));
-    let options = shmq::Options::new().capacity(1024).max_message(64);
+    let options = shmq::PipelineOptions::new().capacity(1024).max_message(64);
     let producer = shmq::Pipeline::create(a.path("jobs"), &options)
         .unwrap()
         .producer()
@@ -143,7 +143,7 @@ fn round_trip(c: &mut Criterion, nats: &Nats) {
     let svc_a = shmq::Service::create(a.path("svc"), &options).unwrap();
     let svc_b = shmq::Service::create(b.path("svc"), &options).unwrap();
     let server = svc_a.server().unwrap();
-    let mut client = svc_b.client().unwrap();
+    let client = svc_b.client().unwrap();
     let _out = Bridge::ready(
         "out",
         nats,

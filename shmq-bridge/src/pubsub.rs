@@ -98,7 +98,7 @@ fn open_marks(channel: &Path) -> Result<shmq::PubSub, BridgeError> {
     let options = shmq::PubSubOptions::new()
         .capacity(4096)
         .max_message(16)
-        .max_topic(MARK_TOPIC as u32)
+        .max_topic(MARK_TOPIC)
         .max_publishers(64)
         .max_subscribers(64)
         .overflow(shmq::Overflow::Block);

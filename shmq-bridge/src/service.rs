@@ -92,7 +92,7 @@ pub fn run_out(
     let work_rx = Mutex::new(work_rx);
     std::thread::scope(|scope| {
         let (done_tx, mut done) = mpsc::unbounded_channel::<(async_nats::Subject, Outcome)>();
-        for mut local in clients {
+        for local in clients {
             let (work_rx, done_tx, timeout) = (&work_rx, done_tx.clone(), config.timeout);
             scope.spawn(move || loop {
                 let job = work_rx.lock().expect("no worker panics").blocking_recv();

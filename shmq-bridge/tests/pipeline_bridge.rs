@@ -123,11 +123,11 @@ impl World {
     }
 
     /// Host B's pipeline holds `capacity` messages.
-    fn with_far_capacity(test: &str, capacity: u64) -> Option<World> {
+    fn with_far_capacity(test: &str, capacity: usize) -> Option<World> {
         let nats = harness::nats()?;
         let (a, b) = (Host::new(test, "a"), Host::new(test, "b"));
         for (host, slots) in [(&a, 1024), (&b, capacity)] {
-            let options = shmq::Options::new().capacity(slots).max_message(64);
+            let options = shmq::PipelineOptions::new().capacity(slots).max_message(64);
             shmq::Pipeline::create(host.path("jobs"), &options).unwrap();
         }
         Some(World { nats, a, b })

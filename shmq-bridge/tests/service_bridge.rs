@@ -34,7 +34,7 @@ fn client(args: &[String]) {
     let service = shmq::Service::open(&args[0]).unwrap();
     let id = &args[1];
     let count: usize = args[2].parse().unwrap();
-    let mut client = service.client().unwrap();
+    let client = service.client().unwrap();
     let mut n = 0;
     while n < count {
         let batch: Vec<_> = (n..count.min(n + 8))
@@ -145,7 +145,7 @@ fn remote_responder_that_never_answers_gives_the_local_client_its_timeout_error(
             "1",
         ],
     );
-    let mut client = shmq::Service::open(&svc).unwrap().client().unwrap();
+    let client = shmq::Service::open(&svc).unwrap().client().unwrap();
     // A client with a deadline shorter than the bridge's gets its own timeout.
     let err = client
         .request_timeout(b"anyone?", Duration::from_millis(300))
@@ -199,7 +199,7 @@ fn request_reply_resumes_after_the_nats_server_restarts() {
             "1",
         ],
     );
-    let mut client = shmq::Service::open(&svc_b).unwrap().client().unwrap();
+    let client = shmq::Service::open(&svc_b).unwrap().client().unwrap();
     assert_eq!(client.request(b"before").unwrap().payload(), b"re:before");
     nats.restart();
     // Both bridges reconnect and subscribe again by themselves; requests made meanwhile end

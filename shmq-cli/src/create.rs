@@ -1,7 +1,7 @@
 //! `shmq create FILE --kind KIND`: create a queue file (or, with --dry-run, say how big it
 //! would be).
 
-use shmq::{Options, Overflow, PubSubOptions, ServiceOptions};
+use shmq::{Overflow, PipelineOptions, PubSubOptions, ServiceOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -32,34 +32,34 @@ pub struct Args {
     kind: KindArg,
     /// Slots in the ring (the request ring, for a service). Default 1024.
     #[arg(long)]
-    capacity: Option<u64>,
+    capacity: Option<usize>,
     /// Largest message in bytes. Default 1024.
     #[arg(long)]
     max_message: Option<usize>,
     /// Pipeline: most producers and consumers attached at once. Default 64.
     #[arg(long)]
-    max_participants: Option<u32>,
+    max_participants: Option<usize>,
     /// Channel: largest topic in bytes. Default 64.
     #[arg(long)]
-    max_topic: Option<u32>,
+    max_topic: Option<usize>,
     /// Channel: most publishers. Default 16.
     #[arg(long)]
-    max_publishers: Option<u32>,
+    max_publishers: Option<usize>,
     /// Channel: most subscribers. Default 16.
     #[arg(long)]
-    max_subscribers: Option<u32>,
+    max_subscribers: Option<usize>,
     /// Channel: what publishers do when a subscriber is a ring behind. Default drop-oldest.
     #[arg(long, value_enum)]
     overflow: Option<OverflowArg>,
     /// Service: most clients. Default 64.
     #[arg(long)]
-    max_clients: Option<u32>,
+    max_clients: Option<usize>,
     /// Service: most servers. Default 64.
     #[arg(long)]
-    max_servers: Option<u32>,
+    max_servers: Option<usize>,
     /// Service: slots in each client's reply ring (its most outstanding requests). Default 64.
     #[arg(long)]
-    reply_capacity: Option<u64>,
+    reply_capacity: Option<usize>,
     /// Permission bits in octal, e.g. 660. Default 600.
     #[arg(long, value_parser = parse_mode)]
     mode: Option<u32>,
@@ -123,7 +123,7 @@ pub fn run(args: Args) -> crate::Result {
     refuse(&args)?;
     let size = match args.kind {
         KindArg::Pipeline => {
-            let mut o = Options::new();
+            let mut o = PipelineOptions::new();
             if let Some(v) = args.capacity {
                 o = o.capacity(v);
             }
@@ -136,7 +136,7 @@ pub fn run(args: Args) -> crate::Result {
             if let Some(v) = args.mode {
                 o = o.mode(v);
             }
-            let size = o.geometry()?.file_size;
+            let size = o.file_size()?;
             if !args.dry_run {
                 shmq::Pipeline::create(&args.file, &o)?;
             }
@@ -168,7 +168,7 @@ pub fn run(args: Args) -> crate::Result {
             if let Some(v) = args.mode {
                 o = o.mode(v);
             }
-            let size = o.geometry()?.file_size;
+            let size = o.file_size()?;
             if !args.dry_run {
                 shmq::PubSub::create(&args.file, &o)?;
             }
@@ -194,7 +194,7 @@ pub fn run(args: Args) -> crate::Result {
             if let Some(v) = args.mode {
                 o = o.mode(v);
             }
-            let size = o.geometry()?.file_size;
+            let size = o.file_size()?;
             if !args.dry_run {
                 shmq::Service::create(&args.file, &o)?;
             }

@@ -75,7 +75,7 @@ pub fn run(args: Args) -> crate::Result {
         Kind::Service => {
             let timeout = Duration::try_from_secs_f64(args.timeout)
                 .map_err(|_| format!("--timeout {} is not a duration", args.timeout))?;
-            let mut client = Service::open(&args.file)?.client()?;
+            let client = Service::open(&args.file)?.client()?;
             let mut out = std::io::stdout().lock();
             each_message(&args, |msg| {
                 let reply = client.request_timeout(msg, timeout)?;

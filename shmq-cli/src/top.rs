@@ -264,7 +264,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("not-a-queue"), b"hello").unwrap();
         let jobs =
-            shmq::Pipeline::create(dir.join("jobs"), &shmq::Options::new().capacity(64)).unwrap();
+            shmq::Pipeline::create(dir.join("jobs"), &shmq::PipelineOptions::new().capacity(64))
+                .unwrap();
         let producer = jobs.producer().unwrap();
         let events =
             shmq::PubSub::create(dir.join("events"), &shmq::PubSubOptions::new().capacity(16))

@@ -60,6 +60,7 @@ pub struct CountsJson {
     pub parked: u64,
     pub lagged: u64,
     pub abandoned: u64,
+    pub bad_checksum: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -117,6 +118,7 @@ impl From<Counts> for CountsJson {
             parked: c.parked,
             lagged: c.lagged,
             abandoned: c.abandoned,
+            bad_checksum: c.bad_checksum,
         }
     }
 }
@@ -274,7 +276,14 @@ pub fn text(r: &Report, rates: Option<RatesJson>) -> String {
                 g.table_entries, g.reply_capacity
             );
         }
-        Kind::Pipeline => {}
+        Kind::Pipeline => {
+            if g.flags & shmq::layout::PIPELINE_EXCLUSIVE_ENDS != 0 {
+                let _ = write!(s, ", exclusive ends");
+            }
+            if g.flags & shmq::layout::PIPELINE_CHECKSUM != 0 {
+                let _ = write!(s, ", payload checksums");
+            }
+        }
     }
     let _ = writeln!(s, ", file {}", size(r.file_len));
     let sl = &r.ring.slots;
@@ -300,6 +309,13 @@ pub fn text(r: &Report, rates: Option<RatesJson>) -> String {
         "  counters: {} sent, {} received, {} found full, {} found empty, {} parked, {} lagged, {} abandoned",
         t.sent, t.received, t.full, t.empty, t.parked, t.lagged, t.abandoned
     );
+    if r.kind == Kind::Pipeline && g.flags & shmq::layout::PIPELINE_CHECKSUM != 0 {
+        let _ = writeln!(
+            s,
+            "  checksums: {} messages failed theirs and were skipped",
+            t.bad_checksum
+        );
+    }
     if let Some(rates) = rates {
         let _ = writeln!(
             s,

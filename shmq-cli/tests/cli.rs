@@ -585,7 +585,7 @@ fn every_error_exits_1_with_one_line_naming_the_problem() {
     let text = dir.join("text");
     std::fs::write(&text, vec![b'x'; 4096]).unwrap();
     let line = fails(&["stat", s(&text)]);
-    assert!(line.contains("is not a shmq queue file"), "{line}");
+    assert!(line.contains("not a shmq queue file"), "{line}");
 
     let old = dir.join("old");
     ok(&["create", s(&old), "--kind", "pipeline"]);

@@ -582,6 +582,13 @@ impl ExclusiveRing {
             .load_words(self.slots.payload_offset(claim.index) + from, dst);
     }
 
+    /// The held message's check word, as its producer stored it before the commit (read after
+    /// the delivery's Acquire load; untrusted).
+    #[inline]
+    pub(crate) fn check(&self, claim: &ReadClaim) -> u32 {
+        self.slots.check_word(claim.index).load(Ordering::Relaxed)
+    }
+
     /// Acknowledges a held message: frees its slot for the producer of the next lap, and wakes
     /// a producer waiting for room.
     #[inline]
@@ -677,6 +684,24 @@ impl ProducerEnd {
         // SAFETY: as for `payload_mut`, shared: only this end writes these bytes, and it cannot
         // while it is borrowed shared.
         unsafe { self.ring.region().slice(off, len) }
+    }
+
+    /// Stores `check` (the payload's checksum) into the claimed slot's header, for the commit
+    /// to publish with the payload (a Relaxed store before its Release store).
+    ///
+    /// # Panics
+    /// Without a claimed slot (a caller bug).
+    #[inline]
+    pub(crate) fn set_check(&mut self, check: u32) {
+        assert!(
+            self.writing,
+            "shmq internal error: header access without a claimed slot"
+        );
+        let index = self.ring.index(self.tail);
+        self.ring
+            .slots
+            .check_word(index)
+            .store(check, Ordering::Relaxed);
     }
 
     /// Gives up the claimed slot without publishing anything. The slot stays free for the same

@@ -241,6 +241,26 @@ impl MpmcRing {
         self.region.u32_at(self.slot_offset(index) + 8)
     }
 
+    /// Slot `index`'s check word ([`SlotHeader::check`](crate::layout::SlotHeader::check)).
+    #[inline]
+    fn check_word(&self, index: usize) -> &crate::sync::atomic::AtomicU32 {
+        self.region.u32_at(self.slot_offset(index) + 12)
+    }
+
+    /// Stores `check` (the payload's checksum) into the claimed slot's header, for the commit
+    /// to publish with the payload: a Relaxed store before the commit's Release CAS.
+    #[inline]
+    pub(crate) fn set_check(&self, claim: &WriteClaim, check: u32) {
+        self.check_word(claim.index).store(check, Ordering::Relaxed);
+    }
+
+    /// The held message's check word, as its producer stored it before the commit (read after
+    /// the claim's Acquire; untrusted, like every byte of the slot).
+    #[inline]
+    pub(crate) fn check(&self, claim: &ReadClaim) -> u32 {
+        self.check_word(claim.index).load(Ordering::Relaxed)
+    }
+
     /// Offset of the payload of slot `index` in the region.
     #[inline]
     fn payload_offset(&self, index: usize) -> usize {

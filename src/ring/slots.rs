@@ -1,6 +1,6 @@
 //! The slot array a ring is made of: `capacity` slots of `stride` bytes from offset `slots` of a
-//! region, each starting with its 64-bit state word and its 32-bit message length (the
-//! [`SlotHeader`](crate::layout::SlotHeader)), the payload after them.
+//! region, each starting with its 64-bit state word, its 32-bit message length and its 32-bit check word
+//! (the [`SlotHeader`](crate::layout::SlotHeader)), the payload after them.
 //!
 //! Indices are always computed here from a position, modulo `capacity`, never read from the
 //! region, so a hostile file cannot make a ring reach outside its slots.
@@ -79,6 +79,13 @@ impl SlotArray {
     #[inline]
     pub(crate) fn len_word(&self, index: usize) -> &AtomicU32 {
         self.region.u32_at(self.offset(index) + 8)
+    }
+
+    /// Slot `index`'s check word (the payload's CRC32C in a pipeline with checksums; see
+    /// [`SlotHeader::check`](crate::layout::SlotHeader::check)).
+    #[inline]
+    pub(crate) fn check_word(&self, index: usize) -> &AtomicU32 {
+        self.region.u32_at(self.offset(index) + 12)
     }
 
     /// Offset of slot `index`'s payload in the region.

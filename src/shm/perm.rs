@@ -9,7 +9,7 @@
 //! * A file **writable by others** (`o+w`) is always refused.
 //! * A file **owned by the effective uid** is accepted (with `g+w` too: only the owner, or root,
 //!   can have chosen its group and mode, so a group-writable file of ours was shared on purpose,
-//!   for example with [`Options::group`](crate::Options::group)).
+//!   for example with [`PipelineOptions::group`](crate::PipelineOptions::group)).
 //! * A file **owned by anyone else** is accepted only if it is a group file of a group this
 //!   process is in: group-writable, and its group is the effective gid or one of the
 //!   supplementary groups (`getgroups`). Members of that group are trusted by being in it.
