@@ -9,8 +9,8 @@ use crate::peers::{Counters, Participant, Recoverable, RecoveryStats, Role, Tabl
 use crate::ring::exclusive::{self, ConsumerEnd, End, ExclusiveRing, ProducerEnd};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
-use crate::sync::reactor::KeepAlive;
 use crate::sync::owner::{OwnerCell, OwnerGuard};
+use crate::sync::reactor::KeepAlive;
 use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::ops::{Deref, DerefMut};

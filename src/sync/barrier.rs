@@ -61,7 +61,14 @@ mod imp {
     fn membarrier(cmd: libc::c_long) -> libc::c_long {
         // SAFETY: membarrier takes two integer arguments (command, flags) and a CPU id that
         // the commands used here ignore; it touches no memory of ours.
-        unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long, 0 as libc::c_long) }
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                cmd,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        }
     }
 
     /// Registers this process for the waiters' barrier, if the kernel offers it.
