@@ -9,12 +9,13 @@ use crate::peers::{Counters, Participant, Recoverable, RecoveryStats, Role, Tabl
 use crate::ring::exclusive::{self, ConsumerEnd, End, ExclusiveRing, ProducerEnd};
 use crate::ring::mpmc::{MpmcRing, ReadClaim, WriteClaim};
 use crate::shm::file::{self, Mapping};
+use crate::sync::owner::{OwnerCell, OwnerGuard};
 use crate::sync::reactor::KeepAlive;
 use crate::sync::{Deadline, WaitCell, WaitStrategy};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to create a queue: its geometry (fixed for the file's life) and its permissions.
@@ -560,7 +561,7 @@ impl Pipeline {
                 let end = ring
                     .attach_producer()
                     .map_err(|c| Error::corrupt(self.path(), c))?;
-                Ends::Exclusive(ring.clone(), Mutex::new(end))
+                Ends::Exclusive(ring.clone(), OwnerCell::new(end))
             }
         };
         Ok(Producer {
@@ -590,7 +591,7 @@ impl Pipeline {
                 let end = ring
                     .attach_consumer(ring.head_offset())
                     .map_err(|c| Error::corrupt(self.path(), c))?;
-                Ends::Exclusive(ring.clone(), Mutex::new(end))
+                Ends::Exclusive(ring.clone(), OwnerCell::new(end))
             }
         };
         Ok(Consumer {
@@ -714,16 +715,16 @@ enum Ends<E> {
     /// The shared ring: every operation claims with a CAS, no in-process state.
     Shared(MpmcRing),
     /// The exclusive ring and this handle's end of it (its position), behind an in-process
-    /// lock because the handle is `Sync` (uncontended: two atomic operations on a line only
-    /// this process touches).
-    Exclusive(ExclusiveRing, Mutex<E>),
+    /// lock because the handle is `Sync`: an owner cell, which the thread that uses the handle
+    /// enters with plain stores (no read-modify-write, no fence).
+    Exclusive(ExclusiveRing, OwnerCell<E>),
 }
 
-/// Locks an end; a panic while it was held (in a caller's closure) leaves the end usable: its
+/// Enters an end; a panic while inside (in a caller's closure) leaves the end usable: its
 /// fields only change in the ring's own non-panicking steps.
 #[inline]
-fn lock<E>(end: &Mutex<E>) -> MutexGuard<'_, E> {
-    end.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<E>(end: &OwnerCell<E>) -> OwnerGuard<'_, E> {
+    end.lock()
 }
 
 impl fmt::Debug for Producer {
@@ -1009,7 +1010,7 @@ pub struct Loan<'a> {
 /// the slot at its tail claimed (so other threads' sends on this producer wait for the loan).
 enum LoanClaim<'a> {
     Shared(&'a MpmcRing, WriteClaim),
-    Exclusive(MutexGuard<'a, ProducerEnd>),
+    Exclusive(OwnerGuard<'a, ProducerEnd>),
 }
 
 impl Loan<'_> {

@@ -16,15 +16,32 @@
 //! * `redelivery-counted`: a recovery pass has counted a message as pending redelivery and
 //!   not yet made it deliverable (between the two steps of `MpmcRing::recover`).
 
-/// Stops the process forever if the test environment asks for `point`.
+/// Stops the process forever if the test environment asks for `point`. Inline, one relaxed
+/// load and a branch once the environment was read (the benches are built with this feature
+/// too, since cargo unifies it for every target of the package, so the hot paths' hooks must
+/// cost them nothing measurable).
 #[cfg(all(feature = "test-hooks", not(loom)))]
+#[inline]
 pub(crate) fn park_at(point: &str) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: environment not read yet; 1: no park point set; 2: one is set.
+    static ARMED: AtomicU8 = AtomicU8::new(0);
+    if ARMED.load(Ordering::Relaxed) != 1 {
+        park_at_slow(point, &ARMED);
+    }
+}
+
+#[cfg(all(feature = "test-hooks", not(loom)))]
+#[cold]
+#[inline(never)]
+fn park_at_slow(point: &str, armed: &std::sync::atomic::AtomicU8) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("SHMQ_TEST_PARK_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
+    let at = AT.get_or_init(|| std::env::var("SHMQ_TEST_PARK_AT").ok());
+    armed.store(
+        if at.is_some() { 2 } else { 1 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if at.as_deref() == Some(point) {
         if let Ok(file) = std::env::var("SHMQ_TEST_PARKED_FILE") {
             let _ = std::fs::write(file, point);
         }

@@ -350,7 +350,16 @@ fn send_to_a_service_prints_the_reply() {
     let mut server = child("upper-server", &[s(&q), s(&ready)]);
     wait_ready(&mut server, &ready);
     assert_eq!(ok(&["send", s(&q), "hello"]), "HELLO\n");
-    let stat = json(&["stat", s(&q), "--json"]);
+    // The client has its reply as soon as the server commits it; the server counts the reply
+    // and acknowledges the request just after, in its own process: look once it has.
+    let mut stat = json(&["stat", s(&q), "--json"]);
+    assert!(
+        wait_until(HANG, || {
+            stat = json(&["stat", s(&q), "--json"]);
+            participant(&stat, "server")["holds"] == 0
+        }),
+        "the server acknowledged the request: {stat}"
+    );
     assert_eq!(stat["kind"], "service");
     assert_eq!(
         participant(&stat, "server")["counts"]["sent"],

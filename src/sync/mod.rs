@@ -2,7 +2,9 @@
 //! (spin, then park) built on them.
 
 pub(crate) mod atomic;
+pub(crate) mod barrier;
 pub(crate) mod futex;
+pub(crate) mod owner;
 #[cfg(not(loom))]
 pub(crate) mod process;
 #[cfg(not(loom))]

@@ -53,6 +53,7 @@ static FORKS: AtomicU64 = AtomicU64::new(0);
 /// returns there. Async-signal-safe: atomics and `dup3`.
 extern "C" fn forked() {
     FORKS.fetch_add(1, Ordering::Relaxed);
+    super::barrier::forget_registration();
     let null = DEV_NULL.load(Ordering::Relaxed);
     if null < 0 {
         return;

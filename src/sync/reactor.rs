@@ -7,7 +7,7 @@
 //! future (poll)                                  reactor thread
 //! attempt: ready -> leave (if counted); done     ctl = control word
 //! counted in the cell's current epoch?           lock; for each armed registration:
-//!   no:  s = join (CAS +1); fence(SeqCst)          w = word (Acquire)
+//!   no:  s = join (CAS +1); heavy barrier          w = word (Acquire)
 //!        attempt: ready -> leave(s); done          epoch(w) != epoch(s): fire (take the
 //!   arm (lock; s, waker; bump control, wake it       waker, disarm, wake it after unlock)
 //!        if the reactor must look again)           armed >= stall interval: fire
@@ -52,7 +52,7 @@ use super::wait::{epoch, max_park, WaitCell};
 use nix::errno::Errno;
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -183,6 +183,10 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 /// Test-hooks builds: make every reactor use the timed re-poll, as without `futex_waitv`.
 #[cfg(feature = "test-hooks")]
 static FORCE_REPOLL: AtomicBool = AtomicBool::new(false);
+
+/// Set once a future's barrier failed ([`super::barrier::heavy`]): notifiers in other
+/// processes may not fence, so every reactor re-polls from then on (at most [`REPOLL`] late).
+static UNFENCED: AtomicBool = AtomicBool::new(false);
 
 /// Test-hooks builds only: makes every reactor of this process behave as on a kernel without
 /// `futex_waitv` (the timed re-poll). Call before the first async wait.
@@ -367,7 +371,10 @@ impl AsyncWait {
             None => {
                 let j = cell.join();
                 reg.joined = Some(j);
-                fence(Ordering::SeqCst);
+                if !super::barrier::heavy() {
+                    // Notifiers elsewhere may not fence: look again soon (re-poll mode).
+                    UNFENCED.store(true, Ordering::Relaxed);
+                }
                 if let Some(done) = src.attempt().transpose() {
                     self.finish();
                     return Poll::Ready(done);
@@ -448,6 +455,7 @@ fn run(reactor: &'static Reactor) -> ! {
     let mut fire: Vec<Waker> = Vec::with_capacity(PER_REACTOR);
     let mut repoll = repoll_forced();
     loop {
+        repoll |= UNFENCED.load(Ordering::Relaxed);
         let control = reactor.control.load(Ordering::SeqCst);
         let stall = max_park();
         waitv.clear();

@@ -8,7 +8,7 @@
 //! ```text
 //! waiter                                     notifier
 //! s = join: CAS w -> w + 1      (SeqCst)     make the condition true  (e.g. commit a slot)
-//! fence(SeqCst)                              fence(SeqCst)
+//! heavy barrier                              light barrier
 //! if condition: leave(s); done               w = word
 //! futex_wait(word, s)                        while count(w) != 0:
 //! w = word (Acquire)                             CAS w -> (epoch(w) + 1, count 0):
@@ -28,6 +28,12 @@
 //! at once (the count restarts at 0); waiters change only the count of the epoch they joined.
 //! So a leaving waiter that finds the epoch moved on was already taken off, and does nothing.
 //!
+//! The two barriers are the halves of one asymmetric fence ([`super::barrier`]): the
+//! notifier's is a compiler fence where the process could register for
+//! `membarrier(GLOBAL_EXPEDITED)`, and the waiter's is a `SeqCst` fence plus that system call,
+//! which runs a full barrier on every thread of every registered process. Below they are called
+//! the two fences, as they act as a fence on each side.
+//!
 //! **No lost wake-up.** The two fences order "join ; read condition" against "write condition
 //! ; read the word" (Dekker's pattern): either the waiter's read sees the condition, or the
 //! notifier's read sees the waiter's join (or a later value of the word). In the second case
@@ -45,8 +51,8 @@
 //! from there it stays until the next notify moves the epoch, and waiters leaving do not
 //! lower it, so it can be too high (one wasted wake-up call), never too low.
 //!
-//! **No system call unless somebody is registered.** The notifier's fast path is a fence and
-//! one load that finds the count at 0: nobody parked, and nobody about to park. A waiter that
+//! **No system call unless somebody is registered, and no fence.** The notifier's fast path is a
+//! compiler fence and one load that finds the count at 0: nobody parked, and nobody about to park. A waiter that
 //! leaves without being woken (its re-check saw the condition, its time ran out, its sleep was
 //! interrupted) takes itself off the count, so the cell does not stay armed for a waiter that
 //! is gone. The wake-up call is paid by the first notify after a waiter registered; later ones
@@ -67,7 +73,8 @@
 //! gives up on a CAS that a join or leave raced) and the ring models of `ring::mpmc` and
 //! `ring::broadcast`, whose blocked senders and receivers deadlock on any lost wake-up.
 
-use super::atomic::{bump, fence, spin_hint, AtomicU32, Ordering};
+use super::atomic::{bump, spin_hint, AtomicU32, Ordering};
+use super::barrier;
 use super::futex;
 use crate::layout::{WAIT_EPOCH_ONE, WAIT_WAITERS_MASK};
 use crate::shm::Region;
@@ -225,23 +232,23 @@ impl<'a> WaitCell<'a> {
         }
     }
 
-    /// Wakes the waiters, if any are registered; costs a fence and a load otherwise. Call
-    /// after making the condition true.
+    /// Wakes the waiters, if any are registered; costs one load otherwise (and a fence in a
+    /// process without the waiters' barrier). Call after making the condition true.
     #[inline]
     pub(crate) fn notify(&self) {
-        fence(Ordering::SeqCst);
+        barrier::light();
         self.wake_registered();
     }
 
-    /// [`notify`](Self::notify) for two cells after one condition change, with one fence.
+    /// [`notify`](Self::notify) for two cells after one condition change, with one barrier.
     #[inline]
     pub(crate) fn notify_both(a: &Self, b: &Self) {
-        fence(Ordering::SeqCst);
+        barrier::light();
         a.wake_registered();
         b.wake_registered();
     }
 
-    /// The notifier's half after its fence: if waiters are registered, move the epoch on
+    /// The notifier's half after its barrier: if waiters are registered, move the epoch on
     /// (which takes them all off the count) and wake every sleeper.
     #[inline]
     fn wake_registered(&self) {
@@ -436,7 +443,7 @@ impl<'a> WaitCell<'a> {
                 return attempt();
             };
             let joined = self.join();
-            fence(Ordering::SeqCst);
+            let fenced = barrier::heavy();
             let outcome = attempt();
             if !matches!(outcome, Ok(None)) {
                 self.leave(joined);
@@ -446,7 +453,12 @@ impl<'a> WaitCell<'a> {
                 tally.count(tally.parked);
             }
             parked_before = true;
-            self.sleep(joined, left.min(max_park()));
+            let cap = if fenced {
+                max_park()
+            } else {
+                barrier::UNFENCED_PARK
+            };
+            self.sleep(joined, left.min(cap));
             if let Some(v) = attempt()? {
                 return Ok(Some(v));
             }
