@@ -1476,4 +1476,36 @@ mod loom_models {
             assert_eq!(consumer.join().unwrap(), (b"ok".to_vec(), false));
         });
     }
+
+    /// Two attachers find the same stale holder token on the consumer end and race to take it
+    /// over, while the live producer end is untouched: exactly one wins (it alone recovers and
+    /// attaches), the loser sees the winner's token, and freeing with the stale token after
+    /// the takeover frees nothing.
+    #[test]
+    fn two_attachers_race_to_take_over_a_stale_end() {
+        loom::model(|| {
+            let r = ring(2, 1);
+            const STALE: u64 = 7;
+            assert_eq!(r.take_end(End::Producer, 1), Ok(()));
+            assert_eq!(r.take_end(End::Consumer, STALE), Ok(()));
+            let racers: Vec<_> = [10u64, 11]
+                .into_iter()
+                .map(|me| {
+                    let r = r.clone();
+                    thread::spawn(move || (me, r.take_end_from(End::Consumer, STALE, me)))
+                })
+                .collect();
+            let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+            let winners: Vec<u64> = results
+                .iter()
+                .filter(|(_, won)| *won)
+                .map(|&(me, _)| me)
+                .collect();
+            assert_eq!(winners.len(), 1, "{results:?}");
+            assert_eq!(r.end_holder(End::Consumer), winners[0]);
+            assert!(!r.free_end(End::Consumer, STALE));
+            assert_eq!(r.take_end(End::Consumer, 12), Err(winners[0]));
+            assert_eq!(r.end_holder(End::Producer), 1);
+        });
+    }
 }
