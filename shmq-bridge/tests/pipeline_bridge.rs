@@ -93,7 +93,7 @@ fn receive_all(
         };
         let msg = match consumer.recv_timeout(wait) {
             Ok(msg) => msg,
-            Err(shmq::RecvError::Timeout) if done_at.is_some() => continue,
+            Err(shmq::RecvTimeoutError::Timeout) if done_at.is_some() => continue,
             Err(e) => panic!(
                 "after {total} messages: {e}; (distinct, duplicates, out of order) per producer: {:?}",
                 summary(&seen)
