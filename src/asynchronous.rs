@@ -2,10 +2,10 @@
 //!
 //! [`Consumer::recv_async`], [`Subscriber::recv_async`], [`Server::recv_async`],
 //! [`Client::wait_async`], [`Producer::send_async`] and [`Publisher::publish_async`] return
-//! futures that resolve to
-//! what the blocking calls return: a [`RecvError`] or a [`SendError`], never `Empty` or `Full`
-//! (they wait instead). They need no particular runtime — only [`std::task::Waker`] — and work under
-//! tokio, async-std, smol or a hand-written executor alike.
+//! futures that resolve to what the blocking calls return: a [`RecvError`] or a [`SendError`],
+//! never `Empty` or `Full` (they wait instead). They need no particular runtime — only
+//! [`std::task::Waker`] — and work under tokio, async-std, smol or a hand-written executor
+//! alike.
 //!
 //! # How they wait
 //!

@@ -241,6 +241,11 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Why a message was not sent. Nothing was written when this is returned.
+///
+/// What the blocking calls return (`send`, `loan`, `publish`, `Client::send`, …): they wait
+/// for room, so never say "full" or "timed out". A call that waits less wraps it: in
+/// [`TrySendError::Send`] (`try_send`, `try_loan`, `try_publish`) or
+/// [`SendTimeoutError::Send`] (`send_timeout`, `publish_timeout`, `Request::reply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendError {
@@ -322,6 +327,12 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {}
 
 /// Why no message was received.
+///
+/// What the blocking calls return (`recv`, `recv_into`, `recv_batch`, `Server::recv`,
+/// `Client::wait`, the iterators' items): they wait for a message, so never say "empty" or
+/// "timed out". A call that waits less wraps it: in [`TryRecvError::Recv`] (`try_recv`,
+/// `try_recv_into`) or [`RecvTimeoutError::Recv`] (`recv_timeout`, `recv_into_timeout`,
+/// `Client::wait_timeout`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecvError {

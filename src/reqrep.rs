@@ -383,17 +383,17 @@ fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
 ///
 /// # Giving up: timeouts, dropped tickets, errors
 ///
-/// [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
-/// [`Error::Timeout`] and [`RecvTimeoutError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
-/// and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
-/// small board shared with it, so it can be dropped anywhere). A request given up keeps its
+/// [`Client::request_timeout`] and [`Client::wait_timeout`] give up with [`Error::Timeout`]
+/// and [`RecvTimeoutError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the
+/// same way, and so does dropping a [`Pending`] without waiting (a ticket tells its client
+/// through a small board shared with it, so it can be dropped anywhere). A request given up keeps its
 /// place until its late reply arrives, which is then discarded — never handed to a later
 /// request — and frees the place; a reply already kept for a dropped ticket frees its place at
 /// once. What a timeout leaves behind is therefore one place, and the request itself, which a
 /// server will still answer. So a client that keeps retrying through a server outage gets
-/// timeouts (never an `AllPlacesHeld` for good) and works again, without re-attaching, once a server
-/// answers. A place stays taken for as long as its reply can still come: for ever only if the
-/// reply is lost, to a corrupt file or to a server that gave up delivering it (after
+/// timeouts (never an `AllPlacesHeld` for good) and works again, without re-attaching, once a
+/// server answers. A place stays taken for as long as its reply can still come: for ever only
+/// if the reply is lost, to a corrupt file or to a server that gave up delivering it (after
 /// [`Request::reply`] found the reply ring full for a second, which takes replies the client
 /// owes no place to — forged ones, a late reply to the entry's previous owner that raced past
 /// the server's check, or the second reply to a request delivered again after a server died

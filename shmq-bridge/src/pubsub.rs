@@ -175,7 +175,8 @@ impl Marks {
                     }
                 }
                 Err(shmq::TryRecvError::Empty) => break,
-                Err(shmq::TryRecvError::Recv(shmq::RecvError::Lagged(_))) => {} // cannot happen in Block mode
+                // Cannot happen in Block mode.
+                Err(shmq::TryRecvError::Recv(shmq::RecvError::Lagged(_))) => {}
                 Err(e) => {
                     tracing::warn!("marks channel: {e}");
                     stats.bump(Counter::Errors);

@@ -16,7 +16,8 @@
 //! the NATS request timed out, no responder is subscribed, or a `service-out` answered with
 //! `Shmq-Status` — the local request is dropped unanswered, which ends the local client's
 //! `wait` with [`shmq::RecvError::NoReply`] (a client waiting with a shorter timeout of its own
-//! gets its [`shmq::RecvTimeoutError::Timeout`] first). Up to `--concurrency` requests are in flight.
+//! gets its [`shmq::RecvTimeoutError::Timeout`] first). Up to `--concurrency` requests are in
+//! flight.
 //! A thread receives local requests, another replies to them, so neither blocking call holds
 //! up the async side.
 
