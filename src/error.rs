@@ -215,7 +215,7 @@ impl fmt::Display for Error {
             Error::Recv(e) => write!(f, "{e}"),
             Error::Full => TrySendError::Full.fmt(f),
             Error::Empty => TryRecvError::Empty.fmt(f),
-            Error::Timeout => write!(f, "timed out"),
+            Error::Timeout => write!(f, "timed out: the deadline passed before the call finished"),
             Error::Untrusted {
                 path,
                 owner,
