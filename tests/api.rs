@@ -397,13 +397,19 @@ fn replies_can_be_held_side_by_side_while_the_client_sends_more() {
     let c = client.send(b"c").unwrap(); // the third place
     answer(&server, 1);
     // Every place is held: by two replies and a request.
-    assert_eq!(client.try_send(b"d").unwrap_err(), shmq::TrySendError::Full);
+    assert_eq!(
+        client.try_send(b"d").unwrap_err(),
+        shmq::TrySendError::Send(shmq::SendError::AllPlacesHeld { places: 3 })
+    );
     let reply_c = client.wait(c).unwrap();
     assert_eq!(
         (&*reply_a, &*reply_b, &*reply_c),
         (&b"A"[..], &b"B"[..], &b"C"[..])
     );
-    assert_eq!(client.try_send(b"d").unwrap_err(), shmq::TrySendError::Full);
+    assert_eq!(
+        client.try_send(b"d").unwrap_err(),
+        shmq::TrySendError::Send(shmq::SendError::AllPlacesHeld { places: 3 })
+    );
     drop(reply_b);
     // A dropped reply frees its place: the next request goes, and its reply comes back
     // right while the others are still held.

@@ -240,7 +240,7 @@ fn reply_to_a_request_taken_back_is_an_error_and_counted() {
         take_back_held(&path, RING_CONTROL_OFFSET as u64, g.slots_offset, 0);
     });
     assert_eq!(
-        told, "Err(ClaimLost) 1",
+        told, "Err(Send(ClaimLost)) 1",
         "what reply returned, and the count"
     );
     assert_eq!(service.recovery_stats().refused, 1);
