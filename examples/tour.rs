@@ -440,8 +440,8 @@ fn server(service: &Path, reports: &Path, name: &str, limit: u64) -> Result {
     while limit == 0 || served < limit {
         let request = match server.recv_timeout(std::time::Duration::from_millis(50)) {
             Ok(request) => request,
-            Err(shmq::RecvError::Timeout) if stop.exists() => break,
-            Err(shmq::RecvError::Timeout) => continue,
+            Err(shmq::RecvTimeoutError::Timeout) if stop.exists() => break,
+            Err(shmq::RecvTimeoutError::Timeout) => continue,
             Err(e) => return Err(e.into()),
         };
         // "Resize": echo the request with a suffix.

@@ -2,10 +2,10 @@
 //!
 //! [`Consumer::recv_async`], [`Subscriber::recv_async`], [`Server::recv_async`],
 //! [`Client::wait_async`], [`Producer::send_async`] and [`Publisher::publish_async`] return
-//! futures that resolve to
-//! what the blocking calls return (never [`RecvError::Empty`] / [`SendError::Full`]: they wait
-//! instead). They need no particular runtime — only [`std::task::Waker`] — and work under
-//! tokio, async-std, smol or a hand-written executor alike.
+//! futures that resolve to what the blocking calls return: a [`RecvError`] or a [`SendError`],
+//! never `Empty` or `Full` (they wait instead). They need no particular runtime — only
+//! [`std::task::Waker`] — and work under tokio, async-std, smol or a hand-written executor
+//! alike.
 //!
 //! # How they wait
 //!
@@ -71,7 +71,7 @@
 //! # Ok::<(), shmq::Error>(())
 //! ```
 
-use crate::error::{RecvError, SendError};
+use crate::error::{RecvError, SendError, TryRecvError, TrySendError};
 use crate::pipeline::{Consumer, Message, Producer};
 use crate::pubsub::{Publisher, Subscriber, TopicMessage};
 use crate::reqrep::{Client, Found, Pending, Reply, Request, Server};
@@ -84,20 +84,20 @@ use std::task::{Context, Poll};
 pub use crate::sync::reactor::{set_reactor_spawner, ReactorLoop, ReactorStarted};
 
 /// `Empty` (nothing to receive yet) as "not yet".
-fn unless_empty<T>(r: Result<T, RecvError>) -> Result<Option<T>, RecvError> {
+fn unless_empty<T>(r: Result<T, TryRecvError>) -> Result<Option<T>, RecvError> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(RecvError::Empty) => Ok(None),
-        Err(e) => Err(e),
+        Err(TryRecvError::Empty) => Ok(None),
+        Err(TryRecvError::Recv(e)) => Err(e),
     }
 }
 
 /// `Full` (no room yet) as "not yet".
-fn unless_full(r: Result<(), SendError>) -> Result<Option<()>, SendError> {
+fn unless_full(r: Result<(), TrySendError>) -> Result<Option<()>, SendError> {
     match r {
         Ok(()) => Ok(Some(())),
-        Err(SendError::Full) => Ok(None),
-        Err(e) => Err(e),
+        Err(TrySendError::Full) => Ok(None),
+        Err(TrySendError::Send(e)) => Err(e),
     }
 }
 

@@ -92,8 +92,10 @@ impl fmt::Display for Corruption {
 ///
 /// * [`Error`]: opening, creating or attaching to a queue file went wrong (I/O, a file that is
 ///   not a shmq queue, a file of another format version, kind or geometry, a full table).
-/// * [`SendError`]: a message could not be sent.
-/// * [`RecvError`]: no message could be received.
+/// * [`SendError`]: a message could not be sent; [`TrySendError`] and [`SendTimeoutError`]
+///   add what the calls that wait less can also return (`Full`, `Timeout`).
+/// * [`RecvError`]: no message could be received; [`TryRecvError`] and [`RecvTimeoutError`]
+///   add `Empty` and `Timeout`.
 /// * [`Corruption`]: something read from shared memory broke the protocol's invariants. The
 ///   mapping is untrusted input, so this is an error value, never a panic.
 #[derive(Debug)]
@@ -141,10 +143,22 @@ pub enum Error {
         /// Which end: `"producer"` or `"consumer"`.
         end: &'static str,
     },
-    /// Sending failed (converted from [`SendError`] so that `?` works in one function).
+    /// Sending failed (converted from [`SendError`] so that `?` works in one function, and
+    /// from the `Send` variants of [`TrySendError`] and [`SendTimeoutError`]).
     Send(SendError),
-    /// Receiving failed (converted from [`RecvError`]).
+    /// Receiving failed (converted from [`RecvError`], and from the `Recv` variants of
+    /// [`TryRecvError`] and [`RecvTimeoutError`]).
     Recv(RecvError),
+    /// A call that never waits found no room (converted from [`TrySendError::Full`]).
+    Full,
+    /// A call that never waits found nothing to receive (converted from
+    /// [`TryRecvError::Empty`]).
+    Empty,
+    /// A call's deadline passed (converted from [`SendTimeoutError::Timeout`] and
+    /// [`RecvTimeoutError::Timeout`]; [`Client::request_timeout`](crate::Client::request_timeout)
+    /// returns it whether the time ran out before the request was sent or before its reply
+    /// came).
+    Timeout,
     /// The queue file's owner or mode is not one this process trusts: it is writable by others,
     /// or it belongs to another user and is not a group file of a group this process is in.
     Untrusted {
@@ -199,6 +213,9 @@ impl fmt::Display for Error {
             ),
             Error::Send(e) => write!(f, "{e}"),
             Error::Recv(e) => write!(f, "{e}"),
+            Error::Full => TrySendError::Full.fmt(f),
+            Error::Empty => TryRecvError::Empty.fmt(f),
+            Error::Timeout => write!(f, "timed out: the deadline passed before the call finished"),
             Error::Untrusted {
                 path,
                 owner,
@@ -224,13 +241,14 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Why a message was not sent. Nothing was written when this is returned.
+///
+/// What the blocking calls return (`send`, `loan`, `publish`, `Client::send`, …): they wait
+/// for room, so never say "full" or "timed out". A call that waits less wraps it: in
+/// [`TrySendError::Send`] (`try_send`, `try_loan`, `try_publish`) or
+/// [`SendTimeoutError::Send`] (`send_timeout`, `publish_timeout`, `Request::reply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendError {
-    /// The queue is full (only from the non-blocking `try_` variants).
-    Full,
-    /// The queue stayed full until the deadline passed.
-    Timeout,
     /// The message is larger than the queue's maximum message size.
     TooLarge {
         /// The message's length.
@@ -244,6 +262,15 @@ pub enum SendError {
         len: usize,
         /// The channel's maximum topic size, fixed at creation.
         max: usize,
+    },
+    /// Request-reply: every one of the client's places (`reply_capacity`, see
+    /// [`Client`](crate::Client)) is held by a request still waited for, a reply kept for a
+    /// later wait or a [`Reply`](crate::Reply) not dropped yet. Only the caller frees one (by
+    /// waiting for a reply, or dropping a ticket or a reply), so a blocking send returns this at
+    /// once instead of waiting for ever.
+    AllPlacesHeld {
+        /// The client's number of places, fixed at creation (`reply_capacity`).
+        places: usize,
     },
     /// The slot this send had claimed was taken away before it was committed: a recovery pass
     /// judged this participant dead, or another process rewrote the queue file. Nothing was
@@ -271,8 +298,6 @@ fn wrong_process(f: &mut fmt::Formatter<'_>, attached_by: u32) -> fmt::Result {
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SendError::Full => write!(f, "the queue is full"),
-            SendError::Timeout => write!(f, "timed out waiting for room in the queue"),
             SendError::TooLarge { len, max } => write!(
                 f,
                 "message of {len} bytes is larger than the queue's maximum of {max} bytes"
@@ -280,6 +305,12 @@ impl fmt::Display for SendError {
             SendError::TopicTooLarge { len, max } => write!(
                 f,
                 "topic of {len} bytes is longer than the channel's maximum of {max} bytes"
+            ),
+            SendError::AllPlacesHeld { places } => write!(
+                f,
+                "every one of the client's {places} places is held by a request waited for, \
+                 a reply kept or a reply not dropped: wait for a reply, or drop a ticket or a \
+                 reply, to free one"
             ),
             SendError::ClaimLost => write!(
                 f,
@@ -296,13 +327,15 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {}
 
 /// Why no message was received.
+///
+/// What the blocking calls return (`recv`, `recv_into`, `recv_batch`, `Server::recv`,
+/// `Client::wait`, the iterators' items): they wait for a message, so never say "empty" or
+/// "timed out". A call that waits less wraps it: in [`TryRecvError::Recv`] (`try_recv`,
+/// `try_recv_into`) or [`RecvTimeoutError::Recv`] (`recv_timeout`, `recv_into_timeout`,
+/// `Client::wait_timeout`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RecvError {
-    /// The queue is empty (only from the non-blocking `try_` variants).
-    Empty,
-    /// No message arrived before the deadline.
-    Timeout,
     /// Request-reply: the server dropped the request without replying.
     NoReply,
     /// Request-reply: the [`Pending`](crate::Pending) ticket was made by another client. Its
@@ -360,8 +393,6 @@ pub enum RecvError {
 impl fmt::Display for RecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecvError::Empty => write!(f, "the queue is empty"),
-            RecvError::Timeout => write!(f, "timed out waiting for a message"),
             RecvError::Lagged(n) => write!(f, "fell behind and missed {n} messages"),
             RecvError::NoReply => write!(f, "the server dropped the request without replying"),
             RecvError::WrongClient => write!(
@@ -401,33 +432,226 @@ impl fmt::Display for RecvError {
 
 impl std::error::Error for RecvError {}
 
-impl SendError {
-    /// The outcome of waiting for room until `deadline`: `None` means the deadline passed.
-    pub(crate) fn from_wait<T>(
-        waited: Result<Option<T>, Corruption>,
-        deadline: crate::sync::Deadline,
-    ) -> Result<T, SendError> {
-        match waited {
-            Ok(Some(claim)) => Ok(claim),
-            Ok(None) if deadline.is_now() => Err(SendError::Full),
-            Ok(None) => Err(SendError::Timeout),
-            Err(c) => Err(SendError::Corrupt(c)),
+/// Why [`try_send`](crate::Producer::try_send) (or another call that never waits:
+/// `try_loan`, `try_publish`, `Client::try_send`) sent nothing.
+///
+/// `Send` is transparent: it displays as the [`SendError`] it holds, so
+/// [`source`](std::error::Error::source) returns nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// There is no room now (the queue, the channel's slowest subscriber in Block mode, or a
+    /// client's places): a blocking call would have waited.
+    Full,
+    /// The send failed for a reason waiting would not change.
+    Send(SendError),
+}
+
+impl TrySendError {
+    /// Whether there was no room now.
+    pub fn is_full(&self) -> bool {
+        matches!(self, TrySendError::Full)
+    }
+}
+
+/// Why [`send_timeout`](crate::Producer::send_timeout) (or `publish_timeout`,
+/// `Request::reply`) sent nothing.
+///
+/// `Send` is transparent: it displays as the [`SendError`] it holds, so
+/// [`source`](std::error::Error::source) returns nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendTimeoutError {
+    /// There was still no room when the deadline passed.
+    Timeout,
+    /// The send failed for a reason waiting would not change.
+    Send(SendError),
+}
+
+impl SendTimeoutError {
+    /// Whether the deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendTimeoutError::Timeout)
+    }
+}
+
+/// Why [`try_recv`](crate::Consumer::try_recv) (or another receive that never waits)
+/// received nothing.
+///
+/// `Recv` is transparent: it displays as the [`RecvError`] it holds, so
+/// [`source`](std::error::Error::source) returns nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// Nothing is ready now: a blocking call would have waited.
+    Empty,
+    /// The receive failed for a reason waiting would not change.
+    Recv(RecvError),
+}
+
+impl TryRecvError {
+    /// Whether nothing was ready.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TryRecvError::Empty)
+    }
+}
+
+/// Why [`recv_timeout`](crate::Consumer::recv_timeout) (or another receive or wait with a
+/// timeout) received nothing.
+///
+/// `Recv` is transparent: it displays as the [`RecvError`] it holds, so
+/// [`source`](std::error::Error::source) returns nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// Nothing arrived before the deadline.
+    Timeout,
+    /// The receive failed for a reason waiting would not change.
+    Recv(RecvError),
+}
+
+impl RecvTimeoutError {
+    /// Whether the deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RecvTimeoutError::Timeout)
+    }
+}
+
+impl fmt::Display for TrySendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full => write!(f, "no room to send now (the queue is full)"),
+            TrySendError::Send(e) => e.fmt(f),
         }
     }
 }
 
-impl RecvError {
-    /// The outcome of waiting for a message until `deadline`: `None` means the deadline passed.
+impl fmt::Display for SendTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout => write!(f, "timed out waiting for room to send"),
+            SendTimeoutError::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => write!(f, "nothing to receive now (the queue is empty)"),
+            TryRecvError::Recv(e) => e.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for RecvTimeoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvTimeoutError::Timeout => write!(f, "timed out waiting for a message"),
+            RecvTimeoutError::Recv(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The wrapped error is displayed (the wrapper is transparent), so not returned as a source.
+impl std::error::Error for TrySendError {}
+/// The wrapped error is displayed (the wrapper is transparent), so not returned as a source.
+impl std::error::Error for SendTimeoutError {}
+/// The wrapped error is displayed (the wrapper is transparent), so not returned as a source.
+impl std::error::Error for TryRecvError {}
+/// The wrapped error is displayed (the wrapper is transparent), so not returned as a source.
+impl std::error::Error for RecvTimeoutError {}
+
+impl From<SendError> for TrySendError {
+    fn from(e: SendError) -> Self {
+        TrySendError::Send(e)
+    }
+}
+
+impl From<SendError> for SendTimeoutError {
+    fn from(e: SendError) -> Self {
+        SendTimeoutError::Send(e)
+    }
+}
+
+impl From<RecvError> for TryRecvError {
+    fn from(e: RecvError) -> Self {
+        TryRecvError::Recv(e)
+    }
+}
+
+impl From<RecvError> for RecvTimeoutError {
+    fn from(e: RecvError) -> Self {
+        RecvTimeoutError::Recv(e)
+    }
+}
+
+/// How a call that waits until a [`Deadline`](crate::sync::Deadline) ended without success:
+/// the deadline passed, or it failed with `E`. The public calls narrow it to their own error
+/// type: `Expired` is [`TrySendError::Full`] / [`TryRecvError::Empty`] for a call that never
+/// waits, `Timeout` for a timed one, and impossible for a call that waits as long as it takes
+/// (see [`Waited::forever`]).
+#[derive(Debug)]
+pub(crate) enum Waited<E> {
+    /// The deadline passed (for `Deadline::Now`: at once) with nothing done.
+    Expired,
+    /// The call failed for a reason of its own.
+    Failed(E),
+}
+
+impl<E> From<E> for Waited<E> {
+    fn from(e: E) -> Self {
+        Waited::Failed(e)
+    }
+}
+
+impl<E> Waited<E> {
+    /// The outcome of a wait until a deadline, whose attempt fails with `E`: `None` means the
+    /// deadline passed.
+    pub(crate) fn of<T>(waited: Result<Option<T>, E>) -> Result<T, Waited<E>> {
+        match waited {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(Waited::Expired),
+            Err(e) => Err(Waited::Failed(e)),
+        }
+    }
+
+    /// The error of a call that waited with `Deadline::Never`, which never expires: a wait
+    /// (`WaitCell::wait_or_repair` and `wait_for`) without a deadline returns only when its
+    /// attempt succeeds or fails, and nothing read from shared memory changes that.
+    #[track_caller]
+    pub(crate) fn forever(self) -> E {
+        match self {
+            Waited::Failed(e) => e,
+            Waited::Expired => unreachable!("a wait without a deadline returned unfinished"),
+        }
+    }
+
+    /// The error as `F`, with `expired` for a deadline that passed.
+    pub(crate) fn or<F: From<E>>(self, expired: F) -> F {
+        match self {
+            Waited::Expired => expired,
+            Waited::Failed(e) => F::from(e),
+        }
+    }
+}
+
+impl SendError {
+    /// The outcome of waiting for room until a deadline: `None` means the deadline passed.
     pub(crate) fn from_wait<T>(
         waited: Result<Option<T>, Corruption>,
-        deadline: crate::sync::Deadline,
-    ) -> Result<T, RecvError> {
-        match waited {
-            Ok(Some(claim)) => Ok(claim),
-            Ok(None) if deadline.is_now() => Err(RecvError::Empty),
-            Ok(None) => Err(RecvError::Timeout),
-            Err(c) => Err(RecvError::Corrupt(c)),
-        }
+    ) -> Result<T, Waited<SendError>> {
+        Waited::of(waited.map_err(SendError::Corrupt))
+    }
+}
+
+impl RecvError {
+    /// The outcome of waiting for a message until a deadline: `None` means the deadline
+    /// passed.
+    pub(crate) fn from_wait<T>(
+        waited: Result<Option<T>, Corruption>,
+    ) -> Result<T, Waited<RecvError>> {
+        Waited::of(waited.map_err(RecvError::Corrupt))
     }
 }
 
@@ -440,6 +664,42 @@ impl From<SendError> for Error {
 impl From<RecvError> for Error {
     fn from(e: RecvError) -> Self {
         Error::Recv(e)
+    }
+}
+
+impl From<TrySendError> for Error {
+    fn from(e: TrySendError) -> Self {
+        match e {
+            TrySendError::Full => Error::Full,
+            TrySendError::Send(e) => Error::Send(e),
+        }
+    }
+}
+
+impl From<SendTimeoutError> for Error {
+    fn from(e: SendTimeoutError) -> Self {
+        match e {
+            SendTimeoutError::Timeout => Error::Timeout,
+            SendTimeoutError::Send(e) => Error::Send(e),
+        }
+    }
+}
+
+impl From<TryRecvError> for Error {
+    fn from(e: TryRecvError) -> Self {
+        match e {
+            TryRecvError::Empty => Error::Empty,
+            TryRecvError::Recv(e) => Error::Recv(e),
+        }
+    }
+}
+
+impl From<RecvTimeoutError> for Error {
+    fn from(e: RecvTimeoutError) -> Self {
+        match e {
+            RecvTimeoutError::Timeout => Error::Timeout,
+            RecvTimeoutError::Recv(e) => Error::Recv(e),
+        }
     }
 }
 

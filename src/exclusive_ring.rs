@@ -7,7 +7,7 @@
 //! once the caller knows the other side is dead. Two processes are its only users, one sending,
 //! one receiving. This measures and crash-tests the ring itself before the pipeline adopts it.
 
-use crate::error::{Corruption, Error, RecvError, SendError};
+use crate::error::{Corruption, Error, RecvError, SendError, Waited};
 use crate::layout::{Geometry, KIND_PIPELINE, PIPELINE_EXCLUSIVE_ENDS, RING_CONTROL_OFFSET};
 use crate::ring::exclusive::{ConsumerEnd, ExclusiveRing, ProducerEnd, ReadClaim};
 use crate::shm::file::{self, Mapping};
@@ -169,7 +169,7 @@ impl Sender {
         let waited = self.ring.not_full().wait_for(wait, Deadline::Never, || {
             end.try_claim().map(|free| free.then_some(()))
         });
-        SendError::from_wait(waited, Deadline::Never)
+        SendError::from_wait(waited).map_err(Waited::forever)
     }
 }
 
@@ -217,6 +217,6 @@ impl Receiver {
             .ring
             .not_empty()
             .wait_for(wait, Deadline::Never, || end.try_next());
-        RecvError::from_wait(waited, Deadline::Never)
+        RecvError::from_wait(waited).map_err(Waited::forever)
     }
 }

@@ -69,7 +69,10 @@ mod reqrep;
 #[cfg(not(loom))]
 mod salvage;
 
-pub use error::{Corruption, Error, RecvError, SendError};
+pub use error::{
+    Corruption, Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
 #[cfg(not(loom))]
 pub use peers::RecoveryStats;
 #[cfg(not(loom))]

@@ -1,6 +1,9 @@
 //! The pipeline (work queue); its specification is the documentation of [`Pipeline`].
 
-use crate::error::{Corruption, Error, RecvError, SendError};
+use crate::error::{
+    Corruption, Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError, Waited,
+};
 use crate::layout::{
     counter, Geometry, KIND_PIPELINE, PIPELINE_CHECKSUM, PIPELINE_EXCLUSIVE_ENDS, PIPELINE_FLAGS,
     RING_CONTROL_OFFSET,
@@ -752,14 +755,14 @@ impl Producer {
     }
 
     #[inline]
-    fn claim(&self, ring: &MpmcRing, deadline: Deadline) -> Result<WriteClaim, SendError> {
+    fn claim(&self, ring: &MpmcRing, deadline: Deadline) -> Result<WriteClaim, Waited<SendError>> {
         let waited = self.shared.wait(
             &self.me,
             (ring.not_full(), counter::FULL),
             (self.wait, deadline),
             ring.write_claimer(self.owner),
         );
-        let claim = SendError::from_wait(waited, deadline)?;
+        let claim = SendError::from_wait(waited)?;
         crate::testhook::park_at("producer-claimed");
         Ok(claim)
     }
@@ -771,14 +774,14 @@ impl Producer {
         ring: &ExclusiveRing,
         end: &mut ProducerEnd,
         deadline: Deadline,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), Waited<SendError>> {
         let waited = self.shared.wait(
             &self.me,
             (ring.not_full(), counter::FULL),
             (self.wait, deadline),
             || end.try_claim().map(|free| free.then_some(())),
         );
-        SendError::from_wait(waited, deadline)?;
+        SendError::from_wait(waited)?;
         crate::testhook::park_at("producer-claimed");
         Ok(())
     }
@@ -822,7 +825,7 @@ impl Producer {
     }
 
     #[inline]
-    fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), SendError> {
+    fn send_with(&self, msg: &[u8], deadline: Deadline) -> Result<(), Waited<SendError>> {
         self.me.check_send()?;
         self.check_len(msg.len())?;
         match &self.ends {
@@ -830,7 +833,7 @@ impl Producer {
                 let claim = self.claim(ring, deadline)?;
                 let result = self.write_and_commit(ring, claim, msg);
                 ring.not_empty().notify();
-                result
+                Ok(result?)
             }
             Ends::Exclusive(ring, end) => {
                 let mut end = lock(end);
@@ -851,23 +854,28 @@ impl Producer {
     #[inline]
     pub fn send(&self, msg: &[u8]) -> Result<(), SendError> {
         self.send_with(msg, Deadline::Never)
+            .map_err(Waited::forever)
     }
 
     /// Sends `msg` if there is room now.
     ///
     /// # Errors
-    /// [`SendError::Full`] if there is no room, and as for [`send`](Self::send).
+    /// [`TrySendError::Full`] if there is no room; [`TrySendError::Send`] as for
+    /// [`send`](Self::send).
     #[inline]
-    pub fn try_send(&self, msg: &[u8]) -> Result<(), SendError> {
+    pub fn try_send(&self, msg: &[u8]) -> Result<(), TrySendError> {
         self.send_with(msg, Deadline::Now)
+            .map_err(|e| e.or(TrySendError::Full))
     }
 
     /// Sends `msg`, waiting at most `timeout` for room.
     ///
     /// # Errors
-    /// [`SendError::Timeout`] if the queue stayed full, and as for [`send`](Self::send).
-    pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), SendError> {
+    /// [`SendTimeoutError::Timeout`] if the queue stayed full; [`SendTimeoutError::Send`] as
+    /// for [`send`](Self::send).
+    pub fn send_timeout(&self, msg: &[u8], timeout: Duration) -> Result<(), SendTimeoutError> {
         self.send_with(msg, Deadline::after(timeout))
+            .map_err(|e| e.or(SendTimeoutError::Timeout))
     }
 
     /// Sends every message of `msgs` in order, waiting for room as needed, and wakes parked
@@ -890,7 +898,8 @@ impl Producer {
                 // Each commit wakes a parked consumer (one fence and load when none is).
                 let mut end = lock(end);
                 for msg in msgs {
-                    self.claim_exclusive(ring, &mut end, Deadline::Never)?;
+                    self.claim_exclusive(ring, &mut end, Deadline::Never)
+                        .map_err(Waited::forever)?;
                     self.write_and_commit_exclusive(&mut end, msg);
                 }
                 return Ok(());
@@ -905,7 +914,7 @@ impl Producer {
                 None => {
                     // Full: let consumers see what we sent before we wait for them.
                     ring.not_empty().notify();
-                    self.claim(ring, Deadline::Never)?
+                    self.claim(ring, Deadline::Never).map_err(Waited::forever)?
                 }
             };
             self.write_and_commit(ring, claim, msg)?;
@@ -921,7 +930,7 @@ impl Producer {
     /// **A loan holds up every consumer while it is the oldest slot.** Messages are delivered
     /// in the order their slots were claimed, so while the loaned slot is at the head of the
     /// ring, consumers find nothing to receive, even when messages committed after it are
-    /// ready (and so wait, or get [`RecvError::Empty`]). Prepare the data first, then loan,
+    /// ready (and so wait, or get [`TryRecvError::Empty`]). Prepare the data first, then loan,
     /// fill and commit without doing anything slow in between; if producing a message takes
     /// long, build it in a buffer of your own and [`send`](Self::send) a copy.
     ///
@@ -942,17 +951,19 @@ impl Producer {
     /// As for [`send`](Self::send).
     pub fn loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
         self.loan_with(len, Deadline::Never)
+            .map_err(Waited::forever)
     }
 
-    /// Like [`loan`](Self::loan), but fails with [`SendError::Full`] instead of waiting.
+    /// Like [`loan`](Self::loan), but fails with [`TrySendError::Full`] instead of waiting.
     ///
     /// # Errors
     /// As for [`try_send`](Self::try_send).
-    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, SendError> {
+    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, TrySendError> {
         self.loan_with(len, Deadline::Now)
+            .map_err(|e| e.or(TrySendError::Full))
     }
 
-    fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, SendError> {
+    fn loan_with(&self, len: usize, deadline: Deadline) -> Result<Loan<'_>, Waited<SendError>> {
         self.me.check_send()?;
         self.check_len(len)?;
         let claim = match &self.ends {
@@ -1227,10 +1238,10 @@ impl Consumer {
 
     /// Receives the next message, verified against its checksum if the queue has them.
     #[inline]
-    fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+    fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, Waited<RecvError>> {
         let msg = self.take_with(deadline)?;
         if self.shared.checksum {
-            return self.verified(msg, None);
+            return Ok(self.verified(msg, None)?);
         }
         Ok(msg)
     }
@@ -1263,7 +1274,7 @@ impl Consumer {
 
     /// Takes the next message off the ring, unverified.
     #[inline]
-    fn take_with(&self, deadline: Deadline) -> Result<Message<'_>, RecvError> {
+    fn take_with(&self, deadline: Deadline) -> Result<Message<'_>, Waited<RecvError>> {
         self.me.check_recv()?;
         let claim = match &self.ends {
             Ends::Shared(ring) => {
@@ -1273,7 +1284,7 @@ impl Consumer {
                     (self.wait, deadline),
                     self.or_alone(|| ring.try_claim_read(self.owner)),
                 );
-                let claim = RecvError::from_wait(waited, deadline)?;
+                let claim = RecvError::from_wait(waited)?;
                 MessageClaim::Shared(ring, claim.ok_or(RecvError::Disconnected)?)
             }
             Ends::Exclusive(ring, end) => {
@@ -1284,7 +1295,7 @@ impl Consumer {
                     (self.wait, deadline),
                     self.or_alone(|| end.try_next()),
                 );
-                let claim = RecvError::from_wait(waited, deadline)?;
+                let claim = RecvError::from_wait(waited)?;
                 MessageClaim::Exclusive(ring, claim.ok_or(RecvError::Disconnected)?)
             }
         };
@@ -1340,24 +1351,28 @@ impl Consumer {
     /// was skipped, and the next receive gets the message after it.
     #[inline]
     pub fn recv(&self) -> Result<Message<'_>, RecvError> {
-        self.recv_with(Deadline::Never)
+        self.recv_with(Deadline::Never).map_err(Waited::forever)
     }
 
     /// Receives the next message if one is ready.
     ///
     /// # Errors
-    /// [`RecvError::Empty`] if none is, and as for [`recv`](Self::recv).
+    /// [`TryRecvError::Empty`] if none is; [`TryRecvError::Recv`] as for
+    /// [`recv`](Self::recv).
     #[inline]
-    pub fn try_recv(&self) -> Result<Message<'_>, RecvError> {
+    pub fn try_recv(&self) -> Result<Message<'_>, TryRecvError> {
         self.recv_with(Deadline::Now)
+            .map_err(|e| e.or(TryRecvError::Empty))
     }
 
     /// Receives the next message, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`RecvError::Timeout`] if none arrived, and as for [`recv`](Self::recv).
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+    /// [`RecvTimeoutError::Timeout`] if none arrived; [`RecvTimeoutError::Recv`] as for
+    /// [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvTimeoutError> {
         self.recv_with(Deadline::after(timeout))
+            .map_err(|e| e.or(RecvTimeoutError::Timeout))
     }
 
     /// Receives the next message by copying it into `buf`, waiting for one, and acknowledges
@@ -1387,32 +1402,39 @@ impl Consumer {
     /// as for [`recv`](Self::recv).
     pub fn recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
         self.copy_with(buf, Deadline::Never)
+            .map_err(Waited::forever)
     }
 
-    /// Like [`recv_into`](Self::recv_into), but fails with [`RecvError::Empty`] instead of
+    /// Like [`recv_into`](Self::recv_into), but fails with [`TryRecvError::Empty`] instead of
     /// waiting.
     ///
     /// # Errors
     /// As for [`recv_into`](Self::recv_into) and [`try_recv`](Self::try_recv).
-    pub fn try_recv_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+    pub fn try_recv_into(&self, buf: &mut [u8]) -> Result<usize, TryRecvError> {
         self.copy_with(buf, Deadline::Now)
+            .map_err(|e| e.or(TryRecvError::Empty))
     }
 
     /// Like [`recv_into`](Self::recv_into), waiting at most `timeout`.
     ///
     /// # Errors
     /// As for [`recv_into`](Self::recv_into) and [`recv_timeout`](Self::recv_timeout).
-    pub fn recv_into_timeout(&self, buf: &mut [u8], timeout: Duration) -> Result<usize, RecvError> {
+    pub fn recv_into_timeout(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<usize, RecvTimeoutError> {
         self.copy_with(buf, Deadline::after(timeout))
+            .map_err(|e| e.or(RecvTimeoutError::Timeout))
     }
 
-    fn copy_with(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize, RecvError> {
+    fn copy_with(&self, buf: &mut [u8], deadline: Deadline) -> Result<usize, Waited<RecvError>> {
         let max = self.shared.geometry.max_message as usize;
         if buf.len() < max {
-            return Err(RecvError::BufferTooSmall {
+            return Err(Waited::Failed(RecvError::BufferTooSmall {
                 len: buf.len(),
                 max,
-            });
+            }));
         }
         let msg = self.take_with(deadline)?;
         let len = msg
@@ -1568,11 +1590,11 @@ impl<'a> Iterator for ConsumerIter<'a> {
         }
         match self.consumer.recv_with(self.deadline) {
             Ok(msg) => Some(Ok(msg)),
-            Err(RecvError::Empty | RecvError::Disconnected) => {
+            Err(Waited::Expired | Waited::Failed(RecvError::Disconnected)) => {
                 self.done = true;
                 None
             }
-            Err(e) => {
+            Err(Waited::Failed(e)) => {
                 self.done = true;
                 Some(Err(e))
             }
@@ -1907,7 +1929,7 @@ mod tests {
         let _leaked_too = ring.try_claim_write(10).unwrap().unwrap();
         producer.send(b"behind").unwrap();
         assert!(
-            matches!(consumer.try_recv(), Err(RecvError::Empty)),
+            matches!(consumer.try_recv(), Err(TryRecvError::Empty)),
             "wedged"
         );
         // Attach and stall sweeps look at entries in use only; repair looks at free ones too.
@@ -1919,7 +1941,7 @@ mod tests {
         let m = consumer.try_recv().unwrap();
         assert!(!m.redelivered() && &*m == b"behind");
         drop(m);
-        assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+        assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
         assert_eq!(q.repair().unwrap(), RecoveryStats::default());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -2007,7 +2029,7 @@ mod tests {
         let mut got = Vec::new();
         assert_eq!(c.recv_batch(8, |m| got.push(m.to_vec())).unwrap(), 4);
         assert_eq!(got, [&b"one"[..], b"two", b"three", b"four"]);
-        assert!(matches!(c.try_recv(), Err(RecvError::Empty)));
+        assert!(matches!(c.try_recv(), Err(TryRecvError::Empty)));
         assert_eq!(q.len(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -2022,7 +2044,7 @@ mod tests {
         let mut loan = p.loan(4).unwrap();
         loan.copy_from_slice(b"lost");
         drop(loan);
-        assert!(matches!(c.try_recv(), Err(RecvError::Empty)));
+        assert!(matches!(c.try_recv(), Err(TryRecvError::Empty)));
         let mut loan = p.try_loan(4).unwrap();
         loan.copy_from_slice(b"kept");
         assert_eq!(&*loan, b"kept");
@@ -2040,7 +2062,7 @@ mod tests {
         let m = c.try_recv().unwrap();
         assert!(m.redelivered() && &*m == b"kept");
         drop(m);
-        assert!(matches!(c.try_recv(), Err(RecvError::Empty)));
+        assert!(matches!(c.try_recv(), Err(TryRecvError::Empty)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,6 +1,9 @@
 //! Publish-subscribe; its specification is the documentation of [`PubSub`].
 
-use crate::error::{Error, RecvError, SendError};
+use crate::error::{
+    Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    Waited,
+};
 use crate::layout::{
     counter, Geometry, Shape, KIND_PUBSUB, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST,
     RING_CONTROL_OFFSET,
@@ -230,7 +233,7 @@ fn ring_of(region: Region, g: &Geometry) -> BroadcastRing {
 ///   It never sees a torn or half-overwritten message: messages are copied out, then the slot is
 ///   checked not to have been reused during the copy.
 /// * [`Overflow::Block`]: no attached subscriber misses anything; a publisher waits (or, with
-///   [`Publisher::try_publish`], fails with [`SendError::Full`]) until the slowest attached
+///   [`Publisher::try_publish`], fails with [`TrySendError::Full`]) until the slowest attached
 ///   subscriber has read the message it would overwrite. A subscriber that is dropped stops
 ///   holding publishers back at once; one whose process dies stops holding them back as soon
 ///   as a waiting publisher's liveness check finds it dead (after
@@ -394,7 +397,7 @@ impl PubSub {
     /// let mut late = channel.subscribe(&[b"config/".as_slice()]).history().attach()?;
     /// assert_eq!(late.try_recv()?.payload(), b"host=10.0.0.7");
     /// let mut now_on = channel.subscriber(&[b"config/".as_slice()])?;
-    /// assert_eq!(now_on.try_recv().unwrap_err(), shmq::RecvError::Empty);
+    /// assert_eq!(now_on.try_recv().unwrap_err(), shmq::TryRecvError::Empty);
     /// # PubSub::remove(&path)?;
     /// # Ok::<(), shmq::Error>(())
     /// ```
@@ -487,20 +490,20 @@ impl Publisher {
         topic: &[u8],
         payload: &[u8],
         deadline: Deadline,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), Waited<SendError>> {
         self.me.check_send()?;
         let ring = &self.shared.ring;
         if topic.len() > ring.max_topic() {
-            return Err(SendError::TopicTooLarge {
+            return Err(Waited::Failed(SendError::TopicTooLarge {
                 len: topic.len(),
                 max: ring.max_topic(),
-            });
+            }));
         }
         if payload.len() > ring.max_message() {
-            return Err(SendError::TooLarge {
+            return Err(Waited::Failed(SendError::TooLarge {
                 len: payload.len(),
                 max: ring.max_message(),
-            });
+            }));
         }
         let waited = self
             .me
@@ -511,7 +514,7 @@ impl Publisher {
                 || ring.try_claim(self.owner, &self.gate),
                 || self.shared.repair_quietly(),
             );
-        let claim = SendError::from_wait(waited, deadline)?;
+        let claim = SendError::from_wait(waited)?;
         crate::testhook::park_at("publisher-claimed");
         let committed = ring.write_and_commit(claim, topic, payload);
         // Subscribers wait for the message; a publisher a whole ring ahead may be waiting for
@@ -523,7 +526,7 @@ impl Publisher {
         } else {
             // A recovery pass (or another process writing the file) took the slot away.
             self.shared.count_refused();
-            Err(SendError::ClaimLost)
+            Err(Waited::Failed(SendError::ClaimLost))
         }
     }
 
@@ -536,29 +539,34 @@ impl Publisher {
     #[inline]
     pub fn publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.publish_with(topic, payload, Deadline::Never)
+            .map_err(Waited::forever)
     }
 
     /// Publishes if that needs no waiting.
     ///
     /// # Errors
-    /// [`SendError::Full`] in Block mode when the slowest subscriber is a ring behind, and as
-    /// for [`publish`](Self::publish).
+    /// [`TrySendError::Full`] in Block mode when the slowest subscriber is a ring behind (and,
+    /// in drop-oldest mode, only while another publisher a whole ring behind is still copying
+    /// into the slot); [`TrySendError::Send`] as for [`publish`](Self::publish).
     #[inline]
-    pub fn try_publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), SendError> {
+    pub fn try_publish(&self, topic: &[u8], payload: &[u8]) -> Result<(), TrySendError> {
         self.publish_with(topic, payload, Deadline::Now)
+            .map_err(|e| e.or(TrySendError::Full))
     }
 
     /// Publishes, waiting at most `timeout` for room.
     ///
     /// # Errors
-    /// [`SendError::Timeout`], and as for [`publish`](Self::publish).
+    /// [`SendTimeoutError::Timeout`]; [`SendTimeoutError::Send`] as for
+    /// [`publish`](Self::publish).
     pub fn publish_timeout(
         &self,
         topic: &[u8],
         payload: &[u8],
         timeout: Duration,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), SendTimeoutError> {
         self.publish_with(topic, payload, Deadline::after(timeout))
+            .map_err(|e| e.or(SendTimeoutError::Timeout))
     }
 }
 
@@ -704,12 +712,12 @@ impl Iterator for SubscriberIter<'_> {
         match self.subscriber.recv_with(self.deadline) {
             Ok(msg) => Some(Ok(msg.to_owned_message())),
             // Not an end: the next receive continues from the oldest message retained.
-            Err(e @ RecvError::Lagged(_)) => Some(Err(e)),
-            Err(RecvError::Empty) => {
+            Err(Waited::Failed(e @ RecvError::Lagged(_))) => Some(Err(e)),
+            Err(Waited::Expired) => {
                 self.done = true;
                 None
             }
-            Err(e) => {
+            Err(Waited::Failed(e)) => {
                 self.done = true;
                 Some(Err(e))
             }
@@ -747,7 +755,7 @@ impl Subscriber {
     }
 
     #[inline]
-    fn recv_with(&mut self, deadline: Deadline) -> Result<TopicMessage<'_>, RecvError> {
+    fn recv_with(&mut self, deadline: Deadline) -> Result<TopicMessage<'_>, Waited<RecvError>> {
         self.me.check_recv()?;
         let ring = &self.shared.ring;
         let (cursor, buf, prefixes, entry) =
@@ -764,12 +772,7 @@ impl Subscriber {
                 || next_wanted(ring, cursor, buf, prefixes, entry, stats),
                 repair,
             );
-        match found {
-            Ok(Some(found)) => Ok(self.found(found)),
-            Ok(None) if matches!(deadline, Deadline::Now) => Err(RecvError::Empty),
-            Ok(None) => Err(RecvError::Timeout),
-            Err(e) => Err(e),
-        }
+        Ok(self.found(Waited::of(found)?))
     }
 
     /// The message that [`next_wanted`] left in the buffer (its topic and payload lengths).
@@ -831,24 +834,29 @@ impl Subscriber {
     /// continues from the oldest retained one. [`RecvError::Corrupt`] if shared memory breaks the protocol.
     #[inline]
     pub fn recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
-        self.recv_with(Deadline::Never)
+        self.recv_with(Deadline::Never).map_err(Waited::forever)
     }
 
     /// Receives the next message if one is ready.
     ///
     /// # Errors
-    /// [`RecvError::Empty`], and as for [`recv`](Self::recv).
+    /// [`TryRecvError::Empty`]; [`TryRecvError::Recv`] as for [`recv`](Self::recv).
     #[inline]
-    pub fn try_recv(&mut self) -> Result<TopicMessage<'_>, RecvError> {
+    pub fn try_recv(&mut self) -> Result<TopicMessage<'_>, TryRecvError> {
         self.recv_with(Deadline::Now)
+            .map_err(|e| e.or(TryRecvError::Empty))
     }
 
     /// Receives the next message, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`RecvError::Timeout`], and as for [`recv`](Self::recv).
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<TopicMessage<'_>, RecvError> {
+    /// [`RecvTimeoutError::Timeout`]; [`RecvTimeoutError::Recv`] as for [`recv`](Self::recv).
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<TopicMessage<'_>, RecvTimeoutError> {
         self.recv_with(Deadline::after(timeout))
+            .map_err(|e| e.or(RecvTimeoutError::Timeout))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Request-reply; its specification is the documentation of [`Service`].
 
-use crate::error::{Corruption, Error, RecvError, SendError};
+use crate::error::{
+    Corruption, Error, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
+    TrySendError, Waited,
+};
 use crate::layout::{
     counter, Envelope, Geometry, Shape, ENVELOPE_SIZE, KIND_SERVICE, RING_CONTROL_OFFSET,
     RING_CONTROL_SIZE, TABLE_ENTRY_SIZE,
@@ -360,10 +363,10 @@ fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
 /// outnumber the free slots of its reply ring, and **servers never find a reply ring full**.
 /// With every place taken, `send` first takes the replies that have arrived; if every place is
 /// still held by a request waited for, a reply kept or a `Reply` not dropped, it is
-/// [`SendError::Full`] at once (only waiting for them, or dropping their tickets or replies,
-/// frees one); if some are held only by requests given up (below),
-/// `send` waits for their late replies (`try_send`: `Full`; `request_timeout`: until its
-/// deadline, then [`SendError::Timeout`]).
+/// [`SendError::AllPlacesHeld`] at once, also from the blocking `send` (only waiting for them,
+/// or dropping their tickets or replies, frees one, so waiting would never end); if some are
+/// held only by requests given up (below), `send` waits for their late replies (`try_send`:
+/// [`TrySendError::Full`]; `request_timeout`: until its deadline, then [`Error::Timeout`]).
 ///
 /// A server that drops a request without replying sends a "no reply" notice instead, so the
 /// client's wait ends with [`RecvError::NoReply`] rather than a timeout.
@@ -380,17 +383,17 @@ fn copy_after_envelope(ring: &MpmcRing, claim: &ReadClaim) -> Vec<u8> {
 ///
 /// # Giving up: timeouts, dropped tickets, errors
 ///
-/// [`Client::request_timeout`] and [`Client::wait_timeout`] give up with
-/// [`RecvError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the same way,
-/// and so does dropping a [`Pending`] without waiting (a ticket tells its client through a
-/// small board shared with it, so it can be dropped anywhere). A request given up keeps its
+/// [`Client::request_timeout`] and [`Client::wait_timeout`] give up with [`Error::Timeout`]
+/// and [`RecvTimeoutError::Timeout`]; a wait that fails ([`RecvError::Corrupt`]) gives up the
+/// same way, and so does dropping a [`Pending`] without waiting (a ticket tells its client
+/// through a small board shared with it, so it can be dropped anywhere). A request given up keeps its
 /// place until its late reply arrives, which is then discarded — never handed to a later
 /// request — and frees the place; a reply already kept for a dropped ticket frees its place at
 /// once. What a timeout leaves behind is therefore one place, and the request itself, which a
 /// server will still answer. So a client that keeps retrying through a server outage gets
-/// timeouts (never a `Full` for good) and works again, without re-attaching, once a server
-/// answers. A place stays taken for as long as its reply can still come: for ever only if the
-/// reply is lost, to a corrupt file or to a server that gave up delivering it (after
+/// timeouts (never an `AllPlacesHeld` for good) and works again, without re-attaching, once a
+/// server answers. A place stays taken for as long as its reply can still come: for ever only
+/// if the reply is lost, to a corrupt file or to a server that gave up delivering it (after
 /// [`Request::reply`] found the reply ring full for a second, which takes replies the client
 /// owes no place to — forged ones, a late reply to the entry's previous owner that raced past
 /// the server's check, or the second reply to a request delivered again after a server died
@@ -587,7 +590,7 @@ impl Server {
     }
 
     #[inline]
-    fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, RecvError> {
+    fn recv_with(&self, deadline: Deadline) -> Result<Request<'_>, Waited<RecvError>> {
         self.me.check_recv()?;
         let ring = &self.shared.requests;
         let waited = self
@@ -599,7 +602,7 @@ impl Server {
                 || ring.try_claim_read(self.owner),
                 || self.shared.repair_quietly(),
             );
-        let claim = RecvError::from_wait(waited, deadline)?;
+        let claim = RecvError::from_wait(waited)?;
         match envelope_of(ring, &claim) {
             Some(envelope) if envelope.client < self.shared.geometry.table_entries => {
                 crate::testhook::park_at("server-received");
@@ -612,9 +615,9 @@ impl Server {
             _ => {
                 // Not a request anyone could be waiting for: acknowledge it and report it.
                 self.shared.release(ring, claim);
-                Err(RecvError::Corrupt(Corruption::BadState(
+                Err(Waited::Failed(RecvError::Corrupt(Corruption::BadState(
                     "a request names no valid client",
-                )))
+                ))))
             }
         }
     }
@@ -640,24 +643,26 @@ impl Server {
     /// [`RecvError::Corrupt`] if shared memory breaks the protocol.
     #[inline]
     pub fn recv(&self) -> Result<Request<'_>, RecvError> {
-        self.recv_with(Deadline::Never)
+        self.recv_with(Deadline::Never).map_err(Waited::forever)
     }
 
     /// Takes the next request if one is waiting.
     ///
     /// # Errors
-    /// [`RecvError::Empty`], and as for [`recv`](Self::recv).
+    /// [`TryRecvError::Empty`]; [`TryRecvError::Recv`] as for [`recv`](Self::recv).
     #[inline]
-    pub fn try_recv(&self) -> Result<Request<'_>, RecvError> {
+    pub fn try_recv(&self) -> Result<Request<'_>, TryRecvError> {
         self.recv_with(Deadline::Now)
+            .map_err(|e| e.or(TryRecvError::Empty))
     }
 
     /// Takes the next request, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`RecvError::Timeout`], and as for [`recv`](Self::recv).
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Request<'_>, RecvError> {
+    /// [`RecvTimeoutError::Timeout`]; [`RecvTimeoutError::Recv`] as for [`recv`](Self::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Request<'_>, RecvTimeoutError> {
         self.recv_with(Deadline::after(timeout))
+            .map_err(|e| e.or(RecvTimeoutError::Timeout))
     }
 }
 
@@ -744,23 +749,27 @@ impl Request<'_> {
 
     /// Sends `payload` back to the client that asked, then acknowledges the request.
     ///
+    /// Never waits long: a client never owes more replies than its reply ring has free slots,
+    /// so room is waited for only while the client misbehaves, and then for at most one second
+    /// (an internal deadline), which is why this returns a [`SendTimeoutError`].
+    ///
     /// # Errors
     /// [`SendError::TooLarge`]: nothing is sent, the request is acknowledged, and the client's
-    /// wait ends with [`RecvError::NoReply`]. [`SendError::Timeout`] if the client's reply ring
-    /// stayed full for a second (the client is misbehaving): the reply is dropped.
+    /// wait ends with [`RecvError::NoReply`]. [`SendTimeoutError::Timeout`] if the client's
+    /// reply ring stayed full for that second: the reply is dropped.
     /// [`SendError::ClaimLost`] if the reply's slot, or the request itself, had been taken
     /// away (a recovery pass judged this server dead, or another process rewrote the file):
     /// the request is delivered again to a server, whose reply the client keeps if this one
     /// did not reach it (a client keeps only the first reply to a request). Counted in
     /// [`RecoveryStats::refused`].
     #[inline]
-    pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendError> {
+    pub fn reply(mut self, payload: &[u8]) -> Result<Delivery, SendTimeoutError> {
         self.server.me.check_send()?;
         let shared = &self.server.shared;
         shared.check_len(payload.len())?;
         let outcome = self.deliver(payload, 0);
         match (outcome, self.acknowledge()) {
-            (Ok(_), false) => Err(SendError::ClaimLost),
+            (Ok(_), false) => Err(SendError::ClaimLost.into()),
             (outcome, _) => outcome,
         }
     }
@@ -782,7 +791,7 @@ impl Request<'_> {
     }
 
     #[inline]
-    fn deliver(&self, payload: &[u8], flags: u32) -> Result<Delivery, SendError> {
+    fn deliver(&self, payload: &[u8], flags: u32) -> Result<Delivery, SendTimeoutError> {
         let shared = &self.server.shared;
         let env = Envelope {
             flags,
@@ -812,8 +821,8 @@ impl Request<'_> {
         {
             Ok(Some(Some(claim))) => claim,
             Ok(Some(None)) => return Ok(Delivery::ClientGone),
-            Ok(None) => return Err(SendError::Timeout),
-            Err(c) => return Err(SendError::Corrupt(c)),
+            Ok(None) => return Err(SendTimeoutError::Timeout),
+            Err(c) => return Err(SendError::Corrupt(c).into()),
         };
         let result = put(shared, ring, claim, &env, payload);
         ring.not_empty().notify();
@@ -1294,7 +1303,7 @@ impl Client {
     }
 
     #[inline]
-    fn send_with(&self, payload: &[u8], deadline: Deadline) -> Result<Pending, SendError> {
+    fn send_with(&self, payload: &[u8], deadline: Deadline) -> Result<Pending, Waited<SendError>> {
         self.me.check_send()?;
         self.shared.check_len(payload.len())?;
         let taken = self.ledger().take();
@@ -1309,7 +1318,7 @@ impl Client {
             .wait_or_repair(self.wait, deadline, ring.write_claimer(self.owner), || {
                 self.shared.repair_quietly()
             });
-        let claim = match SendError::from_wait(waited, deadline) {
+        let claim = match SendError::from_wait(waited) {
             Ok(claim) => claim,
             Err(e) => {
                 self.ledger().free(id);
@@ -1326,7 +1335,7 @@ impl Client {
         ring.not_empty().notify();
         if let Err(e) = result {
             self.ledger().free(id);
-            return Err(e);
+            return Err(e.into());
         }
         self.me.stats().add(counter::SENT, 1);
         Ok(Pending {
@@ -1339,7 +1348,7 @@ impl Client {
     /// takes the replies that have arrived (those of requests given up free their places),
     /// and if some places are held only for late replies, waits for them until `deadline`.
     #[cold]
-    fn make_room(&self, deadline: Deadline) -> Result<u64, SendError> {
+    fn make_room(&self, deadline: Deadline) -> Result<u64, Waited<SendError>> {
         let shared = &self.shared;
         let ring = self.reply_ring();
         let (me, owner) = ((self.index, self.generation), self.owner);
@@ -1355,11 +1364,18 @@ impl Client {
         if let Some(id) = id {
             return Ok(id);
         }
-        if deadline.is_now() || !late {
+        if !late {
             // Every place is held for a request still wanted or a reply kept or handed out:
             // only waiting for those (or dropping their tickets or replies) frees one.
             stats.add(counter::FULL, 1);
-            return Err(SendError::Full);
+            return Err(Waited::Failed(SendError::AllPlacesHeld {
+                places: shared.geometry.reply_capacity as usize,
+            }));
+        }
+        if deadline.is_now() {
+            // Some places will come free with late replies: a blocking send would wait.
+            stats.add(counter::FULL, 1);
+            return Err(Waited::Expired);
         }
         // Waiting for a late reply to free a place: counted as a send that found no room.
         let waited = self
@@ -1371,11 +1387,7 @@ impl Client {
                 || reclaim_and_drain().map(|(id, _)| id),
                 || shared.repair_quietly(),
             );
-        match waited {
-            Ok(Some(id)) => Ok(id),
-            Ok(None) => Err(SendError::Timeout),
-            Err(c) => Err(SendError::Corrupt(c)),
-        }
+        SendError::from_wait(waited)
     }
 
     /// Sends a request without waiting for its reply. Waits while the request ring is full,
@@ -1405,21 +1417,24 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`SendError::Full`] if every one of the `reply_capacity` places is held by a request
-    /// still wanted, a reply kept for a later wait or a [`Reply`] not dropped yet;
-    /// [`SendError::TooLarge`]; [`SendError::ClaimLost`] (nothing was sent);
-    /// [`SendError::Corrupt`].
+    /// [`SendError::AllPlacesHeld`] (at once: waiting would never end) if every one of the
+    /// `reply_capacity` places is held by a request still wanted, a reply kept for a later
+    /// wait or a [`Reply`] not dropped yet; [`SendError::TooLarge`]; [`SendError::ClaimLost`]
+    /// (nothing was sent); [`SendError::Corrupt`].
     #[inline]
     pub fn send(&self, payload: &[u8]) -> Result<Pending, SendError> {
         self.send_with(payload, Deadline::Never)
+            .map_err(Waited::forever)
     }
 
-    /// Like [`send`](Self::send), but fails with [`SendError::Full`] rather than wait for room.
+    /// Like [`send`](Self::send), but fails with [`TrySendError::Full`] rather than wait for
+    /// room (in the request ring, or for a place to come free with a late reply).
     ///
     /// # Errors
-    /// As for [`send`](Self::send).
-    pub fn try_send(&self, payload: &[u8]) -> Result<Pending, SendError> {
+    /// [`TrySendError::Full`]; [`TrySendError::Send`] as for [`send`](Self::send).
+    pub fn try_send(&self, payload: &[u8]) -> Result<Pending, TrySendError> {
         self.send_with(payload, Deadline::Now)
+            .map_err(|e| e.or(TrySendError::Full))
     }
 
     /// Whether `pending` is a ticket of this client (a ticket of another client names a
@@ -1466,16 +1481,20 @@ impl Client {
     }
 
     #[inline]
-    fn wait_with(&self, mut pending: Pending, deadline: Deadline) -> Result<Reply<'_>, RecvError> {
+    fn wait_with(
+        &self,
+        mut pending: Pending,
+        deadline: Deadline,
+    ) -> Result<Reply<'_>, Waited<RecvError>> {
         self.me.check_recv()?;
         let want = pending.id;
         // Another client's ticket: dropped here, it gives its request up there.
         let Some(place) = self.place_of_ticket(&pending)? else {
-            return Err(no_such_request());
+            return Err(no_such_request().into());
         };
         pending.dropped = None; // redeemed
         if let Place::Kept { len, no_reply } = place {
-            return self.redeem(want, Found { len, no_reply });
+            return Ok(self.redeem(want, Found { len, no_reply })?);
         }
         let ring = self.reply_ring();
         let found = self
@@ -1488,19 +1507,15 @@ impl Client {
                 || self.shared.repair_quietly(),
             );
         match found {
-            Ok(Some(found)) => self.redeem(want, found),
+            Ok(Some(found)) => Ok(self.redeem(want, found)?),
             Ok(None) => {
                 // Given up: its place is freed when its late reply comes (and is discarded).
                 self.ledger().give_up(want);
-                Err(if deadline.is_now() {
-                    RecvError::Empty
-                } else {
-                    RecvError::Timeout
-                })
+                Err(Waited::Expired)
             }
             Err(c) => {
                 self.ledger().give_up(want);
-                Err(RecvError::Corrupt(c))
+                Err(RecvError::Corrupt(c).into())
             }
         }
     }
@@ -1531,19 +1546,21 @@ impl Client {
     #[inline]
     pub fn wait(&self, pending: Pending) -> Result<Reply<'_>, RecvError> {
         self.wait_with(pending, Deadline::Never)
+            .map_err(Waited::forever)
     }
 
     /// Waits at most `timeout` for the reply to `pending`. On timeout the request is given up:
     /// its reply, if it ever comes, is discarded, and only then is its place free again.
     ///
     /// # Errors
-    /// [`RecvError::Timeout`], and as for [`wait`](Self::wait).
+    /// [`RecvTimeoutError::Timeout`]; [`RecvTimeoutError::Recv`] as for [`wait`](Self::wait).
     pub fn wait_timeout(
         &self,
         pending: Pending,
         timeout: Duration,
-    ) -> Result<Reply<'_>, RecvError> {
+    ) -> Result<Reply<'_>, RecvTimeoutError> {
         self.wait_with(pending, Deadline::after(timeout))
+            .map_err(|e| e.or(RecvTimeoutError::Timeout))
     }
 
     /// Sends a request and waits for its reply.
@@ -1559,15 +1576,19 @@ impl Client {
     /// Sends a request and waits at most `timeout` (in all) for its reply.
     ///
     /// # Errors
-    /// [`Error::Recv`]`(`[`RecvError::Timeout`]`)` if no reply came in time (a late reply is
-    /// discarded, never handed to a later request); [`Error::Send`]`(`[`SendError::Timeout`]`)`
-    /// if no place came free in time (every place held by requests given up, whose late
-    /// replies have not come: typically while no server is attached); and as for
-    /// [`request`](Self::request).
+    /// [`Error::Timeout`] if the deadline passed: before the request could be sent (no room
+    /// in the request ring, or no place came free: every place held by requests given up,
+    /// whose late replies have not come, typically while no server is attached), or before
+    /// its reply came (a late reply is discarded, never handed to a later request); and
+    /// [`Error::Send`] or [`Error::Recv`] as for [`request`](Self::request).
     pub fn request_timeout(&self, payload: &[u8], timeout: Duration) -> Result<Reply<'_>, Error> {
         let deadline = Deadline::after(timeout);
-        let pending = self.send_with(payload, deadline)?;
-        Ok(self.wait_with(pending, deadline)?)
+        let pending = self
+            .send_with(payload, deadline)
+            .map_err(|e| e.or(SendTimeoutError::Timeout))?;
+        Ok(self
+            .wait_with(pending, deadline)
+            .map_err(|e| e.or(RecvTimeoutError::Timeout))?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`Pipeline::salvage`]: copying the intact messages out of a corrupted pipeline file.
 
-use crate::error::{Error, SendError};
+use crate::error::Error;
 use crate::layout::{KIND_PIPELINE, PIPELINE_CHECKSUM, SLOT_HEADER_SIZE};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::ring::mpmc::{SlotState, Word};
@@ -115,9 +115,7 @@ impl Pipeline {
             }
             copied += 1;
             // The new queue has as many slots as the old one had messages at most.
-            producer
-                .try_send(&buf[..len])
-                .map_err(|e: SendError| Error::Send(e))?;
+            producer.try_send(&buf[..len])?;
         }
         drop(producer);
         Ok((queue, Salvaged { copied, unreadable }))

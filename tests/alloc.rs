@@ -4,8 +4,8 @@
 //! the test harness's own threads do not disturb the count. This binary holds a single test.
 
 use shmq::{
-    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
-    WaitStrategy,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, RecvTimeoutError,
+    Service, ServiceOptions, TryRecvError, WaitStrategy,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -229,7 +229,7 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
         let e = client.send(b"e").unwrap();
         assert_eq!(
             client.wait_timeout(e, Duration::ZERO).unwrap_err(),
-            RecvError::Timeout
+            RecvTimeoutError::Timeout
         );
         answer(1);
         let f = client.send(b"f").unwrap();
@@ -267,7 +267,7 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
             publisher.publish(b"b/y", b"filtered out").unwrap();
             let msg = sub.try_recv().unwrap();
             assert_eq!((msg.topic(), msg.payload()), (&b"a/x"[..], &b"payload"[..]));
-            assert_eq!(sub.try_recv().unwrap_err(), RecvError::Empty);
+            assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
         };
         for _ in 0..100 {
             pubsub_round();
@@ -286,7 +286,10 @@ fn send_and_receive_allocate_nothing_in(exclusive: bool) {
                 for _ in 0..20 {
                     publisher.publish(b"a/z", b"lagging").unwrap();
                 }
-                assert!(matches!(sub.try_recv(), Err(RecvError::Lagged(_))));
+                assert!(matches!(
+                    sub.try_recv(),
+                    Err(TryRecvError::Recv(RecvError::Lagged(_)))
+                ));
                 while sub.try_recv().is_ok() {}
             });
             assert_eq!(n, 0, "{n} allocations while a subscriber lags");

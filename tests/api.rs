@@ -7,7 +7,8 @@ mod common;
 use common::{child, child_with_env, s, uncapped_park, ChildProc, TempDir, HANG};
 use shmq::layout::{CTL_NOT_EMPTY, RING_CONTROL_OFFSET};
 use shmq::{
-    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, RecvTimeoutError,
+    Service, ServiceOptions, TryRecvError,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -268,7 +269,7 @@ fn blocking_recv_returns_disconnected_after_the_last_producer_process_exits() {
         let mut consumer = q.consumer().unwrap();
         consumer.set_disconnect_when_alone(true);
         // Nobody seen yet: an empty queue is only empty.
-        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+        assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
         child("send_and_exit", &[s(&path), "one", "two", "three"]).expect_success(HANG);
         let got: Vec<Vec<u8>> = consumer.iter().map(|m| m.unwrap().to_vec()).collect();
         assert_eq!(
@@ -277,12 +278,18 @@ fn blocking_recv_returns_disconnected_after_the_last_producer_process_exits() {
             "exclusive: {exclusive}"
         );
         assert_eq!(consumer.recv().unwrap_err(), RecvError::Disconnected);
-        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Disconnected);
+        assert_eq!(
+            consumer.try_recv().unwrap_err(),
+            TryRecvError::Recv(RecvError::Disconnected)
+        );
         // A producer attaching again is waited for again.
         let producer = q.producer().unwrap();
-        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+        assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
         drop(producer);
-        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Disconnected);
+        assert_eq!(
+            consumer.try_recv().unwrap_err(),
+            TryRecvError::Recv(RecvError::Disconnected)
+        );
 
         // The default: a queue outlives its producers, so the consumer keeps waiting.
         drop(consumer);
@@ -293,10 +300,10 @@ fn blocking_recv_returns_disconnected_after_the_last_producer_process_exits() {
             waiting
                 .recv_timeout(Duration::from_millis(100))
                 .unwrap_err(),
-            RecvError::Timeout
+            RecvTimeoutError::Timeout
         );
         waiting.set_disconnect_when_alone(false);
-        assert_eq!(waiting.try_recv().unwrap_err(), RecvError::Empty);
+        assert_eq!(waiting.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 }
 
@@ -390,13 +397,19 @@ fn replies_can_be_held_side_by_side_while_the_client_sends_more() {
     let c = client.send(b"c").unwrap(); // the third place
     answer(&server, 1);
     // Every place is held: by two replies and a request.
-    assert_eq!(client.try_send(b"d").unwrap_err(), shmq::SendError::Full);
+    assert_eq!(
+        client.try_send(b"d").unwrap_err(),
+        shmq::TrySendError::Send(shmq::SendError::AllPlacesHeld { places: 3 })
+    );
     let reply_c = client.wait(c).unwrap();
     assert_eq!(
         (&*reply_a, &*reply_b, &*reply_c),
         (&b"A"[..], &b"B"[..], &b"C"[..])
     );
-    assert_eq!(client.try_send(b"d").unwrap_err(), shmq::SendError::Full);
+    assert_eq!(
+        client.try_send(b"d").unwrap_err(),
+        shmq::TrySendError::Send(shmq::SendError::AllPlacesHeld { places: 3 })
+    );
     drop(reply_b);
     // A dropped reply frees its place: the next request goes, and its reply comes back
     // right while the others are still held.
@@ -500,7 +513,10 @@ fn lagged_counts_missed_messages_of_every_topic() {
     }
     publisher.publish(b"quiet/y", b"mine").unwrap();
     // Seven published, four retained: three lost, none of them on `quiet/`.
-    assert_eq!(quiet.try_recv().unwrap_err(), RecvError::Lagged(3));
+    assert_eq!(
+        quiet.try_recv().unwrap_err(),
+        TryRecvError::Recv(RecvError::Lagged(3))
+    );
     assert_eq!(quiet.try_recv().unwrap().payload(), b"mine");
 }
 

@@ -19,7 +19,8 @@ use common::{
 };
 use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::{
-    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, Service, ServiceOptions,
+    Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, Service, ServiceOptions,
+    TryRecvError,
 };
 use std::future::Future;
 use std::path::Path;
@@ -216,7 +217,7 @@ fn await_select(args: &[String]) {
     });
     for c in &consumers {
         assert!(
-            matches!(c.try_recv(), Err(RecvError::Empty)),
+            matches!(c.try_recv(), Err(TryRecvError::Empty)),
             "a message left over"
         );
     }

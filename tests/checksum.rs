@@ -10,7 +10,7 @@ mod common;
 
 use common::{child, s, TempDir, HANG};
 use shmq::layout::{Geometry, SLOT_HEADER_SIZE};
-use shmq::{Pipeline, PipelineOptions, RecvError, Salvaged};
+use shmq::{Error, Pipeline, PipelineOptions, RecvError, Salvaged, TryRecvError};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -113,13 +113,14 @@ fn filled(dir: &TempDir, options: &PipelineOptions) -> (std::path::PathBuf, Pipe
     (path, q)
 }
 
-fn bad(r: Result<impl std::fmt::Debug, RecvError>, want_len: usize) {
-    match r {
-        Err(RecvError::BadChecksum {
+/// `r` failed with `BadChecksum` (from any receive: its error converts into `shmq::Error`).
+fn bad<E: Into<Error>>(r: Result<impl std::fmt::Debug, E>, want_len: usize) {
+    match r.map_err(Into::into) {
+        Err(Error::Recv(RecvError::BadChecksum {
             len,
             recorded,
             computed,
-        }) => {
+        })) => {
             assert_eq!(len, want_len);
             assert_ne!(recorded, computed);
         }
@@ -167,7 +168,7 @@ fn scribbled_messages_are_skipped_and_counted_never_delivered(exclusive: bool) {
     got.clear();
     assert_eq!(consumer.recv_batch(8, |m| got.push(m.to_vec())), Ok(2));
     assert_eq!(got, [message(7), message(8)], "the next intact ones");
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     assert_eq!(q.len(), 0, "the skipped ones are gone too");
 
     // Counted where `shmq inspect` shows it, not as received.

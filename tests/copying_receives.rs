@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Rng, TempDir};
-use shmq::{Pipeline, PipelineOptions, RecvError, Service, ServiceOptions};
+use shmq::{Pipeline, PipelineOptions, RecvError, Service, ServiceOptions, TryRecvError};
 
 fn message(rng: &mut Rng, len: usize) -> Vec<u8> {
     let mut m = vec![0; len];
@@ -38,7 +38,7 @@ fn recv_into_and_copies_are_byte_identical_for_every_length() {
         assert_eq!(m.copy_to(&mut short), if len == 0 { Some(0) } else { None });
         assert_eq!(&*m, &sent[..]);
     }
-    assert_eq!(consumer.try_recv_into(&mut buf), Err(RecvError::Empty));
+    assert_eq!(consumer.try_recv_into(&mut buf), Err(TryRecvError::Empty));
 }
 
 #[test]
@@ -54,7 +54,10 @@ fn recv_into_refuses_a_short_buffer_without_taking_a_message() {
     let mut small = [0u8; 63];
     assert_eq!(
         consumer.try_recv_into(&mut small),
-        Err(RecvError::BufferTooSmall { len: 63, max: 64 })
+        Err(TryRecvError::Recv(RecvError::BufferTooSmall {
+            len: 63,
+            max: 64
+        }))
     );
     let e = consumer.try_recv_into(&mut small).unwrap_err().to_string();
     assert!(e.contains("63") && e.contains("64"), "{e}");

@@ -17,7 +17,8 @@ mod common;
 use common::{child, child_with_env, fnv1a, s, wait_ready, ChildProc, Rng, TempDir, HANG};
 use shmq::{
     Client, Delivery, Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecoveryStats,
-    RecvError, SendError, Server, Service, ServiceOptions,
+    RecvTimeoutError, SendTimeoutError, Server, Service, ServiceOptions, TryRecvError,
+    TrySendError,
 };
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -288,11 +289,11 @@ fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
         producer.send(&sealed(&format!("new-{i}"))).unwrap();
     }
     // A live writer, however slow, holds back what follows it, and recovery leaves it alone.
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
     assert!(matches!(
         consumer.recv_timeout(Duration::from_millis(150)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     assert_eq!(q.recovery_stats(), RecoveryStats::default());
 
@@ -312,7 +313,7 @@ fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
         assert!(!m.redelivered());
         assert_eq!(unseal(&m), format!("new-{i}"));
     }
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     // The skipped slot is usable again: several more laps, nothing stale.
     for lap in 0..3 {
         for i in 0..4 {
@@ -327,7 +328,7 @@ fn killed_producer_between_claim_and_commit_never_exposes_its_bytes() {
             );
         }
     }
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     let stats = q.recovery_stats();
     eprintln!("killed producer: {stats:?}");
     assert!(stats.skipped >= 1 && stats.reaped >= 1, "{stats:?}");
@@ -355,18 +356,18 @@ fn killed_consumer_holding_a_message_is_redelivered_flagged() {
     assert_eq!(unseal(&m), "after-0");
     drop(m);
     // A live holder is never robbed.
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
     assert!(matches!(
         consumer.recv_timeout(Duration::from_millis(150)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     assert_eq!(q.recovery_stats(), RecoveryStats::default());
 
     kill_now(&mut dead);
     // Another consumer takes M again (its attach finds the dead one) and dies holding it too.
     let mut dead = parked_child(&dir, "recv_one", &[s(&path)], "consumer-received");
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
     assert_eq!(q.recovery_stats().redelivered, 1);
     kill_now(&mut dead);
@@ -382,7 +383,7 @@ fn killed_consumer_holding_a_message_is_redelivered_flagged() {
     assert_eq!(unseal(&m), "M");
     drop(m);
     // Acknowledged now: gone for good, and nothing acknowledged before comes back.
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.repair().unwrap().redelivered, 0);
     for i in 1..10 {
         producer.send(&sealed(&format!("after-{i}"))).unwrap();
@@ -390,7 +391,7 @@ fn killed_consumer_holding_a_message_is_redelivered_flagged() {
         assert!(!m.redelivered());
         assert_eq!(unseal(&m), format!("after-{i}"));
     }
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     let stats = q.recovery_stats();
     eprintln!("killed consumer: {stats:?}");
     assert_eq!(stats.redelivered, 2, "{stats:?}");
@@ -419,7 +420,7 @@ fn slow_live_consumer_is_never_robbed() {
                     let mut waits = 0;
                     while !acked.exists() {
                         match consumer.recv_timeout(Duration::from_millis(120)) {
-                            Err(RecvError::Timeout) => waits += 1,
+                            Err(RecvTimeoutError::Timeout) => waits += 1,
                             Ok(m) => panic!(
                                 "robbed a live consumer: got {:?} (redelivered {})",
                                 unseal(&m),
@@ -442,7 +443,7 @@ fn slow_live_consumer_is_never_robbed() {
     // Its acknowledgement took: the slot is free (the ring takes a full lap of messages) and
     // the message is gone.
     let consumer = q.consumer().unwrap();
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     for i in 0..4 {
         producer
             .try_send(&sealed(&format!("next-{i}")))
@@ -453,7 +454,7 @@ fn slow_live_consumer_is_never_robbed() {
         assert!(!m.redelivered());
         assert_eq!(unseal(&m), format!("next-{i}"));
     }
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.recovery_stats(), RecoveryStats::default());
 }
 
@@ -470,7 +471,7 @@ fn slow_live_producer_is_never_skipped() {
     let got = loop {
         match consumer.recv_timeout(Duration::from_millis(120)) {
             Ok(m) => break (unseal(&m), m.redelivered()),
-            Err(RecvError::Timeout) => waits += 1,
+            Err(RecvTimeoutError::Timeout) => waits += 1,
             Err(e) => panic!("{e:?}"),
         }
         assert_eq!(q.repair().unwrap(), RecoveryStats::default());
@@ -479,7 +480,7 @@ fn slow_live_producer_is_never_skipped() {
     assert_eq!(got, ("slow but alive".to_string(), false));
     slow.expect_success(HANG);
     eprintln!("slow producer: {waits} waits of 120 ms while it wrote");
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.recovery_stats(), RecoveryStats::default());
 }
 
@@ -525,11 +526,11 @@ fn killed_exclusive_producer_mid_write_leaves_nothing_visible() {
         is_end_taken(q.producer()),
         "a second producer while the first lives"
     );
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(q.repair().unwrap(), RecoveryStats::default());
     assert!(matches!(
         consumer.recv_timeout(Duration::from_millis(150)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     kill_now(&mut dead);
     let producer = q
@@ -547,7 +548,7 @@ fn killed_exclusive_producer_mid_write_leaves_nothing_visible() {
             assert_eq!(unseal(&m), format!("lap-{lap}-{i}"));
         }
     }
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     let stats = q.recovery_stats();
     eprintln!("killed exclusive producer: {stats:?}");
     assert_eq!(stats.reaped, 1, "{stats:?}");
@@ -604,7 +605,7 @@ fn killed_exclusive_consumer_holding_a_message_is_redelivered_flagged() {
         assert!(!m.redelivered());
         assert_eq!(unseal(&m), format!("after-{i}"));
     }
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     let stats = q.recovery_stats();
     eprintln!("killed exclusive consumer: {stats:?}");
     assert_eq!(stats.reaped, 2, "{stats:?}");
@@ -639,7 +640,7 @@ fn slow_live_exclusive_consumer_is_never_robbed() {
     slow.expect_success(HANG);
     eprintln!("slow exclusive consumer: {refused} attaches refused while it held its message");
     let consumer = q.consumer().unwrap();
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     for i in 0..4 {
         producer.try_send(&sealed(&format!("next-{i}"))).unwrap();
     }
@@ -798,7 +799,7 @@ fn killed_client_with_requests_in_flight_frees_its_slot_and_others_are_unaffecte
     assert_eq!(d.outstanding(), 0);
     assert_eq!(b.outstanding(), 0);
     assert_eq!(svc.queued_requests(), 0);
-    assert!(matches!(server.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(server.try_recv(), Err(TryRecvError::Empty)));
     let stats = svc.recovery_stats();
     eprintln!("killed client: {stats:?}");
     assert!(stats.reaped >= 2 && stats.released >= 2, "{stats:?}");
@@ -840,11 +841,11 @@ fn killed_subscriber_in_block_mode_stops_holding_publishers_back() {
     // back, and recovery leaves it alone.
     assert!(matches!(
         publisher.try_publish(b"t", &sealed("m4")),
-        Err(SendError::Full)
+        Err(TrySendError::Full)
     ));
     assert!(matches!(
         publisher.publish_timeout(b"t", &sealed("m4"), Duration::from_millis(150)),
-        Err(SendError::Timeout)
+        Err(SendTimeoutError::Timeout)
     ));
     assert_eq!(ch.repair().unwrap(), RecoveryStats::default());
 
@@ -907,11 +908,11 @@ fn killed_publisher_mid_write_is_skipped() {
     };
     check(all.try_recv().unwrap(), 0);
     // The slot being written by a live publisher holds subscribers at it; nothing skips it.
-    assert!(matches!(all.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(all.try_recv(), Err(TryRecvError::Empty)));
     assert_eq!(ch.repair().unwrap(), RecoveryStats::default());
     assert!(matches!(
         all.recv_timeout(Duration::from_millis(150)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     assert_eq!(ch.recovery_stats(), RecoveryStats::default());
 
@@ -940,8 +941,8 @@ fn killed_publisher_mid_write_is_skipped() {
         check(all.recv_timeout(HANG).unwrap(), i);
         check(filtered.recv_timeout(HANG).unwrap(), i);
     }
-    assert!(matches!(all.try_recv(), Err(RecvError::Empty)));
-    assert!(matches!(filtered.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(all.try_recv(), Err(TryRecvError::Empty)));
+    assert!(matches!(filtered.try_recv(), Err(TryRecvError::Empty)));
     let stats = ch.recovery_stats();
     eprintln!("killed publisher: {stats:?}");
     assert!(stats.skipped >= 1 && stats.reaped >= 1, "{stats:?}");
@@ -985,7 +986,7 @@ fn killed_publisher_in_block_mode_does_not_wedge_the_ring() {
         publish(2, HANG).unwrap();
         assert!(matches!(
             publish(3, Duration::from_millis(150)),
-            Err(SendError::Timeout)
+            Err(SendTimeoutError::Timeout)
         ));
         assert_eq!(ch.repair().unwrap(), RecoveryStats::default());
         let blocked = scope.spawn(|| publish(3, RECOVERY_GUARD));
@@ -1137,7 +1138,7 @@ fn chaos_producer(args: &[String]) {
                     chaos_message(id, inc, seq, &mut buf);
                     match producer.try_send(&buf) {
                         Ok(()) => {}
-                        Err(SendError::Full) => {
+                        Err(TrySendError::Full) => {
                             log.line(&format!("full {id} {inc} {seq}\n"));
                             producer.send(&buf).unwrap();
                         }
@@ -1210,12 +1211,14 @@ fn chaos_consumer(args: &[String]) {
     let mut idle: Option<Instant> = None;
     loop {
         let first = match inc % 3 {
-            1 => consumer.try_recv(),
-            _ => consumer.recv_timeout(Duration::from_millis(100)),
+            1 => consumer.try_recv().map_err(shmq::Error::from),
+            _ => consumer
+                .recv_timeout(Duration::from_millis(100))
+                .map_err(shmq::Error::from),
         };
         let m = match first {
             Ok(m) => m,
-            Err(RecvError::Timeout | RecvError::Empty) => {
+            Err(shmq::Error::Timeout | shmq::Error::Empty) => {
                 if inc % 3 == 1 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -1562,7 +1565,7 @@ fn chaos_server(args: &[String]) {
     loop {
         let req = match server.recv_timeout(Duration::from_millis(100)) {
             Ok(req) => req,
-            Err(RecvError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => continue,
             Err(e) => panic!("{e:?}"),
         };
         let text = unseal(req.payload());

@@ -7,7 +7,9 @@ mod common;
 
 use common::{child, s, Rng, TempDir, HANG};
 use shmq::layout::{field, Geometry, FORMAT_VERSION, KIND_PIPELINE, KIND_PUBSUB, MAGIC};
-use shmq::{Corruption, Error, Pipeline, PipelineOptions, RecvError, SendError};
+use shmq::{
+    Corruption, Error, Pipeline, PipelineOptions, RecvError, SendError, TryRecvError, TrySendError,
+};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -539,7 +541,7 @@ fn corrupt_ring_words_in_an_open_queue_are_errors() {
     assert!(
         matches!(
             consumer.try_recv().unwrap_err(),
-            RecvError::Corrupt(Corruption::BadState(_))
+            TryRecvError::Recv(RecvError::Corrupt(Corruption::BadState(_)))
         ),
         "unknown state"
     );
@@ -547,14 +549,17 @@ fn corrupt_ring_words_in_an_open_queue_are_errors() {
     write_at(&path, slot0, &state_word(999, 2, 1).to_le_bytes());
     assert!(matches!(
         consumer.try_recv().unwrap_err(),
-        RecvError::Corrupt(Corruption::BadState(_))
+        TryRecvError::Recv(RecvError::Corrupt(Corruption::BadState(_)))
     ));
     // A committed message longer than max_message.
     write_at(&path, slot0, &state_word(0, 2, 1).to_le_bytes());
     write_at(&path, slot0 + 8, &1000u32.to_le_bytes());
     assert_eq!(
         consumer.try_recv().unwrap_err(),
-        RecvError::Corrupt(Corruption::BadLength { len: 1000, max: 32 })
+        TryRecvError::Recv(RecvError::Corrupt(Corruption::BadLength {
+            len: 1000,
+            max: 32
+        }))
     );
     // The queue goes on working after the bad slot.
     producer.send(b"b").unwrap();
@@ -565,7 +570,7 @@ fn corrupt_ring_words_in_an_open_queue_are_errors() {
     write_at(&path, tail_slot, &state_word(12345, 0, 0).to_le_bytes());
     assert!(matches!(
         producer.try_send(b"c").unwrap_err(),
-        SendError::Corrupt(Corruption::BadState(_))
+        TrySendError::Send(SendError::Corrupt(Corruption::BadState(_)))
     ));
 }
 
@@ -661,7 +666,7 @@ fn garble(path: &Path, g: &Geometry, seed: u64) {
 }
 
 /// Whether a message was received; one that was is never longer than the maximum.
-fn within(r: Result<shmq::Message<'_>, RecvError>, max: usize) -> bool {
+fn within<E>(r: Result<shmq::Message<'_>, E>, max: usize) -> bool {
     match r {
         Ok(m) => {
             assert!(

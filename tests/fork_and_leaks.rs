@@ -17,7 +17,7 @@ use common::{child, child_with_env, s, wait_ready, ChildProc, TempDir, HANG};
 use nix::libc;
 use shmq::{
     Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecoveryStats, RecvError,
-    SendError, Service, ServiceOptions,
+    SendError, Service, ServiceOptions, TryRecvError, TrySendError,
 };
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -164,19 +164,19 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool, exclusive: boo
         }
         assert_eq!(
             producer.try_send(b"x"),
-            Err(SendError::WrongProcess {
+            Err(TrySendError::Send(SendError::WrongProcess {
                 attached_by: parent
-            })
+            }))
         );
         assert!(matches!(
             producer.try_loan(1),
-            Err(SendError::WrongProcess { .. })
+            Err(TrySendError::Send(SendError::WrongProcess { .. }))
         ));
         assert_eq!(
             consumer.try_recv().map(drop),
-            Err(RecvError::WrongProcess {
+            Err(TryRecvError::Recv(RecvError::WrongProcess {
                 attached_by: parent
-            })
+            }))
         );
         assert!(
             held.is_empty() && loan.is_empty(),
@@ -240,11 +240,11 @@ fn pipeline_survives_a_fork_child(dir: &str, exit_normally: bool, exclusive: boo
         if !exit_normally {
             assert_eq!(&*newcomer.try_recv().unwrap(), b"child");
         }
-        assert!(matches!(newcomer.try_recv(), Err(RecvError::Empty)));
+        assert!(matches!(newcomer.try_recv(), Err(TryRecvError::Empty)));
     }
     assert_eq!(&*held, b"held");
     drop(held);
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     // The ring is whole: a full lap of sends and receives.
     for i in 0..4u8 {
         producer.try_send(&[i]).unwrap();
@@ -320,17 +320,17 @@ fn pubsub_and_service_survive_a_fork_child(dir: &str) {
     let parent = std::process::id();
 
     let Some(forked) = fork() else {
-        let wrong = Err(SendError::WrongProcess {
+        let wrong = Err(TrySendError::Send(SendError::WrongProcess {
             attached_by: parent,
-        });
+        }));
         assert_eq!(publisher.try_publish(b"t", b"x"), wrong);
         assert!(matches!(
             sub.try_recv(),
-            Err(RecvError::WrongProcess { .. })
+            Err(TryRecvError::Recv(RecvError::WrongProcess { .. }))
         ));
         assert!(matches!(
             server.try_recv(),
-            Err(RecvError::WrongProcess { .. })
+            Err(TryRecvError::Recv(RecvError::WrongProcess { .. }))
         ));
         assert_eq!(client.try_send(b"x").map(drop), wrong);
         assert!(
@@ -356,7 +356,7 @@ fn pubsub_and_service_survive_a_fork_child(dir: &str) {
     // receives.
     publisher.try_publish(b"t", b"1").unwrap();
     publisher.try_publish(b"t", b"2").unwrap();
-    assert_eq!(publisher.try_publish(b"t", b"3"), Err(SendError::Full));
+    assert_eq!(publisher.try_publish(b"t", b"3"), Err(TrySendError::Full));
     assert_eq!(sub.try_recv().unwrap().payload(), b"1");
     // The request is still the parent's to answer, and the client still gets the answer.
     assert_eq!(request.payload(), b"ping");
@@ -481,7 +481,7 @@ fn leaked_message_comes_back_once_flagged_when_its_consumer_detaches_in(exclusiv
     assert_eq!(&*m, b"M");
     assert!(m.redelivered(), "a message delivered again must be flagged");
     drop(m);
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     // The whole ring flows: no slot stays held.
     for lap in 0..3u8 {
         for i in 0..4u8 {
@@ -516,7 +516,7 @@ fn leaked_loan_is_skipped_when_its_producer_detaches_in(exclusive: bool) {
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
     // The head passes over the leaked slot (and frees it); nothing of the loan is delivered.
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     // The whole ring flows.
     for lap in 0..3u8 {
         for i in 0..4u8 {
@@ -525,7 +525,7 @@ fn leaked_loan_is_skipped_when_its_producer_detaches_in(exclusive: bool) {
         for i in 0..4u8 {
             assert_eq!(&*consumer.try_recv().unwrap(), &[lap, i]);
         }
-        assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+        assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     }
     assert!(leaker.is_running(), "the leaker must still be alive");
     let stats = q.recovery_stats();
@@ -550,7 +550,7 @@ fn leaked_request_is_served_again_when_its_server_detaches() {
     assert!(request.redelivered());
     request.reply(b"done").unwrap();
     assert_eq!(client.wait(pending).unwrap().payload(), b"done");
-    assert!(matches!(server.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(server.try_recv(), Err(TryRecvError::Empty)));
     assert!(leaker.is_running(), "the leaker must still be alive");
     let stats = svc.recovery_stats();
     assert_eq!((stats.redelivered, stats.reaped), (1, 0), "{stats:?}");
@@ -655,7 +655,7 @@ fn redelivery_count_heals_after_a_sweeper_dies_between_its_two_steps() {
     // sets it to zero, so receives stop scanning.
     q.repair().unwrap();
     assert_eq!(q.redelivery_pending(), 0, "the leaked count must heal");
-    assert!(matches!(consumer.try_recv(), Err(RecvError::Empty)));
+    assert!(matches!(consumer.try_recv(), Err(TryRecvError::Empty)));
     producer.send(b"after").unwrap();
     let m = consumer.try_recv().unwrap();
     assert!(!m.redelivered() && &*m == b"after");

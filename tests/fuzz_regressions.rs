@@ -7,7 +7,7 @@ mod common;
 
 use common::TempDir;
 use shmq::layout::{CTL_TAIL, RING_CONTROL_OFFSET};
-use shmq::{PubSub, PubSubOptions, RecvError, Subscriber};
+use shmq::{PubSub, PubSubOptions, RecvError, Subscriber, TryRecvError};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
@@ -52,7 +52,7 @@ fn exercise_pubsub(path: &Path) {
 fn drain(sub: &mut Subscriber) {
     for _ in 0..64 {
         match sub.try_recv() {
-            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Ok(_) | Err(TryRecvError::Recv(RecvError::Lagged(_))) => {}
             Err(_) => break,
         }
     }
@@ -103,7 +103,7 @@ fn subscriber_lagging_at_the_end_of_the_position_space_is_corrupt_not_a_panic() 
                 match sub.try_recv() {
                     Ok(m) => outcomes.push(format!("message {:?}", m.payload())),
                     Err(e) => {
-                        let stop = !matches!(e, RecvError::Lagged(_));
+                        let stop = !matches!(e, TryRecvError::Recv(RecvError::Lagged(_)));
                         outcomes.push(format!("{e}"));
                         if stop {
                             break;

@@ -9,8 +9,8 @@ use common::{child, signal_ready, wait_ready, TempDir, HANG};
 use shmq::inspect::{inspect, Role};
 use shmq::layout::{field, CTL_HEAD, PARTICIPANTS_OFFSET, RING_CONTROL_OFFSET};
 use shmq::{
-    Error, Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, SendError,
-    Service, ServiceOptions, WaitStrategy,
+    Error, Overflow, Pipeline, PipelineOptions, PubSub, PubSubOptions, RecvError, RecvTimeoutError,
+    Service, ServiceOptions, TrySendError, WaitStrategy,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -67,7 +67,7 @@ fn each_participant_counts_sends_receives_full_empty_parks_and_abandoned_loans()
     for i in 0..4u8 {
         producer.try_send(&[i]).unwrap();
     }
-    assert_eq!(producer.try_send(b"x"), Err(SendError::Full));
+    assert_eq!(producer.try_send(b"x"), Err(TrySendError::Full));
     drop(producer.try_loan(1)); // nothing free: another "full"
     for _ in 0..4 {
         drop(consumer.try_recv().unwrap());
@@ -78,7 +78,7 @@ fn each_participant_counts_sends_receives_full_empty_parks_and_abandoned_loans()
         consumer
             .recv_timeout(Duration::from_millis(30))
             .unwrap_err(),
-        RecvError::Timeout
+        RecvTimeoutError::Timeout
     );
 
     let p = role_counts(&path, Role::Producer);

@@ -9,7 +9,10 @@ use common::{
 };
 use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::test_hooks::wake_calls;
-use shmq::{Consumer, Message, Pipeline, PipelineOptions, RecvError, SendError, WaitStrategy};
+use shmq::{
+    Consumer, Message, Pipeline, PipelineOptions, RecvTimeoutError, SendError, SendTimeoutError,
+    TryRecvError, TrySendError, WaitStrategy,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,7 +205,7 @@ fn stress_consumer(args: &[String]) {
             while !done {
                 match consumer.recv_timeout(Duration::from_millis(20)) {
                     Ok(m) => take(&m, m.redelivered(), &mut done),
-                    Err(RecvError::Timeout) => {}
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(e) => panic!("recv_timeout: {e}"),
                 }
             }
@@ -230,7 +233,7 @@ fn time_out_once(args: &[String]) {
         consumer
             .recv_timeout(Duration::from_millis(200))
             .unwrap_err(),
-        RecvError::Timeout
+        RecvTimeoutError::Timeout
     );
     common::signal_ready(&args[1]);
     let exit = Path::new(&args[2]);
@@ -321,7 +324,7 @@ fn recv_from<'a>(consumer: &'a Consumer, sender: &mut ChildProc) -> Message<'a> 
     loop {
         match consumer.recv_timeout(Duration::from_millis(100)) {
             Ok(m) => return m,
-            Err(RecvError::Timeout) => {
+            Err(RecvTimeoutError::Timeout) => {
                 // A child that exited has committed everything it sent: one more try.
                 if let Some(status) = sender.try_wait() {
                     match consumer.try_recv() {
@@ -421,7 +424,7 @@ fn three_producers_three_consumers_every_message_exactly_once_intact_in_order() 
     assert_eq!(q.len(), 0);
     assert_eq!(
         q.consumer().unwrap().try_recv().unwrap_err(),
-        RecvError::Empty
+        TryRecvError::Empty
     );
 
     // Every (producer, seq) exactly once, over all consumers.
@@ -514,7 +517,7 @@ fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_in(excl
     let consumer = q.consumer().unwrap();
     producer.send(b"first").unwrap();
     producer.send(b"second").unwrap();
-    assert_eq!(producer.try_send(b"x"), Err(SendError::Full));
+    assert_eq!(producer.try_send(b"x"), Err(TrySendError::Full));
     // (With exclusive ends, the child's producer could not attach beside it.)
     drop(producer);
 
@@ -532,7 +535,7 @@ fn blocked_producer_on_full_queue_is_woken_by_receive_in_another_process_in(excl
 
     assert_eq!(&*consumer.try_recv().unwrap(), b"second");
     assert_eq!(&*consumer.try_recv().unwrap(), b"third");
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     assert_eq!(wake_calls() - calls, 1, "wake-up calls with nobody parked");
 }
 
@@ -648,7 +651,7 @@ fn messages_persist_after_every_process_exits_in(exclusive: bool) {
             assert_eq!(&*m, &stream_message(i as u64)[..], "message {i}");
             assert!(!m.redelivered());
         }
-        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+        assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 
     // One process sends, another receives (and acknowledges) half and exits: reopening finds
@@ -668,7 +671,7 @@ fn messages_persist_after_every_process_exits_in(exclusive: bool) {
             "message {i} was acknowledged by nobody else"
         );
     }
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
 }
 
 #[test]
@@ -703,7 +706,7 @@ fn small_and_odd_capacities_carry_a_stream_between_processes_in(exclusive: bool)
             );
         }
         p.expect_success(HANG);
-        assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+        assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 }
 
@@ -738,12 +741,12 @@ fn timeouts_and_try_variants() {
     let producer = q.producer().unwrap();
     let consumer = q.consumer().unwrap();
 
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     let timeout = Duration::from_millis(150);
     let started = Instant::now();
     assert_eq!(
         consumer.recv_timeout(timeout).unwrap_err(),
-        RecvError::Timeout
+        RecvTimeoutError::Timeout
     );
     let waited = started.elapsed();
     assert!(
@@ -755,12 +758,12 @@ fn timeouts_and_try_variants() {
         producer.try_send(&[i]).unwrap();
     }
     assert_eq!(q.len(), 4);
-    assert_eq!(producer.try_send(b"x"), Err(SendError::Full));
-    assert_eq!(producer.try_loan(1).unwrap_err(), SendError::Full);
+    assert_eq!(producer.try_send(b"x"), Err(TrySendError::Full));
+    assert_eq!(producer.try_loan(1).unwrap_err(), TrySendError::Full);
     let started = Instant::now();
     assert_eq!(
         producer.send_timeout(b"x", timeout),
-        Err(SendError::Timeout)
+        Err(SendTimeoutError::Timeout)
     );
     let waited = started.elapsed();
     assert!(
@@ -772,7 +775,7 @@ fn timeouts_and_try_variants() {
     for i in 0..4u8 {
         assert_eq!(&*consumer.try_recv().unwrap(), &[i]);
     }
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     assert!(q.is_empty());
 
     // With room or a message at hand, the timed variants succeed at once, even with no time.
@@ -805,7 +808,7 @@ fn every_wait_strategy_times_out_and_receives() {
         let started = Instant::now();
         assert_eq!(
             consumer.recv_timeout(timeout).unwrap_err(),
-            RecvError::Timeout,
+            RecvTimeoutError::Timeout,
             "{strategy:?}"
         );
         assert!(started.elapsed() >= timeout, "{strategy:?}");
@@ -813,7 +816,7 @@ fn every_wait_strategy_times_out_and_receives() {
         let started = Instant::now();
         assert_eq!(
             producer.send_timeout(b"two", timeout),
-            Err(SendError::Timeout),
+            Err(SendTimeoutError::Timeout),
             "{strategy:?}"
         );
         assert!(started.elapsed() >= timeout, "{strategy:?}");
@@ -837,26 +840,32 @@ fn too_large_message_is_refused_and_nothing_is_written() {
     let big = [7u8; 65];
     let too_large = SendError::TooLarge { len: 65, max: 64 };
     assert_eq!(producer.send(&big), Err(too_large.clone()));
-    assert_eq!(producer.try_send(&big), Err(too_large.clone()));
+    assert_eq!(
+        producer.try_send(&big),
+        Err(TrySendError::Send(too_large.clone()))
+    );
     assert_eq!(
         producer.send_timeout(&big, Duration::from_millis(10)),
-        Err(too_large.clone())
+        Err(SendTimeoutError::Send(too_large.clone()))
     );
     assert_eq!(producer.loan(65).unwrap_err(), too_large);
-    assert_eq!(producer.try_loan(65).unwrap_err(), too_large);
+    assert_eq!(
+        producer.try_loan(65).unwrap_err(),
+        TrySendError::Send(too_large.clone())
+    );
     assert_eq!(
         producer.send_batch(&[b"fits", &big, b"fits too"]),
         Err(too_large.clone())
     );
     assert_eq!(
         producer.try_send(&[0u8; 1 << 20]),
-        Err(SendError::TooLarge {
+        Err(TrySendError::Send(SendError::TooLarge {
             len: 1 << 20,
             max: 64
-        })
+        }))
     );
     assert_eq!(q.len(), 0, "nothing was written");
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     // The queue still works.
     producer.send(&[1u8; 64]).unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), &[1u8; 64]);
@@ -880,7 +889,7 @@ fn zero_length_and_max_length_messages_arrive_intact() {
         let m = consumer.try_recv().unwrap();
         assert_eq!(&*m, want);
     }
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
 
     // A queue for empty messages only.
     let dir0 = TempDir::new("lengths-0");
@@ -906,13 +915,13 @@ fn capacity_one_and_three_fill_drain_and_wrap_in_order() {
                 next_send += 1;
             }
             assert_eq!(q.len(), capacity);
-            assert_eq!(producer.try_send(b"over"), Err(SendError::Full));
+            assert_eq!(producer.try_send(b"over"), Err(TrySendError::Full));
             for _ in 0..capacity {
                 let m = consumer.try_recv().unwrap();
                 assert_eq!(m.value::<u64>(), Some(next_recv));
                 next_recv += 1;
             }
-            assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+            assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
         }
         // Many laps with one message in flight, and with a message held while sending.
         for _ in 0..(capacity * 50) {
@@ -930,7 +939,7 @@ fn capacity_one_and_three_fill_drain_and_wrap_in_order() {
             }
             assert_eq!(
                 producer.try_send(b"over"),
-                Err(SendError::Full),
+                Err(TrySendError::Full),
                 "a held message keeps its slot"
             );
             drop(held);
@@ -955,7 +964,7 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
     let mut loan = producer.try_loan(3).unwrap();
     loan.copy_from_slice(b"bad");
     drop(loan);
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     producer.send(b"after").unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), b"after");
 
@@ -971,7 +980,7 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
     // Abandon every slot; once a consumer has passed over them, all the room is back.
     drop(producer.try_loan(1).unwrap());
     drop(producer.try_loan(1).unwrap());
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     producer.try_send(b"a").unwrap();
     producer.try_send(b"b").unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), b"a");
@@ -989,7 +998,7 @@ fn committed_loan_is_delivered_and_dropped_loan_delivers_nothing() {
         producer.send(b"kept").unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), b"kept");
     });
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
 }
 
 /// `Producer::loan` docs: a loan not yet committed at the head of the ring holds up every
@@ -1005,7 +1014,7 @@ fn a_loan_at_the_head_holds_up_consumers_and_a_held_message_does_not() {
     producer.send(b"later").unwrap();
     assert_eq!(
         consumer.try_recv().unwrap_err(),
-        RecvError::Empty,
+        TryRecvError::Empty,
         "the message after the loan is ready, but the loan is at the head"
     );
     loan.copy_from_slice(b"loan");
@@ -1044,7 +1053,7 @@ fn send_batch_and_recv_batch_round_trip() {
         3
     );
     assert_eq!(got, msgs);
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
 
     // A batch larger than the ring: the producer waits for a consumer thread as it goes.
     let msgs: Vec<Vec<u8>> = (0..200u64).map(stream_message_small).collect();
@@ -1144,7 +1153,7 @@ fn many_threads_of_one_process_share_producer_and_consumer() {
                                 mine.push(m.value::<u64>().unwrap());
                                 total.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(RecvError::Timeout) => {}
+                            Err(RecvTimeoutError::Timeout) => {}
                             Err(e) => panic!("recv_timeout: {e}"),
                         }
                     }

@@ -11,7 +11,8 @@ use common::{
 };
 use shmq::layout::{CTL_NOT_EMPTY, CTL_NOT_FULL, RING_CONTROL_OFFSET};
 use shmq::{
-    Error, Overflow, PubSub, PubSubOptions, RecvError, SendError, Subscriber, WaitStrategy,
+    Error, Overflow, PubSub, PubSubOptions, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, Subscriber, TryRecvError, TrySendError, WaitStrategy,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -143,7 +144,7 @@ fn stress_pub(args: &[String]) {
             loop {
                 match publisher.try_publish(&topic, payload) {
                     Ok(()) => break,
-                    Err(SendError::Full) => std::thread::yield_now(),
+                    Err(TrySendError::Full) => std::thread::yield_now(),
                     Err(e) => panic!("try_publish: {e}"),
                 }
             }
@@ -191,7 +192,7 @@ fn stress_sub(args: &[String]) {
         }
         let got = match style {
             2 => sub.recv_timeout(Duration::from_millis(20)),
-            _ => sub.recv(),
+            _ => sub.recv().map_err(RecvTimeoutError::from),
         };
         match got {
             Ok(m) => {
@@ -210,11 +211,11 @@ fn stress_sub(args: &[String]) {
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
-            Err(RecvError::Lagged(n)) => {
+            Err(RecvTimeoutError::Recv(RecvError::Lagged(n))) => {
                 assert!(n > 0, "Lagged(0)");
                 lagged += n;
             }
-            Err(RecvError::Timeout) => assert!(
+            Err(RecvTimeoutError::Timeout) => assert!(
                 Instant::now() < deadline,
                 "received {received} and lost {lagged} of {total} messages, then nothing more"
             ),
@@ -222,7 +223,7 @@ fn stress_sub(args: &[String]) {
         }
     }
     // Nothing beyond the total: every message published has been accounted for.
-    assert_eq!(sub.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
     std::fs::write(
         &args[2],
         format!("{received} {lagged} {}", fnv1a(&order)).as_bytes(),
@@ -347,7 +348,7 @@ fn drain(sub: &mut Subscriber) -> Vec<Got> {
     loop {
         match sub.try_recv() {
             Ok(m) => got.push(msg(m.topic(), m.payload())),
-            Err(RecvError::Empty) => return got,
+            Err(TryRecvError::Empty) => return got,
             Err(e) => panic!("try_recv after {} messages: {e}", got.len()),
         }
     }
@@ -701,7 +702,7 @@ fn attaching_beyond_the_subscriber_limit_is_an_error_and_a_detached_place_is_reu
     let mut again = channel.subscriber(&[]).unwrap();
     assert_eq!(
         again.try_recv().unwrap_err(),
-        RecvError::Empty,
+        TryRecvError::Empty,
         "a new subscriber in a reused place starts at the tail"
     );
     match channel.subscriber(&[]) {
@@ -744,11 +745,11 @@ fn block_mode_publisher_waits_for_slowest_and_resumes_when_it_reads_or_detaches(
     let full = |publisher: &shmq::Publisher| {
         assert_eq!(
             publisher.try_publish(b"m", &value(99)),
-            Err(SendError::Full)
+            Err(TrySendError::Full)
         );
         assert_eq!(
             publisher.publish_timeout(b"m", &value(99), Duration::from_millis(30)),
-            Err(SendError::Timeout)
+            Err(SendTimeoutError::Timeout)
         );
     };
     full(&publisher);
@@ -891,26 +892,27 @@ fn too_large_payload_or_topic_is_refused_and_nothing_is_published() {
             (&b"t"[..], &big[..], &too_large),
             (&long[..], &b"x"[..], &too_long),
         ] {
-            assert_eq!(publisher.try_publish(topic, payload).as_ref(), Err(err));
             assert_eq!(
-                publisher
-                    .publish_timeout(topic, payload, Duration::from_millis(10))
-                    .as_ref(),
-                Err(err)
+                publisher.try_publish(topic, payload),
+                Err(TrySendError::Send(err.clone()))
+            );
+            assert_eq!(
+                publisher.publish_timeout(topic, payload, Duration::from_millis(10)),
+                Err(SendTimeoutError::Send(err.clone()))
             );
             assert_eq!(publisher.publish(topic, payload).as_ref(), Err(err));
         }
         assert_eq!(
             publisher.try_publish(b"t", &[0u8; 1 << 20]),
-            Err(SendError::TooLarge {
+            Err(TrySendError::Send(SendError::TooLarge {
                 len: 1 << 20,
                 max: 64
-            })
+            }))
         );
     };
     refuse_all(&publisher);
     assert_eq!(channel.published(), 0, "nothing was published");
-    assert_eq!(sub.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
 
     // The largest topic and payload fit, and arrive intact.
     let full_payload: Vec<u8> = (0..64u8).collect();

@@ -14,7 +14,7 @@ mod common;
 
 use common::{child, s, wait_ready, TempDir, HANG};
 use shmq::layout::{Geometry, Shape, CTL_REDELIVER_PENDING, KIND_SERVICE, RING_CONTROL_OFFSET};
-use shmq::{Delivery, Pipeline, PipelineOptions, RecvError, Service, ServiceOptions};
+use shmq::{Delivery, Pipeline, PipelineOptions, Service, ServiceOptions, TryRecvError};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -167,7 +167,7 @@ fn commit_of_a_loan_whose_slot_was_taken_away_is_an_error_and_counted() {
     assert_eq!(queue.recovery_stats().refused, 1, "counted in the file");
 
     let consumer = queue.consumer().unwrap();
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     queue.producer().unwrap().send(b"after").unwrap();
     assert_eq!(&*consumer.try_recv().unwrap(), b"after");
 }
@@ -204,7 +204,7 @@ fn ack_of_a_message_taken_back_is_an_error_and_a_refused_drop_is_counted() {
         assert!(msg.redelivered(), "delivered again, flagged");
         msg.ack().unwrap();
     }
-    assert_eq!(consumer.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(consumer.try_recv().unwrap_err(), TryRecvError::Empty);
     assert_eq!(queue.recovery_stats().refused, 2, "later acks are honoured");
 }
 
@@ -240,7 +240,7 @@ fn reply_to_a_request_taken_back_is_an_error_and_counted() {
         take_back_held(&path, RING_CONTROL_OFFSET as u64, g.slots_offset, 0);
     });
     assert_eq!(
-        told, "Err(ClaimLost) 1",
+        told, "Err(Send(ClaimLost)) 1",
         "what reply returned, and the count"
     );
     assert_eq!(service.recovery_stats().refused, 1);

@@ -13,7 +13,10 @@ use shmq::layout::{
     Envelope, Geometry, Shape, CTL_HEAD, CTL_NOT_EMPTY, ENVELOPE_SIZE, KIND_SERVICE,
     RING_CONTROL_OFFSET, RING_CONTROL_SIZE, SLOT_HEADER_SIZE,
 };
-use shmq::{Delivery, Error, Pending, RecvError, SendError, Service, ServiceOptions, WaitStrategy};
+use shmq::{
+    Delivery, Error, Pending, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Service,
+    ServiceOptions, TryRecvError, TrySendError, WaitStrategy,
+};
 use std::io::Write;
 use std::mem::offset_of;
 use std::os::unix::fs::FileExt;
@@ -155,8 +158,8 @@ fn stress_server(args: &[String]) {
                 assert_eq!(request.reply(&out[..len]), Ok(Delivery::Delivered));
                 served += 1;
             }
-            Err(RecvError::Timeout) if stop.exists() => break,
-            Err(RecvError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) if stop.exists() => break,
+            Err(RecvTimeoutError::Timeout) => {}
             Err(e) => panic!("server {id}: recv_timeout: {e}"),
         }
     }
@@ -339,7 +342,7 @@ fn forged_request_server(args: &[String]) {
     server.set_wait_strategy(WaitStrategy::Park);
     common::signal_ready(&args[1]);
     match server.recv_timeout(HANG) {
-        Err(RecvError::Corrupt(_)) => {}
+        Err(RecvTimeoutError::Recv(RecvError::Corrupt(_))) => {}
         Ok(r) => panic!("a forged request was served: {r:?}"),
         Err(e) => panic!("expected a corruption error, got {e}"),
     }
@@ -819,7 +822,7 @@ fn timeout_without_server_then_late_server_processes_and_late_reply_does_not_con
     let service = spec.create(&path);
     let client = service.client().unwrap();
     match client.request_timeout(b"early", Duration::from_millis(100)) {
-        Err(Error::Recv(RecvError::Timeout)) => {}
+        Err(Error::Timeout) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(
@@ -834,7 +837,7 @@ fn timeout_without_server_then_late_server_processes_and_late_reply_does_not_con
         client
             .wait_timeout(pending, Duration::from_millis(50))
             .unwrap_err(),
-        RecvError::Timeout
+        RecvTimeoutError::Timeout
     );
     assert_eq!(client.outstanding(), 2);
     assert_eq!(service.queued_requests(), 2);
@@ -885,7 +888,7 @@ fn timed_out_requests_free_their_places_once_their_late_replies_arrive() {
     let client = service.client().unwrap();
     for i in 0..4u8 {
         match client.request_timeout(&[b'a', i], Duration::from_millis(20)) {
-            Err(Error::Recv(RecvError::Timeout)) => {}
+            Err(Error::Timeout) => {}
             other => panic!("request {i}: expected a timeout, got {other:?}"),
         }
     }
@@ -943,7 +946,7 @@ fn client_works_again_after_a_server_outage_longer_than_reply_capacity_timeouts(
 
     for i in 0..10u8 {
         match client.request_timeout(&[b'o', i], Duration::from_millis(20)) {
-            Err(Error::Recv(RecvError::Timeout) | Error::Send(SendError::Timeout)) => {}
+            Err(Error::Timeout) => {}
             other => panic!("attempt {i} during the outage: expected a timeout, got {other:?}"),
         }
     }
@@ -1037,7 +1040,7 @@ fn corrupt_error_during_a_wait_does_not_cost_the_client_its_place() {
     write_at(&path, slot + 8, &u32::MAX.to_le_bytes());
     write_at(&path, slot, &state_word(0, 2, 0).to_le_bytes());
     match client.wait_timeout(pending, HANG) {
-        Err(RecvError::Corrupt(_)) => {}
+        Err(RecvTimeoutError::Recv(RecvError::Corrupt(_))) => {}
         other => panic!("expected a corruption error, got {other:?}"),
     }
     let log = dir.join("log");
@@ -1176,7 +1179,7 @@ fn request_held_by_a_killed_server_is_redelivered_and_answered_once() {
         b"done"
     );
     assert_eq!(client.outstanding(), 0);
-    assert_eq!(server.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(server.try_recv().unwrap_err(), TryRecvError::Empty);
     assert_eq!(service.queued_requests(), 0);
 }
 
@@ -1197,7 +1200,10 @@ fn too_large_request_and_reply_are_refused() {
     let big = [7u8; 65];
     let too_large = SendError::TooLarge { len: 65, max: 64 };
     assert_eq!(client.send(&big).unwrap_err(), too_large);
-    assert_eq!(client.try_send(&big).unwrap_err(), too_large);
+    assert_eq!(
+        client.try_send(&big).unwrap_err(),
+        TrySendError::Send(too_large.clone())
+    );
     assert!(matches!(client.request(&big), Err(Error::Send(e)) if e == too_large));
     assert!(matches!(
         client.request_timeout(&big, Duration::from_millis(10)),
@@ -1205,7 +1211,7 @@ fn too_large_request_and_reply_are_refused() {
     ));
     assert_eq!(service.queued_requests(), 0, "nothing was sent");
     assert_eq!(client.outstanding(), 0);
-    assert_eq!(server.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(server.try_recv().unwrap_err(), TryRecvError::Empty);
 
     // Exactly the maximum, and nothing at all, go through both ways.
     let full = [9u8; 64];
@@ -1221,12 +1227,15 @@ fn too_large_request_and_reply_are_refused() {
     // told instead that no reply will come (and no longer counts the request as outstanding).
     let pending = client.send(b"ask").unwrap();
     let request = server.try_recv().unwrap();
-    assert_eq!(request.reply(&big).unwrap_err(), too_large);
+    assert_eq!(
+        request.reply(&big).unwrap_err(),
+        SendTimeoutError::Send(too_large)
+    );
     assert_eq!(
         client
             .wait_timeout(pending, Duration::from_secs(10))
             .unwrap_err(),
-        RecvError::NoReply
+        RecvTimeoutError::Recv(RecvError::NoReply)
     );
     assert_eq!(client.outstanding(), 0);
 
@@ -1238,8 +1247,9 @@ fn too_large_request_and_reply_are_refused() {
     assert_eq!(client.wait(pending).unwrap().payload(), b"fine");
 }
 
-/// `reply_capacity` requests outstanding: one more is `Full`, from `try_send`, from `send`
-/// (without waiting) and from `request_timeout`; taking one reply makes room for one request.
+/// `reply_capacity` requests outstanding: one more is `AllPlacesHeld`, from `try_send`, from
+/// `send` (without waiting) and from `request_timeout`; taking one reply makes room for one
+/// request.
 #[test]
 fn outstanding_limit_is_reply_capacity() {
     let dir = TempDir::new("outstanding");
@@ -1255,11 +1265,15 @@ fn outstanding_limit_is_reply_capacity() {
     let client = service.client().unwrap();
     let mut pending: Vec<Pending> = (0..4u8).map(|i| client.try_send(&[i]).unwrap()).collect();
     assert_eq!(client.outstanding(), 4);
-    assert_eq!(client.try_send(b"x").unwrap_err(), SendError::Full);
-    assert_eq!(client.send(b"x").unwrap_err(), SendError::Full);
+    let held = SendError::AllPlacesHeld { places: 4 };
+    assert_eq!(
+        client.try_send(b"x").unwrap_err(),
+        TrySendError::Send(held.clone())
+    );
+    assert_eq!(client.send(b"x").unwrap_err(), held);
     assert!(matches!(
         client.request_timeout(b"x", Duration::from_millis(10)),
-        Err(Error::Send(SendError::Full))
+        Err(Error::Send(SendError::AllPlacesHeld { places: 4 }))
     ));
     assert_eq!(
         service.queued_requests(),
@@ -1277,7 +1291,7 @@ fn outstanding_limit_is_reply_capacity() {
     );
     let fifth = client.try_send(&[4]).unwrap();
     pending.push(fifth);
-    assert_eq!(client.try_send(b"x").unwrap_err(), SendError::Full);
+    assert_eq!(client.try_send(b"x").unwrap_err(), TrySendError::Send(held));
     for (i, p) in pending.into_iter().enumerate() {
         let reply = client.wait_timeout(p, HANG).unwrap();
         assert_eq!(reply.payload(), [b'r', b'e', b':', i as u8 + 1]);
@@ -1322,7 +1336,7 @@ fn replies_kept_for_a_later_wait_do_not_block_the_reply_ring() {
     assert_eq!(client.wait(p1).unwrap().payload(), b"re:1");
     // The reply to 0 is kept for its own wait; requests 0 and 2 are outstanding.
     match client.try_send(b"2") {
-        Err(SendError::Full) => {
+        Err(TrySendError::Send(SendError::AllPlacesHeld { .. })) => {
             // Refusing while a reply is kept would be conservative, but the docs allow it.
             assert_eq!(client.wait(p0).unwrap().payload(), b"re:0");
         }
@@ -1335,7 +1349,7 @@ fn replies_kept_for_a_later_wait_do_not_block_the_reply_ring() {
             );
             assert_eq!(
                 client.try_send(b"3").unwrap_err(),
-                SendError::Full,
+                TrySendError::Send(SendError::AllPlacesHeld { places: 2 }),
                 "requests 0 and 2 are outstanding already"
             );
             assert_eq!(client.wait(p2).unwrap().payload(), b"re:2");
@@ -1406,7 +1420,7 @@ fn client_waiting_is_woken_by_a_reply_from_another_process() {
     let request = loop {
         match server.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => break r,
-            Err(RecvError::Timeout) => {
+            Err(RecvTimeoutError::Timeout) => {
                 assert!(c.is_running(), "the client exited without sending");
             }
             Err(e) => panic!("recv: {e}"),
@@ -1492,7 +1506,7 @@ fn forged_replies_in_a_waiting_clients_ring_are_discarded_and_its_own_reply_arri
     let request = loop {
         match server.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => break r,
-            Err(RecvError::Timeout) => {
+            Err(RecvTimeoutError::Timeout) => {
                 assert!(c.is_running(), "the client exited without sending");
             }
             Err(e) => panic!("recv: {e}"),
@@ -1603,9 +1617,9 @@ fn exercise(path: PathBuf, seed: u64) -> (usize, usize) {
         match (rng.below(5), &server, &mut client) {
             (0 | 1, Ok(server), _) => {
                 let r = if rng.below(2) == 0 {
-                    server.try_recv()
+                    server.try_recv().map_err(Error::from)
                 } else {
-                    server.recv_timeout(short)
+                    server.recv_timeout(short).map_err(Error::from)
                 };
                 match r {
                     Ok(request) => {

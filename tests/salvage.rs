@@ -7,7 +7,7 @@ mod common;
 
 use common::{child, s, wait_ready, TempDir};
 use shmq::layout::Geometry;
-use shmq::{Error, Pipeline, PipelineOptions, RecvError, Salvaged};
+use shmq::{Error, Pipeline, PipelineOptions, RecvError, Salvaged, TryRecvError};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ fn salvage_recovers_every_untouched_message_of_a_corrupted_live_queue() {
     // The queue is corrupt, and stays so.
     for _ in 0..2 {
         match consumer.try_recv() {
-            Err(RecvError::Corrupt(_)) => {}
+            Err(TryRecvError::Recv(RecvError::Corrupt(_))) => {}
             other => panic!("expected Corrupt, got {other:?}"),
         }
     }

@@ -12,7 +12,7 @@
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use shmq::{
     Client, Consumer, PipelineOptions, Overflow, Pending, Pipeline, Producer, PubSub, PubSubOptions,
-    Publisher, RecvError, Server, Service, ServiceOptions, Subscriber,
+    Publisher, RecvError, Server, Service, ServiceOptions, Subscriber, TryRecvError,
 };
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -165,7 +165,7 @@ fn drain_subscriber(sub: &mut Subscriber) {
                 touch(m.topic());
                 touch(m.payload());
             }
-            Err(RecvError::Lagged(n)) => {
+            Err(TryRecvError::Recv(RecvError::Lagged(n))) => {
                 black_box(n);
             }
             Err(_) => break,

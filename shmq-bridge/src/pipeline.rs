@@ -204,7 +204,7 @@ pub fn run_out(
                             abandon("the publishing side stopped", 1);
                         }
                     }
-                    Err(shmq::RecvError::Timeout | shmq::RecvError::Empty) => {}
+                    Err(shmq::RecvTimeoutError::Timeout) => {}
                     Err(e) => {
                         tracing::error!("receiving from {}: {e}", file.display());
                         receiver_stats.bump(Counter::Errors);
@@ -522,14 +522,14 @@ pub fn run_in(
                             sender_stats.bump(Counter::LocalSent);
                             break LocalSend::Committed;
                         }
-                        Err(shmq::SendError::Timeout) => {
+                        Err(shmq::SendTimeoutError::Timeout) => {
                             // The local pipeline stays full: tell JetStream the messages are
                             // being worked on, so they are not delivered again after `ack_wait`.
                             if sent_tx.send(LocalSend::Waiting).is_err() {
                                 return;
                             }
                         }
-                        Err(e @ shmq::SendError::TooLarge { .. }) => {
+                        Err(e @ shmq::SendTimeoutError::Send(shmq::SendError::TooLarge { .. })) => {
                             // Retrying cannot help: take it out of the stream.
                             tracing::error!("local send: {e}; message dropped from the stream");
                             sender_stats.bump(Counter::Errors);

@@ -174,8 +174,9 @@ impl Marks {
                         self.unused.push_back((word(0), at));
                     }
                 }
-                Err(shmq::RecvError::Empty) => break,
-                Err(shmq::RecvError::Lagged(_)) => {} // cannot happen in Block mode
+                Err(shmq::TryRecvError::Empty) => break,
+                // Cannot happen in Block mode.
+                Err(shmq::TryRecvError::Recv(shmq::RecvError::Lagged(_))) => {}
                 Err(e) => {
                     tracing::warn!("marks channel: {e}");
                     stats.bump(Counter::Errors);
@@ -255,10 +256,10 @@ pub fn run_out(
                             break;
                         }
                     }
-                    Err(shmq::RecvError::Lagged(n)) => thread_stats.add(Counter::Lagged, n),
-                    Err(shmq::RecvError::Timeout | shmq::RecvError::Empty) => {
-                        marks.refresh(thread_stats)
+                    Err(shmq::RecvTimeoutError::Recv(shmq::RecvError::Lagged(n))) => {
+                        thread_stats.add(Counter::Lagged, n)
                     }
+                    Err(shmq::RecvTimeoutError::Timeout) => marks.refresh(thread_stats),
                     Err(e) => {
                         tracing::error!("receiving from the channel: {e}");
                         thread_stats.bump(Counter::Errors);

@@ -16,7 +16,8 @@
 //! the NATS request timed out, no responder is subscribed, or a `service-out` answered with
 //! `Shmq-Status` — the local request is dropped unanswered, which ends the local client's
 //! `wait` with [`shmq::RecvError::NoReply`] (a client waiting with a shorter timeout of its own
-//! gets its [`shmq::RecvError::Timeout`] first). Up to `--concurrency` requests are in flight.
+//! gets its [`shmq::RecvTimeoutError::Timeout`] first). Up to `--concurrency` requests are in
+//! flight.
 //! A thread receives local requests, another replies to them, so neither blocking call holds
 //! up the async side.
 
@@ -101,7 +102,7 @@ pub fn run_out(
                 };
                 let outcome = match local.request_timeout(&payload, timeout) {
                     Ok(reply) => Outcome::Reply(Bytes::copy_from_slice(reply.payload())),
-                    Err(shmq::Error::Recv(shmq::RecvError::Timeout)) => Outcome::NoReply("timeout"),
+                    Err(shmq::Error::Timeout) => Outcome::NoReply("timeout"),
                     Err(shmq::Error::Recv(shmq::RecvError::NoReply)) => {
                         Outcome::NoReply("no-reply")
                     }
@@ -241,7 +242,7 @@ pub fn run_in(
                             break; // dropped: the client gets "no reply"
                         }
                     }
-                    Err(shmq::RecvError::Timeout | shmq::RecvError::Empty) => {}
+                    Err(shmq::RecvTimeoutError::Timeout) => {}
                     Err(e) => {
                         tracing::error!("receiving requests: {e}");
                         thread_stats.bump(Counter::Errors);

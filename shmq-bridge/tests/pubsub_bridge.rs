@@ -46,7 +46,7 @@ fn drain(sub: &mut shmq::Subscriber, quiet: Duration) -> BTreeMap<(Vec<u8>, Vec<
                     .or_insert(0) += 1;
                 last = Instant::now();
             }
-            Err(shmq::RecvError::Timeout) => {}
+            Err(shmq::RecvTimeoutError::Timeout) => {}
             Err(e) => panic!("subscriber: {e}"),
         }
     }

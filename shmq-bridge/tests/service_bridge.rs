@@ -150,10 +150,7 @@ fn remote_responder_that_never_answers_gives_the_local_client_its_timeout_error(
     let err = client
         .request_timeout(b"anyone?", Duration::from_millis(300))
         .unwrap_err();
-    assert!(
-        matches!(err, shmq::Error::Recv(shmq::RecvError::Timeout)),
-        "{err}"
-    );
+    assert!(matches!(err, shmq::Error::Timeout), "{err}");
     // A client waiting without a deadline is told "no reply" when the bridge's NATS request
     // times out (1 s), instead of waiting for ever.
     let started = Instant::now();

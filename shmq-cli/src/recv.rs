@@ -1,7 +1,7 @@
 //! `shmq recv FILE`: consume messages from a pipeline.
 
 use crate::payload::line;
-use shmq::{Pipeline, RecvError};
+use shmq::{Pipeline, RecvTimeoutError};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,11 +33,11 @@ pub fn run(args: Args) -> crate::Result {
     for _ in 0..args.count {
         let msg = match timeout {
             Some(t) => consumer.recv_timeout(t),
-            None => consumer.recv(),
+            None => consumer.recv().map_err(RecvTimeoutError::from),
         };
         let msg = match msg {
             Ok(msg) => msg,
-            Err(RecvError::Timeout) => {
+            Err(RecvTimeoutError::Timeout) => {
                 return Err(format!(
                     "no message arrived within {}s",
                     timeout.unwrap_or_default().as_secs_f64()
