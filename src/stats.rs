@@ -57,9 +57,11 @@ impl<'a> OwnStats<'a> {
     #[inline]
     pub(crate) fn tally(&self, blocked: usize) -> Tally<'a> {
         Tally {
-            region: self.region,
-            blocked: self.offset(blocked),
-            parked: self.offset(counter::PARKED),
+            counters: self
+                .region
+                .u64_words(self.offset(0), counter::PARTICIPANT_COUNTERS),
+            blocked,
+            parked: counter::PARKED,
         }
     }
 

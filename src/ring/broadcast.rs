@@ -229,13 +229,13 @@ impl BroadcastRing {
     /// Subscribers wait here for messages.
     #[inline]
     pub(crate) fn published(&self) -> WaitCell<'_> {
-        WaitCell::at(&self.region, self.ctl + CTL_NOT_EMPTY)
+        WaitCell::of_word(self.region.u32_at(self.ctl + CTL_NOT_EMPTY))
     }
 
     /// Publishers (in Block mode) wait here for subscribers to move on.
     #[inline]
     pub(crate) fn consumed(&self) -> WaitCell<'_> {
-        WaitCell::at(&self.region, self.ctl + CTL_NOT_FULL)
+        WaitCell::of_word(self.region.u32_at(self.ctl + CTL_NOT_FULL))
     }
 
     #[inline]

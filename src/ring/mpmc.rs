@@ -349,13 +349,13 @@ impl MpmcRing {
     /// Consumers wait here for messages.
     #[inline]
     pub(crate) fn not_empty(&self) -> WaitCell<'_> {
-        WaitCell::at(&self.region, self.ctl + CTL_NOT_EMPTY)
+        WaitCell::of_word(self.region.u32_at(self.ctl + CTL_NOT_EMPTY))
     }
 
     /// Producers wait here for room.
     #[inline]
     pub(crate) fn not_full(&self) -> WaitCell<'_> {
-        WaitCell::at(&self.region, self.ctl + CTL_NOT_FULL)
+        WaitCell::of_word(self.region.u32_at(self.ctl + CTL_NOT_FULL))
     }
 
     #[inline]

@@ -77,6 +77,14 @@ mod mapped {
             unsafe { self.base.as_ptr().add(off) }
         }
 
+        /// The `n` 64-bit atomics from `off` (8-aligned, in bounds: checked).
+        #[inline]
+        pub fn u64_words(&self, off: usize, n: usize) -> &[AtomicU64] {
+            let p = self.ptr(off, n * 8, 8);
+            // SAFETY: as for `u64_at`, for `n` consecutive words, all in bounds (checked).
+            unsafe { std::slice::from_raw_parts(p as *const AtomicU64, n) }
+        }
+
         /// The 64-bit atomic at `off` (8-aligned, in bounds: checked).
         #[inline]
         pub fn u64_at(&self, off: usize) -> &AtomicU64 {
@@ -210,6 +218,11 @@ mod model {
         /// Length in bytes.
         pub fn len(&self) -> usize {
             self.len
+        }
+
+        pub fn u64_words(&self, off: usize, n: usize) -> &[AtomicU64] {
+            assert!(off % 8 == 0 && off + 8 * n <= self.len);
+            &self.words.w64[off / 8..off / 8 + n]
         }
 
         pub fn u64_at(&self, off: usize) -> &AtomicU64 {

@@ -73,11 +73,10 @@
 //! gives up on a CAS that a join or leave raced) and the ring models of `ring::mpmc` and
 //! `ring::broadcast`, whose blocked senders and receivers deadlock on any lost wake-up.
 
-use super::atomic::{bump, spin_hint, AtomicU32, Ordering};
+use super::atomic::{bump, spin_hint, AtomicU32, AtomicU64, Ordering};
 use super::barrier;
 use super::futex;
 use crate::layout::{WAIT_EPOCH_ONE, WAIT_WAITERS_MASK};
-use crate::shm::Region;
 use std::time::{Duration, Instant};
 
 /// How a blocking call waits for its condition.
@@ -179,11 +178,11 @@ pub(crate) struct WaitCell<'a> {
 /// whose first attempt failed (`blocked`: the queue was full, or empty), and of those the ones
 /// that went to sleep on the futex (`parked`, once per call however often it slept).
 ///
-/// Only offsets: the words are looked up (and bounds-checked) when a wait first fails, never
-/// on the fast path where the condition already holds.
+/// The participant's counter words (`counters`, its own entry's) and which two of them:
+/// indexed only when a wait first fails, never on the fast path.
 #[derive(Clone, Copy)]
 pub(crate) struct Tally<'a> {
-    pub(crate) region: &'a Region,
+    pub(crate) counters: &'a [AtomicU64],
     pub(crate) blocked: usize,
     pub(crate) parked: usize,
 }
@@ -191,7 +190,7 @@ pub(crate) struct Tally<'a> {
 impl Tally<'_> {
     #[inline]
     fn count(&self, offset: usize) {
-        bump(self.region.u64_at(offset), 1);
+        bump(&self.counters[offset], 1);
     }
 }
 
@@ -202,16 +201,8 @@ pub(crate) fn epoch(word: u32) -> u32 {
 }
 
 impl<'a> WaitCell<'a> {
-    /// The wait cell at `offset` in `region`.
-    #[inline]
-    pub(crate) fn at(region: &'a Region, offset: usize) -> Self {
-        WaitCell {
-            word: region.u32_at(offset),
-            tally: None,
-        }
-    }
-
-    /// The cell whose futex word is `word` (for the reactor, which keeps words, not regions).
+    /// The cell whose futex word is `word` (a ring's control block word, or one a reactor
+    /// keeps): built from the atomic, so this layer needs nothing of the mapping's.
     #[inline]
     pub(crate) fn of_word(word: &'a AtomicU32) -> Self {
         WaitCell { word, tally: None }
@@ -474,8 +465,8 @@ mod tests {
     use crate::sync::futex::wake_calls;
     use std::cell::Cell;
 
-    fn cell_region() -> Region {
-        Region::heap(64)
+    fn cell_word() -> AtomicU32 {
+        AtomicU32::new(0)
     }
 
     /// Waits on `cell` with the `Park` strategy; `attempt` is called with the number of the
@@ -504,8 +495,8 @@ mod tests {
 
     #[test]
     fn a_waiter_whose_recheck_succeeds_leaves_nothing_registered() {
-        let region = cell_region();
-        let cell = WaitCell::at(&region, 0);
+        let word = cell_word();
+        let cell = WaitCell::of_word(&word);
         // The fast path fails, the re-check after joining succeeds.
         assert_eq!(
             park(&cell, Deadline::Never, |n| (n == 1).then_some(7)),
@@ -516,8 +507,8 @@ mod tests {
 
     #[test]
     fn a_waiter_that_times_out_leaves_nothing_registered() {
-        let region = cell_region();
-        let cell = WaitCell::at(&region, 0);
+        let word = cell_word();
+        let cell = WaitCell::of_word(&word);
         let deadline = Deadline::after(Duration::from_millis(20));
         assert_eq!(park(&cell, deadline, |_| None::<()>), None);
         assert_nobody_registered(&cell);
@@ -525,8 +516,8 @@ mod tests {
 
     #[test]
     fn one_wake_up_call_per_sleep_however_many_notifies() {
-        let region = cell_region();
-        let cell = WaitCell::at(&region, 0);
+        let word = cell_word();
+        let cell = WaitCell::of_word(&word);
         let ready = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
@@ -558,37 +549,36 @@ mod tests {
 
     #[test]
     fn a_saturated_count_stays_until_a_notify_clears_it() {
-        let region = cell_region();
-        let cell = WaitCell::at(&region, 0);
+        let word = cell_word();
+        let cell = WaitCell::of_word(&word);
         let saturated = WAIT_EPOCH_ONE | WAIT_WAITERS_MASK;
-        region.u32_at(0).store(saturated, Ordering::SeqCst);
+        word.store(saturated, Ordering::SeqCst);
         assert_eq!(
             park(&cell, Deadline::Never, |n| (n == 1).then_some(())),
             Some(())
         );
         assert_eq!(
-            region.u32_at(0).load(Ordering::SeqCst),
+            word.load(Ordering::SeqCst),
             saturated,
             "a waiter leaving lowered a saturated count"
         );
         let calls = wake_calls();
         cell.notify();
         assert_eq!(wake_calls() - calls, 1);
-        assert_eq!(region.u32_at(0).load(Ordering::SeqCst), 2 * WAIT_EPOCH_ONE);
+        assert_eq!(word.load(Ordering::SeqCst), 2 * WAIT_EPOCH_ONE);
         cell.notify();
         assert_eq!(wake_calls() - calls, 1);
     }
 
     #[test]
     fn any_word_in_the_file_is_survived() {
-        for word in [u32::MAX, u32::MAX - 1, WAIT_WAITERS_MASK, 1, 0x8000_0001] {
-            let region = cell_region();
-            let cell = WaitCell::at(&region, 0);
-            region.u32_at(0).store(word, Ordering::SeqCst);
+        for value in [u32::MAX, u32::MAX - 1, WAIT_WAITERS_MASK, 1, 0x8000_0001] {
+            let word = AtomicU32::new(value);
+            let cell = WaitCell::of_word(&word);
             let deadline = Deadline::after(Duration::from_millis(2));
             assert_eq!(park(&cell, deadline, |_| None::<()>), None);
             cell.notify();
-            assert_eq!(cell.registered(), 0, "after a notify, from {word:#x}");
+            assert_eq!(cell.registered(), 0, "after a notify, from {value:#x}");
         }
     }
 }
@@ -600,9 +590,9 @@ mod loom_models {
     use loom::sync::Arc;
     use loom::thread;
 
-    /// Parks on the cell at the start of `region` until `flag` is set.
-    fn wait_until_set(region: &Region, flag: &AtomicBool) {
-        WaitCell::at(region, 0)
+    /// Parks on the cell whose futex word is `word` until `flag` is set.
+    fn wait_until_set(word: &AtomicU32, flag: &AtomicBool) {
+        WaitCell::of_word(word)
             .wait_for(WaitStrategy::Park, Deadline::Never, || {
                 Ok::<_, ()>(flag.load(Ordering::Relaxed).then_some(()))
             })
@@ -626,15 +616,15 @@ mod loom_models {
         let mut model = loom::model::Builder::new();
         model.preemption_bound = Some(4);
         model.check(|| {
-            let region = Region::heap(64);
+            let word = Arc::new(AtomicU32::new(0));
             let flags = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
             let waiters: Vec<_> = (0..2)
                 .map(|i| {
-                    let (region, flags) = (region.clone(), flags.clone());
-                    thread::spawn(move || wait_until_set(&region, &flags[i]))
+                    let (word, flags) = (word.clone(), flags.clone());
+                    thread::spawn(move || wait_until_set(&word, &flags[i]))
                 })
                 .collect();
-            let cell = WaitCell::at(&region, 0);
+            let cell = WaitCell::of_word(&word);
             for flag in flags.iter() {
                 flag.store(true, Ordering::Relaxed);
                 cell.notify();
@@ -643,7 +633,7 @@ mod loom_models {
                 w.join().unwrap();
             }
             assert_eq!(
-                region.u32_at(0).load(Ordering::SeqCst) & WAIT_WAITERS_MASK,
+                word.load(Ordering::SeqCst) & WAIT_WAITERS_MASK,
                 0,
                 "a waiter is still registered after every wait ended"
             );
