@@ -308,6 +308,9 @@ pub(crate) struct Participant {
     lock_fd: LockFile,
     region: Region,
     table: usize,
+    /// Offset of its entry (`table + index × PARTICIPANT_SIZE`), computed once: the hot paths
+    /// count into it.
+    entry: usize,
     max: u32,
     /// The process that attached it: the only one whose drop detaches it.
     process: Process,
@@ -345,10 +348,7 @@ impl Participant {
     /// This participant's own statistics counters (see `stats`).
     #[inline]
     pub(crate) fn stats(&self) -> OwnStats<'_> {
-        OwnStats::at(
-            &self.region,
-            self.table + self.index as usize * PARTICIPANT_SIZE,
-        )
+        OwnStats::at(&self.region, self.entry)
     }
 
     /// The process that attached this participant.
@@ -600,6 +600,7 @@ pub(crate) trait Recoverable {
             lock_fd,
             region,
             table: table_offset,
+            entry: table_offset + index as usize * PARTICIPANT_SIZE,
             max,
             process,
         })

@@ -242,15 +242,33 @@ impl Shared {
     /// Waits on `cell` for `me` (counted in its statistics as `blocked`) until `attempt`
     /// succeeds or the deadline passes, sweeping for the dead whenever the wait stalls.
     #[inline]
-    fn wait<T>(
+    fn wait<'c, T>(
         &self,
-        me: &Participant,
-        (cell, blocked): (WaitCell<'_>, usize),
+        me: &'c Participant,
+        (cell, blocked): (impl FnOnce() -> WaitCell<'c>, usize),
+        (strategy, deadline): (WaitStrategy, Deadline),
+        mut attempt: impl FnMut() -> Result<Option<T>, Corruption>,
+    ) -> Result<Option<T>, Corruption> {
+        // The fast path: the condition holds, and the cell and its tally are never built.
+        if let Some(v) = attempt()? {
+            return Ok(Some(v));
+        }
+        self.wait_missed(me, (cell, blocked), (strategy, deadline), attempt)
+    }
+
+    /// [`wait`](Self::wait) after its first attempt failed: out of line, so the fast path
+    /// stays small.
+    #[cold]
+    #[inline(never)]
+    fn wait_missed<'c, T>(
+        &self,
+        me: &'c Participant,
+        (cell, blocked): (impl FnOnce() -> WaitCell<'c>, usize),
         (strategy, deadline): (WaitStrategy, Deadline),
         attempt: impl FnMut() -> Result<Option<T>, Corruption>,
     ) -> Result<Option<T>, Corruption> {
-        me.waiting_on(cell, blocked)
-            .wait_or_repair(strategy, deadline, attempt, || self.repair_quietly())
+        me.waiting_on(cell(), blocked)
+            .wait_after_miss(strategy, deadline, attempt, || self.repair_quietly())
     }
 
     /// The token of the participant now in entry `owner` (1-based), or `None` if the id is out
@@ -758,7 +776,7 @@ impl Producer {
     fn claim(&self, ring: &MpmcRing, deadline: Deadline) -> Result<WriteClaim, Waited<SendError>> {
         let waited = self.shared.wait(
             &self.me,
-            (ring.not_full(), counter::FULL),
+            (|| ring.not_full(), counter::FULL),
             (self.wait, deadline),
             ring.write_claimer(self.owner),
         );
@@ -777,7 +795,7 @@ impl Producer {
     ) -> Result<(), Waited<SendError>> {
         let waited = self.shared.wait(
             &self.me,
-            (ring.not_full(), counter::FULL),
+            (|| ring.not_full(), counter::FULL),
             (self.wait, deadline),
             || end.try_claim().map(|free| free.then_some(())),
         );
@@ -1239,6 +1257,36 @@ impl Consumer {
     /// Receives the next message, verified against its checksum if the queue has them.
     #[inline]
     fn recv_with(&self, deadline: Deadline) -> Result<Message<'_>, Waited<RecvError>> {
+        if let Some(ready) = self.take_ready_exclusive() {
+            return Ok(ready?);
+        }
+        self.recv_waiting(deadline)
+    }
+
+    /// The exclusive ring's fast path: the message at the head if it is ready now and needs
+    /// nothing more than delivering (no checksum to verify, no disconnect rule); `None` sends
+    /// the caller down the general path (which looks again). Kept small so that a streaming
+    /// consumer's receives overlap their cache misses.
+    #[inline(always)]
+    fn take_ready_exclusive(&self) -> Option<Result<Message<'_>, RecvError>> {
+        let Ends::Exclusive(ring, end) = &self.ends else {
+            return None;
+        };
+        if self.shared.checksum || self.disconnect.when_alone || !self.me.in_own_process() {
+            return None;
+        }
+        let claim = match lock(end).try_next() {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(RecvError::Corrupt(e))),
+        };
+        crate::testhook::park_at("consumer-received");
+        Some(Ok(self.message(MessageClaim::Exclusive(ring, claim))))
+    }
+
+    /// [`recv_with`](Self::recv_with) beyond the fast path: waits, verifies, disconnects.
+    #[inline(never)]
+    fn recv_waiting(&self, deadline: Deadline) -> Result<Message<'_>, Waited<RecvError>> {
         let msg = self.take_with(deadline)?;
         if self.shared.checksum {
             return Ok(self.verified(msg, None)?);
@@ -1280,7 +1328,7 @@ impl Consumer {
             Ends::Shared(ring) => {
                 let waited = self.shared.wait(
                     &self.me,
-                    (ring.not_empty(), counter::EMPTY),
+                    (|| ring.not_empty(), counter::EMPTY),
                     (self.wait, deadline),
                     self.or_alone(|| ring.try_claim_read(self.owner)),
                 );
@@ -1291,7 +1339,7 @@ impl Consumer {
                 let mut end = lock(end);
                 let waited = self.shared.wait(
                     &self.me,
-                    (ring.not_empty(), counter::EMPTY),
+                    (|| ring.not_empty(), counter::EMPTY),
                     (self.wait, deadline),
                     self.or_alone(|| end.try_next()),
                 );
@@ -1807,6 +1855,13 @@ impl Message<'_> {
         if !self.consumer.me.in_own_process() {
             return true;
         }
+        self.release_here()
+    }
+
+    /// [`release`](Self::release) where the caller has checked that this is the consumer's
+    /// own process.
+    #[inline]
+    fn release_here(&mut self) -> bool {
         let released = match self.claim.take() {
             None => return true,
             Some(MessageClaim::Shared(ring, claim)) => ring.release(claim),
@@ -1843,7 +1898,8 @@ impl Drop for Message<'_> {
     #[inline]
     fn drop(&mut self) {
         if self.claim.is_some() && self.consumer.me.in_own_process() {
-            self.release_and_wake();
+            self.release_here();
+            self.consumer.wake_producers();
         }
     }
 }

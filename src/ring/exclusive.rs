@@ -129,7 +129,7 @@ use crate::layout::{
     RING_CONTROL_SIZE,
 };
 use crate::shm::Region;
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::sync::WaitCell;
 
 /// The state field's `READY` value, where `ring::mpmc` puts its `Ready` state.
@@ -252,7 +252,7 @@ impl ExclusiveRing {
         stride: usize,
         max_message: usize,
     ) -> Self {
-        assert!(ctl + RING_CONTROL_SIZE <= region.len());
+        assert!(ctl % 8 == 0 && ctl + RING_CONTROL_SIZE <= region.len());
         ExclusiveRing {
             slots: SlotArray::new(region, slots, capacity, stride, max_message),
             ctl,
@@ -276,14 +276,32 @@ impl ExclusiveRing {
     /// The producer's record of its position (written by the producer alone).
     #[inline]
     fn tail_record(&self) -> &AtomicU64 {
-        self.region().u64_at(self.ctl + CTL_TAIL)
+        self.ctl_u64(CTL_TAIL)
+    }
+
+    /// The control block's 64-bit word at `at`, without a check per access: `new` checked
+    /// the whole block.
+    #[inline]
+    fn ctl_u64(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at % 8 == 0 && at + 8 <= RING_CONTROL_SIZE);
+        // SAFETY: `at` is one of the block's word offsets (multiples of 8 below
+        // RING_CONTROL_SIZE) and `new` checked that the block, 8-aligned, lies in the region.
+        unsafe { self.region().u64_at_unchecked(self.ctl + at) }
+    }
+
+    /// The control block's 32-bit word at `at` (see [`ctl_u64`](Self::ctl_u64)).
+    #[inline]
+    fn ctl_u32(&self, at: usize) -> &AtomicU32 {
+        debug_assert!(at % 4 == 0 && at + 4 <= RING_CONTROL_SIZE);
+        // SAFETY: as for `ctl_u64`, a 4-aligned word inside the checked block.
+        unsafe { self.region().u32_at_unchecked(self.ctl + at) }
     }
 
     /// Where the next consumer starts (written by recovery and detach; by the consumer too when
     /// it is given this word as its delivered word).
     #[inline]
     fn head_record(&self) -> &AtomicU64 {
-        self.region().u64_at(self.head_offset())
+        self.ctl_u64(CTL_HEAD)
     }
 
     /// What the consumer recorded in the head word (when it records there).
@@ -317,13 +335,13 @@ impl ExclusiveRing {
     /// Consumers wait here for messages.
     #[inline]
     pub(crate) fn not_empty(&self) -> WaitCell<'_> {
-        WaitCell::of_word(self.region().u32_at(self.ctl + CTL_NOT_EMPTY))
+        WaitCell::of_word(self.ctl_u32(CTL_NOT_EMPTY))
     }
 
     /// Producers wait here for room.
     #[inline]
     pub(crate) fn not_full(&self) -> WaitCell<'_> {
-        WaitCell::of_word(self.region().u32_at(self.ctl + CTL_NOT_FULL))
+        WaitCell::of_word(self.ctl_u32(CTL_NOT_FULL))
     }
 
     /// The one place a commit wakes a waiting consumer.
@@ -344,7 +362,7 @@ impl ExclusiveRing {
             End::Producer => CTL_PRODUCER_HOLDER,
             End::Consumer => CTL_CONSUMER_HOLDER,
         };
-        self.region().u64_at(self.ctl + at)
+        self.ctl_u64(at)
     }
 
     /// Takes `end` for the participant named by `me` (any nonzero token, e.g. its entry's
@@ -500,6 +518,7 @@ impl ExclusiveRing {
         Ok(ProducerEnd {
             ring: self.clone(),
             tail,
+            index: self.index(tail),
             writing: false,
         })
     }
@@ -518,6 +537,8 @@ impl ExclusiveRing {
     pub(crate) fn attach_consumer(&self, delivered_at: usize) -> Result<ConsumerEnd, Corruption> {
         let recorded = self.head_record().load(Ordering::Acquire);
         let (start, _) = self.scan(recorded, None)?;
+        // Checked once here: the end records into it on every delivery, unchecked.
+        let _ = self.region().u64_at(delivered_at);
         let end = ConsumerEnd {
             ring: self.clone(),
             head: start,
@@ -591,7 +612,7 @@ impl ExclusiveRing {
 
     /// Acknowledges a held message: frees its slot for the producer of the next lap, and wakes
     /// a producer waiting for room.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, claim: ReadClaim) {
         let next = claim.pos.wrapping_add(self.capacity());
         self.state(claim.index)
@@ -605,6 +626,8 @@ impl ExclusiveRing {
 pub(crate) struct ProducerEnd {
     ring: ExclusiveRing,
     tail: u64,
+    /// The slot serving `tail` (kept with it, not recomputed per access).
+    index: usize,
     writing: bool,
 }
 
@@ -627,7 +650,7 @@ impl ProducerEnd {
         let ring = &self.ring;
         // Acquire: pairs with the consumer's Release acknowledgement of the previous lap, so
         // its reads of that message happen before this producer overwrites it.
-        let raw = ring.state(ring.index(t)).load(Ordering::Acquire);
+        let raw = ring.state(self.index).load(Ordering::Acquire);
         if raw == empty(t) {
             self.writing = true;
             return Ok(true);
@@ -650,7 +673,7 @@ impl ProducerEnd {
         assert!(at
             .checked_add(len)
             .is_some_and(|end| end <= self.ring.max_message));
-        self.ring.slots.payload_offset(self.ring.index(self.tail)) + at
+        self.ring.slots.payload_offset(self.index) + at
     }
 
     /// Copies `bytes` into the claimed slot's payload at `at`.
@@ -697,10 +720,9 @@ impl ProducerEnd {
             self.writing,
             "shmq internal error: header access without a claimed slot"
         );
-        let index = self.ring.index(self.tail);
         self.ring
             .slots
-            .check_word(index)
+            .check_word(self.index)
             .store(check, Ordering::Relaxed);
     }
 
@@ -721,13 +743,14 @@ impl ProducerEnd {
         assert!(self.writing && len <= self.ring.max_message);
         let t = self.tail;
         let ring = &self.ring;
-        let index = ring.index(t);
+        let index = self.index;
         ring.slots
             .len_word(index)
             .store(len as u32, Ordering::Relaxed);
         // Release: the payload and length above are visible to a consumer that sees READY.
         ring.state(index).store(ready(t, false), Ordering::Release);
         self.tail = t.wrapping_add(1);
+        self.index = ring.index(self.tail);
         self.writing = false;
         ring.tail_record().store(self.tail, Ordering::Relaxed);
         ring.wake_consumer();
@@ -757,13 +780,18 @@ impl ConsumerEnd {
         &self.ring
     }
 
+    /// The word this end records its position in.
+    #[inline]
+    fn delivered_word(&self) -> &AtomicU64 {
+        // SAFETY: `attach_consumer` checked (with `Region::u64_at`, which panics otherwise)
+        // that `delivered_at` is an 8-aligned word inside the region, and the region is fixed.
+        unsafe { self.ring.region().u64_at_unchecked(self.delivered_at) }
+    }
+
     /// Stores `head` into the delivered word (Relaxed: see the module docs).
     #[inline]
     fn record(&self) {
-        self.ring
-            .region()
-            .u64_at(self.delivered_at)
-            .store(self.head, Ordering::Relaxed);
+        self.delivered_word().store(self.head, Ordering::Relaxed);
     }
 
     /// Delivers the next message, or `None` if nothing is ready.

@@ -15,6 +15,9 @@ pub(crate) struct SlotArray {
     region: Region,
     slots: usize,
     capacity: u64,
+    /// `capacity` is a power of two: positions map to slots by a mask (a division costs tens
+    /// of cycles), decided once.
+    pow2: bool,
     stride: usize,
 }
 
@@ -31,11 +34,12 @@ impl SlotArray {
     ) -> Self {
         assert!((1..=crate::layout::MAX_CAPACITY).contains(&capacity));
         assert!(stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
-        assert!(slots + capacity as usize * stride <= region.len());
+        assert!(slots % 8 == 0 && slots + capacity as usize * stride <= region.len());
         SlotArray {
             region,
             slots,
             capacity,
+            pow2: capacity.is_power_of_two(),
             stride,
         }
     }
@@ -55,8 +59,7 @@ impl SlotArray {
     /// The slot serving position `pos`.
     #[inline]
     pub(crate) fn index(&self, pos: u64) -> usize {
-        // A mask when the capacity is a power of two: a division costs tens of cycles.
-        if self.capacity.is_power_of_two() {
+        if self.pow2 {
             (pos & (self.capacity - 1)) as usize
         } else {
             (pos % self.capacity) as usize
@@ -69,23 +72,41 @@ impl SlotArray {
         self.slots + index * self.stride
     }
 
+    /// Offset of slot `index`'s header word at `at` (0, 8 or 12) after checking that the slot
+    /// exists: one compare, where the region's own check is three.
+    #[inline]
+    fn header_offset(&self, index: usize, at: usize) -> usize {
+        if index as u64 >= self.capacity {
+            no_such_slot(index, self.capacity);
+        }
+        self.offset(index) + at
+    }
+
     /// Slot `index`'s state word.
     #[inline]
     pub(crate) fn state(&self, index: usize) -> &AtomicU64 {
-        self.region.u64_at(self.offset(index))
+        let off = self.header_offset(index, 0);
+        // SAFETY: `index < capacity`, so the slot lies inside the region (`new` checked
+        // `slots + capacity × stride <= len`); `slots` and `stride` are multiples of 8, so the
+        // word is 8-aligned, and a stride holds the 16-byte header.
+        unsafe { self.region.u64_at_unchecked(off) }
     }
 
     /// Slot `index`'s message length.
     #[inline]
     pub(crate) fn len_word(&self, index: usize) -> &AtomicU32 {
-        self.region.u32_at(self.offset(index) + 8)
+        let off = self.header_offset(index, 8);
+        // SAFETY: as for `state`: bytes 8..12 of a slot inside the region, 4-aligned.
+        unsafe { self.region.u32_at_unchecked(off) }
     }
 
     /// Slot `index`'s check word (the payload's CRC32C in a pipeline with checksums; see
     /// [`SlotHeader::check`](crate::layout::SlotHeader::check)).
     #[inline]
     pub(crate) fn check_word(&self, index: usize) -> &AtomicU32 {
-        self.region.u32_at(self.offset(index) + 12)
+        let off = self.header_offset(index, 12);
+        // SAFETY: as for `state`: bytes 12..16 of a slot inside the region, 4-aligned.
+        unsafe { self.region.u32_at_unchecked(off) }
     }
 
     /// Offset of slot `index`'s payload in the region.
@@ -93,4 +114,12 @@ impl SlotArray {
     pub(crate) fn payload_offset(&self, index: usize) -> usize {
         self.offset(index) + SLOT_HEADER_SIZE
     }
+}
+
+/// The panic of a slot index past the array (a bug in shmq: indices are computed from
+/// positions by [`SlotArray::index`], never read from the region), out of line.
+#[cold]
+#[inline(never)]
+fn no_such_slot(index: usize, capacity: u64) -> ! {
+    panic!("shmq internal error: slot {index} of a ring of {capacity}")
 }

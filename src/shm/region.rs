@@ -20,6 +20,14 @@ mod mapped {
     use std::ptr::NonNull;
     use std::sync::Arc;
 
+    /// The panic of an access outside the region (a bug in shmq: offsets come from validated
+    /// geometry), out of line so that each access inlines to a compare and a branch.
+    #[cold]
+    #[inline(never)]
+    fn outside(off: usize, size: usize, len: usize) -> ! {
+        panic!("shmq internal error: access at {off}+{size} outside a region of {len} bytes")
+    }
+
     /// Shared memory: a base pointer, a length, and whatever keeps the memory mapped.
     #[derive(Clone)]
     pub struct Region {
@@ -68,11 +76,9 @@ mod mapped {
 
         #[inline]
         fn ptr(&self, off: usize, size: usize, align: usize) -> *mut u8 {
-            assert!(
-                off % align == 0 && off.checked_add(size).is_some_and(|end| end <= self.len),
-                "shmq internal error: access at {off}+{size} outside a region of {} bytes",
-                self.len
-            );
+            if !(off % align == 0 && off.checked_add(size).is_some_and(|end| end <= self.len)) {
+                outside(off, size, self.len);
+            }
             // SAFETY: `off + size <= len` was just checked, so the result stays in the region.
             unsafe { self.base.as_ptr().add(off) }
         }
@@ -99,6 +105,31 @@ mod mapped {
         pub fn u32_at(&self, off: usize) -> &AtomicU32 {
             let p = self.ptr(off, 4, 4);
             // SAFETY: as for `u64_at`, with 4-byte size and alignment.
+            unsafe { &*(p as *const AtomicU32) }
+        }
+
+        /// The 64-bit atomic at `off`, unchecked: for a caller that validated its offsets once
+        /// (a ring's slot array) and must not pay a check per access.
+        ///
+        /// # Safety
+        /// `off` is a multiple of 8 and `off + 8 <= self.len()`.
+        #[inline]
+        pub unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
+            debug_assert!(off % 8 == 0 && off + 8 <= self.len);
+            let p = self.base.as_ptr().wrapping_add(off);
+            // SAFETY: in bounds and aligned (the caller's contract), so as for `u64_at`.
+            unsafe { &*(p as *const AtomicU64) }
+        }
+
+        /// The 32-bit atomic at `off`, unchecked (see [`u64_at_unchecked`](Self::u64_at_unchecked)).
+        ///
+        /// # Safety
+        /// `off` is a multiple of 4 and `off + 4 <= self.len()`.
+        #[inline]
+        pub unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
+            debug_assert!(off % 4 == 0 && off + 4 <= self.len);
+            let p = self.base.as_ptr().wrapping_add(off);
+            // SAFETY: in bounds and aligned (the caller's contract), so as for `u32_at`.
             unsafe { &*(p as *const AtomicU32) }
         }
 
@@ -233,6 +264,18 @@ mod model {
         pub fn u32_at(&self, off: usize) -> &AtomicU32 {
             assert!(off % 4 == 0 && off + 4 <= self.len);
             &self.words.w32[off / 4]
+        }
+
+        /// # Safety
+        /// None needed in the model (checked), kept `unsafe` to match the mapped region.
+        pub unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
+            self.u64_at(off)
+        }
+
+        /// # Safety
+        /// As for `u64_at_unchecked`.
+        pub unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
+            self.u32_at(off)
         }
 
         pub fn store_words(&self, off: usize, src: &[u8]) {

@@ -244,17 +244,28 @@ impl<T> DerefMut for OwnerGuard<'_, T> {
 }
 
 impl<T> Drop for OwnerGuard<'_, T> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        match self.slow.take() {
-            None => self.cell.busy.store(0, Ordering::Release),
-            Some(streak) => {
-                if streak.count >= REBIAS && biasing() {
-                    // Under the mutex, with nobody biased: this thread's next entry is fast.
-                    self.cell.bias.store(streak.thread, Ordering::Relaxed);
-                }
-                drop(streak);
+        // The biased path, inlined: one store. The mutex's guard (with its poison check) is
+        // dropped out of line.
+        if self.slow.is_none() {
+            self.cell.busy.store(0, Ordering::Release);
+        } else {
+            self.leave_slow();
+        }
+    }
+}
+
+impl<T> OwnerGuard<'_, T> {
+    #[cold]
+    #[inline(never)]
+    fn leave_slow(&mut self) {
+        if let Some(streak) = self.slow.take() {
+            if streak.count >= REBIAS && biasing() {
+                // Under the mutex, with nobody biased: this thread's next entry is fast.
+                self.cell.bias.store(streak.thread, Ordering::Relaxed);
             }
+            drop(streak);
         }
     }
 }

@@ -374,6 +374,20 @@ impl<'a> WaitCell<'a> {
         if let Some(v) = attempt()? {
             return Ok(Some(v));
         }
+        self.wait_after_miss(strategy, deadline, attempt, repair)
+    }
+
+    /// The rest of [`wait_or_repair`](Self::wait_or_repair) after a first attempt that found
+    /// the condition false (for a caller that made that attempt itself, before building the
+    /// cell): counts the wait as blocked, then waits unless the deadline is now.
+    #[inline]
+    pub(crate) fn wait_after_miss<T, E>(
+        &self,
+        strategy: WaitStrategy,
+        deadline: Deadline,
+        attempt: impl FnMut() -> Result<Option<T>, E>,
+        repair: impl FnMut(),
+    ) -> Result<Option<T>, E> {
         if let Some(tally) = &self.tally {
             tally.count(tally.blocked);
         }
