@@ -45,6 +45,7 @@ use crate::layout::{
     CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_TAIL, SLOT_HEADER_SIZE, TABLE_ENTRY_SIZE,
 };
 use crate::ring::mpmc::{SlotState, Word};
+use crate::ring::slots::{help_on, SlotArray};
 use crate::shm::Region;
 use crate::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::sync::WaitCell;
@@ -89,9 +90,8 @@ pub(crate) enum Poll {
 pub(crate) struct BroadcastRing {
     region: Region,
     ctl: usize,
-    slots: usize,
+    slots: SlotArray,
     capacity: u64,
-    stride: usize,
     topic_area: usize,
     max_topic: usize,
     max_message: usize,
@@ -122,14 +122,12 @@ impl BroadcastRing {
                 && stride >= SLOT_HEADER_SIZE + topic_area + max_message.next_multiple_of(8)
         );
         assert!(ctl + crate::layout::RING_CONTROL_SIZE <= region.len());
-        assert!(slots + capacity as usize * stride <= region.len());
         assert!(table + max_subscribers as usize * TABLE_ENTRY_SIZE <= region.len());
         BroadcastRing {
+            slots: SlotArray::new(region.clone(), slots, capacity, stride, max_message),
             region,
             ctl,
-            slots,
             capacity,
-            stride,
             topic_area,
             max_topic,
             max_message,
@@ -143,7 +141,7 @@ impl BroadcastRing {
     pub(crate) fn initialize(&self) {
         for i in 0..self.capacity as usize {
             let w = Word::new((i as u64).wrapping_sub(self.capacity), SlotState::Empty, 0);
-            self.state(i).store(w.encode(), Ordering::Relaxed);
+            self.slots.state(i).store(w.encode(), Ordering::Relaxed);
         }
     }
 
@@ -183,33 +181,11 @@ impl BroadcastRing {
         self.region.u64_at(self.ctl + CTL_HEAD)
     }
 
-    #[inline]
-    fn index(&self, pos: u64) -> usize {
-        if self.capacity.is_power_of_two() {
-            (pos & (self.capacity - 1)) as usize
-        } else {
-            (pos % self.capacity) as usize
-        }
-    }
-
-    #[inline]
-    fn slot(&self, index: usize) -> usize {
-        self.slots + index * self.stride
-    }
-
-    #[inline]
-    fn state(&self, index: usize) -> &AtomicU64 {
-        self.region.u64_at(self.slot(index))
-    }
-
-    #[inline]
-    fn len_word(&self, index: usize) -> &AtomicU32 {
-        self.region.u32_at(self.slot(index) + 8)
-    }
-
+    /// Slot `index`'s topic length: a broadcast slot keeps it in the header's check word
+    /// (bytes 12..16), the topic itself at the start of the payload.
     #[inline]
     fn topic_len_word(&self, index: usize) -> &AtomicU32 {
-        self.region.u32_at(self.slot(index) + 12)
+        self.slots.check_word(index)
     }
 
     #[inline]
@@ -282,14 +258,14 @@ impl BroadcastRing {
     ) -> Result<Option<PublishClaim>, Corruption> {
         let mut t = self.tail().load(Ordering::SeqCst);
         loop {
-            let index = self.index(t);
+            let index = self.slots.index(t);
             let claimed = Word::new(t, SlotState::Writing, owner).encode();
             // In steady state the slot holds the previous lap's committed message, whose word
             // is exactly this (commits clear the owner): try the claim at once, one transaction
             // on the line the subscribers read, instead of a read and then an upgrade.
             let previous = Word::new(t.wrapping_sub(self.capacity), SlotState::Ready, 0).encode();
             let raw = if self.gate_allows(t, cache) {
-                match self.state(index).compare_exchange(
+                match self.slots.state(index).compare_exchange(
                     previous,
                     claimed,
                     Ordering::Relaxed,
@@ -299,23 +275,19 @@ impl BroadcastRing {
                     Err(raw) => raw,
                 }
             } else {
-                self.state(index).load(Ordering::Acquire)
+                self.slots.state(index).load(Ordering::Acquire)
             };
             fence(Ordering::Acquire);
             let w = Word::decode(raw)?;
             if w.seq == self.seq(t) {
                 // Claimed already: help the tail on.
-                let _ = self.tail().compare_exchange(
-                    t,
-                    t.wrapping_add(1),
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                );
+                help_on(self.tail(), t, Ordering::SeqCst);
             } else if w.seq == self.seq(t.wrapping_sub(self.capacity)) {
                 if w.state == SlotState::Writing || !self.gate_allows(t, cache) {
                     return Ok(None);
                 }
                 if self
+                    .slots
                     .state(index)
                     .compare_exchange(raw, claimed, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
@@ -341,9 +313,7 @@ impl BroadcastRing {
     #[inline]
     fn claimed(&self, t: u64, index: usize, owner: u16) -> PublishClaim {
         fence(Ordering::Release);
-        let _ =
-            self.tail()
-                .compare_exchange(t, t.wrapping_add(1), Ordering::SeqCst, Ordering::Relaxed);
+        help_on(self.tail(), t, Ordering::SeqCst);
         PublishClaim {
             pos: t,
             index,
@@ -356,17 +326,19 @@ impl BroadcastRing {
     #[inline]
     pub(crate) fn write_and_commit(&self, claim: PublishClaim, topic: &[u8], body: &[u8]) -> bool {
         debug_assert!(topic.len() <= self.max_topic && body.len() <= self.max_message);
-        let base = self.slot(claim.index) + SLOT_HEADER_SIZE;
+        let base = self.slots.payload_offset(claim.index);
         self.region.store_words(base, topic);
         self.region.store_words(base + self.topic_area, body);
         self.topic_len_word(claim.index)
             .store(topic.len() as u32, Ordering::Relaxed);
-        self.len_word(claim.index)
+        self.slots
+            .len_word(claim.index)
             .store(body.len() as u32, Ordering::Relaxed);
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
         // The owner is cleared: a committed message belongs to nobody.
         let to = Word::new(claim.pos, SlotState::Ready, 0).encode();
-        self.state(claim.index)
+        self.slots
+            .state(claim.index)
             .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
             .is_ok()
     }
@@ -377,18 +349,18 @@ impl BroadcastRing {
     pub(crate) fn poll(&self, cursor: &mut u64, buf: &mut [u8]) -> Result<Poll, Corruption> {
         loop {
             let c = *cursor;
-            let index = self.index(c);
-            let raw = self.state(index).load(Ordering::Acquire);
+            let index = self.slots.index(c);
+            let raw = self.slots.state(index).load(Ordering::Acquire);
             let w = Word::decode(raw)?;
             let ahead = w.seq.wrapping_sub(self.seq(c)) & SEQ_MASK;
             if ahead == 0 {
                 match w.state {
                     SlotState::Ready => {
                         let topic_len = self.topic_len_word(index).load(Ordering::Relaxed) as usize;
-                        let len = self.len_word(index).load(Ordering::Relaxed) as usize;
+                        let len = self.slots.len_word(index).load(Ordering::Relaxed) as usize;
                         let sane = topic_len <= self.max_topic && len <= self.max_message;
                         if sane {
-                            let base = self.slot(index) + SLOT_HEADER_SIZE;
+                            let base = self.slots.payload_offset(index);
                             self.region.load_words(base, &mut buf[..topic_len]);
                             self.region.load_words(
                                 base + self.topic_area,
@@ -396,7 +368,7 @@ impl BroadcastRing {
                             );
                         }
                         fence(Ordering::Acquire);
-                        if self.state(index).load(Ordering::Relaxed) != raw {
+                        if self.slots.state(index).load(Ordering::Relaxed) != raw {
                             return self.lagged(cursor);
                         }
                         if !sane {
@@ -515,11 +487,12 @@ impl BroadcastRing {
             return (0, 0);
         }
         for index in 0..self.capacity as usize {
-            let raw = self.state(index).load(Ordering::Acquire);
+            let raw = self.slots.state(index).load(Ordering::Acquire);
             let Ok(w) = Word::decode(raw) else { continue };
             if w.owner == owner && w.state == SlotState::Writing {
                 let to = Word::new(w.seq, SlotState::Skipped, owner).encode();
                 if self
+                    .slots
                     .state(index)
                     .compare_exchange(raw, to, Ordering::Release, Ordering::Relaxed)
                     .is_ok()
@@ -704,12 +677,12 @@ pub(crate) mod tests {
         let cache = GateCache::default();
         let (_, mut c) = r.attach(1, false).unwrap();
         assert!(publish(&r, &cache, b"t", b"x"));
-        r.len_word(0).store(u32::MAX, Ordering::Relaxed);
+        r.slots.len_word(0).store(u32::MAX, Ordering::Relaxed);
         let mut buf = vec![0; r.buffer_len()];
         assert!(r.poll(&mut c, &mut buf).is_err());
         assert_eq!(c, 1, "a corrupt slot is passed over, not re-read forever");
         c = 0;
-        r.state(0).store(
+        r.slots.state(0).store(
             Word::new(12345, SlotState::Ready, 1).encode(),
             Ordering::Relaxed,
         );

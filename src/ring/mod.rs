@@ -4,6 +4,4 @@
 pub(crate) mod broadcast;
 pub(crate) mod exclusive;
 pub(crate) mod mpmc;
-// Shared by the rings as they adopt it (the exclusive ring first).
-#[allow(dead_code)]
 pub(crate) mod slots;

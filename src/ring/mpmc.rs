@@ -53,9 +53,8 @@
 //! modulo `capacity`, never read from the region).
 
 use crate::error::Corruption;
-use crate::layout::{
-    CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_REDELIVER_PENDING, CTL_TAIL, SLOT_HEADER_SIZE,
-};
+use crate::layout::{CTL_HEAD, CTL_NOT_EMPTY, CTL_NOT_FULL, CTL_REDELIVER_PENDING, CTL_TAIL};
+use crate::ring::slots::{help_on, SlotArray};
 use crate::shm::Region;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::WaitCell;
@@ -170,14 +169,32 @@ impl ReadClaim {
     }
 }
 
+/// What a claimer does after finding a word at its counter's position that it cannot take.
+enum Step {
+    /// The position is taken or finished: help the counter past it and reload it.
+    Help,
+    /// The word lags the counter: reload it and retry; if it has not moved, stop, with
+    /// nothing (`None`: full or empty) or with this corruption.
+    Recheck(Option<&'static str>),
+}
+
+/// What a consumer finds at the head.
+enum AtHead {
+    /// A message to take (ready, or awaiting redelivery).
+    Message,
+    /// An abandoned claim: free its slot, then help the head past it.
+    Skipped,
+    /// Nothing to take here.
+    Other(Step),
+}
+
 /// The ring over a region: a control block (tail, head, two wait cells) and the slots.
 #[derive(Clone)]
 pub(crate) struct MpmcRing {
     region: Region,
     ctl: usize,
-    slots: usize,
+    slots: SlotArray,
     capacity: u64,
-    stride: usize,
     max_message: usize,
 }
 
@@ -193,15 +210,12 @@ impl MpmcRing {
         stride: usize,
         max_message: usize,
     ) -> Self {
-        assert!(capacity >= 1 && stride >= SLOT_HEADER_SIZE + max_message && stride % 8 == 0);
         assert!(ctl + crate::layout::RING_CONTROL_SIZE <= region.len());
-        assert!(slots + capacity as usize * stride <= region.len());
         MpmcRing {
+            slots: SlotArray::new(region.clone(), slots, capacity, stride, max_message),
             region,
             ctl,
-            slots,
             capacity,
-            stride,
             max_message,
         }
     }
@@ -216,55 +230,20 @@ impl MpmcRing {
         self.region.u64_at(self.ctl + CTL_HEAD)
     }
 
-    #[inline]
-    fn index(&self, pos: u64) -> usize {
-        // A mask when the capacity is a power of two: a division costs tens of cycles.
-        if self.capacity.is_power_of_two() {
-            (pos & (self.capacity - 1)) as usize
-        } else {
-            (pos % self.capacity) as usize
-        }
-    }
-
-    #[inline]
-    fn slot_offset(&self, index: usize) -> usize {
-        self.slots + index * self.stride
-    }
-
-    #[inline]
-    fn state(&self, index: usize) -> &AtomicU64 {
-        self.region.u64_at(self.slot_offset(index))
-    }
-
-    #[inline]
-    fn len_word(&self, index: usize) -> &crate::sync::atomic::AtomicU32 {
-        self.region.u32_at(self.slot_offset(index) + 8)
-    }
-
-    /// Slot `index`'s check word ([`SlotHeader::check`](crate::layout::SlotHeader::check)).
-    #[inline]
-    fn check_word(&self, index: usize) -> &crate::sync::atomic::AtomicU32 {
-        self.region.u32_at(self.slot_offset(index) + 12)
-    }
-
     /// Stores `check` (the payload's checksum) into the claimed slot's header, for the commit
     /// to publish with the payload: a Relaxed store before the commit's Release CAS.
     #[inline]
     pub(crate) fn set_check(&self, claim: &WriteClaim, check: u32) {
-        self.check_word(claim.index).store(check, Ordering::Relaxed);
+        self.slots
+            .check_word(claim.index)
+            .store(check, Ordering::Relaxed);
     }
 
     /// The held message's check word, as its producer stored it before the commit (read after
     /// the claim's Acquire; untrusted, like every byte of the slot).
     #[inline]
     pub(crate) fn check(&self, claim: &ReadClaim) -> u32 {
-        self.check_word(claim.index).load(Ordering::Relaxed)
-    }
-
-    /// Offset of the payload of slot `index` in the region.
-    #[inline]
-    fn payload_offset(&self, index: usize) -> usize {
-        self.slot_offset(index) + SLOT_HEADER_SIZE
+        self.slots.check_word(claim.index).load(Ordering::Relaxed)
     }
 
     /// Copies `bytes` into the claimed slot's payload at `at`.
@@ -280,7 +259,7 @@ impl MpmcRing {
         // `at + len <= max_message` keeps the copy inside the slot (checked just above).
         unsafe {
             self.region
-                .write(self.payload_offset(claim.index) + at, bytes)
+                .write(self.slots.payload_offset(claim.index) + at, bytes)
         };
     }
 
@@ -292,7 +271,10 @@ impl MpmcRing {
         // exclusively for as long as the slice; `len <= max_message` (checked) keeps it inside
         // the slot; `&'a self` keeps the region mapped.
         // SAFETY: so nobody else reads or writes these bytes while the slice lives.
-        unsafe { self.region.slice_mut(self.payload_offset(claim.index), len) }
+        unsafe {
+            self.region
+                .slice_mut(self.slots.payload_offset(claim.index), len)
+        }
     }
 
     /// The first `len` payload bytes of a claimed slot being written, to read them back.
@@ -301,7 +283,10 @@ impl MpmcRing {
         assert!(len <= self.max_message);
         // SAFETY: as for `payload_mut`, with a shared borrow: the claim's holder is the only
         // one who may write these bytes, and it cannot while it lends the claim out shared.
-        unsafe { self.region.slice(self.payload_offset(claim.index), len) }
+        unsafe {
+            self.region
+                .slice(self.slots.payload_offset(claim.index), len)
+        }
     }
 
     /// Copies the held message out (the loom models' way of reading, where no slice can be
@@ -310,7 +295,10 @@ impl MpmcRing {
     pub(crate) fn read(&self, claim: &ReadClaim) -> Vec<u8> {
         let mut v = vec![0; claim.len];
         // SAFETY: the claim proves ownership of the slot until released; loom checks it.
-        unsafe { self.region.read(self.payload_offset(claim.index), &mut v) };
+        unsafe {
+            self.region
+                .read(self.slots.payload_offset(claim.index), &mut v)
+        };
         v
     }
 
@@ -325,7 +313,7 @@ impl MpmcRing {
         // SAFETY: so the bytes stay in bounds and unchanged while the slice lives.
         unsafe {
             self.region
-                .slice(self.payload_offset(claim.index), claim.len)
+                .slice(self.slots.payload_offset(claim.index), claim.len)
         }
     }
 
@@ -343,7 +331,7 @@ impl MpmcRing {
         // Slot strides are multiples of 64 and payloads start 16-aligned, so the last word
         // (read whole, `round_up(len, 8)`) stays inside the slot; the region checks it anyway.
         self.region
-            .load_words(self.payload_offset(claim.index) + from, dst);
+            .load_words(self.slots.payload_offset(claim.index) + from, dst);
     }
 
     /// Consumers wait here for messages.
@@ -394,67 +382,117 @@ impl MpmcRing {
     fn claim_write(&self, owner: u16, read_first: bool) -> Result<Option<WriteClaim>, Corruption> {
         let mut t = self.tail().load(Ordering::Acquire);
         loop {
-            let index = self.index(t);
+            let index = self.slots.index(t);
             let free = Word::new(t, SlotState::Empty, 0).encode();
-            let claimed = Word::new(t, SlotState::Writing, owner).encode();
-            let seen = if read_first {
-                self.state(index).load(Ordering::Acquire)
+            let mut seen = if read_first {
+                self.slots.state(index).load(Ordering::Acquire)
             } else {
                 free
             };
-            let attempt = if seen == free {
-                self.state(index).compare_exchange(
+            if seen == free {
+                let claimed = Word::new(t, SlotState::Writing, owner).encode();
+                match self.slots.state(index).compare_exchange(
                     free,
                     claimed,
                     Ordering::Acquire,
                     Ordering::Acquire,
-                )
-            } else {
-                Err(seen)
-            };
-            let raw = match attempt {
-                Ok(_) => {
-                    // Move the tail on; if this fails, someone already helped.
-                    let _ = self.tail().compare_exchange(
-                        t,
-                        t.wrapping_add(1),
-                        Ordering::Release,
-                        Ordering::Relaxed,
-                    );
-                    return Ok(Some(WriteClaim {
-                        pos: t,
-                        index,
-                        owner,
-                    }));
-                }
-                Err(raw) => raw,
-            };
-            let w = Word::decode(raw)?;
-            if w.seq == self.seq(t) && w.state == SlotState::Empty {
-                // Free, but with owner or flag bits no code path writes.
-                return Err(Corruption::BadState("a free slot carries an owner"));
-            } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.capacity)) {
-                // Position t is claimed already: help the tail past it.
-                let _ = self.tail().compare_exchange(
-                    t,
-                    t.wrapping_add(1),
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
-            } else {
-                let now = self.tail().load(Ordering::Acquire);
-                if now == t {
-                    if w.seq == self.seq(t.wrapping_sub(self.capacity)) {
-                        return Ok(None);
+                ) {
+                    Ok(_) => {
+                        help_on(self.tail(), t, Ordering::Release);
+                        return Ok(Some(WriteClaim {
+                            pos: t,
+                            index,
+                            owner,
+                        }));
                     }
-                    return Err(Corruption::BadState(
-                        "a slot's sequence is out of step with the tail",
-                    ));
+                    Err(raw) => seen = raw,
                 }
-                t = now;
-                continue;
             }
-            t = self.tail().load(Ordering::Acquire);
+            let step = self.at_tail(t, Word::decode(seen)?)?;
+            match self.take_step(self.tail(), t, step)? {
+                Some(next) => t = next,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Classifies the word `w` a producer found at tail position `t` that is not the free
+    /// slot it came to claim.
+    #[inline]
+    fn at_tail(&self, t: u64, w: Word) -> Result<Step, Corruption> {
+        if w.seq == self.seq(t) && w.state == SlotState::Empty {
+            // Free, but with owner or flag bits no code path writes.
+            Err(Corruption::BadState("a free slot carries an owner"))
+        } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.capacity)) {
+            // Position t is claimed already.
+            Ok(Step::Help)
+        } else {
+            Ok(Step::Recheck(self.lap_behind(
+                t,
+                w,
+                "a slot's sequence is out of step with the tail",
+            )))
+        }
+    }
+
+    /// Classifies the word `w` a consumer found at head position `h`.
+    #[inline]
+    fn at_head(&self, h: u64, w: Word) -> AtHead {
+        if w.seq == self.seq(h) {
+            match w.state {
+                SlotState::Ready | SlotState::Redeliver => AtHead::Message,
+                SlotState::Skipped => AtHead::Skipped,
+                SlotState::Reading => AtHead::Other(Step::Help),
+                // Not yet published: empty, unless the head moved meanwhile.
+                SlotState::Empty | SlotState::Writing => AtHead::Other(Step::Recheck(None)),
+            }
+        } else if w.seq == self.seq(h.wrapping_add(self.capacity)) {
+            // Position h was consumed and its slot released already.
+            AtHead::Other(Step::Help)
+        } else {
+            AtHead::Other(Step::Recheck(self.lap_behind(
+                h,
+                w,
+                "a slot's sequence is out of step with the head",
+            )))
+        }
+    }
+
+    /// For a word that lags the counter at `pos`: `None` if it is exactly one lap behind (the
+    /// ring is full at the tail, empty at the head), else the corruption `what`.
+    #[inline]
+    fn lap_behind(&self, pos: u64, w: Word, what: &'static str) -> Option<&'static str> {
+        if w.seq == self.seq(pos.wrapping_sub(self.capacity)) {
+            None
+        } else {
+            Some(what)
+        }
+    }
+
+    /// Takes `step` at position `pos` of `counter` (the head or the tail): the position to try
+    /// next, or `None` when the claimer stops empty-handed.
+    #[inline]
+    fn take_step(
+        &self,
+        counter: &AtomicU64,
+        pos: u64,
+        step: Step,
+    ) -> Result<Option<u64>, Corruption> {
+        match step {
+            Step::Help => {
+                help_on(counter, pos, Ordering::Release);
+                Ok(Some(counter.load(Ordering::Acquire)))
+            }
+            Step::Recheck(idle) => {
+                let now = counter.load(Ordering::Acquire);
+                if now != pos {
+                    return Ok(Some(now));
+                }
+                match idle {
+                    None => Ok(None),
+                    Some(what) => Err(Corruption::BadState(what)),
+                }
+            }
         }
     }
 
@@ -463,11 +501,13 @@ impl MpmcRing {
     #[inline]
     pub(crate) fn commit(&self, claim: WriteClaim, len: usize) -> bool {
         debug_assert!(len <= self.max_message);
-        self.len_word(claim.index)
+        self.slots
+            .len_word(claim.index)
             .store(len as u32, Ordering::Relaxed);
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
         let to = Word::new(claim.pos, SlotState::Ready, claim.owner).encode();
-        self.state(claim.index)
+        self.slots
+            .state(claim.index)
             .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
             .is_ok()
     }
@@ -476,7 +516,7 @@ impl MpmcRing {
     pub(crate) fn abandon(&self, claim: WriteClaim) {
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
         let to = Word::new(claim.pos, SlotState::Skipped, claim.owner).encode();
-        let _ = self.state(claim.index).compare_exchange(
+        let _ = self.slots.state(claim.index).compare_exchange(
             from,
             to,
             Ordering::Release,
@@ -494,94 +534,47 @@ impl MpmcRing {
         }
         let mut h = self.head().load(Ordering::Acquire);
         loop {
-            let index = self.index(h);
-            let raw = self.state(index).load(Ordering::Acquire);
+            let index = self.slots.index(h);
+            let raw = self.slots.state(index).load(Ordering::Acquire);
             let w = Word::decode(raw)?;
-            if w.seq == self.seq(h) {
-                match w.state {
-                    SlotState::Ready | SlotState::Redeliver => {
-                        let mut taken = Word::new(h, SlotState::Reading, owner);
-                        taken.redelivered = w.state == SlotState::Redeliver || w.redelivered;
-                        if self
-                            .state(index)
-                            .compare_exchange(
-                                raw,
-                                taken.encode(),
-                                Ordering::Acquire,
-                                Ordering::Relaxed,
-                            )
-                            .is_ok()
-                        {
-                            let _ = self.head().compare_exchange(
-                                h,
-                                h.wrapping_add(1),
-                                Ordering::Release,
-                                Ordering::Relaxed,
-                            );
-                            if w.state == SlotState::Redeliver {
-                                self.took_redelivery();
-                            }
-                            return self.held(h, index, taken.redelivered, owner).map(Some);
+            let step = match self.at_head(h, w) {
+                AtHead::Message => {
+                    let mut taken = Word::new(h, SlotState::Reading, owner);
+                    taken.redelivered = w.state == SlotState::Redeliver || w.redelivered;
+                    if self
+                        .slots
+                        .state(index)
+                        .compare_exchange(raw, taken.encode(), Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        help_on(self.head(), h, Ordering::Release);
+                        if w.state == SlotState::Redeliver {
+                            self.took_redelivery();
                         }
-                        h = self.head().load(Ordering::Acquire);
-                        continue;
+                        return self.held(h, index, taken.redelivered, owner).map(Some);
                     }
-                    SlotState::Skipped => {
-                        let freed =
-                            Word::new(h.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
-                        if self
-                            .state(index)
-                            .compare_exchange(raw, freed, Ordering::Release, Ordering::Relaxed)
-                            .is_ok()
-                        {
-                            self.not_full().notify();
-                        }
-                        let _ = self.head().compare_exchange(
-                            h,
-                            h.wrapping_add(1),
-                            Ordering::Release,
-                            Ordering::Relaxed,
-                        );
-                    }
-                    SlotState::Reading => {
-                        let _ = self.head().compare_exchange(
-                            h,
-                            h.wrapping_add(1),
-                            Ordering::Release,
-                            Ordering::Relaxed,
-                        );
-                    }
-                    SlotState::Empty | SlotState::Writing => {
-                        let now = self.head().load(Ordering::Acquire);
-                        if now == h {
-                            return Ok(None);
-                        }
-                        h = now;
-                        continue;
-                    }
+                    h = self.head().load(Ordering::Acquire);
+                    continue;
                 }
-            } else if w.seq == self.seq(h.wrapping_add(self.capacity)) {
-                // Position h was consumed and its slot released already: help the head on.
-                let _ = self.head().compare_exchange(
-                    h,
-                    h.wrapping_add(1),
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
-            } else {
-                let now = self.head().load(Ordering::Acquire);
-                if now == h {
-                    if w.seq == self.seq(h.wrapping_sub(self.capacity)) {
-                        return Ok(None);
+                AtHead::Skipped => {
+                    let freed =
+                        Word::new(h.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
+                    if self
+                        .slots
+                        .state(index)
+                        .compare_exchange(raw, freed, Ordering::Release, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        self.not_full().notify();
                     }
-                    return Err(Corruption::BadState(
-                        "a slot's sequence is out of step with the head",
-                    ));
+                    Step::Help
                 }
-                h = now;
-                continue;
+                AtHead::Other(step) => step,
+            };
+            match self.take_step(self.head(), h, step)? {
+                Some(next) => h = next,
+                None => return Ok(None),
             }
-            h = self.head().load(Ordering::Acquire);
         }
     }
 
@@ -608,7 +601,7 @@ impl MpmcRing {
         redelivered: bool,
         owner: u16,
     ) -> Result<ReadClaim, Corruption> {
-        let len = u64::from(self.len_word(index).load(Ordering::Relaxed));
+        let len = u64::from(self.slots.len_word(index).load(Ordering::Relaxed));
         let claim = ReadClaim {
             pos,
             index,
@@ -651,7 +644,7 @@ impl MpmcRing {
             return;
         }
         let awaiting = (0..self.capacity as usize).any(|index| {
-            Word::decode(self.state(index).load(Ordering::Acquire))
+            Word::decode(self.slots.state(index).load(Ordering::Acquire))
                 .is_ok_and(|w| w.state == SlotState::Redeliver)
         });
         if !awaiting {
@@ -663,7 +656,7 @@ impl MpmcRing {
     /// only done while the pending count says there is one).
     fn claim_redelivery(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
         for index in 0..self.capacity as usize {
-            let raw = self.state(index).load(Ordering::Acquire);
+            let raw = self.slots.state(index).load(Ordering::Acquire);
             let Ok(w) = Word::decode(raw) else { continue };
             if w.state != SlotState::Redeliver {
                 continue;
@@ -671,6 +664,7 @@ impl MpmcRing {
             let mut taken = Word::new(w.seq, SlotState::Reading, owner);
             taken.redelivered = true;
             if self
+                .slots
                 .state(index)
                 .compare_exchange(raw, taken.encode(), Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
@@ -691,7 +685,7 @@ impl MpmcRing {
     pub(crate) fn recover(&self, owner: u16, redeliver: bool) -> (u64, u64, u64) {
         let (mut skipped, mut redelivered, mut freed) = (0, 0, 0);
         for index in 0..self.capacity as usize {
-            let raw = self.state(index).load(Ordering::Acquire);
+            let raw = self.slots.state(index).load(Ordering::Acquire);
             let Ok(w) = Word::decode(raw) else { continue };
             if w.owner != owner || owner == 0 {
                 continue;
@@ -713,6 +707,7 @@ impl MpmcRing {
                 _ => continue,
             };
             if self
+                .slots
                 .state(index)
                 .compare_exchange(raw, to.encode(), Ordering::Release, Ordering::Relaxed)
                 .is_ok()
@@ -736,7 +731,8 @@ impl MpmcRing {
         let mut from = Word::new(claim.pos, SlotState::Reading, claim.owner);
         from.redelivered = claim.redelivered;
         let to = Word::new(claim.pos.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
-        self.state(claim.index)
+        self.slots
+            .state(claim.index)
             .compare_exchange(from.encode(), to, Ordering::Release, Ordering::Relaxed)
             .is_ok()
     }
@@ -753,7 +749,7 @@ impl MpmcRing {
     /// Only for a ring nobody else can see yet (during creation).
     pub(crate) fn initialize(&self) {
         for i in 0..self.capacity as usize {
-            self.state(i).store(
+            self.slots.state(i).store(
                 Word::new(i as u64, SlotState::Empty, 0).encode(),
                 Ordering::Relaxed,
             );
@@ -766,7 +762,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn ring(capacity: u64, max_message: usize) -> MpmcRing {
-        let stride = (SLOT_HEADER_SIZE + max_message).next_multiple_of(8);
+        let stride = (crate::layout::SLOT_HEADER_SIZE + max_message).next_multiple_of(8);
         let slots = crate::layout::RING_CONTROL_SIZE;
         let region = Region::heap(slots + capacity as usize * stride);
         let r = MpmcRing::new(region, 0, slots, capacity, stride, max_message);
@@ -853,20 +849,20 @@ mod tests {
         let r = ring(4, 8);
         assert!(send(&r, b"a"));
         // An unknown state.
-        r.state(0).store(7 << STATE_SHIFT, Ordering::Relaxed);
+        r.slots.state(0).store(7 << STATE_SHIFT, Ordering::Relaxed);
         assert!(r.try_claim_read(2).is_err());
         // A sequence that fits nothing.
-        r.state(0).store(
+        r.slots.state(0).store(
             Word::new(999, SlotState::Ready, 1).encode(),
             Ordering::Relaxed,
         );
         assert!(r.try_claim_read(2).is_err());
         // A length beyond max_message: an error, and the slot is released, not wedged.
-        r.state(0).store(
+        r.slots.state(0).store(
             Word::new(0, SlotState::Ready, 1).encode(),
             Ordering::Relaxed,
         );
-        r.len_word(0).store(u32::MAX, Ordering::Relaxed);
+        r.slots.len_word(0).store(u32::MAX, Ordering::Relaxed);
         assert!(matches!(
             r.try_claim_read(2),
             Err(Corruption::BadLength { .. })

@@ -7,7 +7,7 @@
 
 use crate::layout::SLOT_HEADER_SIZE;
 use crate::shm::Region;
-use crate::sync::atomic::{AtomicU32, AtomicU64};
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A ring's slots in a region.
 #[derive(Clone)]
@@ -122,4 +122,12 @@ impl SlotArray {
 #[inline(never)]
 fn no_such_slot(index: usize, capacity: u64) -> ! {
     panic!("shmq internal error: slot {index} of a ring of {capacity}")
+}
+
+/// The helping step of a claim: move `counter` (a ring's head or tail) from `from` past the
+/// position a claimer has already taken, if nobody has yet. Losing the race is fine: someone
+/// else moved it.
+#[inline]
+pub(crate) fn help_on(counter: &AtomicU64, from: u64, order: Ordering) {
+    let _ = counter.compare_exchange(from, from.wrapping_add(1), order, Ordering::Relaxed);
 }
