@@ -431,8 +431,10 @@ impl Geometry {
         })
     }
 
-    /// Computes the layout of any kind of file from its primary options.
-    pub fn compute(shape: Shape) -> Result<Self, String> {
+    /// Checks `shape`'s options against its kind and returns the bytes a slot carries after
+    /// its header: the message, plus the topic area (publish-subscribe) or the envelope
+    /// (service).
+    fn slot_payload(shape: &Shape) -> Result<u64, String> {
         let Shape {
             kind,
             capacity,
@@ -442,7 +444,7 @@ impl Geometry {
             max_topic,
             table_entries,
             reply_capacity,
-        } = shape;
+        } = *shape;
         check_range("capacity", capacity, 1, MAX_CAPACITY)?;
         check_range("max_message", max_message, 0, MAX_MESSAGE_LIMIT)?;
         check_range(
@@ -451,7 +453,6 @@ impl Geometry {
             1,
             MAX_PARTICIPANTS_LIMIT.into(),
         )?;
-        let mut payload = max_message;
         match kind {
             KIND_PIPELINE => {
                 if flags & !PIPELINE_FLAGS != 0 {
@@ -460,6 +461,7 @@ impl Geometry {
                 if max_topic != 0 || table_entries != 0 || reply_capacity != 0 {
                     return Err("a pipeline has no topic, table or reply options".into());
                 }
+                Ok(max_message)
             }
             KIND_PUBSUB => {
                 if flags != OVERFLOW_DROP_OLDEST && flags != OVERFLOW_BLOCK {
@@ -475,7 +477,7 @@ impl Geometry {
                 if reply_capacity != 0 {
                     return Err("a publish-subscribe channel has no reply rings".into());
                 }
-                payload += topic_area(max_topic);
+                Ok(max_message + topic_area(max_topic))
             }
             KIND_SERVICE => {
                 if flags != 0 || max_topic != 0 {
@@ -488,21 +490,33 @@ impl Geometry {
                     u64::from(max_participants),
                 )?;
                 check_range("reply_capacity", reply_capacity, 1, MAX_CAPACITY)?;
-                payload += ENVELOPE_SIZE as u64;
+                Ok(max_message + ENVELOPE_SIZE as u64)
             }
-            _ => return Err(format!("unknown queue kind {kind}")),
+            _ => Err(format!("unknown queue kind {kind}")),
         }
+    }
+
+    /// Computes the layout of any kind of file from its primary options.
+    pub fn compute(shape: Shape) -> Result<Self, String> {
+        let payload = Self::slot_payload(&shape)?;
+        let Shape {
+            capacity,
+            max_message,
+            table_entries,
+            ..
+        } = shape;
         let too_big =
             || format!("a queue of {capacity} slots of {max_message} bytes does not fit in a file");
         let slot_stride = round_up(SLOT_HEADER_SIZE as u64 + payload, 64).ok_or_else(too_big)?;
         let participants_offset = PARTICIPANTS_OFFSET as u64;
         let after_participants =
-            participants_offset + u64::from(max_participants) * PARTICIPANT_SIZE as u64;
+            participants_offset + u64::from(shape.max_participants) * PARTICIPANT_SIZE as u64;
         let table_offset = round_up(after_participants, PAD as u64).ok_or_else(too_big)?;
         let mut end = table_offset + u64::from(table_entries) * TABLE_ENTRY_SIZE as u64;
         let mut reply_stride = 0;
-        if kind == KIND_SERVICE {
-            reply_stride = reply_capacity
+        if shape.kind == KIND_SERVICE {
+            reply_stride = shape
+                .reply_capacity
                 .checked_mul(slot_stride)
                 .and_then(|s| s.checked_add(RING_CONTROL_SIZE as u64))
                 .and_then(|s| round_up(s, PAD as u64))
@@ -521,18 +535,18 @@ impl Geometry {
             .filter(|&s| s <= MAX_FILE_SIZE)
             .ok_or_else(too_big)?;
         Ok(Geometry {
-            kind,
+            kind: shape.kind,
             capacity,
             max_message,
             slot_stride,
             slots_offset,
             participants_offset,
-            max_participants,
-            flags,
-            max_topic,
+            max_participants: shape.max_participants,
+            flags: shape.flags,
+            max_topic: shape.max_topic,
             table_entries,
             table_offset,
-            reply_capacity,
+            reply_capacity: shape.reply_capacity,
             reply_stride,
             file_size,
         })
