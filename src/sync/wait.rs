@@ -397,7 +397,8 @@ impl<'a> WaitCell<'a> {
         self.wait_slow(strategy, deadline, attempt, repair)
     }
 
-    /// The waiting itself, kept out of line so the fast path stays small.
+    /// The waiting itself, kept out of line so the fast path stays small: a spin phase (unless
+    /// the strategy parks at once), then a park phase (unless it busy-polls).
     #[cold]
     #[inline(never)]
     fn wait_slow<T, E>(
@@ -405,43 +406,65 @@ impl<'a> WaitCell<'a> {
         strategy: WaitStrategy,
         deadline: Deadline,
         mut attempt: impl FnMut() -> Result<Option<T>, E>,
-        mut repair: impl FnMut(),
+        repair: impl FnMut(),
     ) -> Result<Option<T>, E> {
         let started = Instant::now();
-        let mut next_repair = started + STALL_CHECK;
-        let mut stalled = |now: Instant| {
-            if now >= next_repair {
-                repair();
-                next_repair = now + STALL_CHECK;
-            }
+        let mut stall = StallCheck {
+            repair,
+            next: started + STALL_CHECK,
         };
         let spin_until = match strategy {
             WaitStrategy::BusyPoll => None,
             WaitStrategy::SpinThenPark(d) => started.checked_add(d), // too long: never park
             WaitStrategy::Park => Some(started),
         };
-        // Spin phase: poll, looking at the clock only every 64 polls.
+        let park_at_once = matches!(strategy, WaitStrategy::Park);
+        match Self::spin(spin_until, park_at_once, deadline, &mut attempt, &mut stall)? {
+            Some(done) => Ok(done),
+            None => self.park(deadline, attempt, stall),
+        }
+    }
+
+    /// Spin phase: poll, looking at the clock only every 64 polls. `Some` is the wait's
+    /// outcome (a value, or `None` at the deadline); `None` means go on to park, at
+    /// `spin_until` or at once if `park_at_once`.
+    fn spin<T, E>(
+        spin_until: Option<Instant>,
+        park_at_once: bool,
+        deadline: Deadline,
+        attempt: &mut impl FnMut() -> Result<Option<T>, E>,
+        stall: &mut StallCheck<impl FnMut()>,
+    ) -> Result<Option<Option<T>>, E> {
         let mut polls: u32 = 0;
         loop {
             polls = polls.wrapping_add(1);
             if polls % 64 == 0 {
                 let now = Instant::now();
                 if matches!(spin_until, Some(t) if now >= t) {
-                    break;
-                }
-                if matches!(deadline, Deadline::At(at) if now >= at) {
                     return Ok(None);
                 }
-                stalled(now);
-            } else if matches!(strategy, WaitStrategy::Park) {
-                break;
+                if matches!(deadline, Deadline::At(at) if now >= at) {
+                    return Ok(Some(None));
+                }
+                stall.check(now);
+            } else if park_at_once {
+                return Ok(None);
             }
             if let Some(v) = attempt()? {
-                return Ok(Some(v));
+                return Ok(Some(Some(v)));
             }
             spin_hint();
         }
-        // Park phase. A wait that parks is counted once, however often it sleeps.
+    }
+
+    /// Park phase: join the waiters, check once more, sleep. A wait that parks is counted
+    /// once, however often it sleeps.
+    fn park<T, E>(
+        &self,
+        deadline: Deadline,
+        mut attempt: impl FnMut() -> Result<Option<T>, E>,
+        #[cfg_attr(loom, allow(unused_mut, unused_variables))] mut stall: StallCheck<impl FnMut()>,
+    ) -> Result<Option<T>, E> {
         let mut parked_before = false;
         loop {
             let Some(left) = deadline.remaining() else {
@@ -468,7 +491,22 @@ impl<'a> WaitCell<'a> {
                 return Ok(Some(v));
             }
             #[cfg(not(loom))]
-            stalled(Instant::now());
+            stall.check(Instant::now());
+        }
+    }
+}
+
+/// The stall check of a long wait: `repair` runs at most every [`STALL_CHECK`].
+struct StallCheck<F: FnMut()> {
+    repair: F,
+    next: Instant,
+}
+
+impl<F: FnMut()> StallCheck<F> {
+    fn check(&mut self, now: Instant) {
+        if now >= self.next {
+            (self.repair)();
+            self.next = now + STALL_CHECK;
         }
     }
 }
