@@ -42,6 +42,9 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(loom))]
+#[macro_use]
+mod options;
+#[cfg(not(loom))]
 pub mod asynchronous;
 mod error;
 #[cfg(all(feature = "test-hooks", not(loom)))]

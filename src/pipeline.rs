@@ -56,15 +56,6 @@ impl PipelineOptions {
         Self::default()
     }
 
-    /// The size in bytes of the file a queue created with these options has (all of it is
-    /// reserved at creation).
-    ///
-    /// # Errors
-    /// [`Error::InvalidOptions`] if an option is out of range.
-    pub fn file_size(&self) -> Result<u64, Error> {
-        Ok(self.geometry()?.file_size)
-    }
-
     /// The layout a queue created with these options has (its `file_size` is the file's).
     /// The on-file layout is not API: for shmq's own tools and tests.
     #[doc(hidden)]
@@ -161,27 +152,9 @@ impl PipelineOptions {
         self.max_participants = n;
         self
     }
-
-    /// File permission bits (default `0o600`); to share the queue with a group, see
-    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
-    /// file).
-    #[must_use]
-    pub fn mode(mut self, mode: u32) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
-    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
-    /// is group-writable and the opener is in its group, so members of `gid` can use it and
-    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
-    #[must_use]
-    pub fn group(mut self, gid: u32) -> Self {
-        self.group = Some(gid);
-        self.mode = 0o660;
-        self
-    }
 }
+
+file_options!(PipelineOptions, "queue");
 
 /// The ring a pipeline file runs on, chosen once from its header's flags.
 enum Ring {

@@ -69,15 +69,6 @@ impl ServiceOptions {
         Self::default()
     }
 
-    /// The size in bytes of the file a service created with these options has (all of it is
-    /// reserved at creation).
-    ///
-    /// # Errors
-    /// [`Error::InvalidOptions`] if an option is out of range.
-    pub fn file_size(&self) -> Result<u64, Error> {
-        Ok(self.geometry()?.file_size)
-    }
-
     /// The layout a service created with these options has (its `file_size` is the file's).
     /// The on-file layout is not API: for shmq's own tools and tests.
     #[doc(hidden)]
@@ -138,27 +129,9 @@ impl ServiceOptions {
         self.max_servers = n;
         self
     }
-
-    /// File permission bits (default `0o600`); to share the file with a group, see
-    /// [`group`](Self::group). Modes writable by others are refused (`open` would refuse the
-    /// file).
-    #[must_use]
-    pub fn mode(mut self, mode: u32) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Shares the file with group `gid`: created with that group (`fchown`; the creator must
-    /// be in it, or be root) and mode `0o660`. `open` accepts another user's file only when it
-    /// is group-writable and the opener is in its group, so members of `gid` can use it and
-    /// nobody else can. A later [`mode`](Self::mode) may change the bits (e.g. `0o620`).
-    #[must_use]
-    pub fn group(mut self, gid: u32) -> Self {
-        self.group = Some(gid);
-        self.mode = 0o660;
-        self
-    }
 }
+
+file_options!(ServiceOptions, "service");
 
 struct Shared {
     mapping: Arc<Mapping>,
