@@ -91,7 +91,6 @@ pub(crate) struct BroadcastRing {
     region: Region,
     ctl: usize,
     slots: SlotArray,
-    capacity: u64,
     topic_area: usize,
     max_topic: usize,
     max_message: usize,
@@ -127,7 +126,6 @@ impl BroadcastRing {
             slots: SlotArray::new(region.clone(), slots, capacity, stride, max_message),
             region,
             ctl,
-            capacity,
             topic_area,
             max_topic,
             max_message,
@@ -139,8 +137,12 @@ impl BroadcastRing {
 
     /// Writes the initial state of every slot: slot `i` holds "nothing" for position `i`.
     pub(crate) fn initialize(&self) {
-        for i in 0..self.capacity as usize {
-            let w = Word::new((i as u64).wrapping_sub(self.capacity), SlotState::Empty, 0);
+        for i in 0..self.slots.capacity() as usize {
+            let w = Word::new(
+                (i as u64).wrapping_sub(self.slots.capacity()),
+                SlotState::Empty,
+                0,
+            );
             self.slots.state(i).store(w.encode(), Ordering::Relaxed);
         }
     }
@@ -232,10 +234,10 @@ impl BroadcastRing {
     /// subscriber's unread messages alone.
     #[inline]
     fn gate_allows(&self, t: u64, cache: &GateCache) -> bool {
-        if !self.block || t < self.capacity {
+        if !self.block || t < self.slots.capacity() {
             return true;
         }
-        let victim = t - self.capacity;
+        let victim = t - self.slots.capacity();
         let epoch = self.epoch().load(Ordering::SeqCst);
         if cache.epoch.load(Ordering::Relaxed) == epoch
             && victim < cache.min.load(Ordering::Relaxed)
@@ -263,7 +265,8 @@ impl BroadcastRing {
             // In steady state the slot holds the previous lap's committed message, whose word
             // is exactly this (commits clear the owner): try the claim at once, one transaction
             // on the line the subscribers read, instead of a read and then an upgrade.
-            let previous = Word::new(t.wrapping_sub(self.capacity), SlotState::Ready, 0).encode();
+            let previous =
+                Word::new(t.wrapping_sub(self.slots.capacity()), SlotState::Ready, 0).encode();
             let raw = if self.gate_allows(t, cache) {
                 match self.slots.state(index).compare_exchange(
                     previous,
@@ -282,7 +285,7 @@ impl BroadcastRing {
             if w.seq == self.seq(t) {
                 // Claimed already: help the tail on.
                 help_on(self.tail(), t, Ordering::SeqCst);
-            } else if w.seq == self.seq(t.wrapping_sub(self.capacity)) {
+            } else if w.seq == self.seq(t.wrapping_sub(self.slots.capacity())) {
                 if w.state == SlotState::Writing || !self.gate_allows(t, cache) {
                     return Ok(None);
                 }
@@ -389,9 +392,9 @@ impl BroadcastRing {
                         ))
                     }
                 }
-            } else if w.seq == self.seq(c.wrapping_sub(self.capacity)) {
+            } else if w.seq == self.seq(c.wrapping_sub(self.slots.capacity())) {
                 return Ok(Poll::Empty);
-            } else if ahead % self.capacity == 0 && ahead < (1 << 47) {
+            } else if ahead % self.slots.capacity() == 0 && ahead < (1 << 47) {
                 return self.lagged(cursor);
             } else {
                 return Err(Corruption::BadState(
@@ -412,7 +415,7 @@ impl BroadcastRing {
         let next = cursor.checked_add(1).ok_or(Corruption::BadState(
             "a subscriber's position is at the end of the position space (a forged tail)",
         ))?;
-        let oldest = t.saturating_sub(self.capacity).max(next);
+        let oldest = t.saturating_sub(self.slots.capacity()).max(next);
         let skipped = oldest - *cursor;
         *cursor = oldest;
         Ok(Poll::Lagged(skipped))
@@ -448,7 +451,7 @@ impl BroadcastRing {
             }
             let t1 = self.tail().load(Ordering::SeqCst);
             let start = if history {
-                t1.saturating_sub(self.capacity - 1)
+                t1.saturating_sub(self.slots.capacity() - 1)
             } else {
                 t1
             };
@@ -459,7 +462,7 @@ impl BroadcastRing {
             );
             self.epoch().fetch_add(1, Ordering::SeqCst);
             let t2 = self.tail().load(Ordering::SeqCst);
-            let safe = t2.saturating_sub(self.capacity - 1);
+            let safe = t2.saturating_sub(self.slots.capacity() - 1);
             let start = start.max(safe);
             self.cursor(sub).store(start, Ordering::SeqCst);
             return Some((sub, start));
@@ -486,7 +489,7 @@ impl BroadcastRing {
         if owner == 0 {
             return (0, 0);
         }
-        for index in 0..self.capacity as usize {
+        for index in 0..self.slots.capacity() as usize {
             let raw = self.slots.state(index).load(Ordering::Acquire);
             let Ok(w) = Word::decode(raw) else { continue };
             if w.owner == owner && w.state == SlotState::Writing {

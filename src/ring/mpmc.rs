@@ -194,7 +194,6 @@ pub(crate) struct MpmcRing {
     region: Region,
     ctl: usize,
     slots: SlotArray,
-    capacity: u64,
     max_message: usize,
 }
 
@@ -215,7 +214,6 @@ impl MpmcRing {
             slots: SlotArray::new(region.clone(), slots, capacity, stride, max_message),
             region,
             ctl,
-            capacity,
             max_message,
         }
     }
@@ -423,7 +421,7 @@ impl MpmcRing {
         if w.seq == self.seq(t) && w.state == SlotState::Empty {
             // Free, but with owner or flag bits no code path writes.
             Err(Corruption::BadState("a free slot carries an owner"))
-        } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.capacity)) {
+        } else if w.seq == self.seq(t) || w.seq == self.seq(t.wrapping_add(self.slots.capacity())) {
             // Position t is claimed already.
             Ok(Step::Help)
         } else {
@@ -446,7 +444,7 @@ impl MpmcRing {
                 // Not yet published: empty, unless the head moved meanwhile.
                 SlotState::Empty | SlotState::Writing => AtHead::Other(Step::Recheck(None)),
             }
-        } else if w.seq == self.seq(h.wrapping_add(self.capacity)) {
+        } else if w.seq == self.seq(h.wrapping_add(self.slots.capacity())) {
             // Position h was consumed and its slot released already.
             AtHead::Other(Step::Help)
         } else {
@@ -462,7 +460,7 @@ impl MpmcRing {
     /// ring is full at the tail, empty at the head), else the corruption `what`.
     #[inline]
     fn lap_behind(&self, pos: u64, w: Word, what: &'static str) -> Option<&'static str> {
-        if w.seq == self.seq(pos.wrapping_sub(self.capacity)) {
+        if w.seq == self.seq(pos.wrapping_sub(self.slots.capacity())) {
             None
         } else {
             Some(what)
@@ -558,7 +556,8 @@ impl MpmcRing {
                 }
                 AtHead::Skipped => {
                     let freed =
-                        Word::new(h.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
+                        Word::new(h.wrapping_add(self.slots.capacity()), SlotState::Empty, 0)
+                            .encode();
                     if self
                         .slots
                         .state(index)
@@ -643,7 +642,7 @@ impl MpmcRing {
         if self.pending().load(Ordering::Relaxed) == 0 {
             return;
         }
-        let awaiting = (0..self.capacity as usize).any(|index| {
+        let awaiting = (0..self.slots.capacity() as usize).any(|index| {
             Word::decode(self.slots.state(index).load(Ordering::Acquire))
                 .is_ok_and(|w| w.state == SlotState::Redeliver)
         });
@@ -655,7 +654,7 @@ impl MpmcRing {
     /// Takes a message that recovery made deliverable again, if any (a scan of the slots:
     /// only done while the pending count says there is one).
     fn claim_redelivery(&self, owner: u16) -> Result<Option<ReadClaim>, Corruption> {
-        for index in 0..self.capacity as usize {
+        for index in 0..self.slots.capacity() as usize {
             let raw = self.slots.state(index).load(Ordering::Acquire);
             let Ok(w) = Word::decode(raw) else { continue };
             if w.state != SlotState::Redeliver {
@@ -684,7 +683,7 @@ impl MpmcRing {
     /// cleanly. Returns (skipped, redelivered, freed).
     pub(crate) fn recover(&self, owner: u16, redeliver: bool) -> (u64, u64, u64) {
         let (mut skipped, mut redelivered, mut freed) = (0, 0, 0);
-        for index in 0..self.capacity as usize {
+        for index in 0..self.slots.capacity() as usize {
             let raw = self.slots.state(index).load(Ordering::Acquire);
             let Ok(w) = Word::decode(raw) else { continue };
             if w.owner != owner || owner == 0 {
@@ -701,7 +700,11 @@ impl MpmcRing {
                     (again, &mut redelivered)
                 }
                 SlotState::Reading => (
-                    Word::new(w.seq.wrapping_add(self.capacity), SlotState::Empty, 0),
+                    Word::new(
+                        w.seq.wrapping_add(self.slots.capacity()),
+                        SlotState::Empty,
+                        0,
+                    ),
                     &mut freed,
                 ),
                 _ => continue,
@@ -730,7 +733,12 @@ impl MpmcRing {
     pub(crate) fn release(&self, claim: ReadClaim) -> bool {
         let mut from = Word::new(claim.pos, SlotState::Reading, claim.owner);
         from.redelivered = claim.redelivered;
-        let to = Word::new(claim.pos.wrapping_add(self.capacity), SlotState::Empty, 0).encode();
+        let to = Word::new(
+            claim.pos.wrapping_add(self.slots.capacity()),
+            SlotState::Empty,
+            0,
+        )
+        .encode();
         self.slots
             .state(claim.index)
             .compare_exchange(from.encode(), to, Ordering::Release, Ordering::Relaxed)
@@ -742,13 +750,13 @@ impl MpmcRing {
     pub(crate) fn len(&self) -> u64 {
         let head = self.head().load(Ordering::Acquire);
         let tail = self.tail().load(Ordering::Acquire);
-        tail.saturating_sub(head).min(self.capacity)
+        tail.saturating_sub(head).min(self.slots.capacity())
     }
 
     /// Writes the initial state of every slot: slot `i` serves position `i`.
     /// Only for a ring nobody else can see yet (during creation).
     pub(crate) fn initialize(&self) {
-        for i in 0..self.capacity as usize {
+        for i in 0..self.slots.capacity() as usize {
             self.slots.state(i).store(
                 Word::new(i as u64, SlotState::Empty, 0).encode(),
                 Ordering::Relaxed,
