@@ -423,9 +423,16 @@ impl BroadcastRing {
 
     /// Records a subscriber's cursor (so Block-mode publishers can move on) and wakes
     /// publishers waiting for it.
+    ///
+    /// A Release store, not SeqCst (which is a locked exchange on x86, once per message): it
+    /// orders this subscriber's copies of the positions below `cursor` before a publisher's
+    /// overwrite of them, which loads the cursor (SeqCst, so at least Acquire) before its
+    /// claim. No store-load pairing rests on it: the attach handshake stores its cursors
+    /// itself, SeqCst, and the wake-up of a publisher waiting at the gate is the wait cell's
+    /// (`notify`'s barrier, paired with the waiter's re-check after registering).
     #[inline]
     pub(crate) fn store_cursor(&self, sub: u32, cursor: u64) {
-        self.cursor(sub).store(cursor, Ordering::SeqCst);
+        self.cursor(sub).store(cursor, Ordering::Release);
         if self.block {
             self.consumed().notify();
         }
