@@ -777,7 +777,7 @@ impl Request<'_> {
             return Ok(Delivery::ClientGone);
         }
         let ring = &shared.replies[env.client as usize];
-        let deadline = Deadline::after(REPLY_ROOM_TIMEOUT);
+        let deadline = Deadline::Within(REPLY_ROOM_TIMEOUT);
         let mut claimer = ring.write_claimer(self.server.owner);
         let attempt = || {
             if !attached(shared.client_state(env.client).load(Ordering::Acquire)) {
@@ -1073,6 +1073,16 @@ impl Drop for Reply<'_> {
     }
 }
 
+/// What redeeming a ticket whose reply was found did: lent the reply's buffer out, or freed
+/// the place of a "no reply" notice.
+enum Redeemed {
+    Reply {
+        buffer: Option<Box<[u8]>>,
+        len: usize,
+    },
+    NoReply,
+}
+
 /// What a look for the reply to a ticket found: `len` bytes kept in its place's buffer, or
 /// a "no reply" notice.
 #[derive(Clone, Copy)]
@@ -1128,6 +1138,21 @@ impl Ledger {
     /// Request `id`'s reply is handed out (see [`Place::Handed`]).
     fn hand_out(&mut self, id: u64) {
         self.places[place_of(id)].1 = Place::Handed;
+    }
+
+    /// Redeems request `want`'s reply, kept in its place as `found`: its buffer is lent out
+    /// (the place is then [`Place::Handed`]), or a "no reply" notice frees the place.
+    #[inline]
+    fn redeem(&mut self, want: u64, found: Found) -> Redeemed {
+        if found.no_reply {
+            self.free(want);
+            return Redeemed::NoReply;
+        }
+        self.hand_out(want);
+        Redeemed::Reply {
+            buffer: self.buffers[place_of(want)].take(),
+            len: found.len,
+        }
     }
 
     /// Request `id` is given up: its reply is to be discarded when it comes.
@@ -1216,7 +1241,7 @@ impl Ledger {
 
     /// One look for the reply to request `want` (outstanding): kept already (by this or
     /// another thread's wait or send), or taken now from `ring`, filing the replies to other
-    /// requests on the way.
+    /// requests on the way. [`NO_SUCH_REQUEST`] if no place holds `want`.
     ///
     /// No wake-up is lost to a reply that another thread kept: its server's commit woke every
     /// wait of this client registered then, and one registered later looks (here, for `Kept`
@@ -1231,8 +1256,10 @@ impl Ledger {
         want: u64,
     ) -> Result<Option<Found>, Corruption> {
         loop {
-            if let Some(Place::Kept { len, no_reply }) = self.holding(want) {
-                return Ok(Some(Found { len, no_reply }));
+            match self.holding(want) {
+                Some(Place::Kept { len, no_reply }) => return Ok(Some(Found { len, no_reply })),
+                Some(_) => {}
+                None => return Err(NO_SUCH_REQUEST),
             }
             let Some(claim) = ring.try_claim_read(owner)? else {
                 return Ok(None);
@@ -1431,18 +1458,22 @@ impl Client {
     /// The reply to request `want`, kept in its place as `found`, handed out; a "no reply"
     /// notice frees the place and is an error.
     fn redeem(&self, want: u64, found: Found) -> Result<Reply<'_>, RecvError> {
-        let mut ledger = self.ledger();
-        if found.no_reply {
-            ledger.free(want);
-            return Err(RecvError::NoReply);
+        let redeemed = self.ledger().redeem(want, found);
+        self.reply_of(want, redeemed)
+    }
+
+    /// The [`Reply`] (or the "no reply" error) for what [`Ledger::redeem`] did.
+    #[inline]
+    fn reply_of(&self, want: u64, redeemed: Redeemed) -> Result<Reply<'_>, RecvError> {
+        match redeemed {
+            Redeemed::Reply { buffer, len } => Ok(Reply {
+                client: self,
+                id: want,
+                buffer,
+                len,
+            }),
+            Redeemed::NoReply => Err(RecvError::NoReply),
         }
-        ledger.hand_out(want);
-        Ok(Reply {
-            client: self,
-            id: want,
-            buffer: ledger.buffers[place_of(want)].take(),
-            len: found.len,
-        })
     }
 
     /// One non-blocking look for the reply to `want` (outstanding).
@@ -1451,6 +1482,17 @@ impl Client {
         let stats = self.me.stats();
         self.ledger()
             .look(&self.shared, ring, me, self.owner, stats, want)
+    }
+
+    /// [`look`](Self::look), and what it found redeemed under the same lock of the ledger
+    /// (one lock and unlock, two locked instructions, fewer per reply than looking and then
+    /// redeeming).
+    #[inline]
+    fn look_and_redeem(&self, want: u64) -> Result<Option<Redeemed>, Corruption> {
+        let (ring, me) = (self.reply_ring(), (self.index, self.generation));
+        let mut ledger = self.ledger();
+        let found = ledger.look(&self.shared, ring, me, self.owner, self.me.stats(), want)?;
+        Ok(found.map(|found| ledger.redeem(want, found)))
     }
 
     #[inline]
@@ -1462,13 +1504,12 @@ impl Client {
         self.me.check_recv()?;
         let want = pending.id;
         // Another client's ticket: dropped here, it gives its request up there.
-        let Some(place) = self.place_of_ticket(&pending)? else {
-            return Err(no_such_request().into());
-        };
-        pending.dropped = None; // redeemed
-        if let Place::Kept { len, no_reply } = place {
-            return Ok(self.redeem(want, Found { len, no_reply })?);
+        if !self.is_mine(&pending) {
+            return Err(RecvError::WrongClient.into());
         }
+        // Redeemed. The first look finds a reply kept already, or a ticket this client holds
+        // no place for (`no_such_request`); so the common wait locks the ledger once.
+        pending.dropped = None;
         let ring = self.reply_ring();
         let found = self
             .me
@@ -1476,11 +1517,11 @@ impl Client {
             .wait_or_repair(
                 self.wait,
                 deadline,
-                || self.look(want),
+                || self.look_and_redeem(want),
                 || self.shared.repair_quietly(),
             );
         match found {
-            Ok(Some(found)) => Ok(self.redeem(want, found)?),
+            Ok(Some(redeemed)) => Ok(self.reply_of(want, redeemed)?),
             Ok(None) => {
                 // Given up: its place is freed when its late reply comes (and is discarded).
                 self.ledger().give_up(want);
@@ -1604,8 +1645,11 @@ impl Server {
     }
 }
 
+/// A ticket of this client's whose request holds no place (any more).
+const NO_SUCH_REQUEST: Corruption = Corruption::BadState("no such request is outstanding");
+
 fn no_such_request() -> RecvError {
-    RecvError::Corrupt(Corruption::BadState("no such request is outstanding"))
+    RecvError::Corrupt(NO_SUCH_REQUEST)
 }
 
 /// What `Client::wait_async` needs: the cell a client waits on for replies, what keeps it

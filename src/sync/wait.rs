@@ -137,15 +137,33 @@ pub(crate) enum Deadline {
     Now,
     /// Wait until this instant.
     At(Instant),
+    /// Wait at most this long once the wait begins (after a first attempt that failed): a
+    /// deadline that costs no clock read when the first attempt succeeds, for bounds on the
+    /// fast path (a server's wait for room in a reply ring).
+    Within(Duration),
     /// Wait as long as it takes.
     Never,
 }
 
 impl Deadline {
+    /// `timeout` from now (one clock read).
     pub(crate) fn after(timeout: Duration) -> Self {
-        Instant::now()
+        Self::from(Instant::now(), timeout)
+    }
+
+    fn from(start: Instant, timeout: Duration) -> Self {
+        start
             .checked_add(timeout)
             .map_or(Deadline::Never, Deadline::At)
+    }
+
+    /// The deadline of a wait that begins at `start`: a [`Within`](Deadline::Within) counts
+    /// from then.
+    fn begun(self, start: Instant) -> Self {
+        match self {
+            Deadline::Within(timeout) => Self::from(start, timeout),
+            other => other,
+        }
     }
 
     /// Whether this means "try once, never wait".
@@ -158,6 +176,8 @@ impl Deadline {
         match self {
             Deadline::Now => None,
             Deadline::Never => Some(max_park()),
+            // Not begun (see `begun`): all of it is left.
+            Deadline::Within(timeout) => Some(*timeout).filter(|d| !d.is_zero()),
             Deadline::At(at) => at
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero()),
@@ -409,6 +429,7 @@ impl<'a> WaitCell<'a> {
         repair: impl FnMut(),
     ) -> Result<Option<T>, E> {
         let started = Instant::now();
+        let deadline = deadline.begun(started);
         let mut stall = StallCheck {
             repair,
             next: started + STALL_CHECK,
@@ -563,6 +584,20 @@ mod tests {
         let cell = WaitCell::of_word(&word);
         let deadline = Deadline::after(Duration::from_millis(20));
         assert_eq!(park(&cell, deadline, |_| None::<()>), None);
+        assert_nobody_registered(&cell);
+    }
+
+    #[test]
+    fn a_deadline_within_counts_from_the_first_miss_and_gives_up_after_it() {
+        let word = cell_word();
+        let cell = WaitCell::of_word(&word);
+        // Met at once: no wait at all.
+        let within = Deadline::Within(Duration::from_millis(20));
+        assert_eq!(park(&cell, within, |n| (n == 0).then_some(3)), Some(3));
+        // Never met: the wait ends, having waited at least the bound.
+        let started = Instant::now();
+        assert_eq!(park(&cell, within, |_| None::<()>), None);
+        assert!(started.elapsed() >= Duration::from_millis(20));
         assert_nobody_registered(&cell);
     }
 
