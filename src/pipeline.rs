@@ -1242,12 +1242,18 @@ impl Consumer {
     /// consumer's receives overlap their cache misses.
     #[inline(always)]
     fn take_ready_exclusive(&self) -> Option<Result<Message<'_>, RecvError>> {
-        let Ends::Exclusive(ring, end) = &self.ends else {
-            return None;
-        };
         if self.shared.checksum || self.disconnect.when_alone || !self.me.in_own_process() {
             return None;
         }
+        self.ready_exclusive()
+    }
+
+    /// The exclusive ring's head message if it is ready now, unverified.
+    #[inline(always)]
+    fn ready_exclusive(&self) -> Option<Result<Message<'_>, RecvError>> {
+        let Ends::Exclusive(ring, end) = &self.ends else {
+            return None;
+        };
         let claim = match lock(end).try_next() {
             Ok(Some(claim)) => claim,
             Ok(None) => return None,
@@ -1260,11 +1266,18 @@ impl Consumer {
     /// [`recv_with`](Self::recv_with) beyond the fast path: waits, verifies, disconnects.
     #[inline(never)]
     fn recv_waiting(&self, deadline: Deadline) -> Result<Message<'_>, Waited<RecvError>> {
-        let msg = self.take_with(deadline)?;
         if self.shared.checksum {
+            // The exclusive fast path, verified (out of line here, so that the path without
+            // checksums stays as small as it was).
+            if !self.disconnect.when_alone && self.me.in_own_process() {
+                if let Some(ready) = self.ready_exclusive() {
+                    return Ok(self.verified(ready?, None)?);
+                }
+            }
+            let msg = self.take_with(deadline)?;
             return Ok(self.verified(msg, None)?);
         }
-        Ok(msg)
+        self.take_with(deadline)
     }
 
     /// `msg` if `copy` (or, without a copy, its bytes in the slot) matches the checksum its
