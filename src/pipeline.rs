@@ -1242,10 +1242,17 @@ impl Consumer {
     /// consumer's receives overlap their cache misses.
     #[inline(always)]
     fn take_ready_exclusive(&self) -> Option<Result<Message<'_>, RecvError>> {
-        if self.shared.checksum || self.disconnect.when_alone || !self.me.in_own_process() {
+        if self.shared.checksum || !self.may_look_ahead() {
             return None;
         }
         self.ready_exclusive()
+    }
+
+    /// Whether a ready message may be taken without the general path: no disconnect rule to
+    /// apply, and this is the process that attached the consumer.
+    #[inline(always)]
+    fn may_look_ahead(&self) -> bool {
+        !self.disconnect.when_alone && self.me.in_own_process()
     }
 
     /// The exclusive ring's head message if it is ready now, unverified.
@@ -1269,7 +1276,7 @@ impl Consumer {
         if self.shared.checksum {
             // The exclusive fast path, verified (out of line here, so that the path without
             // checksums stays as small as it was).
-            if !self.disconnect.when_alone && self.me.in_own_process() {
+            if self.may_look_ahead() {
                 if let Some(ready) = self.ready_exclusive() {
                     return Ok(self.verified(ready?, None)?);
                 }

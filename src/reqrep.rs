@@ -1446,15 +1446,6 @@ impl Client {
             .is_some_and(|d| Arc::ptr_eq(d, &self.dropped))
     }
 
-    /// What the place of `pending`'s request holds, if `pending` is this client's and its
-    /// request is outstanding: [`RecvError::WrongClient`] if it is another client's.
-    fn place_of_ticket(&self, pending: &Pending) -> Result<Option<Place>, RecvError> {
-        if !self.is_mine(pending) {
-            return Err(RecvError::WrongClient);
-        }
-        Ok(self.ledger().holding(pending.id))
-    }
-
     /// The reply to request `want`, kept in its place as `found`, handed out; a "no reply"
     /// notice frees the place and is an error.
     fn redeem(&self, want: u64, found: Found) -> Result<Reply<'_>, RecvError> {
@@ -1478,10 +1469,14 @@ impl Client {
 
     /// One non-blocking look for the reply to `want` (outstanding).
     fn look(&self, want: u64) -> Result<Option<Found>, Corruption> {
+        self.look_in(&mut self.ledger(), want)
+    }
+
+    /// [`Ledger::look`] on this client's reply ring, in `ledger` (locked by the caller).
+    #[inline]
+    fn look_in(&self, ledger: &mut Ledger, want: u64) -> Result<Option<Found>, Corruption> {
         let (ring, me) = (self.reply_ring(), (self.index, self.generation));
-        let stats = self.me.stats();
-        self.ledger()
-            .look(&self.shared, ring, me, self.owner, stats, want)
+        ledger.look(&self.shared, ring, me, self.owner, self.me.stats(), want)
     }
 
     /// [`look`](Self::look), and what it found redeemed under the same lock of the ledger
@@ -1489,9 +1484,8 @@ impl Client {
     /// redeeming).
     #[inline]
     fn look_and_redeem(&self, want: u64) -> Result<Option<Redeemed>, Corruption> {
-        let (ring, me) = (self.reply_ring(), (self.index, self.generation));
         let mut ledger = self.ledger();
-        let found = ledger.look(&self.shared, ring, me, self.owner, self.me.stats(), want)?;
+        let found = self.look_in(&mut ledger, want)?;
         Ok(found.map(|found| ledger.redeem(want, found)))
     }
 
@@ -1648,10 +1642,6 @@ impl Server {
 /// A ticket of this client's whose request holds no place (any more).
 const NO_SUCH_REQUEST: Corruption = Corruption::BadState("no such request is outstanding");
 
-fn no_such_request() -> RecvError {
-    RecvError::Corrupt(NO_SUCH_REQUEST)
-}
-
 /// What `Client::wait_async` needs: the cell a client waits on for replies, what keeps it
 /// mapped, the stall sweep, and a look for a reply that neither redeems the ticket nor gives
 /// the request up when the reply has not come (so a pending future can look again, and a
@@ -1670,9 +1660,10 @@ impl Client {
     pub(crate) fn async_look(&self, pending: &Pending) -> Result<Option<Found>, RecvError> {
         self.me.check_recv()?;
         let want = pending.id;
-        if self.place_of_ticket(pending)?.is_none() {
-            return Err(no_such_request());
+        if !self.is_mine(pending) {
+            return Err(RecvError::WrongClient);
         }
+        // The look checks that the ticket's place holds its request (`NO_SUCH_REQUEST`).
         match self.look(want) {
             Ok(found) => Ok(found),
             Err(c) => {
