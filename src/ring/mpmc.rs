@@ -388,6 +388,7 @@ impl MpmcRing {
                 free
             };
             if seen == free {
+                self.slots.prepare_write(index);
                 let claimed = Word::new(t, SlotState::Writing, owner).encode();
                 match self.slots.state(index).compare_exchange(
                     free,
@@ -504,10 +505,13 @@ impl MpmcRing {
             .store(len as u32, Ordering::Relaxed);
         let from = Word::new(claim.pos, SlotState::Writing, claim.owner).encode();
         let to = Word::new(claim.pos, SlotState::Ready, claim.owner).encode();
-        self.slots
+        let committed = self
+            .slots
             .state(claim.index)
             .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        self.slots.hand_over(claim.index, len);
+        committed
     }
 
     /// Gives up a claimed slot without publishing anything: consumers pass over it.
@@ -537,6 +541,7 @@ impl MpmcRing {
             let w = Word::decode(raw)?;
             let step = match self.at_head(h, w) {
                 AtHead::Message => {
+                    self.slots.prepare_read(index);
                     let mut taken = Word::new(h, SlotState::Reading, owner);
                     taken.redelivered = w.state == SlotState::Redeliver || w.redelivered;
                     if self

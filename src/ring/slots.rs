@@ -9,6 +9,14 @@ use crate::layout::SLOT_HEADER_SIZE;
 use crate::shm::Region;
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+/// A cache line (slots start on one: strides are multiples of it, and the slot array is
+/// 128-aligned in a file).
+const LINE: usize = 64;
+
+/// The lines of a message [`SlotArray::hand_over`] moves: those of a small message, whose
+/// latency counts; a longer one is streamed by the hardware prefetchers anyway.
+const HANDED_LINES: usize = 4;
+
 /// A ring's slots in a region.
 #[derive(Clone)]
 pub(crate) struct SlotArray {
@@ -107,6 +115,36 @@ impl SlotArray {
         let off = self.header_offset(index, 12);
         // SAFETY: as for `state`: bytes 12..16 of a slot inside the region, 4-aligned.
         unsafe { self.region.u32_at_unchecked(off) }
+    }
+
+    /// Before claiming slot `index` to write it: its second cache line (where a payload of
+    /// more than 48 bytes goes on) is fetched for writing now, beside the claim's transfer of
+    /// the first, so that the commit does not stall for it.
+    #[inline]
+    pub(crate) fn prepare_write(&self, index: usize) {
+        if self.stride > LINE {
+            self.region.prefetch_for_write(self.offset(index) + LINE);
+        }
+    }
+
+    /// Before claiming slot `index`'s message (seen ready) to read it: its second cache line
+    /// is fetched now, beside the claim, which is a locked instruction that later loads wait
+    /// for.
+    #[inline]
+    pub(crate) fn prepare_read(&self, index: usize) {
+        if self.stride > LINE {
+            self.region.prefetch(self.offset(index) + LINE);
+        }
+    }
+
+    /// After publishing `len` bytes in slot `index`: its first lines (up to
+    /// [`HANDED_LINES`]) go to the shared cache, where the consumer's miss finds them.
+    #[inline]
+    pub(crate) fn hand_over(&self, index: usize, len: usize) {
+        let lines = (SLOT_HEADER_SIZE + len).div_ceil(LINE).min(HANDED_LINES);
+        for line in 0..lines {
+            self.region.demote(self.offset(index) + line * LINE);
+        }
     }
 
     /// Offset of slot `index`'s payload in the region.

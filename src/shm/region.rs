@@ -33,7 +33,51 @@ mod mapped {
     pub struct Region {
         base: NonNull<u8>,
         len: usize,
+        hints: CacheHints,
         _owner: Arc<dyn Send + Sync>,
+    }
+
+    /// The cache-line hints this CPU carries out: each is a hint (it reads and writes no
+    /// memory, never faults and changes no result), given only where CPUID says the CPU has
+    /// it. Read once per process.
+    #[derive(Clone, Copy, Default)]
+    struct CacheHints {
+        /// `PREFETCHW`: fetch a line for writing, invalidating other cores' copies.
+        prefetchw: bool,
+        /// `CLDEMOTE`: move a line from this core's private caches to the shared one.
+        cldemote: bool,
+    }
+
+    impl CacheHints {
+        fn of_this_cpu() -> Self {
+            static HINTS: std::sync::OnceLock<CacheHints> = std::sync::OnceLock::new();
+            *HINTS.get_or_init(|| {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{__cpuid, __cpuid_count};
+                    // The functions are safe in recent Rust, unsafe in the oldest we support.
+                    #[allow(unused_unsafe)]
+                    // SAFETY: CPUID exists on every x86_64 CPU, and leaves 0 and 80000000H
+                    // (the highest leaves it reports) on every one.
+                    let (max, max_ext) = unsafe { (__cpuid(0).eax, __cpuid(0x8000_0000).eax) };
+                    #[allow(unused_unsafe)]
+                    // SAFETY: as above, for leaves the CPU reports.
+                    let (l7, e1) = unsafe {
+                        (
+                            (max >= 7).then(|| __cpuid_count(7, 0).ecx),
+                            (max_ext >= 0x8000_0001).then(|| __cpuid(0x8000_0001).ecx),
+                        )
+                    };
+                    CacheHints {
+                        // CPUID.80000001H:ECX.PRFCHW[bit 8]; CPUID.(EAX=07H,ECX=0):ECX.CLDEMOTE[bit 25].
+                        prefetchw: e1.is_some_and(|ecx| ecx & (1 << 8) != 0),
+                        cldemote: l7.is_some_and(|ecx| ecx & (1 << 25) != 0),
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                CacheHints::default()
+            })
+        }
     }
 
     // SAFETY: a Region only hands out atomics (Sync) and raw copies whose callers uphold the
@@ -55,6 +99,7 @@ mod mapped {
             Region {
                 base,
                 len,
+                hints: CacheHints::of_this_cpu(),
                 _owner: owner,
             }
         }
@@ -131,6 +176,67 @@ mod mapped {
             let p = self.base.as_ptr().wrapping_add(off);
             // SAFETY: in bounds and aligned (the caller's contract), so as for `u32_at`.
             unsafe { &*(p as *const AtomicU32) }
+        }
+
+        /// A hint that this thread will soon write the cache line holding byte `off`: its
+        /// transfer (and the invalidation of other cores' copies) starts now, beside the
+        /// caller's next accesses, instead of stalling a later locked instruction, which
+        /// waits for every earlier store. Nothing outside the region, or without `PREFETCHW`.
+        #[inline]
+        pub fn prefetch_for_write(&self, off: usize) {
+            #[cfg(target_arch = "x86_64")]
+            if self.hints.prefetchw && off < self.len {
+                // SAFETY: PREFETCHW only moves a cache line: it reads and writes no memory
+                // (so it changes nothing another process sees), never faults, and this CPU
+                // has it (CPUID); the address lies inside the mapping (checked).
+                unsafe {
+                    std::arch::asm!(
+                        "prefetchw [{p}]",
+                        p = in(reg) self.base.as_ptr().wrapping_add(off),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
+        }
+
+        /// A hint that this thread will soon read the cache line holding byte `off`
+        /// (`PREFETCHT0`, which every x86_64 CPU has). Nothing outside the region.
+        #[inline]
+        pub fn prefetch(&self, off: usize) {
+            #[cfg(target_arch = "x86_64")]
+            if off < self.len {
+                // SAFETY: PREFETCHT0 only moves a cache line into this core's caches: it
+                // reads no memory into a register, writes none and never faults; the address
+                // lies inside the mapping (checked).
+                unsafe {
+                    std::arch::asm!(
+                        "prefetcht0 [{p}]",
+                        p = in(reg) self.base.as_ptr().wrapping_add(off),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
+        }
+
+        /// A hint that another core reads the cache line holding byte `off` next: the line
+        /// moves from this core's private caches to the shared last-level cache, where that
+        /// core's miss finds it sooner than in this core's. Nothing outside the region, or
+        /// without `CLDEMOTE`.
+        #[inline]
+        pub fn demote(&self, off: usize) {
+            #[cfg(target_arch = "x86_64")]
+            if self.hints.cldemote && off < self.len {
+                // SAFETY: CLDEMOTE only moves a cache line: it changes no memory and no
+                // result, never faults, and this CPU has it (CPUID); the address lies inside
+                // the mapping (checked).
+                unsafe {
+                    std::arch::asm!(
+                        "cldemote [{p}]",
+                        p = in(reg) self.base.as_ptr().wrapping_add(off),
+                        options(nostack, preserves_flags, readonly)
+                    );
+                }
+            }
         }
 
         /// Copies `src` into the region at `off`.
@@ -277,6 +383,13 @@ mod model {
         pub unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
             self.u32_at(off)
         }
+
+        /// Cache hints: nothing to do in the model.
+        pub fn prefetch_for_write(&self, _off: usize) {}
+
+        pub fn prefetch(&self, _off: usize) {}
+
+        pub fn demote(&self, _off: usize) {}
 
         pub fn store_words(&self, off: usize, src: &[u8]) {
             for (i, chunk) in src.chunks(8).enumerate() {
