@@ -48,6 +48,15 @@ mod mapped {
         cldemote: bool,
     }
 
+    /// Which cache-line hint to give (see [`Region::hint`]).
+    #[derive(Clone, Copy)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    enum Hint {
+        Write,
+        Read,
+        Demote,
+    }
+
     impl CacheHints {
         fn of_this_cpu() -> Self {
             static HINTS: std::sync::OnceLock<CacheHints> = std::sync::OnceLock::new();
@@ -184,38 +193,14 @@ mod mapped {
         /// waits for every earlier store. Nothing outside the region, or without `PREFETCHW`.
         #[inline]
         pub fn prefetch_for_write(&self, off: usize) {
-            #[cfg(target_arch = "x86_64")]
-            if self.hints.prefetchw && off < self.len {
-                // SAFETY: PREFETCHW only moves a cache line: it reads and writes no memory
-                // (so it changes nothing another process sees), never faults, and this CPU
-                // has it (CPUID); the address lies inside the mapping (checked).
-                unsafe {
-                    std::arch::asm!(
-                        "prefetchw [{p}]",
-                        p = in(reg) self.base.as_ptr().wrapping_add(off),
-                        options(nostack, preserves_flags, readonly)
-                    );
-                }
-            }
+            self.hint(Hint::Write, off);
         }
 
         /// A hint that this thread will soon read the cache line holding byte `off`
         /// (`PREFETCHT0`, which every x86_64 CPU has). Nothing outside the region.
         #[inline]
         pub fn prefetch(&self, off: usize) {
-            #[cfg(target_arch = "x86_64")]
-            if off < self.len {
-                // SAFETY: PREFETCHT0 only moves a cache line into this core's caches: it
-                // reads no memory into a register, writes none and never faults; the address
-                // lies inside the mapping (checked).
-                unsafe {
-                    std::arch::asm!(
-                        "prefetcht0 [{p}]",
-                        p = in(reg) self.base.as_ptr().wrapping_add(off),
-                        options(nostack, preserves_flags, readonly)
-                    );
-                }
-            }
+            self.hint(Hint::Read, off);
         }
 
         /// A hint that another core reads the cache line holding byte `off` next: the line
@@ -224,17 +209,35 @@ mod mapped {
         /// without `CLDEMOTE`.
         #[inline]
         pub fn demote(&self, off: usize) {
+            self.hint(Hint::Demote, off);
+        }
+
+        /// Gives `hint` for the line holding byte `off`, if it lies in the region and the CPU
+        /// has the instruction (`hint` is a constant at every call, so this folds to one).
+        #[inline]
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+        fn hint(&self, hint: Hint, off: usize) {
             #[cfg(target_arch = "x86_64")]
-            if self.hints.cldemote && off < self.len {
-                // SAFETY: CLDEMOTE only moves a cache line: it changes no memory and no
-                // result, never faults, and this CPU has it (CPUID); the address lies inside
-                // the mapping (checked).
-                unsafe {
-                    std::arch::asm!(
-                        "cldemote [{p}]",
-                        p = in(reg) self.base.as_ptr().wrapping_add(off),
-                        options(nostack, preserves_flags, readonly)
-                    );
+            if off < self.len {
+                use std::arch::asm;
+                let p = self.base.as_ptr().wrapping_add(off);
+                // Each instruction below only moves a cache line between caches: it reads no
+                // memory into a register, writes none (so it changes nothing another process
+                // sees, and no result), and never faults; `p` is inside the mapping (checked).
+                match hint {
+                    // SAFETY: as above; this CPU has PREFETCHW (`CacheHints`).
+                    Hint::Write if self.hints.prefetchw => unsafe {
+                        asm!("prefetchw [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly))
+                    },
+                    // SAFETY: as above; every x86_64 CPU has PREFETCHT0.
+                    Hint::Read => unsafe {
+                        asm!("prefetcht0 [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly))
+                    },
+                    // SAFETY: as above; this CPU has CLDEMOTE (`CacheHints`).
+                    Hint::Demote if self.hints.cldemote => unsafe {
+                        asm!("cldemote [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly))
+                    },
+                    _ => {}
                 }
             }
         }
