@@ -510,7 +510,11 @@ impl MpmcRing {
             .state(claim.index)
             .compare_exchange(from, to, Ordering::Release, Ordering::Relaxed)
             .is_ok();
-        self.slots.hand_over(claim.index, len);
+        if committed {
+            // Only a message this producer published: a slot whose claim was taken away is
+            // not its to hand over.
+            self.slots.hand_over(claim.index, len);
+        }
         committed
     }
 
